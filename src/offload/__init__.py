@@ -1,0 +1,1 @@
+from offload.app import App

@@ -1,0 +1,210 @@
+"""The Backend protocol: the one seam between offload and a storage engine.
+
+Everything above this module (app, worker, server, CLI) speaks only this protocol; a backend
+module is the only place that knows its engine. Each method states its contract. There are no
+default implementations: a backend implements every method, and one that cannot offer an
+operation declares so in :class:`Capabilities` and raises :class:`CapabilityUnavailable` from it.
+
+Rules that hold for every method:
+
+* Engine errors are translated inside the backend: connection trouble becomes
+  :class:`offload.BackendUnavailable` (the operation did not take effect); nothing
+  engine-specific escapes.
+* Time (``run_at``, lease expiry, ``created_at``) comes from the backend's own clock.
+* A lease is a fencing token: an operation carrying a lease that no longer matches the job's
+  current (worker_id, attempt) while ``running`` is ignored, never an error.
+* Methods are safe to call concurrently from one event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from offload.job import (
+    ClaimRequest,
+    JobFilter,
+    JobPage,
+    JobRecord,
+    JobState,
+    Lease,
+    NewJob,
+    WorkerInfo,
+)
+from offload.outcome import Outcome
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers. Declared, never faked."""
+
+    inspect: bool = True  # get / list_jobs / counts / workers work
+    notify: bool = False  # wait_for_work wakes on new work instead of only polling
+    transactional: bool = False  # can enqueue inside the caller's own transaction
+    priorities: bool = True
+    delayed: bool = True
+    unique: bool = True  # dedup by key on enqueue
+    results: bool = True  # results stored and readable
+    pause: bool = True  # queues can be paused
+    cross_process: bool = True  # producers and workers may live in different processes
+
+
+@runtime_checkable
+class Backend(Protocol):
+    capabilities: Capabilities
+
+    @property
+    def url(self) -> str:
+        """The URL this backend was built from, with any password masked."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and create/verify storage. Idempotent. Raises BackendUnavailable."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection, thread and file handle. Idempotent; safe after errors."""
+        ...
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Store ``jobs`` atomically (all or none) and return their records, in order.
+
+        Dedup: a job whose ``key`` equals the key of an *active* job (scheduled, queued,
+        running) is not stored; the existing job's record is returned in its place. Two jobs
+        with the same key in one batch collapse to the first.
+
+        ``limits`` maps a queue to its depth limit: if storing the batch would make the number
+        of waiting (scheduled + queued) jobs of a queue exceed its limit, nothing is stored and
+        :class:`offload.QueueFull` is raised. Deduplicated jobs do not count.
+        """
+        ...
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        """Lease at most ``req.limit`` due jobs from ``req.queues`` (not paused) and return them.
+
+        Due: queued, or scheduled with ``run_at <= now``. Order: priority (higher first), then
+        ``run_at``, then enqueue order. Each returned job is ``running`` with ``attempt``
+        incremented, ``worker_id = req.worker_id``, ``started_at = now`` and its lease expiring
+        at now + ``req.lease_s``. A job is never returned to two claimants while its lease holds.
+        """
+        ...
+
+    async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
+        """Extend each lease still held to now + ``lease_s``; return the ids still held.
+
+        A job not in the result has been lost (expired and re-claimed, cancelled, deleted):
+        its worker should stop it and drop its outcome.
+        """
+        ...
+
+    async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
+        """Apply each outcome to its job in one round trip (see :mod:`offload.outcome`).
+
+        An entry whose lease no longer holds is a no-op. Finishing clears the lease.
+        """
+        ...
+
+    async def recover(self) -> int:
+        """Put back every running job whose lease has expired; return how many.
+
+        A job with attempts left becomes ``queued`` (the lost attempt still counts, and an
+        error ``"lease expired (worker lost)"`` is appended); one with none left becomes
+        ``dead``. Safe to run from many workers at once.
+        """
+        ...
+
+    async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return when work may be available in ``queues`` or after ``timeout_s``.
+
+        May return early (a spurious wake is harmless: the caller claims and finds nothing).
+        Backends with ``capabilities.notify`` wake on enqueue; others sleep until timeout or
+        until a job becomes due, whichever is first.
+        """
+        ...
+
+    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        """Return the job once it is in a final state, or its latest record at ``timeout_s``.
+
+        None when no such job exists.
+        """
+        ...
+
+    # -- inspecting and steering -----------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job's current record, or None."""
+        ...
+
+    async def list_jobs(self, flt: JobFilter) -> JobPage:
+        """Jobs matching ``flt``, newest first (``created_at`` then id, descending)."""
+        ...
+
+    async def counts(self) -> dict[str, dict[JobState, int]]:
+        """Number of jobs by queue and state (states with zero may be omitted)."""
+        ...
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a scheduled, queued or running job; return its record (None if unknown).
+
+        A running job's lease is revoked (its worker learns so at its next heartbeat and its
+        outcome is ignored). Cancelling a cancelled job returns it unchanged; cancelling a
+        succeeded or dead job raises :class:`offload.InvalidState`.
+        """
+        ...
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        """Queue a dead or cancelled job again now, with its attempt count reset to 0.
+
+        Returns its record (None if unknown); any other state raises InvalidState.
+        """
+        ...
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs that are not running; return how many were deleted."""
+        ...
+
+    async def purge(
+        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
+    ) -> int:
+        """Delete final-state jobs in ``states`` finished more than ``older_than_s`` ago.
+
+        Non-final states in ``states`` are refused with ValueError. Returns how many.
+        """
+        ...
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause (no claims) or resume a queue. Idempotent."""
+        ...
+
+    async def paused_queues(self) -> set[str]:
+        """The queues currently paused."""
+        ...
+
+    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Record that a worker is alive; it is forgotten ``ttl_s`` after its last report."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker at once (on its graceful exit)."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers seen within their ttl, with ``last_seen_at`` on the backend's clock."""
+        ...
+
+
+def check_purge_states(states: Sequence[JobState]) -> None:
+    """Shared precondition of :meth:`Backend.purge`."""
+    active = [s for s in states if not s.final]
+    if active:
+        raise ValueError(f"only finished jobs can be purged, not {', '.join(active)}")
+
+
+LEASE_EXPIRED_ERROR = "lease expired (worker lost)"

@@ -1,0 +1,165 @@
+"""Job records and the values that travel across the Backend seam.
+
+A *job* is one persisted invocation of a task. :class:`JobRecord` is what a backend stores and
+returns; :class:`offload.Job` (in :mod:`offload.handle`) is the handle users hold.
+
+Times are float seconds since the Unix epoch on the **backend's** clock (``*_at``), durations
+are float seconds (``*_s``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Mapping
+
+import msgspec
+
+PRIORITY_MIN = 0
+PRIORITY_MAX = 9  # RabbitMQ's recommended x-max-priority ceiling; every backend can honour it
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life.
+
+    ``scheduled → queued → running → succeeded | scheduled (retry) | dead | cancelled``.
+    """
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
+WAITING_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED})
+
+
+def new_job_id() -> str:
+    """A 26-character, time-ordered, URL-safe id (48-bit ms timestamp + 80 random bits)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+    out = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        out.append(alphabet[rem])
+    return "".join(reversed(out))
+
+
+class NewJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A job to store. ``args`` is the JSON object of the task's arguments, already validated.
+
+    The backend resolves the time to run on its own clock: ``run_at`` when given, otherwise
+    now + ``delay_s``. A job whose time has come is ``queued``, otherwise ``scheduled``.
+    """
+
+    id: str
+    task: str
+    queue: str
+    args: bytes
+    priority: int = 0
+    max_attempts: int = 3
+    delay_s: float = 0.0
+    run_at: float | None = None
+    key: str | None = None
+
+
+class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
+    """Why one attempt did not succeed (kept on the job, oldest first)."""
+
+    attempt: int
+    at: float
+    error: str
+    worker_id: str | None = None
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored job, as a backend returns it. Treat every field as untrusted input."""
+
+    id: str
+    task: str
+    queue: str
+    args: bytes
+    state: JobState
+    priority: int
+    attempt: int  # attempts started so far; counted at claim time
+    max_attempts: int
+    run_at: float
+    created_at: float
+    key: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
+    result: bytes | None = None  # JSON of the return value once succeeded
+    error: str | None = None  # last error (dead), or reason (cancelled)
+    errors: tuple[AttemptError, ...] = ()
+
+    @property
+    def lease(self) -> Lease | None:
+        if self.state is not JobState.RUNNING or self.worker_id is None:
+            return None
+        return Lease(job_id=self.id, worker_id=self.worker_id, attempt=self.attempt)
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """The fencing token of one claim: a completion or heartbeat must carry it.
+
+    Once a job's lease has moved on (expired and re-claimed, cancelled, completed), operations
+    carrying the old lease are ignored.
+    """
+
+    job_id: str
+    worker_id: str
+    attempt: int
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask for at most ``limit`` due jobs from ``queues`` (paused queues are skipped)."""
+
+    queues: tuple[str, ...]
+    limit: int
+    worker_id: str
+    lease_s: float = 30.0
+
+
+class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which jobs to list, newest first. ``cursor`` is the opaque value of a previous page."""
+
+    state: JobState | None = None
+    queue: str | None = None
+    task: str | None = None
+    args_contains: str | None = None  # substring of the stored JSON arguments
+    created_after: float | None = None
+    created_before: float | None = None
+    cursor: str | None = None
+    limit: int = 50
+
+
+class JobPage(msgspec.Struct, frozen=True, kw_only=True):
+    jobs: list[JobRecord]
+    next_cursor: str | None = None
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a live worker reports about itself (refreshed with its heartbeats)."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    busy: int
+    started_at: float
+    last_seen_at: float = 0.0  # set by the backend, on its clock
+
+
+QueueCounts = Mapping[str, Mapping[JobState, int]]

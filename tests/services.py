@@ -1,0 +1,48 @@
+"""The real services tests run against, and the one rule for a missing one:
+skip with a clear reason locally, fail in CI (``OFFLOAD_REQUIRE_SERVICES=1``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import NoReturn
+
+import pytest
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
+
+
+def services_required() -> bool:
+    return os.environ.get("OFFLOAD_REQUIRE_SERVICES") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip locally; fail when CI requires every service."""
+    if services_required():
+        pytest.fail(f"required service unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def require_port(name: str, host: str, port: int) -> None:
+    if not port_open(host, port):
+        unavailable(f"{name} is not listening on {host}:{port}")
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A name no other test (or test run) uses: for key prefixes, schemas, queue names."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
