@@ -6,7 +6,7 @@ They are control flow, not failures: the executor turns each into an :mod:`offlo
 from __future__ import annotations
 
 
-class Retry(Exception):  # noqa: N818 - a verb reads better at the raise site
+class Retry(Exception):
     """Ask for another attempt, after ``delay`` seconds (the task's backoff when ``None``).
 
     Counts as an attempt: once ``max_attempts`` is reached the job goes to ``dead``.
@@ -20,7 +20,7 @@ class Retry(Exception):  # noqa: N818 - a verb reads better at the raise site
         self.reason = reason
 
 
-class Cancel(Exception):  # noqa: N818
+class Cancel(Exception):
     """Stop this job for good: it ends ``cancelled`` and is never retried."""
 
     def __init__(self, reason: str = "cancelled by task") -> None:
@@ -28,7 +28,7 @@ class Cancel(Exception):  # noqa: N818
         self.reason = reason
 
 
-class Snooze(Exception):  # noqa: N818
+class Snooze(Exception):
     """Run again after ``delay`` seconds without using up an attempt."""
 
     def __init__(self, delay: float) -> None:

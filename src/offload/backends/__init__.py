@@ -29,7 +29,8 @@ def from_url(url: str, **options: Any) -> Backend:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
         known = ", ".join(sorted(_SCHEMES))
-        raise ConfigurationError(f"unknown backend URL scheme {scheme!r} in {url!r} (known: {known})")
+        msg = f"unknown backend URL scheme {scheme!r} in {url!r} (known: {known})"
+        raise ConfigurationError(msg)
     module_name, class_name, extra, driver = _SCHEMES[scheme]
     if driver is not None:
         try:
