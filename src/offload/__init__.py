@@ -1,1 +1,49 @@
+"""offload: durable background jobs for Python web services."""
+
 from offload.app import App
+from offload.control import Cancel, Retry, Snooze
+from offload.errors import (
+    BackendUnavailable,
+    CapabilityUnavailable,
+    ConfigurationError,
+    InvalidState,
+    JobFailed,
+    JobNotFound,
+    MissingDependency,
+    OffloadError,
+    QueueFull,
+    UnknownTask,
+    UsageError,
+    ValidationError,
+)
+from offload.handle import Job
+from offload.job import JobRecord, JobState
+from offload.retry import ExponentialBackoff, FixedBackoff
+from offload.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "BackendUnavailable",
+    "Cancel",
+    "CapabilityUnavailable",
+    "ConfigurationError",
+    "ExponentialBackoff",
+    "FixedBackoff",
+    "InvalidState",
+    "Job",
+    "JobFailed",
+    "JobNotFound",
+    "JobRecord",
+    "JobState",
+    "MissingDependency",
+    "OffloadError",
+    "QueueFull",
+    "Retry",
+    "Snooze",
+    "Task",
+    "UnknownTask",
+    "UsageError",
+    "ValidationError",
+]

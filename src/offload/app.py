@@ -1,0 +1,289 @@
+"""App: the registry of tasks, bound to one backend.
+
+The backend is opened on the first event loop that uses the app (a worker's or a web server's
+loop), or on the app's own bridge thread when the first caller is sync code. Calls from any
+other thread or loop are forwarded to that loop, so one app serves sync views, async views and
+sync tasks running in worker threads alike. If that loop has ended, the next call opens a fresh
+backend (built again from the URL) on the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+from offload.backends import Backend, from_url
+from offload.bridge import Bridge
+from offload.errors import (
+    CapabilityUnavailable,
+    ConfigurationError,
+    JobNotFound,
+    UnknownTask,
+    UsageError,
+)
+from offload.handle import Job
+from offload.job import JobRecord, NewJob
+from offload.retry import Backoff, ExponentialBackoff
+from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///offload.db"
+
+
+class App:
+    """``App(url)`` — ``sqlite:///offload.db`` by default, ``memory://`` for tests.
+
+    ``queue_limits`` maps a queue name to its depth limit (waiting jobs); an enqueue past it
+    raises :class:`offload.QueueFull` and stores nothing.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        backend: Backend | None = None,
+        queue_limits: Mapping[str, int] | None = None,
+        backend_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if url is not None and backend is not None:
+            raise ConfigurationError("give App a url or a backend, not both")
+        self.url = backend.url if backend is not None else (url or DEFAULT_URL)
+        self._backend_options = dict(backend_options or {})
+        self._given_backend = backend
+        self._backend: Backend = backend if backend is not None else self._build_backend()
+        for queue, limit in (queue_limits or {}).items():
+            if not isinstance(limit, int) or limit < 1:
+                raise ConfigurationError(f"queue limit for {queue!r} must be an integer >= 1")
+        self.queue_limits: dict[str, int] = dict(queue_limits or {})
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._bridge = Bridge()
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._home_thread: int | None = None
+        self._lock = threading.Lock()
+
+    def _build_backend(self) -> Backend:
+        return from_url(self.url, **self._backend_options)
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def __repr__(self) -> str:
+        return f"<offload.App {self.url} tasks={len(self.tasks)}>"
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry: Backoff | None = None,
+        timeout: float | None = None,
+        expose: bool = False,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry: Backoff | None = None,
+        timeout: float | None = None,
+        expose: bool = False,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a sync or async function as a task.
+
+        ``name`` defaults to ``module.qualname``; ``timeout`` is in seconds; ``expose=True``
+        lets the HTTP API enqueue it (no task is reachable over HTTP otherwise).
+        """
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            config = TaskConfig(
+                name=name or f"{f.__module__}.{f.__qualname__}",
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                retry=retry or ExponentialBackoff(),
+                timeout_s=timeout,
+                expose=expose,
+            )
+            if config.name in self.tasks:
+                raise ConfigurationError(f"a task named {config.name!r} is already registered")
+            t: Task[P, R] = Task(self, f, config)
+            self.tasks[config.name] = t
+            return t
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(name) from None
+
+    # -- the backend's loop ----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the backend on the running loop (done on first use anyway)."""
+        await self._ensure_home(asyncio.get_running_loop())
+
+    async def _ensure_home(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            home = self._home
+            if home is not None and not home.is_closed():
+                return home
+            if home is not None and self._given_backend is None:
+                self._backend = self._build_backend()  # its connections died with the old loop
+            self._home, self._home_thread = loop, threading.get_ident()
+        try:
+            await self._backend.open()
+        except BaseException:
+            with self._lock:
+                self._home = self._home_thread = None
+            raise
+        return loop
+
+    async def close(self) -> None:
+        """Close the backend and stop the bridge thread. The app can be used again after."""
+        with self._lock:
+            home, self._home, self._home_thread = self._home, None, None
+        if home is not None and not home.is_closed():
+            loop = asyncio.get_running_loop()
+            if home is loop:
+                await self._backend.close()
+            elif home.is_running():
+                fut = asyncio.run_coroutine_threadsafe(self._backend.close(), home)
+                await asyncio.wrap_future(fut)
+        if self._bridge.running:
+            await asyncio.to_thread(self._bridge.stop)
+
+    async def __aenter__(self) -> App:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def close_sync(self) -> None:
+        """Close from sync code (scripts, CLI)."""
+        home = self._home
+        if home is not None and not home.is_closed() and home.is_running():
+            if self._home_thread == threading.get_ident():
+                raise UsageError("close the app with 'await app.close()' on its own loop")
+            asyncio.run_coroutine_threadsafe(self._backend.close(), home).result()
+        with self._lock:
+            self._home = self._home_thread = None
+        self._bridge.stop()
+
+    async def call(self, fn: Callable[[Backend], Awaitable[T]]) -> T:
+        """Run ``fn(backend)`` on the backend's loop, from async code on any loop."""
+        loop = asyncio.get_running_loop()
+        home = await self._ensure_home(loop)
+        if home is loop:
+            return await fn(self._backend)
+        fut = asyncio.run_coroutine_threadsafe(_apply(fn, self._backend), home)
+        return await asyncio.wrap_future(fut)
+
+    def run_sync(self, fn: Callable[[Backend], Awaitable[T]]) -> T:
+        """Run ``fn(backend)`` on the backend's loop, from sync code, and wait for it."""
+        home = self._home
+        if home is not None and not home.is_closed():
+            if self._home_thread == threading.get_ident():
+                raise UsageError(
+                    "sync offload call on the app's own event loop would deadlock; "
+                    "use the async form (await task.aenqueue(...), await job.aresult(...))"
+                )
+            return self._bridge.run(_apply(fn, self._backend), loop=home)
+        try:
+            asyncio.get_running_loop()
+            in_loop = True
+        except RuntimeError:
+            in_loop = False
+        if in_loop:
+            raise UsageError("use the async API (await ...) inside a running event loop")
+        bridge_loop = self._bridge.loop()
+        return self._bridge.run(self._open_then(fn, bridge_loop), loop=bridge_loop)
+
+    async def _open_then(
+        self, fn: Callable[[Backend], Awaitable[T]], loop: asyncio.AbstractEventLoop
+    ) -> T:
+        home = await self._ensure_home(loop)
+        if home is loop:
+            return await fn(self._backend)
+        fut = asyncio.run_coroutine_threadsafe(_apply(fn, self._backend), home)
+        return await asyncio.wrap_future(fut)
+
+    # -- enqueue and look up ---------------------------------------------------------------
+
+    async def aenqueue_many(self, jobs: Iterable[NewJob], *, connection: Any = None) -> list[Job]:
+        """Store many prepared jobs (``task.prepare(...)``) in one backend round trip.
+
+        All or nothing: a full queue raises QueueFull and none is stored.
+        """
+        batch = self._checked(jobs)
+        if connection is not None:
+            records = await self._enqueue_in(connection, batch)
+        else:
+            records = await self.call(lambda b: b.enqueue(batch, limits=self.queue_limits))
+        return [Job(self, r) for r in records]
+
+    def enqueue_many(self, jobs: Iterable[NewJob], *, connection: Any = None) -> list[Job]:
+        """``aenqueue_many`` for sync code."""
+        batch = self._checked(jobs)
+        if connection is not None:
+            records = self.run_sync(lambda b: self._enqueue_in(connection, batch))
+        else:
+            records = self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
+        return [Job(self, r) for r in records]
+
+    def _checked(self, jobs: Iterable[NewJob]) -> list[NewJob]:
+        batch = list(jobs)
+        for job in batch:
+            if not isinstance(job, NewJob):
+                raise UsageError("enqueue_many takes jobs made by task.prepare(...)")
+        return batch
+
+    async def _enqueue_in(self, connection: Any, batch: Sequence[NewJob]) -> list[JobRecord]:
+        """Enqueue inside the caller's transaction (backends that declare transactional)."""
+        backend = self._backend
+        enqueue_in = getattr(backend, "enqueue_in", None)
+        if not backend.capabilities.transactional or enqueue_in is None:
+            raise CapabilityUnavailable(
+                f"{type(backend).__name__} cannot enqueue inside your transaction"
+            )
+        records: list[JobRecord] = await enqueue_in(connection, batch, limits=self.queue_limits)
+        return records
+
+    async def aget_job(self, job_id: str) -> Job:
+        record = await self.call(lambda b: b.get(job_id))
+        if record is None:
+            raise JobNotFound(job_id)
+        return Job(self, record)
+
+    def get_job(self, job_id: str) -> Job:
+        record = self.run_sync(lambda b: b.get(job_id))
+        if record is None:
+            raise JobNotFound(job_id)
+        return Job(self, record)
+
+
+async def _apply(fn: Callable[[Backend], Awaitable[T]], backend: Backend) -> T:
+    return await fn(backend)
