@@ -1,0 +1,79 @@
+"""The worker's background duties: heartbeats (extend leases, report liveness) and the reaper
+(put back jobs whose lease expired, from any worker, so a lost job waits seconds, not hours)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from offload.backends.base import Backend
+from offload.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from offload.worker.worker import Worker
+
+log = logging.getLogger("offload.worker")
+
+
+class Maintenance:
+    def __init__(self, worker: Worker, backend: Backend) -> None:
+        self._worker = worker
+        self._backend = backend
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        await asyncio.gather(self._heartbeat_loop(), self._reaper_loop())
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when it is time to stop."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _heartbeat_loop(self) -> None:
+        cfg = self._worker.config
+        while True:
+            await self._beat(cfg.lease_s, cfg.heartbeat_s)
+            if await self._sleep(cfg.heartbeat_s):
+                return
+
+    async def _beat(self, lease_s: float, heartbeat_s: float) -> None:
+        worker = self._worker
+        try:
+            await self._backend.report_worker(worker.info(), ttl_s=heartbeat_s * 3)
+            leases = worker.leases()
+            if leases:
+                held = await self._backend.heartbeat(leases, lease_s)
+                lost = {lease.job_id for lease in leases} - held
+                if lost:
+                    worker.lease_lost(lost)
+        except BackendUnavailable as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    async def _reaper_loop(self) -> None:
+        cfg = self._worker.config
+        # Spread the first run so a fleet started together does not reap in lock step.
+        if await self._sleep(random.uniform(0, min(cfg.recover_s, 1.0))):
+            return
+        while True:
+            try:
+                n = await self._backend.recover()
+                if n:
+                    log.warning("put back %d jobs whose worker was lost", n)
+            except BackendUnavailable as exc:
+                log.warning("recovering expired leases failed: %s", exc)
+            if await self._sleep(cfg.recover_s * random.uniform(0.8, 1.2)):
+                return
+
+    async def deregister(self) -> None:
+        try:
+            await self._backend.remove_worker(self._worker.id)
+        except BackendUnavailable as exc:
+            log.warning("could not deregister worker: %s", exc)

@@ -1,0 +1,283 @@
+"""Worker: claims at most as many jobs as it has free slots, runs them, records outcomes.
+
+Lifecycle (soft stop, then hard stop, as River does):
+
+1. ``run()`` opens the app's backend on this loop and starts the fetch loop, the completer
+   and the maintenance loops (heartbeat, reaper).
+2. ``request_stop()`` (first SIGTERM/SIGINT): stop claiming; running jobs get ``grace_s`` to
+   finish. When the grace ends, what is still running is cancelled and released back to the
+   queue (``Snoozed(0)``: the attempt is given back).
+3. ``request_stop(force=True)`` (second signal): skip what is left of the grace.
+4. Outcomes are flushed, the worker is deregistered, the thread pool is shut down. Nothing is
+   left behind: no task, thread or connection (the app is closed by whoever opened it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from offload.errors import BackendUnavailable, ConfigurationError
+from offload.job import ClaimRequest, JobRecord, Lease, WorkerInfo
+from offload.outcome import Outcome, Snoozed
+from offload.worker.completer import Completer
+from offload.worker.executor import execute
+from offload.worker.maintenance import Maintenance
+
+if TYPE_CHECKING:
+    from offload.app import App
+
+log = logging.getLogger("offload.worker")
+
+
+class WorkerListener(Protocol):
+    """Observer of a worker's jobs (metrics, tracing). Called on the worker's loop; keep fast."""
+
+    def job_started(self, job: JobRecord) -> None: ...
+
+    def job_finished(self, job: JobRecord, outcome: Outcome, runtime_s: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 10
+    lease_s: float = 30.0
+    heartbeat_s: float = 10.0
+    grace_s: float = 25.0
+    poll_s: float = 1.0  # fallback wake-up when the backend cannot notify
+    recover_s: float = 5.0  # how often expired leases are looked for
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue")
+        if self.concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if not 0 < self.heartbeat_s < self.lease_s:
+            raise ConfigurationError("need 0 < heartbeat_s < lease_s")
+        if self.grace_s < 0 or self.poll_s <= 0 or self.recover_s <= 0:
+            raise ConfigurationError("grace_s must be >= 0, poll_s and recover_s > 0")
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        config: WorkerConfig | None = None,
+        *,
+        listeners: Sequence[WorkerListener] = (),
+        worker_id: str | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        self.listeners = list(listeners)
+        host = socket.gethostname()
+        self.id = worker_id or f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host = host
+        self.started_at = 0.0
+        self._running: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.jobs_done = 0
+        self._lost: set[str] = set()
+
+    # -- observable state ------------------------------------------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.concurrency
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    @property
+    def idle(self) -> int:
+        return self.config.concurrency - len(self._running)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            host=self.host,
+            pid=os.getpid(),
+            queues=self.config.queues,
+            concurrency=self.config.concurrency,
+            busy=self.busy,
+            started_at=self.started_at,
+        )
+
+    def leases(self) -> list[Lease]:
+        return [lease for _, lease in self._running.values()]
+
+    # -- control ---------------------------------------------------------------------------
+
+    def request_stop(self, *, force: bool = False) -> None:
+        """Stop claiming and drain (soft); ``force`` also ends the grace period now."""
+        self._stop.set()
+        if force:
+            self._force.set()
+
+    async def stop(self, *, force: bool = False) -> None:
+        self.request_stop(force=force)
+        await self.stopped.wait()
+
+    async def run(self) -> None:
+        """Run until stopped. Opens the app's backend on this loop if it is not open."""
+        await self.app.open()
+        backend = self.app.backend
+        self.started_at = time.time()
+        pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="offload-task")
+        completer = Completer(backend)
+        completer_task = asyncio.create_task(completer.run(), name="offload-completer")
+        maintenance = Maintenance(self, backend)
+        maint_task = asyncio.create_task(maintenance.run(), name="offload-maintenance")
+        self.started.set()
+        try:
+            await self._fetch_loop(pool, completer)
+            await self._drain(completer)
+        finally:
+            await self._cancel_running(completer)
+            completer.close()
+            await _wait_quietly(completer_task, timeout_s=10.0)
+            maintenance.stop()
+            await _wait_quietly(maint_task, timeout_s=5.0)
+            await maintenance.deregister()
+            pool.shutdown(wait=not self._force.is_set(), cancel_futures=True)
+            self.stopped.set()
+
+    # -- the fetch loop --------------------------------------------------------------------
+
+    async def _fetch_loop(self, pool: ThreadPoolExecutor, completer: Completer) -> None:
+        backend = self.app.backend
+        cfg = self.config
+        backoff = 0.05
+        while not self._stop.is_set():
+            free = cfg.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._until(self._slot_freed, None)
+                continue
+            req = ClaimRequest(
+                queues=cfg.queues, limit=free, worker_id=self.id, lease_s=cfg.lease_s
+            )
+            try:
+                jobs = await backend.claim(req)
+            except BackendUnavailable as exc:
+                log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
+                await self._until(None, backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
+            for job in jobs:
+                self._start(job, pool, completer)
+            if len(jobs) < free:
+                # Jitter keeps many idle workers from polling in lock step.
+                timeout = cfg.poll_s * random.uniform(0.8, 1.2)
+                waiter = asyncio.create_task(backend.wait_for_work(cfg.queues, timeout))
+                await self._until(None, None, also=waiter)
+
+    async def _until(
+        self,
+        event: asyncio.Event | None,
+        timeout_s: float | None,
+        *,
+        also: asyncio.Task[None] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Wait for ``event``, ``also``, the timeout or ``stop`` (the stop request by default),
+        whichever comes first."""
+        stop_event = stop if stop is not None else self._stop
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(stop_event.wait())]
+        if event is not None:
+            waits.append(asyncio.ensure_future(event.wait()))
+        if also is not None:
+            waits.append(also)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    def _start(self, job: JobRecord, pool: ThreadPoolExecutor, completer: Completer) -> None:
+        lease = Lease(job_id=job.id, worker_id=self.id, attempt=job.attempt)
+        task = asyncio.create_task(self._run_job(job, lease, pool, completer))
+        self._running[job.id] = (task, lease)
+
+    async def _run_job(
+        self, job: JobRecord, lease: Lease, pool: ThreadPoolExecutor, completer: Completer
+    ) -> None:
+        for listener in self.listeners:
+            listener.job_started(job)
+        t0 = time.perf_counter()
+        try:
+            outcome = await execute(self.app, job, pool)
+        except asyncio.CancelledError:
+            # Shutdown past the grace, or the lease was lost: give the job back unless lost.
+            if job.id not in self._lost:
+                completer.add(lease, Snoozed(delay_s=0.0))
+            raise
+        finally:
+            self._running.pop(job.id, None)
+            self._slot_freed.set()
+        runtime = time.perf_counter() - t0
+        if job.id in self._lost:
+            self._lost.discard(job.id)
+            return
+        completer.add(lease, outcome)
+        self.jobs_done += 1
+        for listener in self.listeners:
+            listener.job_finished(job, outcome, runtime)
+
+    def lease_lost(self, job_ids: set[str]) -> None:
+        """Called by the heartbeat: these jobs are no longer ours; stop them, drop outcomes."""
+        for job_id in job_ids:
+            entry = self._running.get(job_id)
+            if entry is not None:
+                log.warning("lease lost for job %s; stopping it", job_id)
+                self._lost.add(job_id)
+                entry[0].cancel()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def _drain(self, completer: Completer) -> None:
+        """Give running jobs until the grace ends (or a forced stop) to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.grace_s
+        if self._running:
+            log.info("waiting up to %.1fs for %d running jobs", self.config.grace_s, self.busy)
+        while self._running and not self._force.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._slot_freed.clear()
+            await self._until(self._slot_freed, left, stop=self._force)
+
+    async def _cancel_running(self, completer: Completer) -> None:
+        tasks = [t for t, _ in self._running.values()]
+        if tasks:
+            log.warning("releasing %d unfinished jobs back to their queues", len(tasks))
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _wait_quietly(task: asyncio.Task[None], timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(task, timeout_s)
+    except (TimeoutError, asyncio.CancelledError):
+        task.cancel()
+    except Exception:
+        log.exception("worker helper task failed")
