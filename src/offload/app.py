@@ -69,6 +69,14 @@ class App:
     def _build_backend(self) -> Backend:
         return from_url(self.url, **self._backend_options)
 
+    def use_url(self, url: str) -> None:
+        """Point the app at another backend URL (e.g. ``OFFLOAD_URL``). Only before first use."""
+        if self._home is not None:
+            raise UsageError("the backend URL cannot change once the app is in use")
+        self.url = url
+        self._given_backend = None
+        self._backend = self._build_backend()
+
     @property
     def backend(self) -> Backend:
         return self._backend

@@ -1,0 +1,455 @@
+"""The ``offload`` command. The only place that reads environment variables (each option's
+``--help`` names its variable). Every error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import msgspec
+
+from offload.app import App
+from offload.errors import OffloadError, ValidationError
+from offload.job import JobFilter, JobRecord, JobState
+from offload.worker import Worker, WorkerConfig
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def load_app(spec: str | None, url: str | None) -> App:
+    """Import ``module:attr`` (from the current directory too) and apply a URL override."""
+    if not spec:
+        raise click.UsageError("no app given: pass module:attr or set OFFLOAD_APP")
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.UsageError(f"app must look like module:attr, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.ClickException(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise click.ClickException(f"{spec!r} is not an offload.App")
+    if url:
+        app.use_url(url)
+    return app
+
+
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn offload errors into one clear line and exit status 1."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except OffloadError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+class Ctx(msgspec.Struct):
+    app_spec: str | None
+    url: str | None
+
+    def app(self, spec: str | None = None) -> App:
+        return load_app(spec or self.app_spec, self.url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
+@click.option(
+    "--app",
+    "app_spec",
+    envvar="OFFLOAD_APP",
+    show_envvar=True,
+    metavar="MODULE:ATTR",
+    help="The offload.App to use.",
+)
+@click.option(
+    "--url", envvar="OFFLOAD_URL", show_envvar=True, help="Override the app's backend URL."
+)
+@click.version_option(package_name="offload")
+@click.pass_context
+def main(ctx: click.Context, app_spec: str | None, url: str | None) -> None:
+    """offload: durable background jobs."""
+    ctx.obj = Ctx(app_spec=app_spec, url=url)
+
+
+# -- worker ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("app_spec", required=False, metavar="[MODULE:ATTR]")
+@click.option(
+    "--queues",
+    "-q",
+    default="default",
+    show_default=True,
+    help="Comma-separated queues to take jobs from.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Jobs run at once per process (slots).",
+)
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(1, 512),
+    default=1,
+    show_default=True,
+    help="Worker processes to supervise (restarted if they die).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=25.0,
+    show_default=True,
+    help="Seconds running jobs get to finish after SIGTERM/SIGINT.",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a claim holds a job without a heartbeat.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between heartbeats (must be less than --lease).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.pass_obj
+@friendly
+def worker(
+    obj: Ctx,
+    app_spec: str | None,
+    queues: str,
+    concurrency: int,
+    processes: int,
+    grace: float,
+    lease: float,
+    heartbeat: float,
+    log_level: str,
+) -> None:
+    """Run jobs: claim at most the free slots, retry failures, drain on SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    spec = app_spec or obj.app_spec
+    heartbeat = heartbeat if heartbeat is not None else lease / 3
+    names = tuple(q.strip() for q in queues.split(",") if q.strip())
+    config = WorkerConfig(
+        queues=names, concurrency=concurrency, lease_s=lease, heartbeat_s=heartbeat, grace_s=grace
+    )
+    app = obj.app(spec)  # import once in the parent too: fail fast on a bad app
+    if processes > 1:
+        from offload.worker.supervisor import Supervisor
+
+        argv = [sys.executable, "-m", "offload"]
+        if obj.url:
+            argv += ["--url", obj.url]
+        argv += [
+            "worker",
+            str(spec),
+            "--queues",
+            ",".join(names),
+            "--concurrency",
+            str(concurrency),
+            "--grace",
+            str(grace),
+            "--lease",
+            str(lease),
+            "--heartbeat",
+            str(heartbeat),
+            "--log-level",
+            log_level,
+        ]
+        sys.exit(Supervisor(argv, processes).run())
+    asyncio.run(run_worker(app, config))
+
+
+async def run_worker(app: App, config: WorkerConfig) -> None:
+    """Run one worker until SIGTERM/SIGINT (twice to skip the grace), then close the app."""
+    w = Worker(app, config)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        w.request_stop(force=signals > 1)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, on_signal)
+    log = logging.getLogger("offload.worker")
+    log.info(
+        "worker %s: queues %s, %d slots, backend %s",
+        w.id,
+        ",".join(config.queues),
+        config.concurrency,
+        app.backend.url,
+    )
+    try:
+        await w.run()
+    finally:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(s)
+        await app.close()
+    log.info("worker %s stopped after %d jobs", w.id, w.jobs_done)
+
+
+# -- enqueue and inspect -----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("task_name", metavar="TASK")
+@click.option(
+    "--args",
+    "args_json",
+    default="{}",
+    show_default=True,
+    help="Arguments as a JSON object (by name) or array (by position).",
+)
+@click.option("--queue", default=None)
+@click.option("--delay", type=click.FloatRange(0), default=None, help="Seconds to wait first.")
+@click.option("--priority", type=int, default=None, help="0-9, higher runs first.")
+@click.option("--key", default=None, help="Dedup key: an active job with it is returned instead.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=None,
+    help="Wait this many seconds for the result and print it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@friendly
+def enqueue(
+    obj: Ctx,
+    task_name: str,
+    args_json: str,
+    queue: str | None,
+    delay: float | None,
+    priority: int | None,
+    key: str | None,
+    wait_s: float | None,
+    as_json: bool,
+) -> None:
+    """Enqueue one job of TASK."""
+    app = obj.app()
+    task = app.get_task(task_name)
+    try:
+        parsed = msgspec.json.decode(args_json)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"--args is not valid JSON: {exc}") from None
+    bound = task.options(queue=queue, delay=delay, priority=priority, key=key)
+    if isinstance(parsed, list):
+        job = bound.enqueue(*parsed)
+    elif isinstance(parsed, dict):
+        job = bound.enqueue(**parsed)
+    else:
+        raise ValidationError("--args must be a JSON object or array")
+    try:
+        if wait_s is not None:
+            result = job.result(timeout=wait_s)
+            _emit({"id": job.id, "state": job.state.value, "result": result}, as_json)
+        else:
+            _emit(_job_dict(job.record), as_json) if as_json else click.echo(job.id)
+    finally:
+        app.close_sync()
+
+
+@main.group()
+def jobs() -> None:
+    """List, show, retry and cancel jobs."""
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice([s.value for s in JobState]), default=None)
+@click.option("--queue", default=None)
+@click.option("--task", "task_name", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", default=None, help="Continue from a previous page.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@friendly
+def jobs_list(
+    obj: Ctx,
+    state: str | None,
+    queue: str | None,
+    task_name: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    flt = JobFilter(
+        state=JobState(state) if state else None,
+        queue=queue,
+        task=task_name,
+        limit=limit,
+        cursor=cursor,
+    )
+    page = _with_app(obj, lambda app: app.run_sync(lambda b: b.list_jobs(flt)))
+    if as_json:
+        _emit({"jobs": [_job_dict(j) for j in page.jobs], "next_cursor": page.next_cursor}, True)
+        return
+    rows = [
+        [j.id, j.task, j.queue, j.state.value, f"{j.attempt}/{j.max_attempts}", _first(j.error)]
+        for j in page.jobs
+    ]
+    _table(["id", "task", "queue", "state", "attempt", "error"], rows)
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@friendly
+def jobs_show(obj: Ctx, job_id: str, as_json: bool) -> None:
+    """Show one job."""
+    job = _with_app(obj, lambda app: app.get_job(job_id))
+    _emit(_job_dict(job.record), as_json)
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@friendly
+def jobs_retry(obj: Ctx, job_id: str, as_json: bool) -> None:
+    """Queue a dead or cancelled job again."""
+    _steer(obj, job_id, as_json, "retry")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@friendly
+def jobs_cancel(obj: Ctx, job_id: str, as_json: bool) -> None:
+    """Cancel a scheduled, queued or running job."""
+    _steer(obj, job_id, as_json, "cancel")
+
+
+def _steer(obj: Ctx, job_id: str, as_json: bool, action: str) -> None:
+    async def act(b: Any) -> JobRecord | None:
+        record: JobRecord | None = await (
+            b.retry(job_id) if action == "retry" else b.cancel(job_id)
+        )
+        return record
+
+    record = _with_app(obj, lambda app: app.run_sync(act))
+    if record is None:
+        raise click.ClickException(f"no job with id {job_id!r}")
+    _emit(_job_dict(record), as_json) if as_json else click.echo(f"{record.id} {record.state}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@friendly
+def queues(obj: Ctx, as_json: bool) -> None:
+    """Depth of each queue by state."""
+    counts = _with_app(obj, lambda app: app.run_sync(lambda b: b.counts()))
+    data = {q: {s.value: by.get(s, 0) for s in JobState} for q, by in sorted(counts.items())}
+    if as_json:
+        _emit(data, True)
+        return
+    _table(
+        ["queue", *[s.value for s in JobState]],
+        [[q, *[str(v) for v in by.values()]] for q, by in data.items()],
+    )
+
+
+@main.command()
+@click.pass_obj
+@friendly
+def migrate(obj: Ctx) -> None:
+    """Create or upgrade the backend's schema (PostgreSQL)."""
+    app = obj.app()
+    try:
+        migrate_fn = getattr(app.backend, "migrate", None)
+        if migrate_fn is None:
+            click.echo(f"{type(app.backend).__name__} needs no migrations")
+            return
+        applied = app.run_sync(lambda _b: migrate_fn())
+        click.echo(f"schema up to date ({applied} migrations applied)")
+    finally:
+        app.close_sync()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _with_app(obj: Ctx, fn: Callable[[App], R]) -> R:
+    app = obj.app()
+    try:
+        return fn(app)
+    finally:
+        app.close_sync()
+
+
+def _first(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0][:60] if (text or "").strip() else ""
+
+
+def _job_dict(rec: JobRecord) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(rec)
+    for field in ("args", "result"):
+        raw = getattr(rec, field)
+        try:
+            data[field] = None if raw is None else msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            data[field] = raw.decode("utf-8", "replace") if raw is not None else None
+    return data
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
+        return
+    for k, v in data.items():
+        click.echo(f"{k:>16}: {v}")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def run() -> None:
+    """Console entry point."""
+    main()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,68 @@
+"""Supervises P worker processes (``offload worker --processes P``).
+
+Each child is a plain ``offload worker`` process with one process. A child that dies is
+restarted (with a growing pause if it keeps dying at once, so a broken app does not spin). The
+first SIGTERM/SIGINT is passed on to every child, which drains within its grace; a second one is
+passed on too, which makes the children stop at once. The supervisor exits when all have.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+log = logging.getLogger("offload.supervisor")
+
+FAST_DEATH_S = 5.0  # a child that dies sooner than this after starting counts as crash-looping
+MAX_PAUSE_S = 30.0
+
+
+class Supervisor:
+    def __init__(self, child_argv: Sequence[str], processes: int) -> None:
+        self.child_argv = list(child_argv)
+        self.processes = processes
+        self.children: list[tuple[subprocess.Popen[bytes], float]] = []
+        self.restarts = 0
+        self._signals = 0
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], float]:
+        return subprocess.Popen(self.child_argv), time.monotonic()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        for proc, _ in self.children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.children = [self._spawn() for _ in range(self.processes)]
+            pause = 0.0
+            while not self._signals:
+                time.sleep(0.2)
+                for i, (proc, started) in enumerate(self.children):
+                    if proc.poll() is None or self._signals:
+                        continue
+                    lived = time.monotonic() - started
+                    pause = min(max(pause * 2, 0.5), MAX_PAUSE_S) if lived < FAST_DEATH_S else 0.0
+                    log.warning(
+                        "worker process %d exited with %s after %.1fs; restarting%s",
+                        proc.pid,
+                        proc.returncode,
+                        lived,
+                        f" in {pause:.1f}s" if pause else "",
+                    )
+                    time.sleep(pause)
+                    self.children[i] = self._spawn()
+                    self.restarts += 1
+            for proc, _ in self.children:
+                proc.wait()
+            return 0
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
