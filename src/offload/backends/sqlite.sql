@@ -1,0 +1,217 @@
+-- Named queries of the sqlite:// backend (offload.backends.sqlite), loaded once at import.
+-- A block runs from its "-- name: xyz" line to the next one. "{cols}" stands for the job
+-- columns in the order the backend decodes them; "{queues}" for the claim's queue parameters.
+-- Parameters are named (:now, :limit, ...). States are stored as JobState's text values.
+
+-- name: schema
+-- seq is the rowid: enqueue order, and the cheapest key to update claimed rows by.
+CREATE TABLE IF NOT EXISTS offload_jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    args BLOB NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    run_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    key TEXT,
+    started_at REAL,
+    finished_at REAL,
+    worker_id TEXT,
+    lease_expires_at REAL,
+    result BLOB,
+    error TEXT,
+    errors TEXT
+);
+-- Claim walks this index in claim order within a queue; finished rows are not in it, so a
+-- file holding millions of finished jobs claims as fast as an empty one.
+CREATE INDEX IF NOT EXISTS offload_jobs_waiting
+    ON offload_jobs (queue, priority DESC, run_at, seq)
+    WHERE state IN ('scheduled', 'queued');
+-- Dedup by key among active jobs; also makes the dedup lookup on enqueue an index probe.
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_active_key
+    ON offload_jobs (key)
+    WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
+CREATE INDEX IF NOT EXISTS offload_jobs_lease
+    ON offload_jobs (lease_expires_at)
+    WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (created_at, id);
+CREATE TABLE IF NOT EXISTS offload_paused (queue TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offload_workers (
+    id TEXT PRIMARY KEY,
+    info BLOB NOT NULL,
+    last_seen_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- name: insert_job
+INSERT INTO offload_jobs (id, task, queue, args, state, priority, max_attempts, run_at,
+                          created_at, key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: active_by_key
+SELECT {cols} FROM offload_jobs
+WHERE key = ? AND key IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
+
+-- name: waiting_count
+SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('scheduled', 'queued');
+
+-- name: claim
+-- One statement: pick due jobs in claim order and lease them. RETURNING does not promise the
+-- subquery's order, so the backend sorts the (at most :limit) returned rows again.
+UPDATE offload_jobs
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+    lease_expires_at = :expires
+WHERE seq IN (
+    SELECT seq FROM offload_jobs
+    WHERE state IN ('scheduled', 'queued') AND queue IN ({queues})
+      AND run_at <= :now
+      AND queue NOT IN (SELECT queue FROM offload_paused)
+    ORDER BY priority DESC, run_at, seq
+    LIMIT :limit
+)
+RETURNING {cols};
+
+-- name: bury_undecodable
+UPDATE offload_jobs
+SET state = 'dead', error = ?, finished_at = ?, worker_id = NULL, lease_expires_at = NULL
+WHERE seq = ?;
+
+-- name: heartbeat
+UPDATE offload_jobs SET lease_expires_at = ?
+WHERE id = ? AND worker_id = ? AND attempt = ? AND state = 'running';
+
+-- name: complete_succeeded
+UPDATE offload_jobs
+SET state = 'succeeded', result = :result, finished_at = :now, error = NULL,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND worker_id = :worker_id AND attempt = :attempt AND state = 'running';
+
+-- name: complete_dead
+-- A broken errors column must not make the batch fail: it is replaced, not appended to.
+UPDATE offload_jobs
+SET state = 'dead', error = :error, finished_at = :now, result = NULL,
+    errors = CASE WHEN json_valid(errors) AND json_type(errors) = 'array'
+                  THEN json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', :now,
+                                                              'error', :error,
+                                                              'worker_id', worker_id))
+                  ELSE json_array(json_object('attempt', attempt, 'at', :now,
+                                              'error', :error, 'worker_id', worker_id)) END,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND worker_id = :worker_id AND attempt = :attempt AND state = 'running';
+
+-- name: complete_retry
+UPDATE offload_jobs
+SET state = 'scheduled', run_at = :run_at,
+    errors = CASE WHEN json_valid(errors) AND json_type(errors) = 'array'
+                  THEN json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', :now,
+                                                              'error', :error,
+                                                              'worker_id', worker_id))
+                  ELSE json_array(json_object('attempt', attempt, 'at', :now,
+                                              'error', :error, 'worker_id', worker_id)) END,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND worker_id = :worker_id AND attempt = :attempt AND state = 'running';
+
+-- name: complete_cancelled
+UPDATE offload_jobs
+SET state = 'cancelled', error = :error, finished_at = :now, result = NULL,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND worker_id = :worker_id AND attempt = :attempt AND state = 'running';
+
+-- name: complete_snoozed
+UPDATE offload_jobs
+SET state = CASE WHEN :run_at <= :now THEN 'queued' ELSE 'scheduled' END, run_at = :run_at,
+    attempt = max(attempt - 1, 0), worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND worker_id = :worker_id AND attempt = :attempt AND state = 'running';
+
+-- name: recover
+UPDATE offload_jobs
+SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+    run_at = CASE WHEN attempt >= max_attempts THEN run_at ELSE :now END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN :now END,
+    error = CASE WHEN attempt >= max_attempts THEN :error ELSE error END,
+    errors = CASE WHEN json_valid(errors) AND json_type(errors) = 'array'
+                  THEN json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', :now,
+                                                              'error', :error,
+                                                              'worker_id', worker_id))
+                  ELSE json_array(json_object('attempt', attempt, 'at', :now,
+                                              'error', :error, 'worker_id', worker_id)) END,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE state = 'running' AND lease_expires_at <= :now;
+
+-- name: get
+SELECT {cols} FROM offload_jobs WHERE id = ?;
+
+-- name: cancel
+UPDATE offload_jobs
+SET state = 'cancelled', error = 'cancelled', finished_at = ?, result = NULL,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = ? AND state IN ('scheduled', 'queued', 'running')
+RETURNING {cols};
+
+-- name: retry
+UPDATE offload_jobs
+SET state = 'queued', attempt = 0, run_at = ?, finished_at = NULL, error = NULL, result = NULL,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = ? AND state IN ('dead', 'cancelled')
+RETURNING {cols};
+
+-- name: delete
+DELETE FROM offload_jobs WHERE id = ? AND state != 'running';
+
+-- name: purge
+DELETE FROM offload_jobs
+WHERE state IN ({states}) AND coalesce(finished_at, 0) <= :cutoff
+  AND (:queue IS NULL OR queue = :queue);
+
+-- name: list_jobs
+-- Optional filters are NULL when unused; the cursor is the (created_at, id) of the last row
+-- of the previous page.
+SELECT {cols} FROM offload_jobs
+WHERE (:state IS NULL OR state = :state)
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:task IS NULL OR task = :task)
+  AND (:needle IS NULL OR instr(args, :needle) > 0)
+  AND (:after IS NULL OR created_at >= :after)
+  AND (:before IS NULL OR created_at < :before)
+  AND (:c_at IS NULL OR created_at < :c_at OR (created_at = :c_at AND id < :c_id))
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: counts
+SELECT queue, state, count(*) FROM offload_jobs GROUP BY queue, state;
+
+-- name: next_due
+-- The earliest run_at of waiting jobs in the given queues that are not paused (NULL: none).
+SELECT min(run_at) FROM offload_jobs
+WHERE state IN ('scheduled', 'queued') AND queue IN ({queues})
+  AND queue NOT IN (SELECT queue FROM offload_paused);
+
+-- name: data_version
+PRAGMA data_version;
+
+-- name: pause
+INSERT OR IGNORE INTO offload_paused (queue) VALUES (?);
+
+-- name: resume
+DELETE FROM offload_paused WHERE queue = ?;
+
+-- name: paused_queues
+SELECT queue FROM offload_paused;
+
+-- name: report_worker
+INSERT INTO offload_workers (id, info, last_seen_at, expires_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE
+SET info = excluded.info, last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at;
+
+-- name: forget_expired_workers
+DELETE FROM offload_workers WHERE expires_at <= ?;
+
+-- name: remove_worker
+DELETE FROM offload_workers WHERE id = ?;
+
+-- name: workers
+SELECT info, last_seen_at FROM offload_workers WHERE expires_at > ?;
