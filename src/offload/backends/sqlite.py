@@ -233,7 +233,11 @@ def _claim_tx(conn: sqlite3.Connection, req: ClaimRequest) -> list[JobRecord]:
         "expires": now + req.lease_s,
         "limit": req.limit,
     }
-    sql = _Q["claim"].replace("{queues}", _queue_params(req.queues, params))
+    _queue_params(req.queues, params)
+    candidates = " UNION ALL ".join(
+        _Q["claim_candidates"].replace("{queue}", f":q{i}") for i in range(len(req.queues))
+    )
+    sql = _Q["claim"].replace("{candidates}", candidates)
     claimed: list[tuple[int, JobRecord]] = []
     for row in conn.execute(sql, params).fetchall():
         try:

@@ -1,7 +1,8 @@
 -- Named queries of the sqlite:// backend (offload.backends.sqlite), loaded once at import.
--- A block runs from its "-- name: xyz" line to the next one. "{cols}" stands for the job
--- columns in the order the backend decodes them; "{queues}" for the claim's queue parameters.
--- Parameters are named (:now, :limit, ...). States are stored as JobState's text values.
+-- A block runs from its "-- name: xyz" line to the next one. Words in braces are replaced by
+-- the backend before use (cols: the job columns in the order it decodes them; queues, queue,
+-- states, candidates: generated parameter lists), so braces never appear in a comment inside
+-- a block. Parameters are named (:now, :limit, ...). States are JobState's text values.
 
 -- name: schema
 -- seq is the rowid: enqueue order, and the cheapest key to update claimed rows by.
@@ -60,24 +61,35 @@ WHERE key = ? AND key IS NOT NULL AND state IN ('scheduled', 'queued', 'running'
 SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('scheduled', 'queued');
 
 -- name: claim
--- One statement: pick due jobs in claim order and lease them. RETURNING does not promise the
--- subquery's order, so the backend sorts the (at most :limit) returned rows again.
+-- One statement: pick due jobs in claim order and lease them. The candidates are one
+-- claim_candidates block per queue joined by UNION ALL: each walks the waiting index of its
+-- queue in order and stops at :limit, so a claim over several deep queues never sorts more than
+-- :limit rows per queue. RETURNING does not promise the subquery's order, so the backend sorts
+-- the (at most :limit) returned rows again.
 UPDATE offload_jobs
 SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
     lease_expires_at = :expires
 WHERE seq IN (
-    SELECT seq FROM offload_jobs
-    WHERE state IN ('scheduled', 'queued') AND queue IN ({queues})
-      AND run_at <= :now
-      AND queue NOT IN (SELECT queue FROM offload_paused)
+    SELECT seq FROM ({candidates})
     ORDER BY priority DESC, run_at, seq
     LIMIT :limit
 )
 RETURNING {cols};
 
+-- name: claim_candidates
+SELECT * FROM (
+    SELECT seq, priority, run_at FROM offload_jobs
+    WHERE state IN ('scheduled', 'queued') AND queue = {queue} AND run_at <= :now
+      AND {queue} NOT IN (SELECT queue FROM offload_paused)
+    ORDER BY priority DESC, run_at, seq
+    LIMIT :limit
+)
+
 -- name: bury_undecodable
+-- A broken errors history is dropped so that the dead job can at least be listed with why.
 UPDATE offload_jobs
-SET state = 'dead', error = ?, finished_at = ?, worker_id = NULL, lease_expires_at = NULL
+SET state = 'dead', error = ?, finished_at = ?, worker_id = NULL, lease_expires_at = NULL,
+    errors = CASE WHEN json_valid(errors) AND json_type(errors) = 'array' THEN errors END
 WHERE seq = ?;
 
 -- name: heartbeat

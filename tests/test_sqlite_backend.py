@@ -1,0 +1,367 @@
+"""The sqlite:// backend: its own guarantees (files, threads, processes, untrusted rows)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from offload.backends import from_url
+from offload.backends.sqlite import SQLiteBackend
+from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull
+from offload.job import ClaimRequest, JobFilter, JobState, NewJob, new_job_id
+from offload.outcome import RetryAt, Succeeded
+
+
+class Factory(Protocol):
+    def __call__(self, **options: object) -> Awaitable[SQLiteBackend]: ...
+
+
+def job(queue: str = "q", **kw: object) -> NewJob:
+    return NewJob(id=new_job_id(), task="t", queue=queue, args=b'{"x": 1}', **kw)  # type: ignore[arg-type]
+
+
+def claim(
+    queue: str = "q", limit: int = 10, worker: str = "w", lease_s: float = 30.0
+) -> ClaimRequest:
+    return ClaimRequest(queues=(queue,), limit=limit, worker_id=worker, lease_s=lease_s)
+
+
+@pytest.fixture
+async def backends(tmp_path: Path) -> AsyncIterator[Factory]:
+    opened: list[SQLiteBackend] = []
+
+    async def make(**options: object) -> SQLiteBackend:
+        backend = SQLiteBackend(f"sqlite:///{tmp_path}/jobs.db", **options)
+        await backend.open()
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        await backend.close()
+
+
+def offload_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("offload-sqlite")]
+
+
+def open_fds_on(path: Path) -> list[str]:
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            fds.append(target)
+    return fds
+
+
+async def test_round_trip_and_claim_order(backends: Factory) -> None:
+    b = await backends()
+    low = job(priority=1)
+    high = job(priority=5)
+    later = job(delay_s=60)
+    recs = await b.enqueue([low, high, later])
+    assert [r.id for r in recs] == [low.id, high.id, later.id]
+    assert [r.state for r in recs] == [JobState.QUEUED, JobState.QUEUED, JobState.SCHEDULED]
+    got = await b.claim(claim(limit=10))
+    assert [r.id for r in got] == [high.id, low.id]
+    assert all(r.state is JobState.RUNNING and r.attempt == 1 for r in got)
+    lease = got[0].lease
+    assert lease is not None
+    await b.complete([(lease, Succeeded(b"42"))])
+    done = await b.get(high.id)
+    assert done is not None and done.state is JobState.SUCCEEDED and done.result == b"42"
+
+
+async def test_claim_over_several_queues_keeps_global_order(backends: Factory) -> None:
+    b = await backends()
+    a1, b1, a2 = job("a", priority=1), job("b", priority=3), job("a", priority=2)
+    await b.enqueue([a1, b1, a2])
+    req = ClaimRequest(queues=("a", "b"), limit=2, worker_id="w")
+    assert [r.id for r in await b.claim(req)] == [b1.id, a2.id]
+
+
+async def test_retry_appends_error_and_stale_completion_is_ignored(backends: Factory) -> None:
+    b = await backends()
+    (rec,) = await b.enqueue([job()])
+    (running,) = await b.claim(claim())
+    assert running.lease is not None
+    await b.complete([(running.lease, RetryAt(delay_s=0.0, error="boom"))])
+    await b.complete([(running.lease, Succeeded(None))])  # stale: the lease has moved on
+    after = await b.get(rec.id)
+    assert after is not None and after.state is JobState.SCHEDULED
+    assert [e.error for e in after.errors] == ["boom"]
+
+
+async def test_recover_and_heartbeat(backends: Factory) -> None:
+    b = await backends()
+    await b.enqueue([job(), job()])
+    first, second = await b.claim(claim(lease_s=0.05))
+    assert first.lease is not None and second.lease is not None
+    assert await b.heartbeat([first.lease], 30.0) == {first.id}
+    await asyncio.sleep(0.1)  # the point: let the second lease expire
+    assert await b.recover() == 1
+    back = await b.get(second.id)
+    assert back is not None and back.state is JobState.QUEUED and back.attempt == 1
+    assert back.errors[-1].error == "lease expired (worker lost)"
+
+
+async def test_dedup_and_queue_limit(backends: Factory) -> None:
+    b = await backends()
+    first = job(key="k")
+    recs = await b.enqueue([first, job(key="k")])
+    assert [r.id for r in recs] == [first.id, first.id]
+    (again,) = await b.enqueue([job(key="k")])
+    assert again.id == first.id
+    with pytest.raises(QueueFull):
+        await b.enqueue([job(), job()], limits={"q": 2})
+    assert (await b.counts())["q"] == {JobState.QUEUED: 1}
+
+
+async def test_group_commit_isolates_a_failing_request(backends: Factory) -> None:
+    b = await backends()
+    ok = [b.enqueue([job("a")]) for _ in range(20)]
+    full = b.enqueue([job("b"), job("b")], limits={"b": 1})
+    results = await asyncio.gather(*ok, full, *ok[:0], return_exceptions=True)
+    assert isinstance(results[-1], QueueFull)
+    counts = await b.counts()
+    assert counts["a"] == {JobState.QUEUED: 20} and "b" not in counts
+
+
+async def test_cancel_retry_delete_purge(backends: Factory) -> None:
+    b = await backends()
+    j1, j2 = job(), job()
+    await b.enqueue([j1, j2])
+    cancelled = await b.cancel(j1.id)
+    assert cancelled is not None and cancelled.state is JobState.CANCELLED
+    again = await b.retry(j1.id)
+    assert again is not None and again.state is JobState.QUEUED and again.attempt == 0
+    with pytest.raises(InvalidState):
+        await b.retry(j2.id)
+    assert await b.cancel("nope") is None
+    (running,) = await b.claim(claim(limit=1))
+    assert await b.delete([running.id]) == 0
+    assert running.lease is not None
+    await b.complete([(running.lease, Succeeded(None))])
+    with pytest.raises(ValueError):
+        await b.purge([JobState.QUEUED])
+    assert await b.purge([JobState.SUCCEEDED]) == 1
+    assert await b.purge([JobState.SUCCEEDED], older_than_s=3600) == 0
+
+
+async def test_list_jobs_pages_with_cursor_and_filters(backends: Factory) -> None:
+    b = await backends()
+    jobs = [NewJob(id=new_job_id(), task="t", queue="q", args=b'{"n": %d}' % i) for i in range(7)]
+    for j in jobs:
+        await b.enqueue([j])  # distinct created_at
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await b.list_jobs(JobFilter(limit=3, cursor=cursor))
+        seen += [r.id for r in page.jobs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [j.id for j in reversed(jobs)]
+    hit = await b.list_jobs(JobFilter(args_contains='"n": 4'))
+    assert [r.id for r in hit.jobs] == [jobs[4].id]
+    with pytest.raises(ValueError):
+        await b.list_jobs(JobFilter(cursor="!!"))
+
+
+async def test_pause_and_workers(backends: Factory) -> None:
+    from offload.job import WorkerInfo
+
+    b = await backends()
+    await b.enqueue([job()])
+    await b.set_paused("q", True)
+    assert await b.paused_queues() == {"q"}
+    assert await b.claim(claim()) == []
+    await b.set_paused("q", False)
+    assert len(await b.claim(claim())) == 1
+    info = WorkerInfo(
+        id="w1", host="h", pid=1, queues=("q",), concurrency=4, busy=0, started_at=1.0
+    )
+    await b.report_worker(info, ttl_s=30)
+    (seen,) = await b.workers()
+    assert seen.id == "w1" and seen.last_seen_at > 0
+    await b.remove_worker("w1")
+    assert await b.workers() == []
+
+
+async def test_two_instances_claiming_concurrently_never_double_claim(backends: Factory) -> None:
+    one, two = await backends(), await backends()
+    await one.enqueue([job() for _ in range(500)])
+
+    async def drain(b: SQLiteBackend, worker: str) -> list[str]:
+        ids: list[str] = []
+        while got := await b.claim(claim(limit=7, worker=worker)):
+            ids += [r.id for r in got]
+        return ids
+
+    results = await asyncio.gather(*(drain(b, f"w{i}") for i in range(4) for b in (one, two)))
+    ids = [i for r in results for i in r]
+    assert len(ids) == 500 and len(set(ids)) == 500
+
+
+_CLAIMER = """
+import asyncio, json, sys
+from offload.backends.sqlite import SQLiteBackend
+from offload.job import ClaimRequest
+
+async def main():
+    b = SQLiteBackend(sys.argv[1])
+    await b.open()
+    ids = []
+    req = ClaimRequest(queues=("q",), limit=5, worker_id=sys.argv[2])
+    while got := await b.claim(req):
+        ids += [r.id for r in got]
+    await b.close()
+    print(json.dumps(ids))
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_never_double_claim(backends: Factory, tmp_path: Path) -> None:
+    b = await backends()
+    await b.enqueue([job() for _ in range(2000)])
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CLAIMER, b.url, f"p{i}", stdout=subprocess.PIPE
+        )
+        for i in range(2)
+    ]
+    outs = [json.loads((await p.communicate())[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    ids = outs[0] + outs[1]
+    assert len(ids) == 2000 and len(set(ids)) == 2000
+    assert outs[0] and outs[1], "both processes should have claimed some jobs"
+
+
+async def test_wait_for_work_wakes_on_another_instance(backends: Factory) -> None:
+    waiting, producer = await backends(), await backends()
+    started = time.monotonic()
+    waiter = asyncio.create_task(waiting.wait_for_work(["q"], timeout_s=10))
+    await asyncio.sleep(0.05)  # let the waiter read the file's state first
+    await producer.enqueue([job()])
+    await asyncio.wait_for(waiter, timeout=2)
+    assert time.monotonic() - started < 2
+
+
+async def test_wait_for_work_returns_when_a_scheduled_job_is_due(backends: Factory) -> None:
+    b = await backends()
+    await b.enqueue([job(delay_s=0.2)])
+    started = time.monotonic()
+    await b.wait_for_work(["q"], timeout_s=10)
+    assert 0.1 < time.monotonic() - started < 2
+
+
+async def test_wait_done_is_woken_by_completion(backends: Factory) -> None:
+    b = await backends()
+    (rec,) = await b.enqueue([job()])
+    waiter = asyncio.create_task(b.wait_done(rec.id, timeout_s=10))
+    (running,) = await b.claim(claim())
+    assert running.lease is not None
+    await b.complete([(running.lease, Succeeded(b"1"))])
+    done = await asyncio.wait_for(waiter, timeout=2)
+    assert done is not None and done.state is JobState.SUCCEEDED
+    assert await b.wait_done("missing", timeout_s=0.01) is None
+
+
+async def test_undecodable_rows_go_dead_on_claim_and_are_skipped_in_reads(
+    backends: Factory, tmp_path: Path
+) -> None:
+    b = await backends()
+    good = job()
+    await b.enqueue([job(), good])
+    raw = sqlite3.connect(tmp_path / "jobs.db")
+    with raw:
+        # a broken errors column on a claimable job, and a job whose state is not a JobState
+        raw.execute("UPDATE offload_jobs SET errors = '{not json' WHERE id != ?", (good.id,))
+        raw.execute(
+            "INSERT INTO offload_jobs (id, task, queue, args, state, priority, max_attempts, "
+            "run_at, created_at) VALUES ('weird', 't', 'q', x'00', 'exploded', 0, 3, 0, 0)"
+        )
+    raw.close()
+    got = await b.claim(claim())
+    assert [r.id for r in got] == [good.id]
+    page = await b.list_jobs(JobFilter())
+    assert good.id in [r.id for r in page.jobs] and "weird" not in [r.id for r in page.jobs]
+    assert await b.get("weird") is None
+    counts = (await b.counts())["q"]
+    assert counts == {JobState.DEAD: 1, JobState.RUNNING: 1}  # the odd state is skipped
+    (buried,) = (await b.list_jobs(JobFilter(state=JobState.DEAD))).jobs
+    assert buried.error is not None and "undecodable" in buried.error and buried.errors == ()
+
+
+def test_url_and_options() -> None:
+    b = SQLiteBackend("sqlite:///rel.db?synchronous=normal&busy_timeout_ms=100")
+    assert b.synchronous == "NORMAL" and b.path == os.path.abspath("rel.db")
+    assert SQLiteBackend("sqlite:////tmp/x.db").synchronous == "FULL"
+    assert SQLiteBackend("sqlite:////tmp/x.db", synchronous="normal").synchronous == "NORMAL"
+    assert isinstance(from_url("sqlite:////tmp/x.db"), SQLiteBackend)
+    for bad in ("sqlite://", "sqlite:///:memory:", "sqlite:////x.db?synchronous=off"):
+        with pytest.raises(ConfigurationError):
+            SQLiteBackend(bad)
+    with pytest.raises(ConfigurationError):
+        SQLiteBackend("sqlite:////x.db?colour=blue")
+
+
+async def test_synchronous_pragma_applied(backends: Factory) -> None:
+    full, normal = await backends(), await backends(synchronous="normal")
+    read = "PRAGMA synchronous"
+    assert await full._write(lambda c: c.execute(read).fetchone()[0]) == 2
+    assert await normal._write(lambda c: c.execute(read).fetchone()[0]) == 1
+
+
+async def test_unopenable_path_is_backend_unavailable(tmp_path: Path) -> None:
+    b = SQLiteBackend(f"sqlite:///{tmp_path}/no/such/dir/jobs.db")
+    with pytest.raises(BackendUnavailable, match="cannot open"):
+        await b.open()
+    assert offload_threads() == []
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(BackendUnavailable):
+        await SQLiteBackend(f"sqlite:///{tmp_path}/junk.db").open()
+    with pytest.raises(BackendUnavailable, match="not open"):
+        await b.get("x")
+
+
+async def test_locked_file_is_backend_unavailable(backends: Factory, tmp_path: Path) -> None:
+    b = await backends(busy_timeout_ms=50)
+    raw = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BackendUnavailable, match="locked"):
+            await b.enqueue([job()])
+    finally:
+        raw.execute("ROLLBACK")
+        raw.close()
+    assert len(await b.enqueue([job()])) == 1  # and it recovers once the lock is gone
+
+
+async def test_close_leaves_no_thread_and_no_file_handle(tmp_path: Path) -> None:
+    b = SQLiteBackend(f"sqlite:///{tmp_path}/jobs.db")
+    await b.open()
+    await b.open()  # idempotent
+    await b.enqueue([job()])
+    assert len(offload_threads()) == 2 and open_fds_on(tmp_path)
+    await b.close()
+    await b.close()  # idempotent
+    assert offload_threads() == []
+    assert open_fds_on(tmp_path) == []
+    with pytest.raises(BackendUnavailable):
+        await b.enqueue([job()])
