@@ -31,7 +31,7 @@ R = TypeVar("R")
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3  # like Celery's 3 retries; a task that needs more says so
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:<>\-]{1,200}$")  # <> for <locals> in qualnames
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,13 @@ class Task(Generic[P, R]):
     """A function registered with ``@app.task``. Calling it runs the function directly."""
 
     def __init__(self, app: App, fn: Callable[P, R], config: TaskConfig) -> None:
-        check_name(config.name, "task name")
-        check_name(config.queue, "queue")
-        check_priority(config.priority)
-        check_attempts(config.max_attempts)
+        try:
+            check_name(config.name, "task name")
+            check_name(config.queue, "queue")
+            check_priority(config.priority)
+            check_attempts(config.max_attempts)
+        except ValidationError as exc:
+            raise ConfigurationError(f"task {config.name!r}: {exc}") from None
         if config.timeout_s is not None and config.timeout_s <= 0:
             raise ConfigurationError(f"task {config.name}: timeout must be > 0 seconds")
         self.app = app
