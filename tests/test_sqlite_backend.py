@@ -21,6 +21,7 @@ from offload.backends.sqlite import SQLiteBackend
 from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull
 from offload.job import ClaimRequest, JobFilter, JobState, NewJob, new_job_id
 from offload.outcome import RetryAt, Succeeded
+from offload.testing import BackendConformance, MakeBackend
 
 
 class Factory(Protocol):
@@ -50,6 +51,22 @@ async def backends(tmp_path: Path) -> AsyncIterator[Factory]:
     yield make
     for backend in opened:
         await backend.close()
+
+
+class TestSQLiteConformance(BackendConformance):
+    @pytest.fixture
+    async def make_backend(self, tmp_path: Path) -> AsyncIterator[MakeBackend]:
+        opened: list[SQLiteBackend] = []
+
+        async def make() -> SQLiteBackend:
+            backend = SQLiteBackend(f"sqlite:///{tmp_path}/conformance.db")
+            await backend.open()
+            opened.append(backend)
+            return backend
+
+        yield make
+        for backend in opened:
+            await backend.close()
 
 
 def offload_threads() -> list[threading.Thread]:
@@ -225,26 +242,35 @@ from offload.job import ClaimRequest
 async def main():
     b = SQLiteBackend(sys.argv[1])
     await b.open()
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together, so that the claims really interleave
     ids = []
-    req = ClaimRequest(queues=("q",), limit=5, worker_id=sys.argv[2])
+    req = ClaimRequest(queues=("q",), limit=2, worker_id=sys.argv[2])
     while got := await b.claim(req):
         ids += [r.id for r in got]
     await b.close()
-    print(json.dumps(ids))
+    print(json.dumps(ids), flush=True)
 
 asyncio.run(main())
 """
 
 
-async def test_two_processes_never_double_claim(backends: Factory, tmp_path: Path) -> None:
+async def test_two_processes_never_double_claim(backends: Factory) -> None:
     b = await backends()
     await b.enqueue([job() for _ in range(2000)])
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CLAIMER, b.url, f"p{i}", stdout=subprocess.PIPE
-        )
-        for i in range(2)
-    ]
+    procs = []
+    for i in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CLAIMER, b.url, f"p{i}",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        assert await proc.stdout.readline() == b"ready\n"
+        procs.append(proc)
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
     outs = [json.loads((await p.communicate())[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     ids = outs[0] + outs[1]
