@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -93,12 +92,13 @@ async def main() -> None:
         "--log-level",
         "warning",
     ]
-    worker = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    worker = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env)
     try:
         await wait_drained(args.jobs, queue, args.timeout)
     finally:
         worker.terminate()
-        worker.wait(timeout=60)
+        await asyncio.wait_for(worker.wait(), 60)
     rate, count = await measured_rate(queue)
     await app.call(lambda b: b.purge([JobState.SUCCEEDED], queue=queue))
     await app.close()

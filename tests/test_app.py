@@ -61,7 +61,7 @@ def test_wrong_arguments_raise_validation_error_and_store_nothing(
         return x + y
 
     with pytest.raises(offload.ValidationError) as info:
-        add.enqueue(*args, **kwargs)
+        add.enqueue(*args, **kwargs)  # type: ignore[arg-type]
     assert info.value.argument == argument
     if argument:
         assert repr(argument) in str(info.value)

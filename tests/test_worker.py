@@ -49,6 +49,7 @@ async def start(app: offload.App, config: WorkerConfig = FAST) -> tuple[Worker, 
 
 async def test_claims_never_exceed_free_slots(app: offload.App) -> None:
     gate = asyncio.Event()
+    full = asyncio.Event()
     inside = 0
     most = 0
 
@@ -57,14 +58,15 @@ async def test_claims_never_exceed_free_slots(app: offload.App) -> None:
         nonlocal inside, most
         inside += 1
         most = max(most, inside)
+        if inside == 3:
+            full.set()
         await gate.wait()
         inside -= 1
         return i
 
     jobs = await app.aenqueue_many([held.prepare(i) for i in range(10)])
     worker, run = await start(app, WorkerConfig(concurrency=3, poll_s=0.05))
-    while inside < 3:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(full.wait(), 5)
     await asyncio.sleep(0.05)  # room for a wrong fourth claim to show itself
     assert (worker.busy, worker.idle) == (3, 0)
     gate.set()
@@ -160,7 +162,7 @@ async def test_timeout_fails_the_attempt(app: offload.App) -> None:
     a, s = await sleepy.aenqueue(), await sleepy_sync.aenqueue()
     worker, run = await start(app)
     for job in (a, s):
-        with pytest.raises(offload.JobFailed, match="timeout of 0.05s"):
+        with pytest.raises(offload.JobFailed, match=r"timeout of 0\.05s"):
             await job.aresult(timeout=5)
     await worker.stop()
     await run
