@@ -18,7 +18,13 @@ import pytest
 
 from offload.backends import from_url
 from offload.backends.sqlite import SQLiteBackend
-from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull
+from offload.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidState,
+    QueueFull,
+    ValidationError,
+)
 from offload.job import ClaimRequest, JobFilter, JobState, NewJob, new_job_id
 from offload.outcome import RetryAt, Succeeded
 from offload.testing import BackendConformance, MakeBackend
@@ -391,3 +397,22 @@ async def test_close_leaves_no_thread_and_no_file_handle(tmp_path: Path) -> None
     assert open_fds_on(tmp_path) == []
     with pytest.raises(BackendUnavailable):
         await b.enqueue([job()])
+
+
+async def test_enqueue_inside_the_callers_transaction(backends: Factory, tmp_path: Path) -> None:
+    b = await backends()
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        (kept,) = await b.enqueue_in(conn, [job()])
+        conn.commit()
+        conn.execute("BEGIN IMMEDIATE")
+        (dropped,) = await b.enqueue_in(conn, [job()])
+        conn.rollback()
+        with pytest.raises(QueueFull):
+            await b.enqueue_in(conn, [job(), job()], limits={"q": 2})
+    finally:
+        conn.close()
+    assert await b.get(kept.id) is not None and await b.get(dropped.id) is None
+    with pytest.raises(ValidationError):
+        await b.enqueue_in(object(), [job()])

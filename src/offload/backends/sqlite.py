@@ -49,6 +49,8 @@ from offload.errors import (
     ConfigurationError,
     InvalidState,
     QueueFull,
+    UsageError,
+    ValidationError,
     describe,
 )
 from offload.job import (
@@ -194,6 +196,31 @@ def _insert_params(r: JobRecord) -> tuple[Any, ...]:
             r.created_at, r.key)  # fmt: skip
 
 
+def _enqueue_on_callers(
+    conn: Any, path: str, jobs: Sequence[NewJob], limits: Mapping[str, int]
+) -> list[JobRecord]:
+    """SQLiteBackend.enqueue_in's work, on the caller's connection and thread."""
+    if not isinstance(conn, sqlite3.Connection):
+        raise ValidationError(f"transactional enqueue needs a sqlite3.Connection, not {conn!r}")
+    try:
+        files = {str(row[2]) for row in conn.execute("PRAGMA database_list") if row[1] == "main"}
+        if {os.path.realpath(f) for f in files} != {os.path.realpath(path)}:
+            raise ValidationError(f"that connection is not to {path!r} but to {files}")
+        conn.execute("SAVEPOINT offload_enqueue")
+        try:
+            records = _enqueue_tx(conn, jobs, limits)
+        except BaseException:
+            conn.execute("ROLLBACK TO offload_enqueue")
+            conn.execute("RELEASE offload_enqueue")
+            raise
+        conn.execute("RELEASE offload_enqueue")
+        return records
+    except sqlite3.ProgrammingError as exc:
+        raise UsageError(f"cannot use that sqlite3 connection here: {exc}") from None
+    except sqlite3.Error as exc:
+        raise _translate(exc) from None
+
+
 def _active_by_key(conn: sqlite3.Connection, key: str) -> JobRecord | None:
     row = conn.execute(_Q["active_by_key"], (key,)).fetchone()
     if row is None:
@@ -233,9 +260,10 @@ def _claim_tx(conn: sqlite3.Connection, req: ClaimRequest) -> list[JobRecord]:
         "expires": now + req.lease_s,
         "limit": req.limit,
     }
-    _queue_params(req.queues, params)
+    queues = tuple(dict.fromkeys(req.queues))  # one candidate block per distinct queue
+    _queue_params(queues, params)
     candidates = " UNION ALL ".join(
-        _Q["claim_candidates"].replace("{queue}", f":q{i}") for i in range(len(req.queues))
+        _Q["claim_candidates"].replace("{queue}", f":q{i}") for i in range(len(queues))
     )
     sql = _Q["claim"].replace("{candidates}", candidates)
     claimed: list[tuple[int, JobRecord]] = []
@@ -592,7 +620,7 @@ class SQLiteBackend:
     # by another connection (another instance, another process) changes PRAGMA data_version,
     # which waiters read every poll_ms; so new work wakes a waiter within poll_ms without any
     # registry shared between instances.
-    capabilities = Capabilities(notify=True)
+    capabilities = Capabilities(notify=True, transactional=True)  # see enqueue_in
 
     def __init__(self, url: str, **options: Any) -> None:
         self._url = url
@@ -674,6 +702,22 @@ class SQLiteBackend:
         records: list[JobRecord] = await self._write(
             partial(_enqueue_tx, jobs=list(jobs), limits=dict(limits or {}))
         )
+        self._wake_work()
+        return records
+
+    async def enqueue_in(
+        self, conn: Any, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Store ``jobs`` inside the caller's own transaction on ``conn``: a ``sqlite3.Connection``
+        to this backend's file, usable from the calling thread. The jobs are visible once the
+        caller commits and gone if it rolls back; they are written under a savepoint, so
+        QueueFull undoes only them. Outside a transaction they are committed at once.
+
+        This runs on the calling thread and holds the event loop while it writes. Begin the
+        transaction with ``BEGIN IMMEDIATE`` for dedup and depth limits to be exact against
+        other writers (a deferred transaction takes the write lock only at its first write).
+        """
+        records = _enqueue_on_callers(conn, self.path, jobs, dict(limits or {}))
         self._wake_work()
         return records
 
