@@ -336,3 +336,36 @@ def test_bad_worker_config_is_refused() -> None:
     ):
         with pytest.raises(offload.ConfigurationError):
             WorkerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_burst_mode_stops_when_nothing_is_due(app: offload.App) -> None:
+    calls = 0
+
+    @app.task(max_attempts=3, retry=offload.FixedBackoff(0))
+    def twice() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("first try fails")
+        return calls
+
+    job = await twice.aenqueue()
+    later = await twice.options(delay=3600).aenqueue()
+    worker = Worker(app, WorkerConfig(burst=True, poll_s=0.05))
+    await asyncio.wait_for(worker.run(), 10)
+    assert await job.aresult(timeout=1) == 2  # the immediate retry ran before the exit
+    assert (await later.arefresh()).state is JobState.SCHEDULED
+
+
+async def test_a_worker_on_another_loop_builds_its_own_backend(tmp_path: Path) -> None:
+    app = offload.App(f"sqlite:///{tmp_path / 'two-loops.db'}")
+
+    @app.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    job = await asyncio.to_thread(inc.enqueue, 1)  # the app's home is now the bridge loop
+    worker = Worker(app, WorkerConfig(burst=True, poll_s=0.05))
+    await asyncio.wait_for(worker.run(), 10)
+    assert await job.aresult(timeout=5) == 2
+    await app.close()

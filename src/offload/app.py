@@ -153,6 +153,21 @@ class App:
         """Open the backend on the running loop (done on first use anyway)."""
         await self._ensure_home(asyncio.get_running_loop())
 
+    async def backend_here(self) -> tuple[Backend, bool]:
+        """A backend usable on the running loop, and whether the caller owns (must close) it.
+
+        The app's own backend when it lives on this loop (or nowhere yet, which makes this its
+        home); otherwise a new one built from the URL, since engine connections belong to the
+        loop that opened them. A backend given as an instance is shared as it is.
+        """
+        loop = asyncio.get_running_loop()
+        home = await self._ensure_home(loop)
+        if home is loop or self._given_backend is not None:
+            return self._backend, False
+        backend = self._build_backend()
+        await backend.open()
+        return backend, True
+
     async def _ensure_home(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         with self._lock:
             home = self._home

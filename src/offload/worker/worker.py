@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from offload.backends.base import Backend
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobRecord, Lease, WorkerInfo
 from offload.outcome import Outcome, Snoozed
@@ -56,6 +57,7 @@ class WorkerConfig:
     grace_s: float = 25.0
     poll_s: float = 1.0  # fallback wake-up when the backend cannot notify
     recover_s: float = 5.0  # how often expired leases are looked for
+    burst: bool = False  # stop once no job is due and none is running (scripts, CI, cron)
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -135,8 +137,7 @@ class Worker:
 
     async def run(self) -> None:
         """Run until stopped. Opens the app's backend on this loop if it is not open."""
-        await self.app.open()
-        backend = self.app.backend
+        backend, owned = await self.app.backend_here()
         self.started_at = time.time()
         pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="offload-task")
         completer = Completer(backend)
@@ -145,7 +146,7 @@ class Worker:
         maint_task = asyncio.create_task(maintenance.run(), name="offload-maintenance")
         self.started.set()
         try:
-            await self._fetch_loop(pool, completer)
+            await self._fetch_loop(backend, pool, completer)
             await self._drain(completer)
         finally:
             await self._cancel_running(completer)
@@ -155,12 +156,15 @@ class Worker:
             await _wait_quietly(maint_task, timeout_s=5.0)
             await maintenance.deregister()
             pool.shutdown(wait=not self._force.is_set(), cancel_futures=True)
+            if owned:
+                await backend.close()
             self.stopped.set()
 
     # -- the fetch loop --------------------------------------------------------------------
 
-    async def _fetch_loop(self, pool: ThreadPoolExecutor, completer: Completer) -> None:
-        backend = self.app.backend
+    async def _fetch_loop(
+        self, backend: Backend, pool: ThreadPoolExecutor, completer: Completer
+    ) -> None:
         cfg = self.config
         backoff = 0.05
         while not self._stop.is_set():
@@ -182,6 +186,12 @@ class Worker:
             backoff = 0.05
             for job in jobs:
                 self._start(job, pool, completer)
+            if cfg.burst and not jobs and not self._running:
+                if completer.pending == 0:
+                    self.request_stop()
+                    break
+                await completer.drain()  # a retry due now may be among the pending outcomes
+                continue
             if len(jobs) < free:
                 # Jitter keeps many idle workers from polling in lock step.
                 timeout = cfg.poll_s * random.uniform(0.8, 1.2)
