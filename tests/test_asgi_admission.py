@@ -289,3 +289,119 @@ async def test_storm_of_cancellations_leaks_nothing() -> None:
     assert stats.admitted + sum(stats.shed.values()) == 63
     assert sum(len(queue) for queue in gate._queues.values()) == 0
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+# Direct ASGI calls, no server: paths that a real client cannot aim at precisely.
+
+
+async def _no_receive() -> Message:
+    await asyncio.Event().wait()  # never: the app under test does not read
+    raise AssertionError
+
+
+async def _discard(message: Message) -> None:
+    pass
+
+
+def http_scope(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
+    return {"type": "http", "method": "GET", "path": path, "headers": headers or []}
+
+
+async def test_websocket_and_lifespan_pass_through_at_capacity() -> None:
+    app, gate, _ = build(max_concurrency=1, max_queue=0)
+    running = asyncio.create_task(gate(http_scope("/run"), _no_receive, _discard))
+    await app.arrived["/run"].wait()
+    seen: list[str] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    gate.app = inner
+    for kind in ("websocket", "lifespan"):
+        await gate({"type": kind, "path": "/ws"}, _no_receive, _discard)
+    assert seen == ["websocket", "lifespan"] and gate.stats.in_flight == 1
+    app.release("/run")
+    gate.app = app
+    await running
+
+
+async def test_slot_granted_to_a_cancelled_waiter_is_given_back() -> None:
+    entered: list[str] = []
+    queued = asyncio.Event()
+    go = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        entered.append(scope["path"])
+        await go.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        tasks[1].cancel()  # the slot was handed to /wait just now; it has not run yet
+
+    async def receive_when_queued() -> Message:
+        queued.set()
+        return await _no_receive()
+
+    gate = AdmissionControl(app, max_concurrency=1, max_queue=5)
+    tasks.append(asyncio.create_task(gate(http_scope("/run"), _no_receive, _discard)))
+    tasks.append(asyncio.create_task(gate(http_scope("/wait"), receive_when_queued, _discard)))
+    await queued.wait()
+    go.set()
+    await tasks[0]
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    assert entered == ["/run"]
+    assert gate.stats.admitted == 2  # /wait was granted the slot, and gave it back
+    assert (gate.stats.in_flight, gate.stats.waiting) == (0, 0)
+
+
+async def test_app_that_raises_releases_its_slot_once() -> None:
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("boom")
+
+    gate = AdmissionControl(broken, max_concurrency=1, max_queue=0)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            await gate(http_scope("/x"), _no_receive, _discard)
+    assert gate.stats.in_flight == 0 and gate.stats.admitted == 3
+
+
+async def test_expect_continue_request_is_not_listened_to_while_waiting() -> None:
+    app, _gate, probe = build(max_concurrency=1, max_queue=5, queue_timeout=0.02)
+    running = asyncio.create_task(probe(http_scope("/run"), _no_receive, _discard))
+    await app.arrived["/run"].wait()
+    sent: list[Message] = []
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    expect = [(b"expect", b"100-continue")]
+    await probe(http_scope("/upload", expect), _no_receive, record)
+    assert not probe.queued["/upload"].is_set()  # receive untouched: no 100 Continue invited
+    assert sent[0]["status"] == 503
+    app.release("/run")
+    await running
+
+
+def test_metrics_go_to_the_given_registry_and_never_the_global_one() -> None:
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    gate = AdmissionControl(HeldApp(), max_concurrency=2, max_queue=1, registry=registry)
+    assert gate.registry is registry
+    text = generate_latest(registry).decode()
+    for name in ("in_flight", "waiting", "limit", "admitted_total", "wait_seconds_bucket"):
+        assert f"offload_admission_{name}" in text
+    assert 'offload_admission_shed_total{reason="timeout"} 0.0' in text
+    assert "offload_admission_limit 2.0" in text
+    private = AdmissionControl(HeldApp(), max_concurrency=1, max_queue=1).registry
+    assert private is not None and private is not REGISTRY
+    assert REGISTRY.get_sample_value("offload_admission_admitted_total") is None
+
+
+def test_without_prometheus_client_metrics_stay_in_stats(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    gate = AdmissionControl(HeldApp(), max_concurrency=1, max_queue=1)
+    assert gate.registry is None and gate.stats.limit == 1
