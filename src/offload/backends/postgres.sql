@@ -1,0 +1,250 @@
+-- offload's PostgreSQL queries, one per "-- name:" block.
+-- Placeholders filled once at load time: {schema} (quoted schema name), {now} (the database's
+-- clock, epoch seconds, one value per statement), {cols} / {jcols} (a job record's columns,
+-- unqualified / qualified with "j."). Parameters are psycopg's %(name)s.
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema}
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS {schema}.migrations (
+    version    integer PRIMARY KEY,
+    applied_at float8 NOT NULL
+)
+
+-- name: migration_lock
+SELECT pg_advisory_xact_lock(%(ns)s, 0)
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM {schema}.migrations
+
+-- name: record_migration
+INSERT INTO {schema}.migrations (version, applied_at) VALUES (%(version)s, {now})
+
+-- name: enqueue
+-- One statement: insert the batch (dedup on the active-key index) and notify the queues that
+-- received work; the notification is delivered when the transaction commits.
+WITH input AS (
+    SELECT t.*, coalesce(t.run_at, {now} + t.delay_s) AS at
+    FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(args)s::bytea[],
+                %(priorities)s::int2[], %(max_attempts)s::int4[], %(delays)s::float8[],
+                %(run_ats)s::float8[], %(keys)s::text[])
+         WITH ORDINALITY AS t(id, task, queue, args, priority, max_attempts, delay_s, run_at,
+                              key, ord)
+), ins AS (
+    INSERT INTO {schema}.jobs
+        (id, task, queue, args, state, priority, max_attempts, run_at, created_at, key)
+    SELECT id, task, queue, args,
+           CASE WHEN at <= {now} THEN 'queued' ELSE 'scheduled' END,
+           priority, max_attempts, at, {now}, key
+    FROM input ORDER BY ord
+    ON CONFLICT (key) WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')
+    DO NOTHING
+    RETURNING {cols}
+), woke AS (
+    SELECT count(pg_notify(%(channel)s, q)) AS n FROM (SELECT DISTINCT queue AS q FROM ins) d
+)
+SELECT ins.*, woke.n FROM ins, woke
+
+-- name: active_by_keys
+SELECT {cols} FROM {schema}.jobs
+WHERE key = ANY(%(keys)s::text[]) AND state IN ('scheduled', 'queued', 'running')
+
+-- name: lock_queues
+-- Serialises enqueues into depth-limited queues, so that check-then-commit is race-free.
+SELECT count(pg_advisory_xact_lock(%(ns)s, hashtext(q)))
+FROM (SELECT q FROM unnest(%(queues)s::text[]) AS q ORDER BY q) s
+
+-- name: waiting_counts
+-- Bounded: counting stops at cap, so a limit check never scans a deep queue.
+SELECT q, (SELECT count(*) FROM (SELECT 1 FROM {schema}.jobs
+                                 WHERE queue = q AND state IN ('scheduled', 'queued')
+                                 LIMIT %(cap)s) s)
+FROM unnest(%(queues)s::text[]) AS q
+
+-- name: claim_one_queue
+WITH c AS (
+    SELECT id FROM {schema}.jobs
+    WHERE queue = %(queue)s AND state IN ('scheduled', 'queued') AND run_at <= {now}
+      AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = %(queue)s)
+    ORDER BY priority DESC, run_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs j
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+    started_at = {now}, lease_expires_at = {now} + %(lease_s)s
+FROM c WHERE j.id = c.id
+RETURNING {jcols}
+
+-- name: claim_many_queues
+WITH c AS (
+    SELECT id FROM {schema}.jobs
+    WHERE queue = ANY(%(queues)s::text[]) AND state IN ('scheduled', 'queued')
+      AND run_at <= {now}
+      AND queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
+    ORDER BY priority DESC, run_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs j
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+    started_at = {now}, lease_expires_at = {now} + %(lease_s)s
+FROM c WHERE j.id = c.id
+RETURNING {jcols}
+
+-- name: heartbeat
+UPDATE {schema}.jobs j SET lease_expires_at = {now} + %(lease_s)s
+FROM unnest(%(ids)s::text[], %(worker_ids)s::text[], %(attempts)s::int4[])
+     AS c(id, worker_id, attempt)
+WHERE j.id = c.id AND j.state = 'running' AND j.worker_id = c.worker_id
+  AND j.attempt = c.attempt
+RETURNING j.id
+
+-- name: complete
+-- The one state transition for finished attempts, a batch at a time. An entry whose lease
+-- (worker_id, attempt, running) no longer holds matches no row: a no-op.
+WITH c AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(worker_ids)s::text[], %(attempts)s::int4[],
+                         %(kinds)s::text[], %(results)s::bytea[], %(errors)s::text[],
+                         %(delays)s::float8[])
+         AS c(id, worker_id, attempt, kind, result, error, delay_s)
+), upd AS (
+    UPDATE {schema}.jobs j SET
+        state = CASE WHEN c.kind IN ('succeeded', 'dead', 'cancelled') THEN c.kind
+                     WHEN c.kind = 'snoozed' AND c.delay_s <= 0 THEN 'queued'
+                     ELSE 'scheduled' END,
+        attempt = CASE WHEN c.kind = 'snoozed' THEN greatest(j.attempt - 1, 0)
+                       ELSE j.attempt END,
+        run_at = CASE WHEN c.kind IN ('retry', 'snoozed') THEN {now} + c.delay_s
+                      ELSE j.run_at END,
+        finished_at = CASE WHEN c.kind IN ('succeeded', 'dead', 'cancelled') THEN {now} END,
+        result = CASE WHEN c.kind IN ('succeeded', 'dead', 'cancelled') THEN c.result
+                      ELSE j.result END,
+        error = CASE WHEN c.kind IN ('succeeded', 'dead', 'cancelled') THEN c.error
+                     ELSE j.error END,
+        errors = CASE WHEN c.kind IN ('retry', 'dead') THEN j.errors || jsonb_build_array(
+                          jsonb_build_object('attempt', j.attempt, 'at', {now},
+                                             'error', c.error, 'worker_id', j.worker_id))
+                      ELSE j.errors END,
+        worker_id = NULL,
+        lease_expires_at = NULL
+    FROM c
+    WHERE j.id = c.id AND j.state = 'running' AND j.worker_id = c.worker_id
+      AND j.attempt = c.attempt
+    RETURNING j.id, j.state, j.queue
+)
+SELECT
+    (SELECT count(pg_notify(%(done_channel)s, ids)) FROM (
+        SELECT string_agg(id, ',') AS ids FROM (
+            SELECT id, (row_number() OVER ()) / 250 AS chunk FROM upd
+            WHERE state IN ('succeeded', 'dead', 'cancelled')) f
+        GROUP BY chunk) d),
+    (SELECT count(pg_notify(%(channel)s, queue)) FROM (
+        SELECT DISTINCT queue FROM upd WHERE state IN ('scheduled', 'queued')) w)
+
+-- name: recover
+WITH upd AS (
+    UPDATE {schema}.jobs j SET
+        state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'queued' END,
+        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN {now} END,
+        error = CASE WHEN j.attempt >= j.max_attempts THEN %(error)s ELSE j.error END,
+        run_at = CASE WHEN j.attempt >= j.max_attempts THEN j.run_at ELSE {now} END,
+        errors = j.errors || jsonb_build_array(
+            jsonb_build_object('attempt', j.attempt, 'at', {now},
+                               'error', %(error)s, 'worker_id', j.worker_id)),
+        worker_id = NULL,
+        lease_expires_at = NULL
+    WHERE j.state = 'running' AND j.lease_expires_at <= {now}
+    RETURNING j.id, j.state, j.queue
+)
+SELECT
+    (SELECT count(*) FROM upd),
+    (SELECT count(pg_notify(%(done_channel)s, id)) FROM upd WHERE state = 'dead'),
+    (SELECT count(pg_notify(%(channel)s, queue)) FROM (
+        SELECT DISTINCT queue FROM upd WHERE state = 'queued') w)
+
+-- name: wake_info
+-- For an idle worker: is anything due now, and how long until the next scheduled job?
+SELECT
+    EXISTS (SELECT 1 FROM {schema}.jobs
+            WHERE queue = ANY(%(queues)s::text[]) AND state IN ('scheduled', 'queued')
+              AND run_at <= {now}
+              AND queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))),
+    (SELECT min(run_at) - {now} FROM {schema}.jobs
+     WHERE queue = ANY(%(queues)s::text[]) AND state = 'scheduled'
+       AND queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues)))
+
+-- name: get
+SELECT {cols} FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: list_jobs
+SELECT {cols} FROM {schema}.jobs WHERE {where}
+ORDER BY created_at DESC, id DESC LIMIT %(limit)s
+
+-- name: counts
+SELECT queue, state, count(*) FROM {schema}.jobs GROUP BY queue, state
+
+-- name: cancel
+WITH upd AS (
+    UPDATE {schema}.jobs SET state = 'cancelled', finished_at = {now}, worker_id = NULL,
+        lease_expires_at = NULL, error = 'cancelled', result = NULL
+    WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'running')
+    RETURNING {cols}
+), n AS (SELECT count(pg_notify(%(done_channel)s, id)) AS n FROM upd)
+SELECT upd.*, n.n FROM upd, n
+
+-- name: retry
+WITH upd AS (
+    UPDATE {schema}.jobs SET state = 'queued', attempt = 0, run_at = {now}, finished_at = NULL,
+        error = NULL, result = NULL, worker_id = NULL, lease_expires_at = NULL
+    WHERE id = %(id)s AND state IN ('dead', 'cancelled')
+    RETURNING {cols}
+), n AS (SELECT count(pg_notify(%(channel)s, queue)) AS n FROM upd)
+SELECT upd.*, n.n FROM upd, n
+
+-- name: delete
+DELETE FROM {schema}.jobs WHERE id = ANY(%(ids)s::text[]) AND state <> 'running'
+
+-- name: purge
+DELETE FROM {schema}.jobs
+WHERE state = ANY(%(states)s::text[]) AND finished_at <= {now} - %(older_than_s)s
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+
+-- name: purge_retention_batch
+DELETE FROM {schema}.jobs WHERE id IN (
+    SELECT id FROM {schema}.jobs
+    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at <= {now} - %(retention_s)s
+    LIMIT %(batch)s)
+
+-- name: prune_workers
+DELETE FROM {schema}.workers WHERE expires_at <= {now}
+
+-- name: try_maintenance_lock
+SELECT pg_try_advisory_lock(%(ns)s, 1)
+
+-- name: maintenance_unlock
+SELECT pg_advisory_unlock(%(ns)s, 1)
+
+-- name: pause
+INSERT INTO {schema}.paused_queues (queue, paused_at) VALUES (%(queue)s, {now})
+ON CONFLICT (queue) DO NOTHING
+
+-- name: resume
+WITH d AS (DELETE FROM {schema}.paused_queues WHERE queue = %(queue)s RETURNING queue)
+SELECT pg_notify(%(channel)s, %(queue)s)
+
+-- name: paused_queues
+SELECT queue FROM {schema}.paused_queues
+
+-- name: report_worker
+INSERT INTO {schema}.workers (id, info, last_seen_at, expires_at)
+VALUES (%(id)s, %(info)s, {now}, {now} + %(ttl_s)s)
+ON CONFLICT (id) DO UPDATE
+SET info = excluded.info, last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at
+
+-- name: remove_worker
+DELETE FROM {schema}.workers WHERE id = %(id)s
+
+-- name: workers
+SELECT info, last_seen_at FROM {schema}.workers WHERE expires_at > {now}

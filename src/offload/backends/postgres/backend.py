@@ -1,0 +1,388 @@
+"""The PostgreSQL backend: a thin layer of named queries over a connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import AsyncConnectionPool
+
+from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities
+from offload.backends.postgres import queries as q
+from offload.backends.postgres.enqueue import AsyncRunner, Runner, SyncRunner, enqueue_batch
+from offload.backends.postgres.listener import Listener
+from offload.backends.postgres.steering import Steering
+from offload.backends.postgres.waiters import DoneWaiters, WorkWaiters
+from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
+from offload.job import (
+    ClaimRequest,
+    JobRecord,
+    Lease,
+    NewJob,
+)
+from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
+
+OUT_OF_DATE = "database schema is out of date; run: offload migrate"
+_RETENTION_BATCH = 5000
+# While the LISTEN connection is down, idle waits are cut to this so work is still found.
+_POLL_WITHOUT_LISTENER_S = 1.0
+# wait_done re-reads the job this often even when notifications work (a lost one is harmless).
+_DONE_POLL_S = 5.0
+
+
+class PostgresBackend(Steering):
+    """Jobs in one PostgreSQL schema. URL options (also accepted as keywords): ``schema``
+    (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` (seconds finished
+    jobs are kept; see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
+    connect or wait for a pooled connection, 5)."""
+
+    capabilities = Capabilities(notify=True, transactional=True)
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._opts = q.parse_url(url, options)
+        self.schema = self._opts.schema
+        self.retention_s = self._opts.retention_s
+        self._q = q.load_queries(self.schema)
+        self._ns = q.lock_namespace(self.schema)
+        self._channel = f"offload_{self.schema}"
+        self._done_channel = f"offload_{self.schema}_done"
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._work = WorkWaiters()
+        self._done = DoneWaiters()
+        self._work_listener: Listener | None = None
+        self._done_listener: Listener | None = None
+
+    @property
+    def url(self) -> str:
+        return self._opts.masked_url
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, and check (or with ``auto_migrate``, bring up to date) the schema."""
+        if self._pool is not None:
+            return
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            self._opts.conninfo,
+            min_size=1,
+            max_size=self._opts.pool_size,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(self._opts.timeout_s))},
+            open=False,
+            timeout=self._opts.timeout_s,
+            # One cheap round trip per checkout: after a database restart, dead connections
+            # are replaced here instead of failing the caller's operation.
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=24 * 3600.0,
+            name=f"offload-{self.schema}",
+        )
+        try:
+            await pool.open(wait=True, timeout=self._opts.timeout_s)
+            self._pool = pool
+            if self._opts.auto_migrate:
+                await self.migrate()
+            elif await self._version() < self._latest():
+                raise ConfigurationError(OUT_OF_DATE)
+        except BaseException as exc:
+            self._pool = None
+            await pool.close()
+            if isinstance(exc, psycopg.Error | OSError):
+                raise BackendUnavailable(f"PostgreSQL unreachable: {exc}") from None
+            raise
+
+    async def close(self) -> None:
+        for listener in (self._work_listener, self._done_listener):
+            if listener is not None:
+                await listener.stop()
+        self._work_listener = self._done_listener = None
+        self._work.wake_all()
+        self._done.wake_all()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; return how many. Needs no :meth:`open` (the CLI's
+        ``offload migrate`` calls it on a fresh backend). Safe to run from many processes."""
+        applied = 0
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self._opts.conninfo, autocommit=True, connect_timeout=round(self._opts.timeout_s)
+            ) as conn:
+                await conn.execute(self._q["create_schema"])
+                await conn.execute(self._q["create_migrations_table"])
+                for version, script in q.load_migrations(self.schema):
+                    async with conn.transaction():
+                        await conn.execute(self._q["migration_lock"], {"ns": self._ns})
+                        cur = await conn.execute(self._q["schema_version"])
+                        row = await cur.fetchone()
+                        if row is not None and row[0] >= version:
+                            continue
+                        await conn.execute(script.encode())
+                        await conn.execute(self._q["record_migration"], {"version": version})
+                        applied += 1
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            raise BackendUnavailable(f"PostgreSQL unreachable: {exc}") from None
+        return applied
+
+    def _latest(self) -> int:
+        return max((v for v, _ in q.load_migrations(self.schema)), default=0)
+
+    async def _version(self) -> int:
+        try:
+            rows = await self._rows("schema_version", {})
+        except ConfigurationError:
+            return 0
+        return int(rows[0][0])
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._pool is None:
+            raise BackendUnavailable("the PostgreSQL backend is not open")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            raise ConfigurationError(OUT_OF_DATE) from None
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            raise BackendUnavailable(f"PostgreSQL unavailable: {exc}") from None
+
+    async def _rows(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            return await AsyncRunner(conn).rows(self._q[name], params)
+
+    async def _list_rows(self, where: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            query = self._q["list_jobs"].replace("{where}", where)
+            return await AsyncRunner(conn).rows(query, params)
+
+    async def _count(self, name: str, params: Mapping[str, Any]) -> int:
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q[name], params)
+            return max(cur.rowcount, 0)
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        async with self._conn() as conn:
+            return await self._enqueue_on(AsyncRunner(conn), jobs, limits, atomic=False)
+
+    async def enqueue_in(
+        self, conn: Any, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Store ``jobs`` inside the caller's own transaction on ``conn`` (a psycopg 3
+        ``AsyncConnection`` or ``Connection``): visible to workers only once the caller
+        commits, gone if it rolls back. Within an open transaction the jobs are written under
+        a savepoint, so QueueFull undoes only them. On an autocommit connection outside a
+        transaction block the jobs are committed at once."""
+        try:
+            if isinstance(conn, psycopg.AsyncConnection):
+                if not conn.autocommit and conn.info.transaction_status == _IDLE:
+                    await conn.execute("SELECT 1")  # begin the caller's transaction, not ours
+                runner: Runner = AsyncRunner(conn)
+            elif isinstance(conn, psycopg.Connection):
+                if not conn.autocommit and conn.info.transaction_status == _IDLE:
+                    conn.execute("SELECT 1")
+                runner = SyncRunner(conn)
+            else:
+                raise ValidationError(
+                    f"transactional enqueue needs a psycopg 3 connection, not {type(conn)!r}"
+                )
+            return await self._enqueue_on(runner, jobs, limits, atomic=True)
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            raise BackendUnavailable(f"PostgreSQL unavailable: {exc}") from None
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            raise ConfigurationError(OUT_OF_DATE) from None
+
+    async def _enqueue_on(
+        self,
+        runner: Runner,
+        jobs: Sequence[NewJob],
+        limits: Mapping[str, int] | None,
+        *,
+        atomic: bool,
+    ) -> list[JobRecord]:
+        try:
+            return await enqueue_batch(
+                runner,
+                self._q,
+                jobs,
+                limits,
+                channel=self._channel,
+                lock_ns=self._ns,
+                always_atomic=atomic,
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            raise ValidationError(f"a job with this id is already stored: {exc}") from None
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        if req.limit <= 0 or not req.queues:
+            return []
+        params: dict[str, Any] = {
+            "limit": req.limit,
+            "worker_id": req.worker_id,
+            "lease_s": float(req.lease_s),
+        }
+        if len(req.queues) == 1:
+            name, params["queue"] = "claim_one_queue", req.queues[0]
+        else:
+            name, params["queues"] = "claim_many_queues", list(req.queues)
+        rows = await self._rows(name, params)
+        rows.sort(key=q.claim_order)
+        return [r for r in (q.decode_row(row) for row in rows) if r is not None]
+
+    async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
+        if not leases:
+            return set()
+        rows = await self._rows(
+            "heartbeat",
+            {
+                "ids": [le.job_id for le in leases],
+                "worker_ids": [le.worker_id for le in leases],
+                "attempts": [le.attempt for le in leases],
+                "lease_s": float(lease_s),
+            },
+        )
+        return {row[0] for row in rows}
+
+    async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
+        if not results:
+            return
+        params: dict[str, list[Any]] = {
+            k: [] for k in ("ids", "worker_ids", "attempts", "kinds", "results", "errors", "delays")
+        }
+        for lease, outcome in results:
+            kind, result, error, delay = _outcome_fields(outcome)
+            params["ids"].append(lease.job_id)
+            params["worker_ids"].append(lease.worker_id)
+            params["attempts"].append(lease.attempt)
+            params["kinds"].append(kind)
+            params["results"].append(result)
+            params["errors"].append(error)
+            params["delays"].append(delay)
+        await self._rows(
+            "complete", {**params, "channel": self._channel, "done_channel": self._done_channel}
+        )
+
+    async def recover(self) -> int:
+        rows = await self._rows(
+            "recover",
+            {
+                "error": LEASE_EXPIRED_ERROR,
+                "channel": self._channel,
+                "done_channel": self._done_channel,
+            },
+        )
+        return int(rows[0][0])
+
+    async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
+        listener = self._listener(work=True)
+        with self._work.register(queues) as woken:
+            try:
+                rows = await self._rows("wake_info", {"queues": list(queues)})
+                due, next_in = bool(rows[0][0]), rows[0][1]
+            except BackendUnavailable:
+                due, next_in = False, None
+                timeout_s = min(timeout_s, _POLL_WITHOUT_LISTENER_S)
+            if due:
+                return
+            # The jittered poll: idle workers do not all come back at the same instant.
+            wait_s = timeout_s * random.uniform(0.8, 1.0)
+            if next_in is not None:
+                wait_s = min(wait_s, max(float(next_in), 0.0))
+            if not listener.ready.is_set():
+                wait_s = min(wait_s, _POLL_WITHOUT_LISTENER_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(woken), timeout=max(wait_s, 0.0))
+
+    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout_s, 0.0)
+        listener = self._listener(work=False)
+        while True:
+            with self._done.register(job_id) as woken:
+                rec = await self.get(job_id)
+                remaining = deadline - loop.time()
+                if rec is None or rec.state.final or remaining <= 0:
+                    return rec
+                poll_s = _DONE_POLL_S if listener.ready.is_set() else _POLL_WITHOUT_LISTENER_S
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(woken), timeout=min(remaining, poll_s))
+
+    def _listener(self, *, work: bool) -> Listener:
+        """The LISTEN connection for new work or for finished jobs, started on first use (a
+        producer-only process never opens one; a worker never hears about finished jobs)."""
+        current = self._work_listener if work else self._done_listener
+        if current is not None:
+            return current
+        if work:
+            listener = Listener(
+                self._opts.conninfo,
+                self._channel,
+                self._work.wake_queue,
+                self._work.wake_all,
+                self._opts.timeout_s,
+            )
+            self._work_listener = listener
+        else:
+            listener = Listener(
+                self._opts.conninfo,
+                self._done_channel,
+                self._done.wake_ids,
+                self._done.wake_all,
+                self._opts.timeout_s,
+            )
+            self._done_listener = listener
+        listener.start()
+        return listener
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    async def run_maintenance(self) -> int:
+        """Delete finished jobs older than the ``retention`` option and forget expired worker
+        reports; return how many jobs were deleted. Guarded by an advisory lock, so when many
+        workers call it only one does the work (the others return 0 at once). Deletes in
+        batches so that no single statement holds locks for long."""
+        deleted = 0
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["try_maintenance_lock"], {"ns": self._ns})
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                return 0
+            try:
+                await conn.execute(self._q["prune_workers"])
+                while self.retention_s is not None:
+                    params = {"retention_s": self.retention_s, "batch": _RETENTION_BATCH}
+                    cur = await conn.execute(self._q["purge_retention_batch"], params)
+                    deleted += max(cur.rowcount, 0)
+                    if cur.rowcount < _RETENTION_BATCH:
+                        break
+            finally:
+                await conn.execute(self._q["maintenance_unlock"], {"ns": self._ns})
+        return deleted
+
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+def _outcome_fields(outcome: Outcome) -> tuple[str, bytes | None, str | None, float]:
+    """(kind, result, error, delay_s) of an outcome, as the ``complete`` query takes them."""
+    if isinstance(outcome, Succeeded):
+        return "succeeded", outcome.result, None, 0.0
+    if isinstance(outcome, RetryAt):
+        return "retry", None, outcome.error, float(outcome.delay_s)
+    if isinstance(outcome, Dead):
+        return "dead", None, outcome.error, 0.0
+    if isinstance(outcome, Cancelled):
+        return "cancelled", None, outcome.reason, 0.0
+    return "snoozed", None, None, float(outcome.delay_s)

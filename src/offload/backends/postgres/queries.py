@@ -1,0 +1,171 @@
+"""The PostgreSQL backend's SQL (named queries loaded from ``postgres.sql``), its migrations,
+its URL options, and the decoding of stored rows."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from offload.errors import ConfigurationError
+from offload.job import AttemptError, JobRecord, JobState
+
+# One value per statement (not per row, not per transaction): every row a statement touches
+# gets the same time, and a long caller transaction does not freeze the clock.
+_NOW = "extract(epoch from statement_timestamp())::float8"
+_COLUMNS = (
+    "id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, key, "
+    "started_at, finished_at, worker_id, lease_expires_at, result, error, errors, seq"
+)
+N_COLUMNS = 19
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def _column_list(prefix: str) -> str:
+    cols = [c.strip() for c in _COLUMNS.split(",")]
+    return ", ".join(
+        f"{prefix}errors::text AS errors" if c == "errors" else f"{prefix}{c}" for c in cols
+    )
+
+
+def _render(text: str, schema: str) -> str:
+    return (
+        text.replace("{schema}", f'"{schema}"')
+        .replace("{now}", _NOW)
+        .replace("{cols}", _column_list(""))
+        .replace("{jcols}", _column_list("j."))
+    )
+
+
+def load_queries(schema: str) -> dict[str, str]:
+    """Every named query of ``postgres.sql``, rendered for ``schema``."""
+    text = resources.files("offload.backends").joinpath("postgres.sql").read_text("utf-8")
+    parts = _NAME_RE.split(text)
+    named = zip(parts[1::2], parts[2::2], strict=True)
+    return {name: _render(body.strip(), schema) for name, body in named}
+
+
+def load_migrations(schema: str) -> list[tuple[int, str]]:
+    """``(version, sql)`` for every ``postgres_migration_NNNN.sql``, in version order."""
+    out: list[tuple[int, str]] = []
+    for entry in resources.files("offload.backends").iterdir():
+        m = re.fullmatch(r"postgres_migration_(\d{4})\.sql", entry.name)
+        if m:
+            out.append((int(m.group(1)), _render(entry.read_text("utf-8"), schema)))
+    return sorted(out)
+
+
+def lock_namespace(schema: str) -> int:
+    """The first key of this schema's advisory locks (an int4)."""
+    return zlib.crc32(f"offload:{schema}".encode()) - 2**31
+
+
+@dataclass(frozen=True)
+class Options:
+    """What offload reads from a ``postgresql://`` URL's query (stripped before psycopg)."""
+
+    conninfo: str
+    masked_url: str
+    schema: str = "offload"
+    auto_migrate: bool = False
+    retention_s: float | None = None
+    pool_size: int = 10
+    timeout_s: float = 5.0
+
+
+_OURS = {"schema", "auto_migrate", "retention", "pool_size", "timeout"}
+
+
+def parse_url(url: str, overrides: dict[str, Any]) -> Options:
+    """Split ``url`` into psycopg's conninfo and offload's options; ``overrides`` (constructor
+    keywords) win over the URL."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in pairs if k in _OURS}
+    theirs = [(k, v) for k, v in pairs if k not in _OURS]
+    unknown = set(overrides) - _OURS
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise ConfigurationError(f"unknown PostgreSQL backend options: {names}")
+    values: dict[str, Any] = {**ours, **overrides}
+    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    masked = urlunsplit(parts._replace(netloc=netloc))
+    try:
+        schema = str(values.get("schema", "offload"))
+        retention = values.get("retention")
+        opts = Options(
+            conninfo=conninfo,
+            masked_url=masked,
+            schema=schema,
+            auto_migrate=_flag(values.get("auto_migrate", False)),
+            retention_s=float(retention) if retention not in (None, "") else None,
+            pool_size=int(values.get("pool_size", 10)),
+            timeout_s=float(values.get("timeout", 5.0)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"bad option in PostgreSQL URL {masked!r}: {exc}") from None
+    if not _SCHEMA_RE.match(schema):
+        raise ConfigurationError(
+            f"schema name {schema!r} must be lower-case letters, digits and underscores"
+        )
+    if opts.pool_size < 1 or opts.timeout_s <= 0:
+        raise ConfigurationError("pool_size must be >= 1 and timeout > 0")
+    return opts
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() in {"1", "true", "yes", "on"}
+
+
+def decode_errors(raw: Any) -> tuple[AttemptError, ...]:
+    if not raw:
+        return ()
+    try:
+        return tuple(msgspec.json.decode(raw, type=list[AttemptError]))
+    except (msgspec.DecodeError, TypeError, ValueError):
+        # Untrusted storage: a damaged history must not make the job unreadable.
+        return ()
+
+
+def decode_row(row: Sequence[Any]) -> JobRecord | None:
+    """A stored row as a JobRecord; None when the row does not decode."""
+    try:
+        return JobRecord(
+            id=row[0],
+            task=row[1],
+            queue=row[2],
+            args=bytes(row[3]),
+            state=JobState(row[4]),
+            priority=int(row[5]),
+            attempt=int(row[6]),
+            max_attempts=int(row[7]),
+            run_at=float(row[8]),
+            created_at=float(row[9]),
+            key=row[10],
+            started_at=row[11],
+            finished_at=row[12],
+            worker_id=row[13],
+            lease_expires_at=row[14],
+            result=bytes(row[15]) if row[15] is not None else None,
+            error=row[16],
+            errors=decode_errors(row[17]),
+        )
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def claim_order(row: Sequence[Any]) -> tuple[int, float, int]:
+    """Sort key of claimed rows: the database returns an UPDATE's rows in no set order."""
+    return (-int(row[5]), float(row[8]), int(row[18]))

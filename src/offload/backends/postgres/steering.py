@@ -1,0 +1,155 @@
+"""Inspection, steering and upkeep of stored jobs: the operator-facing half of the backend."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import psycopg.errors
+
+from offload.backends.base import check_purge_states
+from offload.backends.postgres import queries as q
+from offload.errors import InvalidState
+from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+
+
+class Steering:
+    """Mixed into PostgresBackend, which supplies the plumbing declared here."""
+
+    retention_s: float | None
+    _ns: int
+    _channel: str
+    _done_channel: str
+
+    async def _rows(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    async def _count(self, name: str, params: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        rows = await self._rows("get", {"id": job_id})
+        return q.decode_row(rows[0]) if rows else None
+
+    async def list_jobs(self, flt: JobFilter) -> JobPage:
+        where = ["true"]
+        params: dict[str, Any] = {"limit": max(1, flt.limit) + 1}
+        if flt.state is not None:
+            where.append("state = %(state)s")
+            params["state"] = flt.state.value
+        for name in ("queue", "task"):
+            value = getattr(flt, name)
+            if value is not None:
+                where.append(f"{name} = %({name})s")
+                params[name] = value
+        if flt.args_contains is not None:
+            where.append("position(%(needle)s::bytea in args) > 0")
+            params["needle"] = flt.args_contains.encode()
+        if flt.created_after is not None:
+            where.append("created_at >= %(after)s")
+            params["after"] = flt.created_after
+        if flt.created_before is not None:
+            where.append("created_at < %(before)s")
+            params["before"] = flt.created_before
+        if flt.cursor:
+            where.append("(created_at, id) < (%(c_at)s, %(c_id)s)")
+            params["c_at"], params["c_id"] = _decode_cursor(flt.cursor)
+        rows = await self._list_rows(" AND ".join(where), params)
+        jobs = [r for r in (q.decode_row(row) for row in rows) if r is not None]
+        limit = max(1, flt.limit)
+        page = jobs[:limit]
+        more = len(rows) > limit and page
+        return JobPage(jobs=page, next_cursor=_encode_cursor(page[-1]) if more else None)
+
+    async def _list_rows(self, where: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    async def counts(self) -> dict[str, dict[JobState, int]]:
+        out: dict[str, dict[JobState, int]] = {}
+        for queue, state, n in await self._rows("counts", {}):
+            try:
+                out.setdefault(queue, {})[JobState(state)] = int(n)
+            except ValueError:
+                continue  # a state this version does not know: not ours to report
+        return out
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        rows = await self._rows("cancel", {"id": job_id, "done_channel": self._done_channel})
+        if rows:
+            return q.decode_row(rows[0][: q.N_COLUMNS])
+        current = await self.get(job_id)
+        if current is None or current.state is JobState.CANCELLED:
+            return current
+        raise InvalidState(f"job {job_id} already {current.state}; it cannot be cancelled")
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        try:
+            rows = await self._rows("retry", {"id": job_id, "channel": self._channel})
+        except psycopg.errors.UniqueViolation:
+            raise InvalidState(
+                f"job {job_id} cannot be retried: an active job holds the same key"
+            ) from None
+        if rows:
+            return q.decode_row(rows[0][: q.N_COLUMNS])
+        current = await self.get(job_id)
+        if current is None:
+            return None
+        raise InvalidState(f"job {job_id} is {current.state}; only dead or cancelled jobs retry")
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        return await self._count("delete", {"ids": list(job_ids)})
+
+    async def purge(
+        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
+    ) -> int:
+        check_purge_states(states)
+        if not states:
+            return 0
+        params = {
+            "states": [s.value for s in states],
+            "older_than_s": float(older_than_s),
+            "queue": queue,
+        }
+        return await self._count("purge", params)
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            await self._rows("pause", {"queue": queue})
+        else:
+            await self._rows("resume", {"queue": queue, "channel": self._channel})
+
+    async def paused_queues(self) -> set[str]:
+        return {row[0] for row in await self._rows("paused_queues", {})}
+
+    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        params = {"id": info.id, "info": msgspec.json.encode(info), "ttl_s": float(ttl_s)}
+        await self._rows("report_worker", params)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._rows("remove_worker", {"id": worker_id})
+
+    async def workers(self) -> list[WorkerInfo]:
+        out: list[WorkerInfo] = []
+        for raw, last_seen in await self._rows("workers", {}):
+            try:
+                info = msgspec.json.decode(bytes(raw), type=WorkerInfo)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # untrusted storage: skip a report that does not decode
+            out.append(msgspec.structs.replace(info, last_seen_at=float(last_seen)))
+        return out
+
+
+def _encode_cursor(j: JobRecord) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([j.created_at, j.id])).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, job_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
+        return float(created_at), str(job_id)
+    except (ValueError, TypeError, msgspec.DecodeError) as exc:
+        raise ValueError("invalid cursor") from exc

@@ -1,0 +1,265 @@
+"""The postgresql:// backend: the conformance suite plus its own guarantees (migrations,
+transactional enqueue, retention, outages). Each test works in a schema of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from offload.backends import from_url
+from offload.backends.postgres import PostgresBackend
+from offload.errors import BackendUnavailable, ConfigurationError, QueueFull
+from offload.job import ClaimRequest, JobState, NewJob, new_job_id
+from offload.outcome import Succeeded
+from offload.testing import BackendConformance, MakeBackend, claim_one, lease_of
+from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, require_port, unique_name
+
+Factory = Callable[..., Awaitable[PostgresBackend]]
+
+
+def job(queue: str = "q", **kw: object) -> NewJob:
+    return NewJob(id=new_job_id(), task="t", queue=queue, args=b'{"x": 1}', **kw)  # type: ignore[arg-type]
+
+
+def claim(queue: str = "q", limit: int = 10, lease_s: float = 30.0) -> ClaimRequest:
+    return ClaimRequest(queues=(queue,), limit=limit, worker_id="w", lease_s=lease_s)
+
+
+async def drop_schema(schema: str) -> None:
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    """A schema no other test uses, dropped afterwards (only ever one this test created)."""
+    require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    name = unique_name("offload_t")
+    yield name
+    await drop_schema(name)
+
+
+@pytest.fixture
+async def backends(schema: str) -> AsyncIterator[Factory]:
+    opened: list[PostgresBackend] = []
+
+    async def make(**options: object) -> PostgresBackend:
+        options.setdefault("auto_migrate", True)
+        backend = PostgresBackend(f"{POSTGRES_URL}?schema={schema}", **options)
+        await backend.open()
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        await backend.close()
+
+
+class TestPostgresConformance(BackendConformance):
+    @pytest.fixture
+    async def make_backend(self, backends: Factory) -> MakeBackend:
+        return backends
+
+
+# -- schema and URL ----------------------------------------------------------------------------
+
+
+async def test_open_refuses_an_out_of_date_schema_until_migrated(schema: str) -> None:
+    backend = from_url(f"{POSTGRES_URL}?schema={schema}")
+    assert isinstance(backend, PostgresBackend)
+    with pytest.raises(ConfigurationError, match="run: offload migrate"):
+        await backend.open()
+    assert await backend.migrate() == 1
+    assert await backend.migrate() == 0  # idempotent
+    await backend.open()
+    try:
+        assert await backend.counts() == {}
+    finally:
+        await backend.close()
+
+
+def test_url_options_are_stripped_and_the_password_masked() -> None:
+    backend = PostgresBackend(
+        "postgresql://u:secret@db:5432/app?schema=jobs&retention=60&sslmode=disable&timeout=2"
+    )
+    assert (
+        backend.url
+        == "postgresql://u:***@db:5432/app?schema=jobs&retention=60&sslmode=disable&timeout=2"
+    )
+    assert backend.schema == "jobs" and backend.retention_s == 60.0
+    with pytest.raises(ConfigurationError):
+        PostgresBackend("postgresql://db/app?schema=Robert');DROP")
+
+
+async def test_unreachable_database_fails_fast_as_backend_unavailable() -> None:
+    backend = PostgresBackend("postgresql://postgres@127.0.0.1:1/test?timeout=1")
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        await backend.open()
+    assert time.monotonic() - started < 5
+    await backend.close()
+
+
+# -- transactional enqueue ---------------------------------------------------------------------
+
+
+async def test_enqueue_in_is_visible_only_after_commit(backends: Factory) -> None:
+    backend = await backends()
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        await conn.execute("SELECT 1")  # the caller's own work, in its open transaction
+        (rec,) = await backend.enqueue_in(conn, [job()])
+        assert await backend.get(rec.id) is None
+        assert await backend.claim(claim()) == []
+        await conn.commit()
+    assert (await claim_one(backend, "q")).id == rec.id
+
+
+async def test_enqueue_in_disappears_on_rollback(backends: Factory) -> None:
+    backend = await backends()
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        (rec,) = await backend.enqueue_in(conn, [job()])  # first statement of the transaction
+        await conn.rollback()
+    assert await backend.get(rec.id) is None
+    assert await backend.claim(claim()) == []
+
+
+async def test_enqueue_in_queue_full_undoes_only_the_jobs(backends: Factory) -> None:
+    backend = await backends()
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        await conn.execute("CREATE TEMP TABLE mine (x int)")
+        await conn.execute("INSERT INTO mine VALUES (1)")
+        with pytest.raises(QueueFull):
+            await backend.enqueue_in(conn, [job(), job()], limits={"q": 1})
+        cur = await conn.execute("SELECT count(*) FROM mine")  # the caller's work survives
+        assert await cur.fetchone() == (1,)
+        await conn.commit()
+    assert await backend.counts() == {}
+
+
+async def test_enqueue_in_a_sync_connection(backends: Factory) -> None:
+    backend = await backends()
+    with psycopg.connect(POSTGRES_URL) as conn:
+        (rec,) = await backend.enqueue_in(conn, [job()])
+        assert await backend.get(rec.id) is None
+        conn.commit()
+    assert (await backend.get(rec.id)) is not None
+
+
+async def test_enqueue_in_wakes_workers_at_commit(backends: Factory) -> None:
+    waiter, producer = await backends(), await backends()
+    await waiter.wait_for_work(["q"], 0.01)  # start listening
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        await producer.enqueue_in(conn, [job()])
+        waiting = asyncio.create_task(waiter.wait_for_work(["q"], 30.0))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # uncommitted work wakes nobody
+        await conn.commit()
+    await asyncio.wait_for(waiting, 2.0)
+
+
+# -- upkeep ------------------------------------------------------------------------------------
+
+
+async def test_run_maintenance_deletes_expired_finished_jobs_once(backends: Factory) -> None:
+    backend = await backends(retention=0.0)
+    await backend.enqueue([job() for _ in range(3)])
+    jobs = await backend.claim(claim())
+    await backend.complete([(lease_of(j), Succeeded()) for j in jobs[:2]])
+    counts = await asyncio.gather(*(backend.run_maintenance() for _ in range(3)))
+    assert sum(counts) == 2  # the advisory lock lets one caller at a time do the work
+    assert (await backend.counts())["q"] == {JobState.RUNNING: 1}
+
+
+async def test_run_maintenance_without_retention_keeps_jobs(backends: Factory) -> None:
+    backend = await backends()
+    await backend.enqueue([job()])
+    await backend.complete([(lease_of(await claim_one(backend, "q")), Succeeded())])
+    assert await backend.run_maintenance() == 0
+    assert (await backend.counts())["q"] == {JobState.SUCCEEDED: 1}
+
+
+async def test_claim_uses_the_waiting_index(backends: Factory, schema: str) -> None:
+    backend = await backends()
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        await conn.execute(f'ANALYZE "{schema}".jobs')
+        await conn.execute("SET enable_seqscan = off")  # an empty table would be seq-scanned
+        cur = await conn.execute(
+            f'EXPLAIN SELECT id FROM "{schema}".jobs WHERE queue = %s '
+            "AND state IN ('scheduled', 'queued') AND run_at <= 0 "
+            "ORDER BY priority DESC, run_at, seq LIMIT 10",
+            ["q"],
+        )
+        plan = "\n".join(str(r[0]) for r in await cur.fetchall())
+    assert "jobs_claim_idx" in plan and "Sort" not in plan
+    assert backend.capabilities.transactional and backend.capabilities.notify
+
+
+# -- outage ------------------------------------------------------------------------------------
+
+
+def _cluster() -> tuple[str, str] | None:
+    etc = Path("/etc/postgresql")
+    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0 or not etc.is_dir():
+        return None
+    versions = sorted(p.name for p in etc.iterdir())
+    return (versions[-1], "main") if versions else None
+
+
+async def test_jobs_survive_a_database_restart(backends: Factory) -> None:
+    """Drain several thousand jobs while PostgreSQL restarts: none lost, resumed promptly."""
+    cluster = _cluster()
+    if cluster is None:
+        pytest.skip("needs root and pg_ctlcluster to restart PostgreSQL")
+    backend = await backends()
+    total = 3000
+    for _ in range(total // 1000):
+        await backend.enqueue([job() for _ in range(1000)])
+    done = 0
+    restarted_at: float | None = None
+    resumed_after: float | None = None
+    restart: asyncio.Task[None] | None = None
+
+    async def do_restart() -> None:
+        nonlocal restarted_at
+        cmd = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"]
+        await asyncio.to_thread(subprocess.run, cmd, check=True, capture_output=True)
+        restarted_at = time.monotonic()
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            jobs = await backend.claim(claim(limit=20, lease_s=2.0))
+            if not jobs:
+                if ((await backend.counts()).get("q") or {}).get(JobState.SUCCEEDED) == total:
+                    break
+                await backend.recover()  # a claim whose reply was lost in the restart
+                await asyncio.sleep(0.2)
+                continue
+            if restarted_at is not None and resumed_after is None:
+                resumed_after = time.monotonic() - restarted_at
+            await asyncio.sleep(0.02)  # the jobs' work: the run outlasts the restart
+            results = [(lease_of(j), Succeeded()) for j in jobs]
+            while True:
+                try:
+                    await backend.complete(results)  # a repeat is fenced off: safe to retry
+                    break
+                except BackendUnavailable:
+                    await asyncio.sleep(0.1)
+            done += len(jobs)
+        except BackendUnavailable:
+            await asyncio.sleep(0.1)
+        if restart is None and done >= total // 3:
+            restart = asyncio.create_task(do_restart())
+    assert restart is not None
+    await restart
+    counts = await backend.counts()
+    assert counts["q"] == {JobState.SUCCEEDED: total}
+    assert resumed_after is not None and resumed_after < 10
