@@ -416,3 +416,36 @@ async def test_enqueue_inside_the_callers_transaction(backends: Factory, tmp_pat
     assert await b.get(kept.id) is not None and await b.get(dropped.id) is None
     with pytest.raises(ValidationError):
         await b.enqueue_in(object(), [job()])
+
+
+_OPENER = """
+import asyncio, sys
+from offload.backends.sqlite import SQLiteBackend
+from offload.job import NewJob, new_job_id
+
+async def main():
+    b = SQLiteBackend(sys.argv[1])
+    await b.open()
+    await b.enqueue([NewJob(id=new_job_id(), task="t", queue="q", args=b"{}")])
+    await b.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_opening_a_fresh_file_together(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _OPENER, url, stderr=subprocess.PIPE
+        )
+        for _ in range(6)
+    ]
+    errors = [(await p.communicate())[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    b = SQLiteBackend(url)
+    await b.open()
+    try:
+        assert (await b.counts())["q"] == {JobState.QUEUED: 6}
+    finally:
+        await b.close()

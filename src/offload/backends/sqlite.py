@@ -568,9 +568,7 @@ def _connect(path: str, opts: Mapping[str, Any], *, write: bool) -> sqlite3.Conn
         if not write:
             conn.execute("PRAGMA query_only = ON")
             return conn
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise BackendUnavailable(f"SQLite database {path!r} cannot use WAL (mode {mode})")
+        _use_wal(conn, path, opts["busy_timeout_ms"] / 1000)
         conn.execute(f"PRAGMA synchronous = {opts['synchronous']}")
         conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the hot indexes stay in memory
         _migrate(conn, path)
@@ -581,6 +579,22 @@ def _connect(path: str, opts: Mapping[str, Any], *, write: bool) -> sqlite3.Conn
     except BaseException:
         conn.close()
         raise
+
+
+def _use_wal(conn: sqlite3.Connection, path: str, timeout_s: float) -> None:
+    # Switching a fresh file to WAL needs it to itself, and SQLite does not call the busy
+    # handler for that: processes opening one new file together would fail at once. Retry.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+    if str(mode).lower() != "wal":
+        raise BackendUnavailable(f"SQLite database {path!r} cannot use WAL (mode {mode})")
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
