@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import offload
 from offload.backends import from_url
 from offload.backends.postgres import PostgresBackend
 from offload.errors import BackendUnavailable, ConfigurationError, QueueFull
@@ -163,6 +164,41 @@ async def test_enqueue_in_wakes_workers_at_commit(backends: Factory) -> None:
         assert not waiting.done()  # uncommitted work wakes nobody
         await conn.commit()
     await asyncio.wait_for(waiting, 2.0)
+
+
+async def test_task_options_connection_routes_to_the_callers_transaction(schema: str) -> None:
+    app = offload.App(f"{POSTGRES_URL}?schema={schema}&auto_migrate=1")
+
+    @app.task
+    def send_receipt(order_id: int) -> None: ...
+
+    await app.open()
+    try:
+        async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+            kept = await send_receipt.options(connection=conn).aenqueue(order_id=1)
+            await conn.commit()
+            dropped = await send_receipt.options(connection=conn).aenqueue(order_id=2)
+            await conn.rollback()
+        assert await app.call(lambda b: b.get(kept.id)) is not None
+        assert await app.call(lambda b: b.get(dropped.id)) is None
+    finally:
+        await app.close()
+
+
+def test_sync_enqueue_on_a_sync_connection(schema: str) -> None:
+    app = offload.App(f"{POSTGRES_URL}?schema={schema}&auto_migrate=1")
+
+    @app.task
+    def send_receipt(order_id: int) -> None: ...
+
+    try:
+        with psycopg.connect(POSTGRES_URL) as conn:
+            with conn.transaction():
+                job = send_receipt.options(connection=conn).enqueue(order_id=1)
+                assert app.run_sync(lambda b: b.get(job.id)) is None
+        assert app.run_sync(lambda b: b.get(job.id)) is not None
+    finally:
+        app.close_sync()
 
 
 # -- upkeep ------------------------------------------------------------------------------------
