@@ -405,3 +405,11 @@ def test_without_prometheus_client_metrics_stay_in_stats(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     gate = AdmissionControl(HeldApp(), max_concurrency=1, max_queue=1)
     assert gate.registry is None and gate.stats.limit == 1
+
+
+def test_the_admission_docs_examples_are_executed() -> None:
+    # tests/test_docs.py runs every python block of docs/*.md in a fresh interpreter; this
+    # guards that docs/admission.md keeps examples for it to run.
+    from tests.test_docs import BLOCKS
+
+    assert sum(name.startswith("docs/admission.md#") for name, _ in BLOCKS) >= 4
