@@ -68,4 +68,20 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
         return
+    if kind == "postgres":
+        require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+        schema = unique_name("offload_t")
+        try:
+            yield f"{POSTGRES_URL}?schema={schema}&auto_migrate=1"
+        finally:
+            drop_postgres_schema(schema)
+        return
     pytest.skip(f"no isolated URL for {kind} is wired into the tests yet")
+
+
+def drop_postgres_schema(schema: str) -> None:
+    """Drop a schema a test created (only ever one named by :func:`unique_name`)."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

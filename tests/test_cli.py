@@ -112,3 +112,32 @@ def test_supervisor_restarts_a_dead_process_and_stops_cleanly(url: str) -> None:
     finally:
         assert stop(sup) == 0
     assert children_of(sup.pid) == []
+
+
+def test_migrate_brings_a_postgres_schema_up_to_date() -> None:
+    from tests.services import (
+        POSTGRES_HOST,
+        POSTGRES_PORT,
+        POSTGRES_URL,
+        drop_postgres_schema,
+        require_port,
+        unique_name,
+    )
+
+    require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    schema = unique_name("offload_cli")
+    url = f"{POSTGRES_URL}?schema={schema}"
+    try:
+        before = run_cli(url, "queues")
+        assert before.returncode != 0 and "offload migrate" in before.stderr
+        out = run_cli(url, "migrate")
+        assert out.returncode == 0, out.stderr
+        assert "schema up to date" in out.stdout
+        assert run_cli(url, "queues", "--json").stdout.strip() == "{}"
+    finally:
+        drop_postgres_schema(schema)
+
+
+def test_migrate_on_a_backend_without_migrations(url: str) -> None:
+    out = run_cli(url, "migrate")
+    assert out.returncode == 0 and "needs no migrations" in out.stdout

@@ -449,3 +449,26 @@ async def test_processes_opening_a_fresh_file_together(tmp_path: Path) -> None:
         assert (await b.counts())["q"] == {JobState.QUEUED: 6}
     finally:
         await b.close()
+
+
+async def test_run_maintenance_deletes_finished_jobs_past_retention(tmp_path: Path) -> None:
+    from offload.backends.sqlite import SQLiteBackend
+    from offload.job import ClaimRequest, Lease, NewJob, new_job_id
+    from offload.outcome import Succeeded
+
+    keep = SQLiteBackend(f"sqlite:///{tmp_path / 'r.db'}")
+    expire = SQLiteBackend(f"sqlite:///{tmp_path / 'r.db'}?retention=0")
+    await keep.open()
+    await expire.open()
+    try:
+        jobs = [NewJob(id=new_job_id(), task="t", queue="q", args=b"{}") for _ in range(3)]
+        await keep.enqueue(jobs)
+        claimed = await keep.claim(ClaimRequest(queues=("q",), limit=2, worker_id="w"))
+        await keep.complete([(Lease(j.id, "w", j.attempt), Succeeded()) for j in claimed])
+        assert await keep.run_maintenance() == 0  # no retention: kept forever
+        assert await expire.run_maintenance() == 2  # only the finished ones
+        remaining = await keep.counts()
+        assert remaining == {"q": {JobState.QUEUED: 1}}
+    finally:
+        await keep.close()
+        await expire.close()

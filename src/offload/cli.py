@@ -390,16 +390,14 @@ def queues(obj: Ctx, as_json: bool) -> None:
 @friendly
 def migrate(obj: Ctx) -> None:
     """Create or upgrade the backend's schema (PostgreSQL)."""
-    app = obj.app()
-    try:
-        migrate_fn = getattr(app.backend, "migrate", None)
-        if migrate_fn is None:
-            click.echo(f"{type(app.backend).__name__} needs no migrations")
-            return
-        applied = app.run_sync(lambda _b: migrate_fn())
-        click.echo(f"schema up to date ({applied} migrations applied)")
-    finally:
-        app.close_sync()
+    backend = obj.app().backend
+    # Not through app.run_sync: that opens the backend, which refuses an out-of-date schema.
+    migrate_fn = getattr(backend, "migrate", None)
+    if migrate_fn is None:
+        click.echo(f"{type(backend).__name__} needs no migrations")
+        return
+    applied = asyncio.run(migrate_fn())
+    click.echo(f"schema up to date ({applied} migrations applied)")
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -120,6 +120,15 @@ class Backend(Protocol):
         """
         ...
 
+    async def run_maintenance(self) -> int:
+        """Periodic housekeeping: delete finished jobs older than the backend's retention
+        (``?retention=`` seconds in its URL; none when unset) and forget expired worker reports.
+
+        Every worker calls it every minute or so; a backend may let one caller at a time do the
+        work (others return 0 at once). Returns how many jobs were deleted.
+        """
+        ...
+
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         """Return when work may be available in ``queues`` or after ``timeout_s``.
 

@@ -240,6 +240,11 @@ class MemoryBackend:
         st.wake(woken)
         return n
 
+    async def run_maintenance(self) -> int:
+        """Memory jobs live as long as the process; only expired worker reports go."""
+        await self.workers()
+        return 0
+
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         st = self.store
         loop = asyncio.get_running_loop()

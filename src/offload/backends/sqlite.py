@@ -100,7 +100,7 @@ def _parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any
         )
     opts: dict[str, Any] = dict(parse_qsl(parts.query))
     opts.update(options)
-    known = {"synchronous", "busy_timeout_ms", "poll_ms"}
+    known = {"synchronous", "busy_timeout_ms", "poll_ms", "retention"}
     unknown = set(opts) - known
     if unknown:
         raise ConfigurationError(
@@ -112,14 +112,18 @@ def _parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any
     try:
         busy_ms = int(opts.get("busy_timeout_ms", 5000))
         poll_ms = int(opts.get("poll_ms", 50))
+        retention = float(opts["retention"]) if opts.get("retention") is not None else None
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"sqlite option is not an integer: {exc}") from None
+        raise ConfigurationError(f"sqlite option is not a number: {exc}") from None
+    if retention is not None and retention < 0:
+        raise ConfigurationError("retention must be >= 0 seconds")
     if busy_ms < 0 or poll_ms <= 0:
         raise ConfigurationError("busy_timeout_ms must be >= 0 and poll_ms > 0")
     return os.path.abspath(path), {
         "synchronous": sync,
         "busy_timeout_ms": busy_ms,
         "poll_ms": poll_ms,
+        "retention": retention,
     }
 
 
@@ -880,6 +884,19 @@ class SQLiteBackend:
 
         n: int = await self._write(tx)
         return n
+
+    async def run_maintenance(self) -> int:
+        """Delete finished jobs older than ``?retention=`` seconds (kept forever when unset).
+
+        Idempotent and cheap when there is nothing to do, so several processes sharing the
+        file may all call it; the writer lock serialises them.
+        """
+        await self._write(lambda conn: conn.execute(_Q["forget_expired_workers"], (time.time(),)))
+        retention = self._opts["retention"]
+        if retention is None:
+            return 0
+        final = [JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED]
+        return await self.purge(final, older_than_s=float(retention))
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         name = "pause" if paused else "resume"

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("offload.worker")
 
+RETENTION_EVERY_S = 60.0
+
 
 class Maintenance:
     def __init__(self, worker: Worker, backend: Backend) -> None:
@@ -27,7 +29,7 @@ class Maintenance:
         self._stop.set()
 
     async def run(self) -> None:
-        await asyncio.gather(self._heartbeat_loop(), self._reaper_loop())
+        await asyncio.gather(self._heartbeat_loop(), self._reaper_loop(), self._retention_loop())
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when it is time to stop."""
@@ -71,6 +73,16 @@ class Maintenance:
                 log.warning("recovering expired leases failed: %s", exc)
             if await self._sleep(cfg.recover_s * random.uniform(0.8, 1.2)):
                 return
+
+    async def _retention_loop(self) -> None:
+        """Retention and other housekeeping, about once a minute (jittered across workers)."""
+        while not await self._sleep(RETENTION_EVERY_S * random.uniform(0.5, 1.5)):
+            try:
+                n = await self._backend.run_maintenance()
+                if n:
+                    log.info("deleted %d finished jobs past their retention", n)
+            except BackendUnavailable as exc:
+                log.warning("maintenance failed: %s", exc)
 
     async def deregister(self) -> None:
         try:

@@ -1,0 +1,40 @@
+# Everything a new machine needs is installed by these targets themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint typecheck pytest chaos bench bench-quick drain clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The demo: a few thousand jobs on SQLite with a progress bar, then the HTTP service.
+run: install
+	$(PY) examples/demo.py
+
+## ruff, mypy (strict) and the whole test suite.
+test: lint typecheck pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install
+	$(VENV)/bin/pytest
+
+## One worker process draining 20,000 no-op jobs on SQLite (URL=... for another backend).
+URL ?= sqlite:///$(CURDIR)/benchmarks/.drain.db
+drain: install
+	$(PY) benchmarks/drain.py --url '$(URL)'
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache examples/demo.db* benchmarks/.drain.db*
