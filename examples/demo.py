@@ -51,17 +51,24 @@ async def run_batch(jobs: int) -> None:
     console.print(f"enqueued {jobs} jobs into {DB.name}; a worker with 50 slots runs them")
     worker = Worker(app, WorkerConfig(queues=("images", "emails"), concurrency=50, poll_s=0.1))
     run = asyncio.create_task(worker.run())
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("jobs", total=jobs, detail="")
         while True:
             counts = await app.call(lambda b: b.counts())
             done = sum(by.get(s, 0) for by in counts.values() for s in JobState if s.final)
             waiting = sum(by.get(JobState.SCHEDULED, 0) for by in counts.values())
-            progress.update(bar, completed=min(done, jobs),
-                            detail=f"busy {worker.busy:>2}/{worker.concurrency}, "
-                                   f"retrying {waiting}")
+            progress.update(
+                bar,
+                completed=min(done, jobs),
+                detail=f"busy {worker.busy:>2}/{worker.concurrency}, retrying {waiting}",
+            )
             if done >= jobs:
                 break
             await asyncio.sleep(0.1)
@@ -89,8 +96,9 @@ def main() -> None:
     except ImportError:
         Console().print("(the HTTP service is not part of this build)")
         return
-    Console().print(f"serving http://127.0.0.1:{args.port}/ with 4 embedded worker slots; "
-                    "Ctrl-C stops")
+    Console().print(
+        f"serving http://127.0.0.1:{args.port}/ with 4 embedded worker slots; Ctrl-C stops"
+    )
     run_server(app, host="127.0.0.1", port=args.port, workers=4)
 
 

@@ -61,6 +61,13 @@ def test_doc_example_runs(name: str, code: str, tmp_path: Path) -> None:
             require_port(label, host, port)
     script = tmp_path / "example.py"
     script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=child_env(),
-                         capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, f"{name} failed:\n{out.stdout}\n{out.stderr}"
