@@ -141,3 +141,12 @@ def test_migrate_brings_a_postgres_schema_up_to_date() -> None:
 def test_migrate_on_a_backend_without_migrations(url: str) -> None:
     out = run_cli(url, "migrate")
     assert out.returncode == 0 and "needs no migrations" in out.stdout
+
+
+def test_burst_worker_runs_what_is_due_then_exits(url: str) -> None:
+    ids = [run_cli(url, "enqueue", "add", "--args", f"[{i}, 1]").stdout.strip() for i in range(3)]
+    worker = start_worker(url, "--burst", "--lease", "3")  # heartbeat defaults to lease / 3
+    assert worker.wait(timeout=60) == 0
+    for job_id, expected in zip(ids, (1, 2, 3), strict=True):
+        shown = json.loads(run_cli(url, "jobs", "show", job_id, "--json").stdout)
+        assert shown["state"] == "succeeded" and shown["result"] == expected

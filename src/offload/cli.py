@@ -131,10 +131,17 @@ def main(ctx: click.Context, app_spec: str | None, url: str | None) -> None:
 @click.option(
     "--heartbeat",
     type=click.FloatRange(0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds between heartbeats (must be less than --lease).",
+    default=None,
+    help="Seconds between heartbeats (less than --lease; default: a third of it).",
 )
+@click.option(
+    "--recover",
+    type=click.FloatRange(0.05),
+    default=5.0,
+    show_default=True,
+    help="Seconds between looks for jobs whose worker was lost (expired leases).",
+)
+@click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
 @click.option(
     "--log-level",
     default="info",
@@ -151,40 +158,34 @@ def worker(
     processes: int,
     grace: float,
     lease: float,
-    heartbeat: float,
+    heartbeat: float | None,
+    recover: float,
+    burst: bool,
     log_level: str,
 ) -> None:
     """Run jobs: claim at most the free slots, retry failures, drain on SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     spec = app_spec or obj.app_spec
-    heartbeat = heartbeat if heartbeat is not None else lease / 3
+    beat = heartbeat if heartbeat is not None else lease / 3
     names = tuple(q.strip() for q in queues.split(",") if q.strip())
     config = WorkerConfig(
-        queues=names, concurrency=concurrency, lease_s=lease, heartbeat_s=heartbeat, grace_s=grace
+        queues=names,
+        concurrency=concurrency,
+        lease_s=lease,
+        heartbeat_s=beat,
+        grace_s=grace,
+        recover_s=recover,
+        burst=burst,
     )
     app = obj.app(spec)  # import once in the parent too: fail fast on a bad app
     if processes > 1:
         from offload.worker.supervisor import Supervisor
 
-        argv = [sys.executable, "-m", "offload"]
-        if obj.url:
-            argv += ["--url", obj.url]
-        argv += [
-            "worker",
-            str(spec),
-            "--queues",
-            ",".join(names),
-            "--concurrency",
-            str(concurrency),
-            "--grace",
-            str(grace),
-            "--lease",
-            str(lease),
-            "--heartbeat",
-            str(heartbeat),
-            "--log-level",
-            log_level,
-        ]
+        argv = [sys.executable, "-m", "offload", *(["--url", obj.url] if obj.url else [])]
+        argv += ["worker", str(spec), "--queues", ",".join(names)]
+        argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
+        argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
+        argv += ["--burst"] if burst else []
         sys.exit(Supervisor(argv, processes).run())
     asyncio.run(run_worker(app, config))
 
