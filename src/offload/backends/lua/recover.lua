@@ -1,0 +1,31 @@
+-- Put back running jobs whose lease has expired, and forget finished jobs past retention.
+-- KEYS[1]: the queue's base. ARGV: retention (s), the error to record, at most how many.
+-- Returns how many jobs were put back (or buried, when out of attempts).
+local base = KEYS[1]
+local retention, reason, max = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local now = now_us()
+local ids = redis.call('ZRANGEBYSCORE', base .. ':lease', '-inf', now, 'LIMIT', 0, max)
+local requeued = false
+local n = 0
+for _, id in ipairs(ids) do
+  local jk = job_key(base, id)
+  local v = redis.call('HMGET', jk, 's', 'a', 'm', 'w', 'z', 'p')
+  if v[1] == 'running' then
+    n = n + 1
+    local attempt = tonumber(v[2])
+    add_error(jk, attempt, now, reason, v[4])
+    if attempt >= tonumber(v[3]) then
+      finish(base, id, jk, 'dead', now, retention, reason)
+    else
+      redis.call('HDEL', jk, 'w', 'l')
+      redis.call('ZREM', base .. ':lease', id)
+      place(base, jk, v[5], tonumber(v[6]), now, now)
+      requeued = true
+    end
+  else
+    redis.call('ZREM', base .. ':lease', id) -- a stale index entry
+  end
+end
+if requeued then wake(base) end
+sweep(base, now, retention, 1000)
+return n
