@@ -9,9 +9,7 @@ not decode) ends ``dead`` with the reason, and the worker keeps going.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import traceback
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,11 +22,12 @@ if TYPE_CHECKING:
     from offload.app import App
     from offload.job import JobRecord
     from offload.task import Task
+    from offload.worker.threads import ThreadRunner
 
 MAX_ERROR_CHARS = 8000  # a traceback is for a human; a huge one would bloat every row
 
 
-async def execute(app: App, job: JobRecord, pool: Executor) -> Outcome:
+async def execute(app: App, job: JobRecord, pool: ThreadRunner) -> Outcome:
     """Run one attempt of ``job``. Cancellation (shutdown, lost lease) propagates."""
     task = app.tasks.get(job.task)
     if task is None:
@@ -57,17 +56,14 @@ async def execute(app: App, job: JobRecord, pool: Executor) -> Outcome:
         return Dead(error=f"the task's return value is not JSON-serialisable: {describe(exc)}")
 
 
-async def _call(task: Task[Any, Any], decoded: msgspec.Struct, pool: Executor) -> Any:
+async def _call(task: Task[Any, Any], decoded: msgspec.Struct, pool: ThreadRunner) -> Any:
     timeout = task.config.timeout_s
-    if task.is_async:
-        async with asyncio.timeout(timeout):
-            return await task.call_with(decoded)
-    loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    fut = loop.run_in_executor(pool, ctx.run, task.call_with, decoded)
+    call = task.call_with(decoded) if task.is_async else pool.submit(task.call_with, decoded)
+    if timeout is None:
+        return await call
     # A thread cannot be killed: on timeout the attempt fails, the thread finishes on its own.
     async with asyncio.timeout(timeout):
-        return await fut
+        return await call
 
 
 def _failed(job: JobRecord, error: str, delay_s: float) -> Outcome:

@@ -22,7 +22,6 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,6 +32,7 @@ from offload.outcome import Outcome, Snoozed
 from offload.worker.completer import Completer
 from offload.worker.executor import execute
 from offload.worker.maintenance import Maintenance
+from offload.worker.threads import ThreadRunner
 
 if TYPE_CHECKING:
     from offload.app import App
@@ -139,7 +139,7 @@ class Worker:
         """Run until stopped. Opens the app's backend on this loop if it is not open."""
         backend, owned = await self.app.backend_here()
         self.started_at = time.time()
-        pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="offload-task")
+        pool = ThreadRunner(asyncio.get_running_loop(), self.config.concurrency, "offload-task")
         completer = Completer(backend)
         completer_task = asyncio.create_task(completer.run(), name="offload-completer")
         maintenance = Maintenance(self, backend)
@@ -155,16 +155,14 @@ class Worker:
             maintenance.stop()
             await _wait_quietly(maint_task, timeout_s=5.0)
             await maintenance.deregister()
-            pool.shutdown(wait=not self._force.is_set(), cancel_futures=True)
+            pool.shutdown(wait=not self._force.is_set())
             if owned:
                 await backend.close()
             self.stopped.set()
 
     # -- the fetch loop --------------------------------------------------------------------
 
-    async def _fetch_loop(
-        self, backend: Backend, pool: ThreadPoolExecutor, completer: Completer
-    ) -> None:
+    async def _fetch_loop(self, backend: Backend, pool: ThreadRunner, completer: Completer) -> None:
         cfg = self.config
         backoff = 0.05
         while not self._stop.is_set():
@@ -221,13 +219,13 @@ class Worker:
                 w.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
-    def _start(self, job: JobRecord, pool: ThreadPoolExecutor, completer: Completer) -> None:
+    def _start(self, job: JobRecord, pool: ThreadRunner, completer: Completer) -> None:
         lease = Lease(job_id=job.id, worker_id=self.id, attempt=job.attempt)
         task = asyncio.create_task(self._run_job(job, lease, pool, completer))
         self._running[job.id] = (task, lease)
 
     async def _run_job(
-        self, job: JobRecord, lease: Lease, pool: ThreadPoolExecutor, completer: Completer
+        self, job: JobRecord, lease: Lease, pool: ThreadRunner, completer: Completer
     ) -> None:
         for listener in self.listeners:
             listener.job_started(job)
