@@ -58,6 +58,8 @@ class Supervisor:
                         f" in {pause:.1f}s" if pause else "",
                     )
                     time.sleep(pause)
+                    if self._signals:
+                        break  # a stop arrived during the pause: start nothing new
                     self.children[i] = self._spawn()
                     self.restarts += 1
             for proc, _ in self.children:
