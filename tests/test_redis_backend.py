@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from offload.backends import from_url
+from offload.backends.base import Backend
 from offload.backends.redis import RedisBackend
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobState, NewJob, new_job_id
@@ -60,4 +61,7 @@ async def backends(prefix: str) -> AsyncIterator[Factory]:
 class TestRedisConformance(BackendConformance):
     @pytest.fixture
     async def make_backend(self, backends: Factory) -> MakeBackend:
-        return backends
+        async def make() -> Backend:
+            return await backends()
+
+        return make

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -49,11 +50,10 @@ _log = logging.getLogger("offload.backends.redis")
 T = TypeVar("T")
 
 SCRIPTS = (
-    "enqueue claim heartbeat complete recover cancel retry delete purge pause "
+    "enqueue claim heartbeat complete recover cancel retry delete purge pause maintain "
     "worker_report worker_list"
 ).split()
-DEFAULT_RETENTION_S = 7 * 24 * 3600.0
-RECOVER_BATCH = 1000  # expired leases handled per queue per recover call: keeps scripts short
+BATCH = 1000  # jobs one recover or maintenance call handles per queue: keeps scripts short
 DONE_WAIT_MARGIN_S = 5  # the waiter's flag outlives its wait, so a completion always sees it
 _Blob = tuple[str, bytes, int, int, str | None]  # task, args, priority, max_attempts, key
 _BLOB = msgspec.msgpack.Decoder(_Blob)
@@ -180,9 +180,9 @@ class RedisBackend:
     """Jobs in Redis (or anything speaking its protocol with Lua, 7.0 or later).
 
     Options (URL query or keyword arguments; a keyword wins): ``prefix`` (default
-    ``offload``), ``retention`` (seconds a finished job is kept, default 7 days; 0 keeps them
-    until purged), ``timeout`` (seconds to wait for a reply, default 5), ``connect_timeout``
-    (default 1). Other query parameters go to redis-py as they are.
+    ``offload``), ``retention`` (seconds a finished job is kept before :meth:`run_maintenance`
+    deletes it; unset: kept until purged), ``timeout`` (seconds to wait for a reply, default
+    5), ``connect_timeout`` (default 1). Other query parameters go to redis-py as they are.
     """
 
     capabilities = Capabilities(notify=True)
@@ -201,14 +201,15 @@ class RedisBackend:
         ours.update(options)
         try:
             self.prefix = str(ours.get("prefix", "offload"))
-            self.retention_s = float(ours.get("retention", DEFAULT_RETENTION_S))
+            retention = ours.get("retention")
+            self.retention_s = None if retention in (None, "") else float(retention)
             self.timeout_s = float(ours.get("timeout", 5.0))
             self.connect_timeout_s = float(ours.get("connect_timeout", 1.0))
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis backend option in {url!r}: {exc}") from None
         if not self.prefix or any(c in self.prefix for c in "{}* ?[]\\"):
             raise ConfigurationError(f"bad Redis key prefix {self.prefix!r}")
-        if self.retention_s < 0 or self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+        if (self.retention_s or 0) < 0 or self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigurationError("retention must be >= 0, timeouts > 0")
         self._redis_url = urlunsplit(parts._replace(query=urlencode(query)))
         netloc = parts.netloc
@@ -225,6 +226,10 @@ class RedisBackend:
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def _retention_arg(self) -> str:
+        return "-1" if self.retention_s is None else repr(self.retention_s)
 
     def base(self, queue: str) -> str:
         """The key prefix (with its hash tag) of every key of ``queue``."""
@@ -306,7 +311,7 @@ class RedisBackend:
     async def known_queues(self) -> list[str]:
         """Every queue a job was ever enqueued to (or paused) under this prefix."""
         raw = await self._run(lambda c: c.smembers(f"{self._global}:queues"))
-        return sorted(q.decode() for q in raw)
+        return sorted(q.decode() if isinstance(q, bytes) else str(q) for q in raw)
 
     async def _locate(self, job_ids: Sequence[str]) -> dict[str, tuple[str, dict[bytes, bytes]]]:
         """The queue and hash of each stored job among ``job_ids`` (one round trip per call
@@ -468,7 +473,7 @@ class RedisBackend:
         calls: dict[str, list[Any]] = {}
         for lease, outcome in results:
             if lease.job_id in where:
-                calls.setdefault(where[lease.job_id], [int(self.retention_s)]).extend(
+                calls.setdefault(where[lease.job_id], [self._retention_arg]).extend(
                     _outcome_args(lease, outcome)
                 )
         await self._per_queue("complete", calls)
@@ -476,9 +481,25 @@ class RedisBackend:
             self._queue_of.pop(lease.job_id, None)
 
     async def recover(self) -> int:
-        argv = [int(self.retention_s), LEASE_EXPIRED_ERROR, RECOVER_BATCH]
+        argv = [self._retention_arg, LEASE_EXPIRED_ERROR, BATCH]
         calls = {q: argv for q in await self.known_queues()}
         return sum(int(n) for n in (await self._per_queue("recover", calls)).values())
+
+    async def run_maintenance(self) -> int:
+        """Delete finished jobs past the retention (none when it is unset) and forget lapsed
+        workers. Concurrent callers share the work: each job is deleted, and counted, once."""
+        await self.workers()
+        if self.retention_s is None:
+            return 0
+        deleted = 0
+        pending = await self.known_queues()
+        while pending:
+            replies = await self._per_queue(
+                "maintain", {q: [repr(self.retention_s), BATCH] for q in pending}
+            )
+            deleted += sum(int(n) for n in replies.values())
+            pending = [q for q, n in replies.items() if int(n) >= BATCH]
+        return deleted
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         queues = list(dict.fromkeys(queues))
@@ -516,12 +537,12 @@ class RedisBackend:
             raise BackendUnavailable("the Redis backend is not open (call open() first)")
         with _translated():
             try:
-                got = await asyncio.wait_for(
+                got: Any = await asyncio.wait_for(
                     blocking.blpop(list(keys), timeout=timeout_s), timeout_s + self.timeout_s
                 )
             except TimeoutError:
                 return None  # a half-open connection: as good as a timeout
-        return None if got is None else got[0]
+        return None if got is None else bytes(got[0])
 
     async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
         found = await self._locate([job_id])
@@ -590,24 +611,25 @@ class RedisBackend:
         creation index in chunks."""
         base, offset, chunk = self.base(queue), 0, min(max(want, 100), 1000)
         out: list[tuple[int, str, JobRecord]] = []
+
+        async def window(client: aioredis.Redis, start: int) -> list[tuple[bytes, float]]:
+            key = f"{base}:created"
+            got: Any = await client.zrevrangebyscore(key, hi, lo, start, chunk, withscores=True)
+            return [(raw, float(score)) for raw, score in got]
+
+        async def fetch(client: aioredis.Redis, ids: list[bytes]) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for raw in ids:
+                pipe.hgetall(f"{base}:j:{raw.decode()}")
+            return list(await pipe.execute())
+
         while len(out) < want:
-            entries = await self._run(
-                lambda c, o=offset: c.zrevrangebyscore(
-                    f"{base}:created", hi, lo, start=o, num=chunk, withscores=True
-                )
-            )
+            entries = await self._run(functools.partial(window, start=offset))
             if not entries:
                 break
             offset += len(entries)
-
-            async def fetch(client: aioredis.Redis, ids: list[bytes]) -> list[Any]:
-                pipe = client.pipeline(transaction=False)
-                for raw in ids:
-                    pipe.hgetall(f"{base}:j:{raw.decode()}")
-                return list(await pipe.execute())
-
             ids = [raw for raw, _ in entries]
-            hashes = await self._run(lambda c, i=ids: fetch(c, i))
+            hashes = await self._run(functools.partial(fetch, ids=ids))
             for (raw, score), h in zip(entries, hashes, strict=True):
                 created, job_id = int(score), raw.decode()
                 if not h or (before is not None and created >= before):
@@ -667,7 +689,7 @@ class RedisBackend:
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         try:
-            return await self._steer("cancel", job_id, [int(self.retention_s), "cancelled"])
+            return await self._steer("cancel", job_id, [self._retention_arg, "cancelled"])
         except _Undecodable as exc:
             _log.warning("%s", exc)
             return None

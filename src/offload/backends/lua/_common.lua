@@ -72,7 +72,8 @@ local function unlist(base, id, member)
   redis.call('ZREM', base .. ':lease', id)
 end
 
--- The one way into a final state: state, time, indexes, retention, dedup key, waiters.
+-- The one way into a final state: state, time, indexes, key ttl, dedup key, waiters.
+-- retention: seconds a finished job is kept, -1 for ever.
 local function finish(base, id, jk, state, now, retention, err)
   redis.call('HSET', jk, 's', state, 'f', string.format('%.0f', now))
   if err then redis.call('HSET', jk, 'e', err) end
@@ -81,7 +82,8 @@ local function finish(base, id, jk, state, now, retention, err)
   unlist(base, id, v[2])
   release_key(base, id, v[1])
   redis.call('ZADD', base .. ':' .. state, now, id)
-  if retention > 0 then redis.call('EXPIRE', jk, retention) end
+  -- A backstop only: the maintenance sweep deletes it (and its index entries) on time.
+  if retention >= 0 then redis.call('EXPIRE', jk, math.ceil(retention) + 3600) end
   if redis.call('EXISTS', base .. ':wd:' .. id) == 1 then
     local done = base .. ':done:' .. id
     redis.call('RPUSH', done, '1')
@@ -89,23 +91,6 @@ local function finish(base, id, jk, state, now, retention, err)
   end
 end
 
-local FINAL = {'succeeded', 'dead', 'cancelled'}
-
--- Forget finished jobs past the retention (their hashes expire on their own; this drops
--- the index entries). At most `max` per state per call.
-local function sweep(base, now, retention, max)
-  if retention <= 0 then return end
-  local cutoff = now - retention * 1000000
-  for _, state in ipairs(FINAL) do
-    local set = base .. ':' .. state
-    local ids = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', 0, max)
-    for _, id in ipairs(ids) do
-      redis.call('UNLINK', job_key(base, id))
-      redis.call('ZREM', base .. ':created', id)
-    end
-    if #ids > 0 then redis.call('ZREM', set, unpack(ids)) end
-  end
-end
 
 local function is_active(state)
   return state == 'queued' or state == 'scheduled' or state == 'running'

@@ -1,4 +1,4 @@
--- Apply outcomes. KEYS[1]: the queue's base. ARGV: retention (s), then 6 values per outcome:
+-- Apply outcomes. KEYS[1]: the queue's base. ARGV: retention (s, -1: for ever), then 6 values per outcome:
 -- id, worker id, attempt, kind, number, text. Kinds: S succeeded (text = result), s succeeded
 -- without result, D dead (text = error), C cancelled (text = reason), R retry (number = delay
 -- in us, text = error), Z snoozed (number = delay in us). A lease that no longer holds: no-op.
@@ -37,5 +37,4 @@ for i = 2, #ARGV, 6 do
   end
 end
 if requeued then wake(base) end
-sweep(base, now, retention, 2 * n + 10)
 return n

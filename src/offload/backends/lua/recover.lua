@@ -1,4 +1,4 @@
--- Put back running jobs whose lease has expired, and forget finished jobs past retention.
+-- Put back running jobs whose lease has expired.
 -- KEYS[1]: the queue's base. ARGV: retention (s), the error to record, at most how many.
 -- Returns how many jobs were put back (or buried, when out of attempts).
 local base = KEYS[1]
@@ -27,5 +27,4 @@ for _, id in ipairs(ids) do
   end
 end
 if requeued then wake(base) end
-sweep(base, now, retention, 1000)
 return n
