@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import offload
+pytest.register_assert_rewrite("offload.testing")
+
+import offload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

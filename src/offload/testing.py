@@ -437,6 +437,17 @@ class BackendConformance:
                 await backend.retry(job_id)
             assert await must_get(backend, job_id) == before
 
+    async def test_retry_refuses_a_key_another_active_job_holds(self, backend: Backend) -> None:
+        require(backend, "unique")
+        (old,) = await backend.enqueue([new_job(key="k")])
+        await backend.cancel(old.id)
+        (new,) = await backend.enqueue([new_job(key="k")])
+        with pytest.raises(InvalidState):
+            await backend.retry(old.id)
+        assert (await must_get(backend, old.id)).state is JobState.CANCELLED
+        (same,) = await backend.enqueue([new_job(key="k")])
+        assert same.id == new.id  # still at most one active job per key
+
     # -- dedup and queue limits ------------------------------------------------------------
 
     async def test_dedup_returns_the_active_job(self, backend: Backend) -> None:

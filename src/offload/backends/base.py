@@ -171,7 +171,8 @@ class Backend(Protocol):
     async def retry(self, job_id: str) -> JobRecord | None:
         """Queue a dead or cancelled job again now, with its attempt count reset to 0.
 
-        Returns its record (None if unknown); any other state raises InvalidState.
+        Returns its record (None if unknown); any other state raises InvalidState, and so does
+        a job whose key another active job now holds (at most one active job per key).
         """
         ...
 

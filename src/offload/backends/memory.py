@@ -344,6 +344,8 @@ class MemoryBackend:
                 return None
             if j.state not in (JobState.DEAD, JobState.CANCELLED):
                 raise InvalidState(f"job {job_id} is {j.state}; only dead or cancelled jobs retry")
+            if j.key and any(o.key == j.key and o.state in ACTIVE_STATES for o in st.jobs.values()):
+                raise InvalidState(f"job {job_id}: another active job holds its key {j.key!r}")
             now = self._clock()
             rec = msgspec.structs.replace(
                 _released(j),
