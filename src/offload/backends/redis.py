@@ -50,11 +50,11 @@ _log = logging.getLogger("offload.backends.redis")
 T = TypeVar("T")
 
 SCRIPTS = (
-    "enqueue claim heartbeat complete recover cancel retry delete purge pause maintain "
+    "enqueue claim heartbeat complete recover cancel retry delete purge pause maintain watch "
     "worker_report worker_list"
 ).split()
 BATCH = 1000  # jobs one recover or maintenance call handles per queue: keeps scripts short
-DONE_WAIT_MARGIN_S = 5  # the waiter's flag outlives its wait, so a completion always sees it
+DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
 _Blob = tuple[str, bytes, int, int, str | None]  # task, args, priority, max_attempts, key
 _BLOB = msgspec.msgpack.Decoder(_Blob)
 _ENC = msgspec.msgpack.Encoder()
@@ -69,6 +69,7 @@ class _RawError(msgspec.Struct, frozen=True):
 
 _ERRORS = msgspec.json.Decoder(list[_RawError])
 _WORKER = msgspec.json.Decoder(WorkerInfo)
+_PACKED = msgspec.msgpack.Decoder(list[bytes])
 
 
 class _Undecodable(Exception):
@@ -148,6 +149,16 @@ def _outcome_args(lease: Lease, outcome: Outcome) -> list[bytes | str | int]:
         return [*head, "C", 0, outcome.reason]
     assert isinstance(outcome, Snoozed)
     return [*head, "Z", max(_us(outcome.delay_s), 0), ""]
+
+
+def _frame(fields: Sequence[bytes | str | int]) -> bytes:
+    """Fields as the scripts read a batch: each a 4-byte big-endian length, then its bytes."""
+    parts: list[bytes] = []
+    for f in fields:
+        raw = f if isinstance(f, bytes) else str(f).encode()
+        parts.append(len(raw).to_bytes(4, "big"))
+        parts.append(raw)
+    return b"".join(parts)
 
 
 def _encode_cursor(created_us: int, job_id: str) -> str:
@@ -353,12 +364,12 @@ class RedisBackend:
         queues = list(dict.fromkeys(j.queue for j in jobs))
         index = {q: i + 1 for i, q in enumerate(queues)}
         limits = limits or {}
-        argv: list[Any] = [limits.get(q, -1) for q in queues]
+        fields: list[bytes | str | int] = []
         for j in jobs:
             priority = min(max(j.priority, 0), 9)
             blob = _ENC.encode((j.task, j.args, priority, j.max_attempts, j.key))
             run_at = "" if j.run_at is None else _us(j.run_at)
-            argv += [
+            fields += [
                 index[j.queue],
                 j.id,
                 blob,
@@ -369,6 +380,7 @@ class RedisBackend:
                 j.key or "",
             ]
         keys = [self.base(q) for q in queues]
+        argv = [_frame(fields), *(limits.get(q, -1) for q in queues)]
 
         async def op(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
@@ -416,7 +428,8 @@ class RedisBackend:
         queues = list(dict.fromkeys(req.queues))
         keys = [self.base(q) for q in queues]
         argv = [req.limit, req.worker_id, max(_us(req.lease_s), 0), os.urandom(8).hex()]
-        reply = await self._run(lambda c: self._eval(c, "claim", keys, argv))
+        raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
+        reply = _PACKED.decode(raw)
         started, expires = _s(reply[0]), _s(reply[1])
         out: list[JobRecord] = []
         undecodable: list[tuple[Lease, Outcome]] = []
@@ -470,12 +483,11 @@ class RedisBackend:
 
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         where = await self._queues_of([lease.job_id for lease, _ in results])
-        calls: dict[str, list[Any]] = {}
+        fields: dict[str, list[bytes | str | int]] = {}
         for lease, outcome in results:
             if lease.job_id in where:
-                calls.setdefault(where[lease.job_id], [self._retention_arg]).extend(
-                    _outcome_args(lease, outcome)
-                )
+                fields.setdefault(where[lease.job_id], []).extend(_outcome_args(lease, outcome))
+        calls = {q: [self._retention_arg, _frame(f)] for q, f in fields.items()}
         await self._per_queue("complete", calls)
         for lease, _ in results:
             self._queue_of.pop(lease.job_id, None)
@@ -551,15 +563,10 @@ class RedisBackend:
         queue, h = found[job_id]
         base = self.base(queue)
         if h.get(b"s", b"").decode() not in FINAL_STATE_NAMES and timeout_s > 0:
-            flag_ttl = int(timeout_s) + DONE_WAIT_MARGIN_S
-
-            async def arm(client: aioredis.Redis) -> Any:
-                pipe = client.pipeline(transaction=False)
-                pipe.set(f"{base}:wd:{job_id}", 1, ex=flag_ttl)
-                pipe.hget(f"{base}:j:{job_id}", "s")
-                return (await pipe.execute())[1]
-
-            state = await self._run(arm)  # after the flag: a completion now will signal
+            ttl_us = _us(timeout_s + DONE_WAIT_MARGIN_S)
+            argv = [job_id, ttl_us]
+            # Noted first, then the state read in the same step: a finish after it signals.
+            state = await self._run(lambda c: self._eval(c, "watch", [base], argv))
             if state is not None and state.decode() not in FINAL_STATE_NAMES:
                 done = f"{base}:done:{job_id}"
                 if await self._blpop([done], timeout_s) is not None:
@@ -683,6 +690,9 @@ class RedisBackend:
             return None
         if reply[0] == b"invalid":
             state = reply[1].decode()
+            if state == "key":
+                msg = f"job {job_id} cannot be retried: another active job holds its key"
+                raise InvalidState(msg)
             verb = "cancelled" if name == "cancel" else "retried"
             raise InvalidState(f"job {job_id} is {state}; it cannot be {verb}")
         return _from_hash(job_id, queue, _pairs(reply[1]))

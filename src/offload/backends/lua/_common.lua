@@ -23,6 +23,35 @@ local function ready_score(priority, run_at)
   return (9 - priority) * PRIORITY_SHIFT + ms
 end
 
+local function fmt(n) return string.format('%.0f', n) end
+
+-- Long replies leave as one msgpack array of binary strings: one value for the client to read.
+local function bin(x)
+  local n = #x
+  if n < 256 then return '\196' .. string.char(n) .. x end
+  if n < 65536 then return '\197' .. struct.pack('>I2', n) .. x end
+  return '\198' .. struct.pack('>I4', n) .. x
+end
+
+local function packed(list)
+  local parts = {'\221' .. struct.pack('>I4', #list)}
+  for i = 1, #list do parts[i + 1] = bin(list[i]) end
+  return table.concat(parts)
+end
+
+-- ZADD/ZREM of many members, in chunks that stay within Lua's argument limits.
+local function zadd_many(key, flat)
+  for i = 1, #flat, 2000 do
+    redis.call('ZADD', key, unpack(flat, i, math.min(i + 1999, #flat)))
+  end
+end
+
+local function zrem_many(key, members)
+  for i = 1, #members, 1000 do
+    redis.call('ZREM', key, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+
 local function job_key(base, id) return base .. ':j:' .. id end
 local function member_id(member) return string.sub(member, 14) end
 local function member_priority(member) return tonumber(string.sub(member, 13, 13)) or 0 end
@@ -72,25 +101,46 @@ local function unlist(base, id, member)
   redis.call('ZREM', base .. ':lease', id)
 end
 
--- The one way into a final state: state, time, indexes, key ttl, dedup key, waiters.
--- retention: seconds a finished job is kept, -1 for ever.
-local function finish(base, id, jk, state, now, retention, err)
-  redis.call('HSET', jk, 's', state, 'f', string.format('%.0f', now))
-  if err then redis.call('HSET', jk, 'e', err) end
+-- Finishing many jobs at once: set-index updates are gathered and written by flush().
+local function new_acc(base, now)
+  local acc = {rem = {}, succeeded = {}, dead = {}, cancelled = {}, watched = false}
+  local waiting = base .. ':waiting'
+  if redis.call('ZCARD', waiting) > 0 then
+    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+    acc.watched = true
+  end
+  return acc
+end
+
+-- The one way into a final state: fields, key ttl, dedup key, waiters; indexes via acc.
+-- retention: seconds a finished job is kept, -1 for ever. key: the job's dedup key or nil.
+local function finish(base, id, jk, state, now, retention, err, key, acc)
+  if err then
+    redis.call('HSET', jk, 's', state, 'f', fmt(now), 'e', err)
+  else
+    redis.call('HSET', jk, 's', state, 'f', fmt(now))
+  end
   redis.call('HDEL', jk, 'w', 'l')
-  local v = redis.call('HMGET', jk, 'k', 'z')
-  unlist(base, id, v[2])
-  release_key(base, id, v[1])
-  redis.call('ZADD', base .. ':' .. state, now, id)
+  release_key(base, id, key)
+  acc.rem[#acc.rem + 1] = id
+  local set = acc[state]
+  set[#set + 1] = now
+  set[#set + 1] = id
   -- A backstop only: the maintenance sweep deletes it (and its index entries) on time.
   if retention >= 0 then redis.call('EXPIRE', jk, math.ceil(retention) + 3600) end
-  if redis.call('EXISTS', base .. ':wd:' .. id) == 1 then
+  if acc.watched and redis.call('ZSCORE', base .. ':waiting', id) then
     local done = base .. ':done:' .. id
     redis.call('RPUSH', done, '1')
     redis.call('EXPIRE', done, 60)
   end
 end
 
+local function flush(base, acc)
+  zrem_many(base .. ':lease', acc.rem)
+  for _, state in ipairs({'succeeded', 'dead', 'cancelled'}) do
+    if #acc[state] > 0 then zadd_many(base .. ':' .. state, acc[state]) end
+  end
+end
 
 local function is_active(state)
   return state == 'queued' or state == 'scheduled' or state == 'running'

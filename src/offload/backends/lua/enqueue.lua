@@ -1,24 +1,27 @@
 -- Store a batch of new jobs, all or none.
--- KEYS: the base of each queue in the batch.
--- ARGV: one depth limit per queue (-1: none), then 8 fields per job:
+-- KEYS: the base of each queue in the batch. ARGV[1]: the jobs, framed, 8 fields each:
 --   queue index, id, blob, priority, max attempts, run_at (us, or ''), delay (us), key (or '').
+-- ARGV[2...]: one depth limit per queue (-1: none).
 -- Returns {0, queue index} when a queue would go over its limit (nothing stored), else
--- {now, dup...} where dup lists, for each job not stored, {job index, id of the job it
--- duplicates, that job's fields (empty when it is a job of this same batch)}.
+-- {now, dup...} where dup is, per job not stored, its index (0-based), the id of the job it
+-- duplicates, and that job's fields.
 local nq = #KEYS
-local F = 8
-local njobs = (#ARGV - nq) / F
 local now = now_us()
+local created = fmt(now)
+local src = ARGV[1]
+local jobs = {}
 local dups = {}
-local fresh = {}
 local fresh_n = {}
 local batch_keys = {}
 for qi = 1, nq do fresh_n[qi] = 0 end
 
--- Phase 1: dedup and limits, without writing anything.
-for j = 0, njobs - 1 do
-  local o = nq + 1 + j * F
-  local qi, id, key = tonumber(ARGV[o]), ARGV[o + 1], ARGV[o + 7]
+-- Phase 1: read, dedup and check limits, without writing anything.
+local pos, size, j = 1, #src, 0
+while pos <= size do
+  local qi, id, blob, priority, max_attempts, run_at, delay, key
+  qi, id, blob, priority, max_attempts, run_at, delay, key, pos =
+    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', src, pos)
+  qi = tonumber(qi)
   local base = KEYS[qi]
   local dup = nil
   if redis.call('EXISTS', job_key(base, id)) == 1 then
@@ -32,14 +35,15 @@ for j = 0, njobs - 1 do
     if not dup then batch_keys[qi .. ':' .. key] = id end
   end
   if dup then
-    dups[#dups + 1] = {j, dup}
+    dups[#dups + 1] = {j, dup, base}
   else
-    fresh[#fresh + 1] = o
+    jobs[#jobs + 1] = {qi, id, blob, tonumber(priority), max_attempts, run_at, delay, key}
     fresh_n[qi] = fresh_n[qi] + 1
   end
+  j = j + 1
 end
 for qi = 1, nq do
-  local limit = tonumber(ARGV[qi])
+  local limit = tonumber(ARGV[qi + 1])
   if limit >= 0 and fresh_n[qi] > 0 then
     local base = KEYS[qi]
     local waiting = redis.call('ZCARD', base .. ':ready') + redis.call('ZCARD', base .. ':sched')
@@ -48,38 +52,57 @@ for qi = 1, nq do
 end
 
 -- Phase 2: write.
-local seq = {}
+local seq, ready, sched, made = {}, {}, {}, {}
 for qi = 1, nq do
   if fresh_n[qi] > 0 then
     seq[qi] = redis.call('INCRBY', KEYS[qi] .. ':seq', fresh_n[qi]) - fresh_n[qi]
-    wake(KEYS[qi])
+    ready[qi], sched[qi], made[qi] = {}, {}, {}
   end
 end
-local created = string.format('%.0f', now)
-for _, o in ipairs(fresh) do
-  local qi, id, key = tonumber(ARGV[o]), ARGV[o + 1], ARGV[o + 7]
+for _, job in ipairs(jobs) do
+  local qi, id, blob, priority, max_attempts, run_at, delay, key = unpack(job)
   local base = KEYS[qi]
-  local priority = tonumber(ARGV[o + 3])
-  local run_at = ARGV[o + 5]
-  if run_at == '' then run_at = now + tonumber(ARGV[o + 6]) else run_at = tonumber(run_at) end
+  if run_at == '' then run_at = now + tonumber(delay) else run_at = tonumber(run_at) end
   seq[qi] = seq[qi] + 1
   local member = string.format('%012x%d', seq[qi], priority) .. id
+  local state = 'queued'
+  if run_at <= now then
+    local r = ready[qi]
+    r[#r + 1] = ready_score(priority, run_at)
+    r[#r + 1] = member
+  else
+    state = 'scheduled'
+    local s = sched[qi]
+    s[#s + 1] = run_at
+    s[#s + 1] = member
+  end
+  local m = made[qi]
+  m[#m + 1] = now
+  m[#m + 1] = id
   local jk = job_key(base, id)
-  redis.call('HSET', jk, 'd', ARGV[o + 2], 'p', priority, 'm', ARGV[o + 4], 'c', created,
-    'a', 0, 'z', member)
-  place(base, jk, member, priority, run_at, now)
-  redis.call('ZADD', base .. ':created', now, id)
-  if key ~= '' then
-    redis.call('HSET', jk, 'k', key)
+  if key == '' then
+    redis.call('HSET', jk, 'd', blob, 'p', priority, 'm', max_attempts, 'c', created,
+      'a', 0, 'z', member, 's', state, 'r', fmt(run_at))
+  else
+    redis.call('HSET', jk, 'd', blob, 'p', priority, 'm', max_attempts, 'c', created,
+      'a', 0, 'z', member, 's', state, 'r', fmt(run_at), 'k', key)
     redis.call('HSET', base .. ':keys', key, id)
+  end
+end
+for qi = 1, nq do
+  if fresh_n[qi] > 0 then
+    local base = KEYS[qi]
+    if #ready[qi] > 0 then zadd_many(base .. ':ready', ready[qi]) end
+    if #sched[qi] > 0 then zadd_many(base .. ':sched', sched[qi]) end
+    zadd_many(base .. ':created', made[qi])
+    wake(base)
   end
 end
 
 local out = {now}
 for _, d in ipairs(dups) do
-  local j, id = d[1], d[2]
-  out[#out + 1] = j
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGETALL', job_key(KEYS[tonumber(ARGV[nq + 1 + j * F])], id))
+  out[#out + 1] = d[1]
+  out[#out + 1] = d[2]
+  out[#out + 1] = redis.call('HGETALL', job_key(d[3], d[2]))
 end
 return out
