@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 from offload.backends import from_url
 from offload.backends.base import Backend
 from offload.backends.redis import RedisBackend
-from offload.errors import BackendUnavailable, ConfigurationError
-from offload.job import ClaimRequest, JobState, NewJob, new_job_id
+from offload.errors import ConfigurationError
+from offload.job import ClaimRequest, JobFilter, JobState, NewJob, WorkerInfo, new_job_id
 from offload.outcome import Succeeded
-from offload.testing import BackendConformance, MakeBackend, claim_one, lease_of, new_job
+from offload.testing import BackendConformance, MakeBackend, lease_of
 from tests.services import REDIS_HOST, REDIS_PORT, REDIS_URL, require_port, unique_name
 
 Factory = Callable[..., Awaitable[RedisBackend]]
@@ -65,3 +65,117 @@ class TestRedisConformance(BackendConformance):
             return await backends()
 
         return make
+
+
+def job(queue: str = "q", **kw: object) -> NewJob:
+    return NewJob(id=new_job_id(), task="t", queue=queue, args=b'{"x": 1}', **kw)  # type: ignore[arg-type]
+
+
+def claim(*queues: str, limit: int = 10, lease_s: float = 30.0) -> ClaimRequest:
+    return ClaimRequest(queues=queues or ("q",), limit=limit, worker_id="w", lease_s=lease_s)
+
+
+async def raw_client() -> aioredis.Redis:
+    return aioredis.Redis.from_url(REDIS_URL)
+
+
+# -- URL and layout ----------------------------------------------------------------------------
+
+
+def test_url_options_are_stripped_and_the_password_masked() -> None:
+    backend = from_url("redis://u:secret@db:6380/2?prefix=jobs&retention=60&timeout=2&db=2")
+    assert isinstance(backend, RedisBackend)
+    assert backend.url == "redis://u:***@db:6380/2?prefix=jobs&retention=60&timeout=2&db=2"
+    assert (backend.prefix, backend.retention_s, backend.timeout_s) == ("jobs", 60.0, 2.0)
+    assert RedisBackend("rediss://db", prefix="p").prefix == "p"  # a keyword wins
+    assert RedisBackend("redis://db").retention_s is None  # kept until purged
+    for bad in ("redis://db?prefix=a{b}", "redis://db?retention=-1", "redis://db?timeout=x"):
+        with pytest.raises(ConfigurationError):
+            RedisBackend(bad)
+    with pytest.raises(ConfigurationError):
+        RedisBackend("redis://db", colour="blue")
+
+
+async def test_every_key_sits_under_the_prefix_with_one_tag_per_queue(
+    backends: Factory, prefix: str
+) -> None:
+    backend = await backends()
+    await backend.enqueue([job("a", key="k"), job("b", delay_s=60), job("a")])
+    (running,) = await backend.claim(claim("a", limit=1))
+    await backend.complete([(lease_of(running), Succeeded(b"1"))])
+    await backend.set_paused("b", True)
+    await backend.report_worker(
+        WorkerInfo(id="w", host="h", pid=1, queues=("a",), concurrency=1, busy=0, started_at=0),
+        30.0,
+    )
+    client = await raw_client()
+    try:
+        keys = [k.decode() async for k in client.scan_iter(match="*" + prefix + "*")]
+    finally:
+        await client.aclose()
+    tags = {"{" + prefix + "}", backend.base("a"), backend.base("b")}
+    assert keys and all(k[: k.index("}") + 1] in tags for k in keys), keys
+    assert {k[: k.index("}") + 1] for k in keys} == tags
+
+
+# -- ordering and waiting ----------------------------------------------------------------------
+
+
+async def test_one_claim_over_several_queues_takes_the_best_first(backends: Factory) -> None:
+    backend = await backends()
+    low_a, high_b, mid_a, low_b = await backend.enqueue(
+        [job("a"), job("b", priority=9), job("a", priority=5), job("b")]
+    )
+    got = await backend.claim(claim("a", "b", limit=3))
+    assert [j.id for j in got] == [high_b.id, mid_a.id, low_a.id]
+    assert [j.id for j in await backend.claim(claim("b", "a"))] == [low_b.id]
+
+
+async def test_wait_for_work_returns_when_a_delayed_job_is_due(backends: Factory) -> None:
+    backend = await backends()
+    await backend.enqueue([job(delay_s=0.3)])
+    await backend.wait_for_work(["q"], 0.05)  # takes the enqueue's (spurious) wake token
+    started = time.monotonic()
+    await backend.wait_for_work(["q"], 30.0)
+    assert 0.1 < time.monotonic() - started < 2.0
+    assert len(await backend.claim(claim())) == 1
+
+
+async def test_wait_done_wakes_every_waiter(backends: Factory) -> None:
+    worker, waiter = await backends(), await backends()
+    (rec,) = await worker.enqueue([job()])
+    (running,) = await worker.claim(claim())
+    waits = [asyncio.create_task(waiter.wait_done(rec.id, 30.0)) for _ in range(3)]
+    await asyncio.sleep(0.1)  # let them block
+    await worker.complete([(lease_of(running), Succeeded(b"7"))])
+    done = await asyncio.wait_for(asyncio.gather(*waits), 3.0)
+    assert {(d.state, d.result) for d in done if d is not None} == {(JobState.SUCCEEDED, b"7")}
+
+
+# -- untrusted data, retention -----------------------------------------------------------------
+
+
+async def test_an_undecodable_job_is_buried_and_skipped(backends: Factory) -> None:
+    backend = await backends()
+    bad, good = await backend.enqueue([job(), job()])
+    client = await raw_client()
+    try:
+        await client.hset(f"{backend.base('q')}:j:{bad.id}", "d", b"\xc1 not msgpack")
+        assert [j.id for j in await backend.claim(claim())] == [good.id]
+        assert await client.hget(f"{backend.base('q')}:j:{bad.id}", "s") == b"dead"
+    finally:
+        await client.aclose()
+    assert await backend.get(bad.id) is None  # unreadable, so not listed either
+    assert [j.id for j in (await backend.list_jobs(JobFilter())).jobs] == [good.id]
+
+
+async def test_run_maintenance_deletes_finished_jobs_past_retention(backends: Factory) -> None:
+    keeper, sweeper = await backends(), await backends(retention=0.0)
+    await keeper.enqueue([job() for _ in range(3)])
+    jobs = await keeper.claim(claim())
+    await keeper.complete([(lease_of(j), Succeeded()) for j in jobs[:2]])
+    assert await keeper.run_maintenance() == 0  # no retention: kept until purged
+    counts = await asyncio.gather(*(sweeper.run_maintenance() for _ in range(3)))
+    assert sum(counts) == 2
+    assert await keeper.counts() == {"q": {JobState.RUNNING: 1}}
+    assert (await keeper.list_jobs(JobFilter())).jobs == [await keeper.get(jobs[2].id)]
