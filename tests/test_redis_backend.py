@@ -5,20 +5,35 @@ and deletes only the keys under it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+import offload
 from offload.backends import from_url
 from offload.backends.base import Backend
 from offload.backends.redis import RedisBackend
-from offload.errors import ConfigurationError
+from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobState, NewJob, WorkerInfo, new_job_id
 from offload.outcome import Succeeded
 from offload.testing import BackendConformance, MakeBackend, lease_of
-from tests.services import REDIS_HOST, REDIS_PORT, REDIS_URL, require_port, unique_name
+from offload.worker import Worker, WorkerConfig
+from tests.services import (
+    REDIS_HOST,
+    REDIS_PORT,
+    REDIS_URL,
+    port_open,
+    require_port,
+    unavailable,
+    unique_name,
+)
 
 Factory = Callable[..., Awaitable[RedisBackend]]
 
@@ -179,3 +194,175 @@ async def test_run_maintenance_deletes_finished_jobs_past_retention(backends: Fa
     assert sum(counts) == 2
     assert await keeper.counts() == {"q": {JobState.RUNNING: 1}}
     assert (await keeper.list_jobs(JobFilter())).jobs == [await keeper.get(jobs[2].id)]
+
+
+# -- outages and cut connections ---------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start (and restart) a Redis server of this test's own, on a free port: the only way to
+    take a server down without touching the one other tests share."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(tmp_path)]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        deadline = time.monotonic() + 5
+        while not port_open("127.0.0.1", port, 0.1):
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.02)
+        return proc
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+async def test_an_outage_is_backend_unavailable_and_a_restart_is_survived(
+    private_redis: Callable[[], subprocess.Popen[bytes]],
+) -> None:
+    server = private_redis()
+    backend = RedisBackend(f"redis://127.0.0.1:{private_redis.port}/0")  # type: ignore[attr-defined]
+    await backend.open()
+    try:
+        (before,) = await backend.enqueue([job()])
+        server.kill()
+        server.wait()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await backend.enqueue([job()])
+        with pytest.raises(BackendUnavailable):
+            await backend.claim(claim())
+        assert time.monotonic() - started < 4.0  # bounded retries, never a hang
+        private_redis()  # back, empty, and without our scripts: NOSCRIPT, reload, carry on
+        (after,) = await backend.enqueue([job()])
+        assert [j.id for j in await backend.claim(claim())] == [after.id]
+        assert await backend.get(before.id) is None  # no persistence on this server
+    finally:
+        await backend.close()
+
+
+async def test_unreachable_server_fails_open_fast() -> None:
+    backend = RedisBackend("redis://127.0.0.1:1/0?connect_timeout=0.5")
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        await backend.open()
+    assert time.monotonic() - started < 4.0
+    await backend.close()
+
+
+async def kill_clients(name: str) -> int:
+    """CLIENT KILL every connection named ``name``; how many were killed."""
+    client = await raw_client()
+    try:
+        listing = await client.client_list()
+        ids = [c["id"] for c in listing if c.get("name") == name]
+        for client_id in ids:
+            with contextlib.suppress(aioredis.ResponseError):
+                await client.client_kill_filter(_id=client_id)
+        return len(ids)
+    finally:
+        await client.aclose()
+
+
+async def cut_repeatedly(name: str, done: asyncio.Event, every_s: float) -> int:
+    cuts = 0
+    while not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), every_s)
+        if not done.is_set() and await kill_clients(name):
+            cuts += 1
+    return cuts
+
+
+async def watch_progress(progress: Callable[[], int], total: int, done: asyncio.Event) -> float:
+    """Sample progress until it reaches ``total``; return the longest stall (seconds)."""
+    last, last_change, longest = -1, time.monotonic(), 0.0
+    while True:
+        now, n = time.monotonic(), progress()
+        if n != last:
+            last, last_change = n, now
+        longest = max(longest, now - last_change)
+        if n >= total:
+            done.set()
+            return longest
+        assert longest < 5.0, f"stalled for {longest:.1f}s at {n}/{total}"
+        await asyncio.sleep(0.02)
+
+
+async def test_claims_and_completions_survive_cut_connections(
+    backends: Factory, prefix: str
+) -> None:
+    total = 5000
+    producer = await backends()
+    ids = {r.id for r in await producer.enqueue([job() for _ in range(total)])}
+    finished: set[str] = set()
+    done = asyncio.Event()
+
+    async def consume(n: int) -> None:
+        backend = await backends()
+        while not done.is_set():
+            try:
+                await backend.recover()
+                jobs = await backend.claim(claim(limit=5, lease_s=2.0))
+                await backend.complete([(lease_of(j), Succeeded()) for j in jobs])
+                finished.update(j.id for j in jobs)
+                if not jobs:
+                    await backend.wait_for_work(["q"], 0.2)
+            except BackendUnavailable:
+                await asyncio.sleep(0.05)
+
+    consumers = [asyncio.create_task(consume(n)) for n in range(3)]
+    cutter = asyncio.create_task(cut_repeatedly(f"offload:{prefix}", done, 0.1))
+    stall = await watch_progress(lambda: len(finished & ids), total, done)
+    await asyncio.gather(*consumers)
+    cuts = await cutter
+    assert cuts >= 3, cuts
+    counts = await producer.counts()
+    assert counts == {"q": {JobState.SUCCEEDED: total}}, (counts, stall)
+
+
+async def test_a_worker_resumes_after_each_cut_and_loses_nothing(prefix: str) -> None:
+    total = 6000
+    app = offload.App(f"{REDIS_URL}?prefix={prefix}")
+    ran: set[int] = set()
+
+    @app.task
+    async def record(i: int) -> None:
+        ran.add(i)
+
+    await app.open()
+    config = WorkerConfig(
+        concurrency=20, lease_s=3.0, heartbeat_s=1.0, poll_s=0.2, recover_s=0.5, grace_s=5.0
+    )
+    worker = Worker(app, config)
+    running = asyncio.create_task(worker.run())
+    done = asyncio.Event()
+    try:
+        await worker.started.wait()
+        for start in range(0, total, 1000):
+            await app.aenqueue_many([record.prepare(i) for i in range(start, start + 1000)])
+        cutter = asyncio.create_task(cut_repeatedly(f"offload:{prefix}", done, 0.05))
+        await watch_progress(lambda: len(ran), total, done)
+        assert await cutter >= 3
+    finally:
+        done.set()
+        await worker.stop()
+        await running
+    backend = app.backend
+    deadline = time.monotonic() + 10  # the last outcomes may still be on their way
+    while (await backend.counts()).get("default", {}).get(JobState.SUCCEEDED) != total:
+        assert time.monotonic() < deadline, await backend.counts()
+        await asyncio.sleep(0.05)
+    await app.close()
