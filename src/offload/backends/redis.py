@@ -14,13 +14,12 @@ reads and put to ``dead`` when a claim meets it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -32,9 +31,27 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities, check_purge_states
-from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull, describe
+from offload.backends.redis_codec import (
+    BLOB,
+    ENC,
+    FINAL_STATE_NAMES,
+    PACKED,
+    WORKER,
+    Undecodable,
+    attempt_errors,
+    decode_cursor,
+    encode_cursor,
+    frame,
+    from_hash,
+    from_us,
+    matches,
+    outcome_fields,
+    pairs,
+    to_us,
+    translated,
+)
+from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull
 from offload.job import (
-    AttemptError,
     ClaimRequest,
     JobFilter,
     JobPage,
@@ -44,7 +61,7 @@ from offload.job import (
     NewJob,
     WorkerInfo,
 )
-from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
+from offload.outcome import Dead, Outcome
 
 _log = logging.getLogger("offload.backends.redis")
 T = TypeVar("T")
@@ -55,130 +72,6 @@ SCRIPTS = (
 ).split()
 BATCH = 1000  # jobs one recover or maintenance call handles per queue: keeps scripts short
 DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
-_Blob = tuple[str, bytes, int, int, str | None]  # task, args, priority, max_attempts, key
-_BLOB = msgspec.msgpack.Decoder(_Blob)
-_ENC = msgspec.msgpack.Encoder()
-
-
-class _RawError(msgspec.Struct, frozen=True):
-    attempt: int
-    at: int
-    error: str
-    worker_id: str | None = None
-
-
-_ERRORS = msgspec.json.Decoder(list[_RawError])
-_WORKER = msgspec.json.Decoder(WorkerInfo)
-_PACKED = msgspec.msgpack.Decoder(list[bytes])
-
-
-class _Undecodable(Exception):
-    pass
-
-
-def _s(us: bytes | int) -> float:
-    return int(us) / 1e6
-
-
-def _us(seconds: float) -> int:
-    return round(seconds * 1e6)
-
-
-def _errors(raw: bytes | None) -> tuple[AttemptError, ...]:
-    if not raw:
-        return ()
-    try:
-        items = _ERRORS.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ()  # a damaged history must not make the job unreadable
-    return tuple(
-        AttemptError(attempt=e.attempt, at=e.at / 1e6, error=e.error, worker_id=e.worker_id)
-        for e in items
-    )
-
-
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode("utf-8", "replace")
-
-
-def _from_hash(job_id: str, queue: str, h: Mapping[bytes, bytes]) -> JobRecord:
-    """A record from a job hash; raises _Undecodable when it is malformed."""
-    try:
-        task, args, priority, max_attempts, key = _BLOB.decode(h[b"d"])
-        t, f, lease = h.get(b"t"), h.get(b"f"), h.get(b"l")
-        return JobRecord(
-            id=job_id,
-            task=task,
-            queue=queue,
-            args=args,
-            state=JobState(h[b"s"].decode()),
-            priority=priority,
-            attempt=int(h[b"a"]),
-            max_attempts=max_attempts,
-            run_at=_s(h[b"r"]),
-            created_at=_s(h[b"c"]),
-            key=key,
-            started_at=None if t is None else _s(t),
-            finished_at=None if f is None else _s(f),
-            worker_id=_text(h.get(b"w")),
-            lease_expires_at=None if lease is None else _s(lease),
-            result=h.get(b"o"),
-            error=_text(h.get(b"e")),
-            errors=_errors(h.get(b"x")),
-        )
-    except (KeyError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _Undecodable(f"undecodable job record {job_id}: {exc}") from None
-
-
-def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
-
-
-def _outcome_args(lease: Lease, outcome: Outcome) -> list[bytes | str | int]:
-    head: list[bytes | str | int] = [lease.job_id, lease.worker_id, lease.attempt]
-    if isinstance(outcome, Succeeded):
-        if outcome.result is None:
-            return [*head, "s", 0, ""]
-        return [*head, "S", 0, outcome.result]
-    if isinstance(outcome, RetryAt):
-        return [*head, "R", max(_us(outcome.delay_s), 0), outcome.error]
-    if isinstance(outcome, Dead):
-        return [*head, "D", 0, outcome.error]
-    if isinstance(outcome, Cancelled):
-        return [*head, "C", 0, outcome.reason]
-    assert isinstance(outcome, Snoozed)
-    return [*head, "Z", max(_us(outcome.delay_s), 0), ""]
-
-
-def _frame(fields: Sequence[bytes | str | int]) -> bytes:
-    """Fields as the scripts read a batch: each a 4-byte big-endian length, then its bytes."""
-    parts: list[bytes] = []
-    for f in fields:
-        raw = f if isinstance(f, bytes) else str(f).encode()
-        parts.append(len(raw).to_bytes(4, "big"))
-        parts.append(raw)
-    return b"".join(parts)
-
-
-def _encode_cursor(created_us: int, job_id: str) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([created_us, job_id])).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created_us, job_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return int(created_us), str(job_id)
-    except (ValueError, TypeError, msgspec.DecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
-
-
-def _matches(j: JobRecord, f: JobFilter) -> bool:
-    return (
-        (f.state is None or j.state is f.state)
-        and (f.task is None or j.task == f.task)
-        and (f.args_contains is None or f.args_contains.encode() in j.args)
-    )
 
 
 def _load_sources() -> dict[str, str]:
@@ -265,7 +158,7 @@ class RedisBackend:
         client = self._make_client(self.timeout_s)
         blocking = self._make_client(None)  # blocking pops wait longer than any reply timeout
         try:
-            with _translated():
+            with translated():
                 await self._load_scripts(client)
         except BaseException:
             await client.aclose()
@@ -296,7 +189,7 @@ class RedisBackend:
         """Run ``op`` with engine errors translated; reload scripts once on NOSCRIPT (after a
         server restart or SCRIPT FLUSH) and run it again."""
         client = self._conn()
-        with _translated():
+        with translated():
             try:
                 return await op(client)
             except NoScriptError:
@@ -367,8 +260,8 @@ class RedisBackend:
         fields: list[bytes | str | int] = []
         for j in jobs:
             priority = min(max(j.priority, 0), 9)
-            blob = _ENC.encode((j.task, j.args, priority, j.max_attempts, j.key))
-            run_at = "" if j.run_at is None else _us(j.run_at)
+            blob = ENC.encode((j.task, j.args, priority, j.max_attempts, j.key))
+            run_at = "" if j.run_at is None else to_us(j.run_at)
             fields += [
                 index[j.queue],
                 j.id,
@@ -376,11 +269,11 @@ class RedisBackend:
                 priority,
                 j.max_attempts,
                 run_at,
-                max(_us(j.delay_s), 0),
+                max(to_us(j.delay_s), 0),
                 j.key or "",
             ]
         keys = [self.base(q) for q in queues]
-        argv = [_frame(fields), *(limits.get(q, -1) for q in queues)]
+        argv = [frame(fields), *(limits.get(q, -1) for q in queues)]
 
         async def op(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
@@ -398,14 +291,14 @@ class RedisBackend:
             pos, dup_id = int(reply[k]), reply[k + 1].decode()
             queue = jobs[pos].queue
             try:
-                out[pos] = _from_hash(dup_id, queue, _pairs(reply[k + 2]))
-            except _Undecodable as exc:
+                out[pos] = from_hash(dup_id, queue, pairs(reply[k + 2]))
+            except Undecodable as exc:
                 raise BackendUnavailable(f"cannot read the job the key refers to: {exc}") from None
         return out
 
     @staticmethod
     def _fresh(j: NewJob, now_us: int) -> JobRecord:
-        run_at = _us(j.run_at) if j.run_at is not None else now_us + max(_us(j.delay_s), 0)
+        run_at = to_us(j.run_at) if j.run_at is not None else now_us + max(to_us(j.delay_s), 0)
         return JobRecord(
             id=j.id,
             task=j.task,
@@ -427,10 +320,10 @@ class RedisBackend:
             return []
         queues = list(dict.fromkeys(req.queues))
         keys = [self.base(q) for q in queues]
-        argv = [req.limit, req.worker_id, max(_us(req.lease_s), 0), os.urandom(8).hex()]
+        argv = [req.limit, req.worker_id, max(to_us(req.lease_s), 0), os.urandom(8).hex()]
         raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
-        reply = _PACKED.decode(raw)
-        started, expires = _s(reply[0]), _s(reply[1])
+        reply = PACKED.decode(raw)
+        started, expires = from_us(reply[0]), from_us(reply[1])
         out: list[JobRecord] = []
         undecodable: list[tuple[Lease, Outcome]] = []
         for k in range(2, len(reply), 7):
@@ -438,7 +331,7 @@ class RedisBackend:
             job_id, queue = raw_id.decode(), queues[int(qi) - 1]
             self._queue_of[job_id] = queue
             try:
-                task, args, priority, max_attempts, key = _BLOB.decode(blob)
+                task, args, priority, max_attempts, key = BLOB.decode(blob)
                 rec = JobRecord(
                     id=job_id,
                     task=task,
@@ -448,13 +341,13 @@ class RedisBackend:
                     priority=priority,
                     attempt=int(attempt),
                     max_attempts=max_attempts,
-                    run_at=_s(run_at),
-                    created_at=_s(created),
+                    run_at=from_us(run_at),
+                    created_at=from_us(created),
                     key=key,
                     started_at=started,
                     worker_id=req.worker_id,
                     lease_expires_at=expires,
-                    errors=_errors(errors),
+                    errors=attempt_errors(errors),
                 )
             except (ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 _log.warning("burying undecodable job %s: %s", job_id, exc)
@@ -471,7 +364,7 @@ class RedisBackend:
         calls: dict[str, list[Any]] = {}
         for lease in leases:
             if lease.job_id in where:
-                calls.setdefault(where[lease.job_id], [max(_us(lease_s), 0)]).extend(
+                calls.setdefault(where[lease.job_id], [max(to_us(lease_s), 0)]).extend(
                     (lease.job_id, lease.worker_id, lease.attempt)
                 )
         replies = await self._per_queue("heartbeat", calls)
@@ -486,8 +379,8 @@ class RedisBackend:
         fields: dict[str, list[bytes | str | int]] = {}
         for lease, outcome in results:
             if lease.job_id in where:
-                fields.setdefault(where[lease.job_id], []).extend(_outcome_args(lease, outcome))
-        calls = {q: [self._retention_arg, _frame(f)] for q, f in fields.items()}
+                fields.setdefault(where[lease.job_id], []).extend(outcome_fields(lease, outcome))
+        calls = {q: [self._retention_arg, frame(f)] for q, f in fields.items()}
         await self._per_queue("complete", calls)
         for lease, _ in results:
             self._queue_of.pop(lease.job_id, None)
@@ -547,7 +440,7 @@ class RedisBackend:
         blocking = self._blocking
         if blocking is None:
             raise BackendUnavailable("the Redis backend is not open (call open() first)")
-        with _translated():
+        with translated():
             try:
                 got: Any = await asyncio.wait_for(
                     blocking.blpop(list(keys), timeout=timeout_s), timeout_s + self.timeout_s
@@ -563,7 +456,7 @@ class RedisBackend:
         queue, h = found[job_id]
         base = self.base(queue)
         if h.get(b"s", b"").decode() not in FINAL_STATE_NAMES and timeout_s > 0:
-            ttl_us = _us(timeout_s + DONE_WAIT_MARGIN_S)
+            ttl_us = to_us(timeout_s + DONE_WAIT_MARGIN_S)
             argv = [job_id, ttl_us]
             # Noted first, then the state read in the same step: a finish after it signals.
             state = await self._run(lambda c: self._eval(c, "watch", [base], argv))
@@ -582,26 +475,26 @@ class RedisBackend:
             return None
         queue, h = found[job_id]
         try:
-            return _from_hash(job_id, queue, h)
-        except _Undecodable as exc:
+            return from_hash(job_id, queue, h)
+        except Undecodable as exc:
             _log.warning("%s", exc)
             return None
 
     async def list_jobs(self, flt: JobFilter) -> JobPage:
         limit = max(1, flt.limit)
-        cursor = _decode_cursor(flt.cursor) if flt.cursor else None
-        before = _us(flt.created_before) if flt.created_before is not None else None
+        cursor = decode_cursor(flt.cursor) if flt.cursor else None
+        before = to_us(flt.created_before) if flt.created_before is not None else None
         hi: str | int = "+inf" if cursor is None else cursor[0]
         if before is not None and cursor is None:
             hi = f"({before}"
-        lo: str | int = "-inf" if flt.created_after is None else _us(flt.created_after)
+        lo: str | int = "-inf" if flt.created_after is None else to_us(flt.created_after)
         queues = [flt.queue] if flt.queue is not None else await self.known_queues()
         found: list[tuple[int, str, JobRecord]] = []
         for queue in queues:
             found += await self._scan_created(queue, flt, hi, lo, limit + 1, cursor, before)
         found.sort(key=lambda t: (t[0], t[1]), reverse=True)
         page = found[:limit]
-        nxt = _encode_cursor(page[-1][0], page[-1][1]) if len(found) > limit else None
+        nxt = encode_cursor(page[-1][0], page[-1][1]) if len(found) > limit else None
         return JobPage(jobs=[rec for _, _, rec in page], next_cursor=nxt)
 
     async def _scan_created(
@@ -644,11 +537,11 @@ class RedisBackend:
                 if cursor is not None and (created, job_id) >= cursor:
                     continue
                 try:
-                    rec = _from_hash(job_id, queue, h)
-                except _Undecodable as exc:
+                    rec = from_hash(job_id, queue, h)
+                except Undecodable as exc:
                     _log.warning("%s", exc)
                     continue
-                if _matches(rec, flt):
+                if matches(rec, flt):
                     out.append((created, job_id, rec))
             if len(entries) < chunk:
                 break
@@ -695,19 +588,19 @@ class RedisBackend:
                 raise InvalidState(msg)
             verb = "cancelled" if name == "cancel" else "retried"
             raise InvalidState(f"job {job_id} is {state}; it cannot be {verb}")
-        return _from_hash(job_id, queue, _pairs(reply[1]))
+        return from_hash(job_id, queue, pairs(reply[1]))
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         try:
             return await self._steer("cancel", job_id, [self._retention_arg, "cancelled"])
-        except _Undecodable as exc:
+        except Undecodable as exc:
             _log.warning("%s", exc)
             return None
 
     async def retry(self, job_id: str) -> JobRecord | None:
         try:
             return await self._steer("retry", job_id, [])
-        except _Undecodable as exc:
+        except Undecodable as exc:
             _log.warning("%s", exc)
             return None
 
@@ -725,7 +618,7 @@ class RedisBackend:
         if not states:
             return 0
         queues = [queue] if queue is not None else await self.known_queues()
-        argv = [max(_us(older_than_s), 0), *(s.value for s in states)]
+        argv = [max(to_us(older_than_s), 0), *(s.value for s in states)]
         return sum(
             int(n) for n in (await self._per_queue("purge", dict.fromkeys(queues, argv))).values()
         )
@@ -751,7 +644,7 @@ class RedisBackend:
         return {q for q, p in zip(queues, await self._run(op), strict=True) if p}
 
     async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
-        argv = [info.id, msgspec.json.encode(info), max(_us(ttl_s), 0)]
+        argv = [info.id, msgspec.json.encode(info), max(to_us(ttl_s), 0)]
         await self._run(lambda c: self._eval(c, "worker_report", [self._global], argv))
 
     async def remove_worker(self, worker_id: str) -> None:
@@ -762,23 +655,8 @@ class RedisBackend:
         out = []
         for _, report, seen in rows:
             try:
-                info = _WORKER.decode(report)
+                info = WORKER.decode(report)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # untrusted storage: skip a report that does not decode
-            out.append(msgspec.structs.replace(info, last_seen_at=_s(seen)))
+            out.append(msgspec.structs.replace(info, last_seen_at=from_us(seen)))
         return out
-
-
-FINAL_STATE_NAMES = frozenset(s.value for s in JobState if s.final)
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """Engine errors become BackendUnavailable (the operation did not take effect, or its
-    effect is safe to repeat); nothing redis-specific escapes."""
-    try:
-        yield
-    except RedisError as exc:
-        raise BackendUnavailable(f"Redis: {describe(exc)}") from exc
-    except OSError as exc:
-        raise BackendUnavailable(f"Redis: {describe(exc)}") from exc

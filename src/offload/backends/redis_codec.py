@@ -1,0 +1,159 @@
+"""Encoding between offload's values and the Redis backend's storage: job hashes, framed
+batches for the scripts, packed replies, list cursors, and error translation.
+
+Everything read back is untrusted: decoders raise :class:`Undecodable` (or skip a damaged
+history) rather than let a malformed record crash a caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import msgspec
+from redis.exceptions import RedisError
+
+from offload.errors import BackendUnavailable, describe
+from offload.job import AttemptError, JobFilter, JobRecord, JobState, Lease, WorkerInfo
+from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
+
+_Blob = tuple[str, bytes, int, int, str | None]  # task, args, priority, max_attempts, key
+BLOB = msgspec.msgpack.Decoder(_Blob)
+ENC = msgspec.msgpack.Encoder()
+
+
+class RawError(msgspec.Struct, frozen=True):
+    attempt: int
+    at: int
+    error: str
+    worker_id: str | None = None
+
+
+_ERRORS = msgspec.json.Decoder(list[RawError])
+WORKER = msgspec.json.Decoder(WorkerInfo)
+PACKED = msgspec.msgpack.Decoder(list[bytes])
+
+
+class Undecodable(Exception):
+    pass
+
+
+def from_us(us: bytes | int) -> float:
+    return int(us) / 1e6
+
+
+def to_us(seconds: float) -> int:
+    return round(seconds * 1e6)
+
+
+def attempt_errors(raw: bytes | None) -> tuple[AttemptError, ...]:
+    if not raw:
+        return ()
+    try:
+        items = _ERRORS.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ()  # a damaged history must not make the job unreadable
+    return tuple(
+        AttemptError(attempt=e.attempt, at=e.at / 1e6, error=e.error, worker_id=e.worker_id)
+        for e in items
+    )
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+def from_hash(job_id: str, queue: str, h: Mapping[bytes, bytes]) -> JobRecord:
+    """A record from a job hash; raises Undecodable when it is malformed."""
+    try:
+        task, args, priority, max_attempts, key = BLOB.decode(h[b"d"])
+        t, f, lease = h.get(b"t"), h.get(b"f"), h.get(b"l")
+        return JobRecord(
+            id=job_id,
+            task=task,
+            queue=queue,
+            args=args,
+            state=JobState(h[b"s"].decode()),
+            priority=priority,
+            attempt=int(h[b"a"]),
+            max_attempts=max_attempts,
+            run_at=from_us(h[b"r"]),
+            created_at=from_us(h[b"c"]),
+            key=key,
+            started_at=None if t is None else from_us(t),
+            finished_at=None if f is None else from_us(f),
+            worker_id=_text(h.get(b"w")),
+            lease_expires_at=None if lease is None else from_us(lease),
+            result=h.get(b"o"),
+            error=_text(h.get(b"e")),
+            errors=attempt_errors(h.get(b"x")),
+        )
+    except (KeyError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Undecodable(f"undecodable job record {job_id}: {exc}") from None
+
+
+def pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def outcome_fields(lease: Lease, outcome: Outcome) -> list[bytes | str | int]:
+    head: list[bytes | str | int] = [lease.job_id, lease.worker_id, lease.attempt]
+    if isinstance(outcome, Succeeded):
+        if outcome.result is None:
+            return [*head, "s", 0, ""]
+        return [*head, "S", 0, outcome.result]
+    if isinstance(outcome, RetryAt):
+        return [*head, "R", max(to_us(outcome.delay_s), 0), outcome.error]
+    if isinstance(outcome, Dead):
+        return [*head, "D", 0, outcome.error]
+    if isinstance(outcome, Cancelled):
+        return [*head, "C", 0, outcome.reason]
+    assert isinstance(outcome, Snoozed)
+    return [*head, "Z", max(to_us(outcome.delay_s), 0), ""]
+
+
+def frame(fields: Sequence[bytes | str | int]) -> bytes:
+    """Fields as the scripts read a batch: each a 4-byte big-endian length, then its bytes."""
+    parts: list[bytes] = []
+    for f in fields:
+        raw = f if isinstance(f, bytes) else str(f).encode()
+        parts.append(len(raw).to_bytes(4, "big"))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def encode_cursor(created_us: int, job_id: str) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([created_us, job_id])).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        created_us, job_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
+        return int(created_us), str(job_id)
+    except (ValueError, TypeError, msgspec.DecodeError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+def matches(j: JobRecord, f: JobFilter) -> bool:
+    return (
+        (f.state is None or j.state is f.state)
+        and (f.task is None or j.task == f.task)
+        and (f.args_contains is None or f.args_contains.encode() in j.args)
+    )
+
+
+FINAL_STATE_NAMES = frozenset(s.value for s in JobState if s.final)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Engine errors become BackendUnavailable (the operation did not take effect, or its
+    effect is safe to repeat); nothing redis-specific escapes."""
+    try:
+        yield
+    except RedisError as exc:
+        raise BackendUnavailable(f"Redis: {describe(exc)}") from exc
+    except OSError as exc:
+        raise BackendUnavailable(f"Redis: {describe(exc)}") from exc
