@@ -1,0 +1,404 @@
+"""``amqp://`` / ``amqps://`` — RabbitMQ carries delivery; a state store keeps the jobs.
+
+    amqp://guest:guest@127.0.0.1/?store=sqlite:///var/lib/app/jobs.db&prefix=offload
+
+RabbitMQ is a broker, not a job store. Each runnable job is one persistent message (its id)
+in a durable priority queue, published with confirms; a worker takes messages with manual
+acknowledgement and acks one only after the job's outcome is recorded. Retries and delayed
+jobs go through TTL delay queues that dead-letter back to the work queue (no plugin).
+
+Job state (status, attempts, results, errors, the dead list, listing, pause, workers) lives in
+the **state store** named by ``?store=``: any other offload backend URL, used only through the
+Backend protocol. The store's record is the truth and its lease is the fencing token; the
+broker's unacknowledged delivery is how the job travels and how it comes back when a
+connection dies. A message whose job the store no longer wants run (cancelled, deleted,
+finished) is dropped when it is delivered.
+
+Options (URL query or keyword): ``store`` (required), ``prefix`` (queue-name prefix, default
+``offload``), ``timeout_s`` (connect/RPC timeout, default 10). A store URL with its own query
+string must be percent-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from offload.backends.base import Backend, Capabilities
+from offload.backends.rabbitmq_broker import Broker, Delivery
+from offload.backends.rabbitmq_store import claim_delivered
+from offload.errors import BackendUnavailable, ConfigurationError
+from offload.job import (
+    ClaimRequest,
+    JobFilter,
+    JobPage,
+    JobRecord,
+    JobState,
+    Lease,
+    NewJob,
+    WorkerInfo,
+)
+from offload.outcome import Outcome, RetryAt, Snoozed
+
+_OPTIONS = ("store", "prefix", "timeout_s")
+PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
+START_ROUNDS = 4  # a claim retries deliveries whose job another claimer briefly held
+
+
+class RabbitMQBackend:
+    """Delivery on RabbitMQ, state in the store of ``?store=`` (see the module docstring)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        opts = {k: query.pop(k) for k in _OPTIONS if k in query}
+        opts.update({k: str(v) for k, v in options.items()})
+        unknown = set(options) - set(_OPTIONS)
+        if unknown:
+            raise ConfigurationError(f"unknown rabbitmq option(s): {', '.join(sorted(unknown))}")
+        store_url = opts.get("store")
+        if not store_url:
+            raise ConfigurationError(
+                "amqp:// needs a state store for job status, results and inspection: add "
+                "?store=sqlite:///path/jobs.db or ?store=postgresql://... to the URL"
+            )
+        if urlsplit(store_url).scheme.lower() in ("amqp", "amqps"):
+            raise ConfigurationError("the state store of amqp:// cannot be another amqp:// URL")
+        from offload.backends import from_url
+
+        self._store: Backend = from_url(store_url)
+        self.prefix = opts.get("prefix") or "offload"
+        amqp_url = urlunsplit(parts._replace(query=urlencode(query)))
+        name = f"offload:{self.prefix}:{uuid.uuid4().hex[:8]}"
+        self._broker = Broker(amqp_url, self.prefix, name, float(opts.get("timeout_s", 10)))
+        self._url = _masked(url)
+        sc = self._store.capabilities
+        self.capabilities = Capabilities(
+            inspect=sc.inspect,
+            notify=True,
+            transactional=False,
+            priorities=True,
+            delayed=True,
+            unique=sc.unique,
+            results=sc.results,
+            pause=sc.pause,
+            cross_process=sc.cross_process,
+        )
+        self._held: dict[Lease, Delivery] = {}
+        self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
+        self._parked: dict[str, list[Delivery]] = {}  # queue -> deliveries awaiting their job
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def store(self) -> Backend:
+        """The state store (for tests and tools; the worker never needs it)."""
+        return self._store
+
+    @property
+    def connection_name(self) -> str:
+        """The client-provided name of this instance's AMQP connection."""
+        return self._broker.connection_name
+
+    async def open(self) -> None:
+        await self._store.open()
+        await self._broker.ensure()
+
+    async def close(self) -> None:
+        self._held.clear()
+        self._expires.clear()
+        self._parked.clear()
+        await self._broker.close()
+        await self._store.close()
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Store the batch in the state store (dedup and limits happen there), then publish
+        one message per newly stored job and wait for the broker's confirms. If publishing
+        fails, the new records are deleted again and BackendUnavailable is raised."""
+        if not jobs:
+            return []
+        recs = await self._store.enqueue(jobs, limits=limits)
+        fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+        fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
+        try:
+            await self._broker.publish([_message(r) for r in fresh])
+        except BackendUnavailable:
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.delete([r.id for r in fresh])
+            raise
+        await self._broker.notify()
+        return recs
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        """Take up to ``req.limit`` messages from the work queues (paused ones skipped) and
+        start their jobs in the store. Deliveries whose job cannot start yet stay parked
+        here (unacked) and are tried again at the next claim."""
+        paused = await self._store.paused_queues()
+        out: list[JobRecord] = []
+        for queue in req.queues:
+            room = req.limit - len(out)
+            if room <= 0:
+                break
+            if queue in paused:
+                continue
+            out.extend(await self._claim_queue(queue, room, req))
+        return out
+
+    async def _claim_queue(self, queue: str, room: int, req: ClaimRequest) -> list[JobRecord]:
+        out: list[JobRecord] = []
+        stalls = 0
+        while len(out) < room and stalls < START_ROUNDS:
+            parked = self._parked.pop(queue, [])
+            fresh = await self._broker.get(queue, max(room - len(out) - len(parked), 0))
+            if not fresh and not parked:
+                break
+            candidates = parked + fresh
+            ready, keep = candidates[: room - len(out)], candidates[room - len(out) :]
+            if keep:
+                self._parked[queue] = keep
+            out.extend(await self._start(queue, ready, req))
+            if not fresh:  # only parked ones were retried: bounded, they may be held elsewhere
+                stalls += 1
+        return out
+
+    async def _start(
+        self, queue: str, deliveries: list[Delivery], req: ClaimRequest
+    ) -> list[JobRecord]:
+        if not deliveries:
+            return []
+        started = await claim_delivered(
+            self._store, queue, [d.job_id for d in deliveries], req.worker_id, req.lease_s
+        )
+        out: list[JobRecord] = []
+        rest: list[Delivery] = []
+        deadline = time.monotonic() + req.lease_s
+        for d in deliveries:
+            rec = started.pop(d.job_id, None)
+            if rec is None or rec.lease is None:
+                rest.append(d)
+                continue
+            self._held[rec.lease] = d
+            self._expires[rec.lease] = deadline
+            out.append(rec)
+        if rest:
+            await self._sort_out(queue, rest)
+        return out
+
+    async def _sort_out(self, queue: str, deliveries: list[Delivery]) -> None:
+        """Deliveries whose job did not start: drop, delay again, or park."""
+        recs = await asyncio.gather(*(self._store.get(d.job_id) for d in deliveries))
+        drop: list[Delivery] = []
+        again: list[tuple[Delivery, JobRecord]] = []
+        now = time.time()
+        for d, rec in zip(deliveries, recs, strict=True):
+            if rec is None or rec.state.final:
+                drop.append(d)  # cancelled, deleted, finished (or a duplicate of one)
+            elif rec.state is JobState.SCHEDULED and rec.run_at > now + 0.001:
+                again.append((d, rec))  # came back early: wait out the rest
+            else:
+                self._parked.setdefault(queue, []).append(d)  # running elsewhere, or a race
+        if again:
+            await self._broker.publish([_message(r, now) for _, r in again])
+            drop.extend(d for d, _ in again)
+        await self._broker.settle(drop, [])
+
+    async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
+        """Extend the leases in the store. A lease the store no longer grants gives its
+        message back to the queue at once (whoever gets it sorts it out)."""
+        held = await self._store.heartbeat(leases, lease_s)
+        lost: list[Delivery] = []
+        deadline = time.monotonic() + lease_s
+        for lease in leases:
+            if lease not in self._held:
+                continue
+            if lease.job_id in held:
+                self._expires[lease] = deadline
+            else:
+                lost.append(self._forget(lease))
+        await self._broker.settle([], lost)
+        return held
+
+    async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
+        """Record outcomes in the store, then settle each message: acked once the outcome is
+        recorded; RetryAt and delayed Snoozed publish a new delayed message first; Snoozed(0)
+        and leases lost meanwhile return the message to the queue."""
+        if not results:
+            return
+        mine = [lease for lease, _ in results if lease in self._held]
+        still = await self._store.heartbeat(mine, 60.0) if mine else set()
+        later: list[tuple[str, str, int, int]] = []
+        for lease, outcome in results:
+            d = self._held.get(lease)
+            if d is None or lease.job_id not in still:
+                continue
+            delay = _delay_of(outcome)
+            if delay is not None and delay > 0:
+                later.append((lease.job_id, d.queue, d.message.priority or 0, _ms(delay)))
+        await self._broker.publish(later)  # before the store: a crash here only duplicates
+        await self._store.complete(results)
+        acks: list[Delivery] = []
+        requeues: list[Delivery] = []
+        for lease, outcome in results:
+            if lease not in self._held:
+                continue
+            d = self._forget(lease)
+            if lease.job_id in still and _delay_of(outcome) != 0:
+                acks.append(d)
+            else:
+                requeues.append(d)
+        await self._broker.settle(acks, requeues)
+        if requeues:
+            await self._broker.notify()
+
+    async def recover(self) -> int:
+        """Let the store put back its expired leases, and return messages this instance holds
+        for leases it stopped extending. The broker itself needs no recovery: it redelivers
+        the messages of a lost connection on its own."""
+        n = await self._store.recover()
+        now = time.monotonic()
+        silent = [lease for lease, at in self._expires.items() if at <= now]
+        if silent:
+            recs = await asyncio.gather(*(self._store.get(lease.job_id) for lease in silent))
+            gone = [lease for lease, rec in zip(silent, recs, strict=True) if _lost(lease, rec)]
+            returned = [self._forget(lease) for lease in gone]
+            await self._broker.settle([], returned)
+            await self._broker.sync(returned)
+        return n
+
+    def _forget(self, lease: Lease) -> Delivery:
+        self._expires.pop(lease, None)
+        return self._held.pop(lease)
+
+    async def run_maintenance(self) -> int:
+        """The store's housekeeping (retention, expired worker reports)."""
+        return await self._store.run_maintenance()
+
+    async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Wake on an enqueue anywhere under this prefix (a fanout note), or at ``timeout_s``.
+        Delayed jobs coming back from their delay queue do not wake it: the worker's poll
+        interval bounds that latency."""
+        if any(self._parked.get(q) for q in queues):
+            timeout_s = min(timeout_s, PARKED_RETRY_S)
+        wake = self._broker.wake
+        if wake.is_set():
+            wake.clear()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=max(timeout_s, 0.0))
+        wake.clear()
+
+    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        return await self._store.wait_done(job_id, timeout_s)
+
+    # -- inspecting and steering: the store's --------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self._store.get(job_id)
+
+    async def list_jobs(self, flt: JobFilter) -> JobPage:
+        return await self._store.list_jobs(flt)
+
+    async def counts(self) -> dict[str, dict[JobState, int]]:
+        return await self._store.counts()
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel in the store; the job's message is dropped when it is next delivered."""
+        return await self._store.cancel(job_id)
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        """Queue a dead or cancelled job again in the store and publish its message. If the
+        publish fails the job is cancelled again (so it can be retried later) and
+        BackendUnavailable is raised."""
+        rec = await self._store.retry(job_id)
+        if rec is None:
+            return None
+        try:
+            await self._broker.publish([_message(rec)])
+        except BackendUnavailable:
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.cancel(job_id)
+            raise
+        await self._broker.notify()
+        return rec
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        return await self._store.delete(job_ids)
+
+    async def purge(
+        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
+    ) -> int:
+        return await self._store.purge(states, older_than_s=older_than_s, queue=queue)
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        await self._store.set_paused(queue, paused)
+        if not paused:
+            await self._broker.notify()
+
+    async def paused_queues(self) -> set[str]:
+        return await self._store.paused_queues()
+
+    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        await self._store.report_worker(info, ttl_s)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._store.remove_worker(worker_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self._store.workers()
+
+    # -- tests and tools -------------------------------------------------------------------
+
+    def declared_queues(self) -> set[str]:
+        """Names of the broker queues this instance has declared (for cleanup in tests)."""
+        return self._broker.declared()
+
+    async def delete_broker_objects(self, queues: Sequence[str]) -> None:
+        """Delete these broker queues and the wake exchange of this prefix. For tests and
+        teardown tools; not part of the protocol. Deleting a work queue loses its messages."""
+        await self._broker.delete_topology(queues)
+
+
+def _message(rec: JobRecord, now: float | None = None) -> tuple[str, str, int, int]:
+    """The broker message of a job record: due now, or after its remaining delay."""
+    delay_s = 0.0
+    if rec.state is JobState.SCHEDULED:
+        # the store's own clock: run_at relative to created_at, or to now for a re-delay
+        delay_s = rec.run_at - (rec.created_at if now is None else now)
+    return (rec.id, rec.queue, rec.priority, _ms(delay_s))
+
+
+def _ms(delay_s: float) -> int:
+    return max(0, math.ceil(delay_s * 1000))
+
+
+def _delay_of(outcome: Outcome) -> float | None:
+    """The delay before the job runs again; None when it will not run again."""
+    if isinstance(outcome, RetryAt | Snoozed):
+        return outcome.delay_s
+    return None
+
+
+def _lost(lease: Lease, rec: JobRecord | None) -> bool:
+    return rec is None or rec.lease != lease
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

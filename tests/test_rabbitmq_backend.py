@@ -1,0 +1,160 @@
+"""The amqp:// backend on the local RabbitMQ, with a SQLite file as its state store.
+
+Each test uses its own queue-name prefix and deletes the queues it declared afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from offload.backends import from_url
+from offload.backends.base import Backend
+from offload.backends.rabbitmq import RabbitMQBackend
+from offload.errors import BackendUnavailable, ConfigurationError
+from offload.job import ClaimRequest, JobRecord, JobState, NewJob, new_job_id
+from offload.outcome import RetryAt, Succeeded
+from offload.testing import BackendConformance, MakeBackend
+from tests.services import RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_URL, require_port, unique_name
+
+Make = Callable[[], Awaitable[RabbitMQBackend]]
+
+
+def rabbitmq_url(tmp_path: Path, prefix: str) -> str:
+    """The isolated URL form: a per-test prefix and a per-test SQLite store."""
+    return f"{RABBITMQ_URL}?prefix={prefix}&store=sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+async def make_rabbit(tmp_path: Path) -> AsyncIterator[Make]:
+    require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    url = rabbitmq_url(tmp_path, unique_name("offload_t"))
+    opened: list[RabbitMQBackend] = []
+
+    async def make() -> RabbitMQBackend:
+        backend = from_url(url)
+        assert isinstance(backend, RabbitMQBackend)
+        await backend.open()
+        opened.append(backend)
+        return backend
+
+    yield make
+    names = set().union(*(b.declared_queues() for b in opened)) if opened else set()
+    if opened:
+        await opened[0].delete_broker_objects(sorted(names))
+    for backend in opened:
+        await backend.close()
+
+
+class TestRabbitMQConformance(BackendConformance):
+    @pytest.fixture
+    async def make_backend(self, make_rabbit: Make) -> MakeBackend:
+        async def make() -> Backend:
+            return await make_rabbit()
+
+        return make
+
+
+def job(queue: str = "q", **kw: object) -> NewJob:
+    return NewJob(id=new_job_id(), task="t", queue=queue, args=b"{}", **kw)  # type: ignore[arg-type]
+
+
+def req(limit: int, queue: str = "q", worker: str = "w", lease_s: float = 30.0) -> ClaimRequest:
+    return ClaimRequest(queues=(queue,), limit=limit, worker_id=worker, lease_s=lease_s)
+
+
+def test_a_store_is_required() -> None:
+    with pytest.raises(ConfigurationError, match=r"\?store="):
+        RabbitMQBackend(RABBITMQ_URL)
+
+
+def test_url_masks_the_password(tmp_path: Path) -> None:
+    backend = RabbitMQBackend(rabbitmq_url(tmp_path, "p"))
+    assert "guest:***@" in backend.url
+
+
+async def test_messages_are_durable_priority_queue_messages(make_rabbit: Make) -> None:
+    backend = await make_rabbit()
+    await backend.enqueue([job(priority=3)])
+    (name,) = [n for n in backend.declared_queues() if n.endswith(".q.q")]
+    out = rabbitmqctl("list_queues", "name", "durable", "arguments", "messages")
+    line = next(ln for ln in out.splitlines() if ln.startswith(name + "\t"))
+    assert "\ttrue\t" in line and "x-max-priority" in line and line.endswith("\t1")
+
+
+async def test_retry_goes_through_delay_queues_and_comes_back(make_rabbit: Make) -> None:
+    backend = await make_rabbit()
+    (rec,) = await backend.enqueue([job()])
+    (got,) = await backend.claim(req(1))
+    assert got.lease is not None
+    await backend.complete([(got.lease, RetryAt(delay_s=0.25, error="boom"))])
+    assert await backend.claim(req(1)) == []
+    assert any(".d.q." in n for n in backend.declared_queues())
+    again = await claim_eventually(backend, 1)
+    assert [(j.id, j.attempt) for j in again] == [(rec.id, 2)]
+
+
+async def test_cancelled_job_message_is_dropped(make_rabbit: Make) -> None:
+    backend = await make_rabbit()
+    (rec,) = await backend.enqueue([job()])
+    await backend.cancel(rec.id)
+    assert await backend.claim(req(5)) == []
+    assert await backend.claim(req(5)) == []  # the message was acked, not parked
+
+
+async def test_lost_connection_returns_messages_and_work_resumes(make_rabbit: Make) -> None:
+    worker, producer = await make_rabbit(), await make_rabbit()
+    recs = await producer.enqueue([job() for _ in range(5)])
+    held = await worker.claim(req(5, lease_s=1.0))
+    assert len(held) == 5
+    close_connections(worker.connection_name)
+    # the worker lives on and still holds its store leases: it finishes its jobs even though
+    # the broker has put the messages back; the other instance drops them as finished.
+    await worker.complete([(j.lease, Succeeded()) for j in held if j.lease])
+    assert await claim_eventually(producer, 5, expect=0) == []
+    for rec in recs:
+        got = await producer.get(rec.id)
+        assert got is not None and got.state is JobState.SUCCEEDED
+    await producer.enqueue([job()])
+    assert len(await claim_eventually(worker, 1)) == 1  # reconnected on its own
+
+
+async def claim_eventually(
+    backend: RabbitMQBackend, n: int, *, expect: int | None = None, timeout_s: float = 5.0
+) -> list[JobRecord]:
+    """Claim until ``n`` jobs arrived (or, with ``expect=0``, until the queue stays empty)."""
+    out: list[JobRecord] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        try:
+            out += await backend.claim(req(n - len(out)))
+        except BackendUnavailable:  # reconnecting: the worker would retry too
+            await asyncio.sleep(0.05)
+            continue
+        if len(out) >= n:
+            return out
+        if expect == 0 and not backend._parked.get("q"):
+            return out
+        await backend.wait_for_work(["q"], 0.05)
+    return out
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
+
+
+def close_connections(name: str) -> int:
+    """Close every broker connection whose client-provided name is ``name``; how many."""
+    out = rabbitmqctl("list_connections", "pid", "client_properties")
+    pids = [ln.split("\t")[0] for ln in out.splitlines() if f'"{name}"' in ln or name in ln]
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "test closes it")
+    return len(pids)
