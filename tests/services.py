@@ -68,6 +68,14 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
         return
+    if kind == "redis":
+        require_port("Redis", REDIS_HOST, REDIS_PORT)
+        prefix = unique_name("offload_t")
+        try:
+            yield f"{REDIS_URL}?prefix={prefix}"
+        finally:
+            delete_redis_prefix(prefix)
+        return
     if kind == "postgres":
         require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
         schema = unique_name("offload_t")
@@ -85,3 +93,17 @@ def drop_postgres_schema(schema: str) -> None:
 
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def delete_redis_prefix(prefix: str) -> None:
+    """UNLINK every key under a test's prefix (queue keys "{p:q}..." and global "{p}...")."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for pattern in ("{" + prefix + ":*", "{" + prefix + "}*"):
+            batch = list(client.scan_iter(match=pattern, count=1000))
+            for i in range(0, len(batch), 1000):
+                client.unlink(*batch[i : i + 1000])
+    finally:
+        client.close()
