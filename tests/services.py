@@ -76,6 +76,14 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
         finally:
             delete_redis_prefix(prefix)
         return
+    if kind == "rabbitmq":
+        require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+        prefix = unique_name("offload_t")
+        try:
+            yield f"{RABBITMQ_URL}?prefix={prefix}&store=sqlite:///{tmp_path / 'state.db'}"
+        finally:
+            delete_rabbitmq_prefix(prefix)
+        return
     if kind == "postgres":
         require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
         schema = unique_name("offload_t")
@@ -107,3 +115,32 @@ def delete_redis_prefix(prefix: str) -> None:
                 client.unlink(*batch[i : i + 1000])
     finally:
         client.close()
+
+
+def delete_rabbitmq_prefix(prefix: str) -> None:
+    """Delete the queues and exchanges a test declared under its prefix."""
+    import asyncio
+    import subprocess
+
+    def names(what: str) -> list[str]:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", what, "name"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout.split()
+        return [n for n in out if n.startswith(prefix + ".")]
+
+    async def delete(queues: list[str], exchanges: list[str]) -> None:
+        import aio_pika
+
+        conn = await aio_pika.connect(RABBITMQ_URL)
+        async with conn:
+            channel = await conn.channel()
+            for q in queues:
+                await channel.queue_delete(q)
+            for x in exchanges:
+                await channel.exchange_delete(x)
+
+    asyncio.run(delete(names("list_queues"), names("list_exchanges")))
