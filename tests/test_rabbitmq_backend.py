@@ -6,12 +6,14 @@ Each test uses its own queue-name prefix and deletes the queues it declared afte
 from __future__ import annotations
 
 import asyncio
+import collections
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+import offload
 from offload.backends import from_url
 from offload.backends.base import Backend
 from offload.backends.rabbitmq import RabbitMQBackend
@@ -19,6 +21,7 @@ from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobRecord, JobState, NewJob, new_job_id
 from offload.outcome import RetryAt, Succeeded
 from offload.testing import BackendConformance, MakeBackend
+from offload.worker import Worker, WorkerConfig
 from tests.services import RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_URL, require_port, unique_name
 
 Make = Callable[[], Awaitable[RabbitMQBackend]]
@@ -158,3 +161,68 @@ def close_connections(name: str) -> int:
     for pid in pids:
         rabbitmqctl("close_connection", pid, "test closes it")
     return len(pids)
+
+
+async def arabbitmqctl(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return out.decode()
+
+
+async def test_workers_survive_repeated_connection_closes(tmp_path: Path) -> None:
+    """Several thousand jobs, two workers, their connections closed again and again by the
+    broker: every job succeeds, none is lost, work resumes after each close."""
+    require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    prefix = unique_name("offload_cc")
+    url = rabbitmq_url(tmp_path, prefix)
+    apps = [offload.App(url) for _ in range(3)]  # a producer and two workers' apps
+    for a in apps:
+        await a.open()
+    ran: collections.Counter[int] = collections.Counter()
+
+    for a in apps:
+
+        @a.task(name="count", max_attempts=10)
+        def count(i: int) -> None:
+            ran[i] += 1
+
+    n = 2000
+    producer = apps[0]
+    await producer.aenqueue_many([producer.get_task("count").prepare(i) for i in range(n)])
+    config = WorkerConfig(
+        concurrency=20, lease_s=2.0, heartbeat_s=0.3, poll_s=0.1, recover_s=0.3, grace_s=5
+    )
+    workers = [Worker(a, config) for a in apps[1:]]
+    runs = [asyncio.create_task(w.run()) for w in workers]
+    closes = 0
+    try:
+        for _ in range(600):
+            done = (await producer.backend.counts()).get("default", {})
+            if done.get(JobState.SUCCEEDED, 0) >= n:
+                break
+            if closes < 3 and sum(ran.values()) > closes * n // 4:
+                listing = await arabbitmqctl("list_connections", "pid", "client_properties")
+                for line in listing.splitlines():
+                    if f"offload:{prefix}:" in line:
+                        await arabbitmqctl("close_connection", line.split("\t")[0], "test")
+                closes += 1
+            await asyncio.sleep(0.1)
+        counts = (await producer.backend.counts()).get("default", {})
+        assert counts.get(JobState.SUCCEEDED, 0) == n, counts
+        assert set(ran) == set(range(n))  # at-least-once: some may have run twice
+        assert closes >= 3
+    finally:
+        for w in workers:
+            await w.stop()
+        await asyncio.gather(*runs, return_exceptions=True)
+        backends = [a.backend for a in apps]
+        names = set().union(
+            *(b.declared_queues() for b in backends if isinstance(b, RabbitMQBackend))
+        )
+        rabbit = backends[0]
+        assert isinstance(rabbit, RabbitMQBackend)
+        await rabbit.delete_broker_objects(sorted(names))
+        for a in apps:
+            await a.close()

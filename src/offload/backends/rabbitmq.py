@@ -48,7 +48,7 @@ from offload.outcome import Outcome, RetryAt, Snoozed
 
 _OPTIONS = ("store", "prefix", "timeout_s")
 PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
-START_ROUNDS = 4  # a claim retries deliveries whose job another claimer briefly held
+START_ROUNDS = 4  # rounds of taking messages per claim call (stale ones are dropped)
 
 
 class RabbitMQBackend:
@@ -160,8 +160,7 @@ class RabbitMQBackend:
 
     async def _claim_queue(self, queue: str, room: int, req: ClaimRequest) -> list[JobRecord]:
         out: list[JobRecord] = []
-        stalls = 0
-        while len(out) < room and stalls < START_ROUNDS:
+        for _ in range(START_ROUNDS):
             parked = self._parked.pop(queue, [])
             fresh = await self._broker.get(queue, max(room - len(out) - len(parked), 0))
             if not fresh and not parked:
@@ -171,8 +170,8 @@ class RabbitMQBackend:
             if keep:
                 self._parked[queue] = keep
             out.extend(await self._start(queue, ready, req))
-            if not fresh:  # only parked ones were retried: bounded, they may be held elsewhere
-                stalls += 1
+            if len(out) >= room:
+                break
         return out
 
     async def _start(
@@ -202,6 +201,7 @@ class RabbitMQBackend:
         """Deliveries whose job did not start: drop, delay again, or park."""
         recs = await asyncio.gather(*(self._store.get(d.job_id) for d in deliveries))
         drop: list[Delivery] = []
+        back: list[Delivery] = []
         again: list[tuple[Delivery, JobRecord]] = []
         now = time.time()
         for d, rec in zip(deliveries, recs, strict=True):
@@ -209,12 +209,14 @@ class RabbitMQBackend:
                 drop.append(d)  # cancelled, deleted, finished (or a duplicate of one)
             elif rec.state is JobState.SCHEDULED and rec.run_at > now + 0.001:
                 again.append((d, rec))  # came back early: wait out the rest
+            elif rec.state is JobState.RUNNING:
+                self._parked.setdefault(queue, []).append(d)  # held elsewhere: wait for it
             else:
-                self._parked.setdefault(queue, []).append(d)  # running elsewhere, or a race
+                back.append(d)  # due but another claimer had it a moment: offer it again
         if again:
             await self._broker.publish([_message(r, now) for _, r in again])
             drop.extend(d for d, _ in again)
-        await self._broker.settle(drop, [])
+        await self._broker.settle(drop, back)
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         """Extend the leases in the store. A lease the store no longer grants gives its
