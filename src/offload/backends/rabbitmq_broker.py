@@ -183,8 +183,8 @@ class Broker:
                 "x-message-ttl": ttl_ms,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": self.work_name(queue),
-                # an idle delay queue goes away; a message in it keeps it alive
-                "x-expires": max(ttl_ms * 2, 60_000),
+                # no x-expires: "unused" ignores the messages a queue holds, so an expiring
+                # delay queue could take a delayed job with it
             }
             self._declared[name] = await self._pub.declare_queue(name, durable=True, arguments=args)
             self._seen.add(name)
