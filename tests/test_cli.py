@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,8 +111,35 @@ def test_supervisor_restarts_a_dead_process_and_stops_cleanly(url: str) -> None:
         out = run_cli(url, "enqueue", "add", "--args", "[1, 1]", "--wait", "30", "--json")
         assert json.loads(out.stdout)["result"] == 2
     finally:
-        assert stop(sup) == 0
+        children = children_of(sup.pid)
+        code = stop(sup)
+        for pid in children:  # never leave a worker behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert code == 0
     assert children_of(sup.pid) == []
+
+
+def test_workers_die_with_a_killed_supervisor(url: str) -> None:
+    sup = start_worker(url, "--processes", "2")
+    wait_for(lambda: len(children_of(sup.pid)) == 2, 30, "two worker processes")
+    children = children_of(sup.pid)
+    sup.kill()
+    sup.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    try:
+        wait_for(lambda: all(gone(p) for p in children), 30, "the orphans to exit")
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_migrate_brings_a_postgres_schema_up_to_date() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -19,6 +20,18 @@ log = logging.getLogger("offload.supervisor")
 
 FAST_DEATH_S = 5.0  # a child that dies sooner than this after starting counts as crash-looping
 MAX_PAUSE_S = 30.0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it if the supervisor dies (even by
+    SIGKILL), so a lost supervisor never leaves orphan workers. Elsewhere, a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class Supervisor:
@@ -30,7 +43,8 @@ class Supervisor:
         self._signals = 0
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], float]:
-        return subprocess.Popen(self.child_argv), time.monotonic()
+        proc = subprocess.Popen(self.child_argv, preexec_fn=_die_with_parent)
+        return proc, time.monotonic()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
