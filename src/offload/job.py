@@ -123,12 +123,17 @@ class Lease(msgspec.Struct, frozen=True):
 
 
 class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Ask for at most ``limit`` due jobs from ``queues`` (paused queues are skipped)."""
+    """Ask for at most ``limit`` due jobs from ``queues`` (paused queues are skipped).
+
+    ``job_ids``, when given, narrows the candidates to those jobs (a broker delivered them and
+    the state store must lease exactly these); the other rules still apply.
+    """
 
     queues: tuple[str, ...]
     limit: int
     worker_id: str
     lease_s: float = 30.0
+    job_ids: tuple[str, ...] | None = None
 
 
 class JobFilter(msgspec.Struct, frozen=True, kw_only=True):

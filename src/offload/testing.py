@@ -448,6 +448,14 @@ class BackendConformance:
         (same,) = await backend.enqueue([new_job(key="k")])
         assert same.id == new.id  # still at most one active job per key
 
+    async def test_claim_by_job_ids_leases_only_those(self, backend: Backend) -> None:
+        first, second, later = await backend.enqueue([new_job(), new_job(), new_job(delay_s=3600)])
+        ids = (second.id, later.id, new_job_id())  # one due, one not yet, one unknown
+        req = ClaimRequest(queues=("default",), limit=5, worker_id="w", job_ids=ids)
+        assert [j.id for j in await backend.claim(req)] == [second.id]
+        assert await backend.claim(req) == []  # already leased
+        assert (await claim_one(backend)).id == first.id  # the rest is untouched
+
     # -- dedup and queue limits ------------------------------------------------------------
 
     async def test_dedup_returns_the_active_job(self, backend: Backend) -> None:

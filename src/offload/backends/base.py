@@ -75,8 +75,9 @@ class Backend(Protocol):
         """Store ``jobs`` atomically (all or none) and return their records, in order.
 
         Dedup: a job whose ``key`` equals the key of an *active* job (scheduled, queued,
-        running) is not stored; the existing job's record is returned in its place. Two jobs
-        with the same key in one batch collapse to the first.
+        running) of the same queue is not stored; the existing job's record is returned in its
+        place. Two jobs with the same queue and key in one batch collapse to the first. Keys are
+        scoped by queue (as Oban's are), which keeps each queue's data in one Redis Cluster slot.
 
         ``limits`` maps a queue to its depth limit: if storing the batch would make the number
         of waiting (scheduled + queued) jobs of a queue exceed its limit, nothing is stored and
@@ -93,6 +94,8 @@ class Backend(Protocol):
         ``run_at``, then enqueue order. Each returned job is ``running`` with ``attempt``
         incremented, ``worker_id = req.worker_id``, ``started_at = now`` and its lease expiring
         at now + ``req.lease_s``. A job is never returned to two claimants while its lease holds.
+        With ``req.job_ids``, only those jobs are candidates (unknown or not-due ids are
+        skipped, never an error).
         """
         ...
 
@@ -172,7 +175,7 @@ class Backend(Protocol):
         """Queue a dead or cancelled job again now, with its attempt count reset to 0.
 
         Returns its record (None if unknown); any other state raises InvalidState, and so does
-        a job whose key another active job now holds (at most one active job per key).
+        a job whose key another active job of its queue now holds (one active job per key).
         """
         ...
 

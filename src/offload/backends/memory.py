@@ -152,9 +152,14 @@ class MemoryBackend:
         with st.lock:
             now = self._clock()
             queues = set(req.queues) - st.paused
+            pool = (
+                st.jobs.values()
+                if req.job_ids is None
+                else [st.jobs[i] for i in dict.fromkeys(req.job_ids) if i in st.jobs]
+            )
             due = [
                 j
-                for j in st.jobs.values()
+                for j in pool
                 if j.queue in queues and j.state in WAITING_STATES and j.run_at <= now
             ]
             due.sort(key=lambda j: (-j.priority, j.run_at, st.seq[j.id]))
