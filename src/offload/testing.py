@@ -448,6 +448,18 @@ class BackendConformance:
         (same,) = await backend.enqueue([new_job(key="k")])
         assert same.id == new.id  # still at most one active job per key
 
+    async def test_dedup_keys_are_scoped_by_queue(self, backend: Backend) -> None:
+        require(backend, "unique")
+        a, b, a2 = await backend.enqueue(
+            [
+                new_job(queue="qa", key="k"),
+                new_job(queue="qb", key="k"),
+                new_job(queue="qa", key="k"),
+            ]
+        )
+        assert a.id != b.id and a2.id == a.id
+        assert (await must_get(backend, b.id)).queue == "qb"
+
     async def test_claim_by_job_ids_leases_only_those(self, backend: Backend) -> None:
         first, second, later = await backend.enqueue([new_job(), new_job(), new_job(delay_s=3600)])
         ids = (second.id, later.id, new_job_id())  # one due, one not yet, one unknown

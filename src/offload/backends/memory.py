@@ -94,11 +94,13 @@ class MemoryBackend:
         st = self.store
         with st.lock:
             now = self._clock()
-            active_keys = {j.key: j for j in st.jobs.values() if j.key and j.state in ACTIVE_STATES}
+            active_keys = {
+                (j.queue, j.key): j for j in st.jobs.values() if j.key and j.state in ACTIVE_STATES
+            }
             out: list[JobRecord] = []
             fresh: list[JobRecord] = []
             for new in jobs:
-                existing = active_keys.get(new.key) if new.key else None
+                existing = active_keys.get((new.queue, new.key)) if new.key else None
                 if existing is not None:
                     out.append(existing)
                     continue
@@ -117,7 +119,7 @@ class MemoryBackend:
                     key=new.key,
                 )
                 if new.key:
-                    active_keys[new.key] = rec
+                    active_keys[(new.queue, new.key)] = rec
                 out.append(rec)
                 fresh.append(rec)
             self._check_limits(fresh, limits or {})
@@ -349,7 +351,10 @@ class MemoryBackend:
                 return None
             if j.state not in (JobState.DEAD, JobState.CANCELLED):
                 raise InvalidState(f"job {job_id} is {j.state}; only dead or cancelled jobs retry")
-            if j.key and any(o.key == j.key and o.state in ACTIVE_STATES for o in st.jobs.values()):
+            if j.key and any(
+                o.key == j.key and o.queue == j.queue and o.state in ACTIVE_STATES
+                for o in st.jobs.values()
+            ):
                 raise InvalidState(f"job {job_id}: another active job holds its key {j.key!r}")
             now = self._clock()
             rec = msgspec.structs.replace(
