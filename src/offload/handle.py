@@ -6,6 +6,8 @@ import functools
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from offload.errors import JobFailed, JobNotFound, UnknownTask
 from offload.job import JobRecord, JobState
 
@@ -88,9 +90,7 @@ class Job:
             raise JobFailed(rec.id, rec.state.value, rec.error)
         try:
             return self.app.get_task(rec.task).decode_result(rec.result)
-        except UnknownTask:
-            import msgspec
-
+        except UnknownTask:  # a job of a task this process does not know: plain JSON
             return None if rec.result is None else msgspec.json.decode(rec.result)
 
     async def acancel(self) -> Job:
