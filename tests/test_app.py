@@ -134,7 +134,8 @@ def test_options_are_validated_and_applied() -> None:
     later = datetime.now(UTC) + timedelta(hours=1)
     assert t.options(run_at=later).enqueue(2).record.run_at == pytest.approx(later.timestamp())
     # the same key returns the same active job
-    assert t.options(key="k1").enqueue(9).id == job.id
+    assert t.options(key="k1", queue="q2").enqueue(9).id == job.id
+    assert t.options(key="k1").enqueue(9).id != job.id  # keys are scoped by queue
     app.close_sync()
 
 
@@ -212,8 +213,10 @@ def test_sync_calls_from_other_threads_reach_the_apps_loop() -> None:
         th.join()
     assert len(set(ids)) == 80
     assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 80
+    bridge_threads = {t for t in threading.enumerate() if t.name == "offload-bridge"}
+    assert bridge_threads
     app.close_sync()
-    assert not any(th.name == "offload-bridge" for th in threading.enumerate())
+    assert not bridge_threads & set(threading.enumerate())
 
 
 def test_use_url_only_before_first_use() -> None:
