@@ -1,0 +1,337 @@
+"""The REST routes under ``/v1`` and the operational endpoints (health, readiness, metrics).
+
+Every handler turns whatever it raises into the JSON error envelope (``offload.server.http``);
+a client never sees a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from offload.errors import JobNotFound, ValidationError
+from offload.job import JobFilter, JobRecord, JobState
+from offload.server.http import (
+    HTTPError,
+    decode_body,
+    error_response,
+    json_response,
+    read_json_body,
+    translate,
+)
+from offload.server.metrics import CONTENT_TYPE
+from offload.server.schemas import (
+    EnqueueRequest,
+    JobList,
+    QueueList,
+    QueueOut,
+    Status,
+    WorkerList,
+    job_out,
+    worker_out,
+)
+
+if TYPE_CHECKING:
+    from offload.backends.base import Backend
+    from offload.server.service import ServiceState
+    from offload.task import Task
+
+Handler = Callable[[Request], Awaitable[Response]]
+IDEMPOTENCY_KEY_MAX = 200
+PROBE_TIMEOUT_S = 2.0  # readiness and metrics must answer even when the backend hangs
+_MAX_JOB_ID = 200
+
+
+def guarded(scope: str | None) -> Callable[[Callable[[Api, Request], Awaitable[Response]]], Any]:
+    """Authorise for ``scope`` (None: public) and turn any exception into an error answer."""
+
+    def wrap(fn: Callable[[Api, Request], Awaitable[Response]]) -> Any:
+        @functools.wraps(fn)
+        async def handler(self: Api, request: Request) -> Response:
+            try:
+                if scope is not None:
+                    self.state.auth.check(request.headers.get("authorization"), scope)
+                return await fn(self, request)
+            except Exception as exc:
+                return error_response(translate(exc))
+
+        return handler
+
+    return wrap
+
+
+class Api:
+    """The route handlers of one service instance."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        self.app = state.app
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def jobs(self, request: Request) -> Response:
+        """One route for both methods, so a 405 names both in its Allow header."""
+        if request.method == "POST":
+            return await self.enqueue(request)
+        return await self.list_jobs(request)
+
+    @guarded("enqueue")
+    async def enqueue(self, request: Request) -> Response:
+        body = await read_json_body(request, self.state.max_body_bytes)
+        req: EnqueueRequest = decode_body(body, EnqueueRequest)
+        task = self._exposed(req.task)
+        args = task.validate_json(bytes(req.args))
+        idem = request.headers.get("idempotency-key")
+        key = req.key
+        if idem is not None:
+            key = self._idempotent_key(task, idem, key)
+        bound = task.options(
+            queue=req.queue,
+            delay=req.delay,
+            run_at=req.run_at,
+            priority=req.priority,
+            max_attempts=req.max_attempts,
+            key=key,
+        )
+        new = bound.prepare_json(args)
+        record = await self.state.batcher.enqueue(new)
+        replayed = record.id != new.id
+        if replayed and idem is not None and not _same_call(record, new.task, args):
+            raise HTTPError(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+                argument="Idempotency-Key",
+            )
+        if not replayed:
+            self.state.metrics.enqueued.labels(record.task, record.queue).inc()
+        headers = {"Location": str(request.url_for("get_job", job_id=record.id))}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        wait_s = prefer_wait(request.headers.getlist("prefer"), self.state.max_wait_s)
+        if wait_s is not None:
+            headers["Preference-Applied"] = f"wait={_seconds(wait_s)}"
+            record = await self._wait(record, wait_s)
+        status = 200 if record.state.final else 202
+        return json_response(job_out(record), status, headers)
+
+    @guarded("read")
+    async def get_job(self, request: Request) -> Response:
+        job_id = _job_id(request)
+        wait = request.query_params.get("wait")
+        record = await self.app.call(lambda b: b.get(job_id))
+        if record is None:
+            raise JobNotFound(job_id)
+        if wait is not None:
+            record = await self._wait(record, self._wait_param(wait))
+        return json_response(job_out(record))
+
+    @guarded("read")
+    async def list_jobs(self, request: Request) -> Response:
+        q = request.query_params
+        flt = JobFilter(
+            state=_state_param(q.get("state")),
+            queue=q.get("queue") or None,
+            task=q.get("task") or None,
+            cursor=q.get("cursor") or None,
+            limit=_int_param(q.get("limit"), "limit", 1, self.state.max_page, default=50),
+        )
+        try:
+            page = await self.app.call(lambda b: b.list_jobs(flt))
+        except ValueError as exc:  # a cursor that is not one of ours
+            raise HTTPError(422, "invalid_cursor", str(exc), argument="cursor") from None
+        return json_response(
+            JobList(jobs=[job_out(r) for r in page.jobs], next_cursor=page.next_cursor)
+        )
+
+    @guarded("admin")
+    async def cancel_job(self, request: Request) -> Response:
+        job_id = _job_id(request)
+        record = await self.app.call(lambda b: b.cancel(job_id))
+        if record is None:
+            raise JobNotFound(job_id)
+        return json_response(job_out(record))
+
+    @guarded("admin")
+    async def retry_job(self, request: Request) -> Response:
+        job_id = _job_id(request)
+        record = await self.app.call(lambda b: b.retry(job_id))
+        if record is None:
+            raise JobNotFound(job_id)
+        return json_response(job_out(record))
+
+    # -- queues and workers ----------------------------------------------------------------
+
+    @guarded("read")
+    async def queues(self, request: Request) -> Response:
+        counts, paused = await self.app.call(_counts_and_paused)
+        rates = self.state.throughput.observe(counts)
+        limits = self.app.queue_limits
+        names = set(counts) | set(limits) | {t.config.queue for t in self.app.tasks.values()}
+        out = []
+        for name in sorted(names):
+            states = counts.get(name, {})
+            out.append(
+                QueueOut(
+                    name=name,
+                    depth=states.get(JobState.SCHEDULED, 0) + states.get(JobState.QUEUED, 0),
+                    states={s.value: states.get(s, 0) for s in JobState},
+                    paused=name in paused,
+                    limit=limits.get(name),
+                    finished_per_s=rates.get(name),
+                )
+            )
+        return json_response(QueueList(queues=out))
+
+    @guarded("read")
+    async def workers(self, request: Request) -> Response:
+        infos = await self.app.call(lambda b: b.workers())
+        return json_response(WorkerList(workers=[worker_out(w) for w in infos]))
+
+    # -- operations ------------------------------------------------------------------------
+
+    @guarded(None)
+    async def healthz(self, request: Request) -> Response:
+        return json_response(Status(status="ok"))
+
+    @guarded(None)
+    async def readyz(self, request: Request) -> Response:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await self.app.call(lambda b: b.paused_queues())
+        except Exception:
+            return json_response(
+                Status(status="unavailable"), 503, {"Retry-After": str(math.ceil(PROBE_TIMEOUT_S))}
+            )
+        return json_response(Status(status="ready"))
+
+    @guarded("read")
+    async def metrics(self, request: Request) -> Response:
+        counts: dict[str, dict[JobState, int]] | None
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                counts = await self.app.call(lambda b: b.counts())
+        except Exception:
+            counts = None
+        return Response(self.state.metrics.render(counts), media_type=CONTENT_TYPE)
+
+    @guarded(None)
+    async def openapi(self, request: Request) -> Response:
+        return json_response(self.state.openapi())
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _exposed(self, name: str) -> Task[Any, Any]:
+        task = self.app.tasks.get(name)
+        if task is None or not task.config.expose:  # not exposed looks exactly like unknown
+            raise HTTPError(404, "unknown_task", f"no task named {name!r} can be enqueued here")
+        return task
+
+    def _idempotent_key(self, task: Task[Any, Any], idem: str, key: str | None) -> str:
+        if not 0 < len(idem) <= IDEMPOTENCY_KEY_MAX or not idem.isprintable():
+            raise HTTPError(
+                422,
+                "invalid_request",
+                f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} printable characters",
+                argument="Idempotency-Key",
+            )
+        if key is not None:
+            raise ValidationError("give key or an Idempotency-Key header, not both", argument="key")
+        return f"idempotency:{task.name}:{idem}"
+
+    def _wait_param(self, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not (math.isfinite(value) and 0 <= value <= self.state.max_wait_s):
+            raise HTTPError(
+                422,
+                "invalid_request",
+                f"wait must be a number of seconds from 0 to {_seconds(self.state.max_wait_s)}",
+                argument="wait",
+            )
+        return value
+
+    async def _wait(self, record: JobRecord, wait_s: float) -> JobRecord:
+        if record.state.final or wait_s <= 0:
+            return record
+        latest = await self.app.call(functools.partial(_wait_done, record.id, wait_s))
+        return latest if latest is not None else record
+
+
+async def _wait_done(job_id: str, timeout_s: float, backend: Backend) -> JobRecord | None:
+    return await backend.wait_done(job_id, timeout_s)
+
+
+async def _counts_and_paused(
+    backend: Backend,
+) -> tuple[dict[str, dict[JobState, int]], set[str]]:
+    return await backend.counts(), await backend.paused_queues()
+
+
+def prefer_wait(headers: list[str], max_wait_s: float) -> float | None:
+    """The ``wait`` preference of RFC 7240 ``Prefer`` headers, capped at ``max_wait_s``.
+
+    A preference that cannot be understood is ignored, as the RFC asks.
+    """
+    for header in headers:
+        for pref in header.split(","):
+            token = pref.split(";", 1)[0]
+            name, eq, value = token.partition("=")
+            if name.strip().lower() != "wait" or not eq:
+                continue
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                continue
+            if math.isfinite(seconds) and seconds >= 0:
+                return min(seconds, max_wait_s)
+    return None
+
+
+def _same_call(record: JobRecord, task: str, args: bytes) -> bool:
+    try:
+        return record.task == task and msgspec.json.decode(record.args) == msgspec.json.decode(args)
+    except msgspec.DecodeError:
+        return False
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _job_id(request: Request) -> str:
+    job_id: str = request.path_params["job_id"]
+    if not 0 < len(job_id) <= _MAX_JOB_ID:
+        raise JobNotFound(job_id[:_MAX_JOB_ID])
+    return job_id
+
+
+def _state_param(raw: str | None) -> JobState | None:
+    if not raw:
+        return None
+    try:
+        return JobState(raw)
+    except ValueError:
+        states = ", ".join(s.value for s in JobState)
+        raise HTTPError(
+            422, "invalid_request", f"state must be one of {states}", argument="state"
+        ) from None
+
+
+def _int_param(raw: str | None, name: str, low: int, high: int, *, default: int) -> int:
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise HTTPError(
+            422, "invalid_request", f"{name} must be an integer from {low} to {high}", argument=name
+        )
+    return int(raw)

@@ -1,0 +1,188 @@
+"""The HTTP API's request and response bodies, as msgspec types.
+
+These types validate what comes in, encode what goes out, and (through
+``msgspec.json.schema_components``) give the OpenAPI document its schemas, so the three cannot
+disagree. Times are RFC 3339 strings in UTC.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from offload.job import PRIORITY_MAX, PRIORITY_MIN, JobRecord, JobState, WorkerInfo
+
+MAX_DELAY_S = 10 * 365 * 24 * 3600.0  # ten years: anything later is a mistake, not a schedule
+NAME_PATTERN = r"^[A-Za-z0-9_.:<>\-]{1,200}$"  # the same rule as offload.task.check_name
+
+Name = Annotated[str, Meta(pattern=NAME_PATTERN)]
+
+
+class EnqueueRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /v1/jobs``. ``args`` is checked against the task's signature separately."""
+
+    task: Annotated[str, Meta(min_length=1, max_length=200)]
+    args: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    queue: Name | None = None
+    delay: Annotated[float, Meta(ge=0, le=MAX_DELAY_S)] | None = None
+    run_at: Annotated[datetime, Meta(tz=True)] | None = None
+    priority: Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] | None = None
+    max_attempts: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    key: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
+
+
+class AttemptErrorOut(msgspec.Struct, kw_only=True):
+    attempt: int
+    at: datetime | None
+    error: str
+    worker_id: str | None = None
+
+
+class JobOut(msgspec.Struct, kw_only=True):
+    """One job. ``result`` is the task's return value once ``state`` is ``succeeded``."""
+
+    id: str
+    task: str
+    queue: str
+    state: JobState
+    args: Any
+    priority: int
+    attempt: int
+    max_attempts: int
+    run_at: datetime | None
+    created_at: datetime | None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    key: str | None = None
+    worker_id: str | None = None
+    result: Any = None
+    error: str | None = None
+    errors: list[AttemptErrorOut] = msgspec.field(default_factory=list)
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    """A page of jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next page."""
+
+    jobs: list[JobOut]
+    next_cursor: str | None = None
+
+
+class QueueOut(msgspec.Struct, kw_only=True):
+    """One queue: jobs by state, and jobs finished per second over the last minute or so
+    (null until the service has two samples to compare)."""
+
+    name: str
+    depth: int
+    states: dict[str, int]
+    paused: bool
+    limit: int | None = None
+    finished_per_s: float | None = None
+
+
+class QueueList(msgspec.Struct, kw_only=True):
+    queues: list[QueueOut]
+
+
+class WorkerOut(msgspec.Struct, kw_only=True):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    busy: int
+    started_at: datetime | None
+    last_seen_at: datetime | None
+
+
+class WorkerList(msgspec.Struct, kw_only=True):
+    workers: list[WorkerOut]
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """``code`` is stable and machine-readable; ``message`` is for people; ``argument`` names
+    the offending argument or field when one can be named."""
+
+    code: str
+    message: str
+    argument: str | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    error: ErrorDetail
+
+
+class Status(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "ready", "unavailable"]
+
+
+def when(epoch_s: float | None) -> datetime | None:
+    """An epoch time read from storage as a UTC datetime; None when absent or nonsensical."""
+    if epoch_s is None or not isinstance(epoch_s, int | float) or not math.isfinite(epoch_s):
+        return None
+    try:
+        return datetime.fromtimestamp(epoch_s, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _json_or_none(raw: bytes | None) -> Any:
+    """Stored JSON is untrusted: what does not decode is shown as null, never a 500."""
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        return None
+
+
+def job_out(r: JobRecord) -> JobOut:
+    return JobOut(
+        id=r.id,
+        task=r.task,
+        queue=r.queue,
+        state=r.state,
+        args=_json_or_none(r.args),
+        priority=r.priority,
+        attempt=r.attempt,
+        max_attempts=r.max_attempts,
+        run_at=when(r.run_at),
+        created_at=when(r.created_at),
+        started_at=when(r.started_at),
+        finished_at=when(r.finished_at),
+        key=r.key,
+        worker_id=r.worker_id,
+        result=_json_or_none(r.result),
+        error=r.error,
+        errors=[
+            AttemptErrorOut(attempt=e.attempt, at=when(e.at), error=e.error, worker_id=e.worker_id)
+            for e in r.errors
+        ],
+    )
+
+
+def worker_out(w: WorkerInfo) -> WorkerOut:
+    return WorkerOut(
+        id=w.id,
+        host=w.host,
+        pid=w.pid,
+        queues=list(w.queues),
+        concurrency=w.concurrency,
+        busy=w.busy,
+        started_at=when(w.started_at),
+        last_seen_at=when(w.last_seen_at),
+    )
+
+
+RESPONSE_TYPES: tuple[Any, ...] = (
+    EnqueueRequest,
+    JobOut,
+    JobList,
+    QueueList,
+    WorkerList,
+    ErrorBody,
+    Status,
+)

@@ -1,0 +1,259 @@
+"""Building the ASGI service (``create_service``) and running it on uvicorn (``run_server``).
+
+The service's lifespan opens the app's backend on the server's event loop and, when asked,
+runs an embedded worker on that same loop, so one process serves HTTP and runs jobs (S1). At
+shutdown the worker drains first (its grace period), then pending enqueues finish, then the
+backend closes.
+
+Mounted inside another ASGI app, a sub-app's lifespan is not run by most frameworks: the API
+still works (the backend opens on first use), but embedded workers need the lifespan, e.g.
+``async with service.router.lifespan_context(service): ...`` inside your own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import offload
+from offload.app import App
+from offload.errors import BackendUnavailable, ConfigurationError
+from offload.server.api import Api
+from offload.server.auth import TokenAuth
+from offload.server.batcher import DEFAULT_MAX_BATCH, EnqueueBatcher
+from offload.server.http import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response
+from offload.server.metrics import Metrics
+from offload.server.openapi import build_openapi
+from offload.server.throughput import Throughput
+from offload.worker import Worker, WorkerConfig
+
+log = logging.getLogger("offload.server")
+
+DEFAULT_MAX_WAIT_S = 60.0  # a request held longer than this is better polled
+DEFAULT_MAX_PAGE = 500
+
+
+@dataclass
+class ServiceState:
+    """Everything one service instance owns (no module-level state)."""
+
+    app: App
+    auth: TokenAuth
+    batcher: EnqueueBatcher
+    metrics: Metrics
+    max_body_bytes: int
+    max_wait_s: float
+    max_page: int
+    title: str
+    loopback_only: bool
+    workers: list[Worker] = field(default_factory=list)
+    throughput: Throughput = field(default_factory=Throughput)
+    _openapi: tuple[int, dict[str, Any]] | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        """The document, rebuilt only when the set of tasks changes."""
+        n = len(self.app.tasks)
+        if self._openapi is None or self._openapi[0] != n:
+            doc = build_openapi(
+                self.app,
+                title=self.title,
+                version=offload.__version__,
+                auth=self.auth.enabled,
+                max_wait_s=self.max_wait_s,
+                max_page=self.max_page,
+            )
+            self._openapi = (n, doc)
+        return self._openapi[1]
+
+
+def create_service(
+    app: App,
+    *,
+    workers: int = 0,
+    worker_config: WorkerConfig | None = None,
+    tokens: Mapping[str, Collection[str]] | None = None,
+    insecure: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    max_page: int = DEFAULT_MAX_PAGE,
+    group_commit: bool = True,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    title: str = "offload",
+) -> Starlette:
+    """The HTTP API of ``app`` as an ASGI application (see docs/http.md).
+
+    ``workers`` > 0 runs an embedded worker with that many slots during the lifespan
+    (``worker_config`` sets its other options; by default it serves every queue the app's
+    tasks use). ``tokens`` maps each bearer token to its scopes (``read``, ``enqueue``,
+    ``admin``). Without tokens the API answers loopback clients only (403 to others) unless
+    ``insecure``. ``group_commit=False`` stores each HTTP enqueue on its own (benchmarks).
+    """
+    if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1:
+        raise ConfigurationError("workers, max_body_bytes, max_wait_s, max_page out of range")
+    auth = TokenAuth.from_mapping(tokens)
+    embedded: list[Worker] = []
+    metrics = Metrics(lambda: embedded)
+    state = ServiceState(
+        app=app,
+        auth=auth,
+        batcher=EnqueueBatcher(
+            app, max_batch=max_batch, enabled=group_commit, on_batch=metrics.batch_jobs.observe
+        ),
+        metrics=metrics,
+        max_body_bytes=max_body_bytes,
+        max_wait_s=max_wait_s,
+        max_page=max_page,
+        title=title,
+        loopback_only=not auth.enabled and not insecure,
+        workers=embedded,
+    )
+    config = _embedded_config(app, workers, worker_config)
+    api = Api(state)
+    routes = [
+        Route("/v1/jobs", api.jobs, methods=["GET", "POST"], name="jobs"),
+        Route("/v1/jobs/{job_id}", api.get_job, methods=["GET"], name="get_job"),
+        Route("/v1/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"], name="cancel_job"),
+        Route("/v1/jobs/{job_id}/retry", api.retry_job, methods=["POST"], name="retry_job"),
+        Route("/v1/queues", api.queues, methods=["GET"], name="queues"),
+        Route("/v1/workers", api.workers, methods=["GET"], name="workers"),
+        Route("/healthz", api.healthz, methods=["GET"], name="healthz"),
+        Route("/readyz", api.readyz, methods=["GET"], name="readyz"),
+        Route("/metrics", api.metrics, methods=["GET"], name="metrics"),
+        Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            await app.open()
+        except BackendUnavailable as exc:  # serve anyway: /readyz says so, routes answer 503
+            log.warning("the backend is unavailable at startup: %s", exc)
+        runs: list[asyncio.Task[None]] = []
+        if config is not None:
+            worker = Worker(app, config, listeners=[metrics])
+            state.workers.append(worker)
+            runs.append(asyncio.create_task(_run_worker(worker), name="offload-embedded-worker"))
+        try:
+            yield
+        finally:
+            for worker in state.workers:
+                worker.request_stop()
+            await asyncio.gather(*runs, return_exceptions=True)
+            state.workers.clear()
+            await state.batcher.close()
+            await app.close()
+
+    service = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(LoopbackOnly)] if state.loopback_only else [],
+        exception_handlers={StarletteHTTPException: _http_exception},  # type: ignore[dict-item]
+    )
+    service.state.offload = state
+    return service
+
+
+def _embedded_config(app: App, workers: int, config: WorkerConfig | None) -> WorkerConfig | None:
+    if workers == 0 and config is None:
+        return None
+    if config is None:
+        queues = tuple(sorted({"default", *(t.config.queue for t in app.tasks.values())}))
+        config = WorkerConfig(queues=queues)
+    return replace(config, concurrency=workers) if workers > 0 else config
+
+
+async def _run_worker(worker: Worker) -> None:
+    try:
+        await worker.run()
+    except Exception:
+        log.exception("the embedded worker stopped with an error")
+
+
+async def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(HTTPError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackOnly:
+    """Without tokens, only clients on this machine may use the API (403 to others)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and not is_loopback(str(client[0])):
+            response = error_response(
+                HTTPError(403, "forbidden", "this server has no API tokens: loopback clients only")
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def run_server(
+    app: App,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    workers: int = 0,
+    worker_config: WorkerConfig | None = None,
+    tokens: Mapping[str, Collection[str]] | None = None,
+    insecure: bool = False,
+    log_level: str = "info",
+    access_log: bool = False,
+    **service_options: Any,
+) -> None:
+    """Serve ``create_service(app, ...)`` on uvicorn (one process) until SIGINT/SIGTERM.
+
+    Without tokens, a host that is not loopback is refused (ConfigurationError) unless
+    ``insecure``; with ``insecure`` the API is open to anyone who can reach the port.
+    ``access_log`` is off by default: at thousands of requests per second it costs more
+    than the request itself.
+    """
+    import uvicorn
+
+    if not tokens and not insecure and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to serve on {host} without API tokens: configure tokens, bind to "
+            "127.0.0.1, or pass insecure"
+        )
+    if not tokens:
+        log.warning(
+            "no API tokens configured: the API is open to %s",
+            "anyone" if insecure else "this machine only",
+        )
+    service = create_service(
+        app,
+        workers=workers,
+        worker_config=worker_config,
+        tokens=tokens,
+        insecure=insecure,
+        **service_options,
+    )
+    config = uvicorn.Config(
+        service, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on"
+    )
+    uvicorn.Server(config).run()
