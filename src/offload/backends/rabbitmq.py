@@ -31,7 +31,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from offload.backends.base import Backend, Capabilities
-from offload.backends.rabbitmq_broker import Broker, Delivery
+from offload.backends.rabbitmq_broker import Broker
+from offload.backends.rabbitmq_feed import Delivery
 from offload.backends.rabbitmq_store import claim_delivered
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
@@ -93,6 +94,8 @@ class RabbitMQBackend:
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
         self._parked: dict[str, list[Delivery]] = {}  # queue -> deliveries awaiting their job
+        self._paused: set[str] = set()  # as the last claim saw them: waits skip these feeds
+        self._prefetch = 1  # the last claim's free slots: a wait starts feeds with this
 
     @property
     def url(self) -> str:
@@ -144,35 +147,48 @@ class RabbitMQBackend:
     # -- consuming -------------------------------------------------------------------------
 
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
-        """Take up to ``req.limit`` messages from the work queues (paused ones skipped) and
-        start their jobs in the store. Deliveries whose job cannot start yet stay parked
-        here (unacked) and are tried again at the next claim."""
+        """Take up to ``req.limit`` messages from the work queues (paused ones skipped; their
+        feeds hand buffered messages back) and start their jobs in the store, leasing exactly
+        the delivered jobs. Deliveries whose job runs elsewhere stay parked here (unacked) and
+        are tried again at the next claim; with ``req.job_ids`` other deliveries stay buffered.
+        """
+        self._broker.wake.clear()  # what this claim does not take wakes the next wait again
         paused = await self._store.paused_queues()
+        self._paused, self._prefetch = paused, max(req.limit, 1)
         out: list[JobRecord] = []
         for queue in req.queues:
-            room = req.limit - len(out)
-            if room <= 0:
-                break
             if queue in paused:
+                await self._broker.pause(queue)
                 continue
-            out.extend(await self._claim_queue(queue, room, req))
+            room = req.limit - len(out)
+            if room > 0:
+                out.extend(await self._claim_queue(queue, room, req))
         return out
 
     async def _claim_queue(self, queue: str, room: int, req: ClaimRequest) -> list[JobRecord]:
         out: list[JobRecord] = []
+        parked = self._parked.pop(queue, [])
         for _ in range(START_ROUNDS):
-            parked = self._parked.pop(queue, [])
-            fresh = await self._broker.get(queue, max(room - len(out) - len(parked), 0))
-            if not fresh and not parked:
-                break
-            candidates = parked + fresh
-            ready, keep = candidates[: room - len(out)], candidates[room - len(out) :]
-            if keep:
-                self._parked[queue] = keep
-            out.extend(await self._start(queue, ready, req))
-            if len(out) >= room:
+            want = room - len(out)
+            fresh = await self._broker.take(queue, max(want - len(parked), 0), req.limit)
+            if req.job_ids is not None:
+                wanted = set(req.job_ids)
+                self._broker.give_back(queue, [d for d in fresh if d.job_id not in wanted])
+                self._park(queue, [d for d in parked if d.job_id not in wanted])
+                fresh = [d for d in fresh if d.job_id in wanted]
+                parked = [d for d in parked if d.job_id in wanted]
+            candidates, parked = parked + fresh, []
+            self._park(queue, candidates[want:])
+            started = await self._start(queue, candidates[:want], req)
+            out.extend(started)
+            # another round only when some fresh deliveries were stale (dropped) and room is left
+            if not fresh or len(out) >= room or len(started) == len(candidates):
                 break
         return out
+
+    def _park(self, queue: str, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            self._parked.setdefault(queue, []).extend(deliveries)
 
     async def _start(
         self, queue: str, deliveries: list[Delivery], req: ClaimRequest
@@ -210,7 +226,7 @@ class RabbitMQBackend:
             elif rec.state is JobState.SCHEDULED and rec.run_at > now + 0.001:
                 again.append((d, rec))  # came back early: wait out the rest
             elif rec.state is JobState.RUNNING:
-                self._parked.setdefault(queue, []).append(d)  # held elsewhere: wait for it
+                self._park(queue, [d])  # held elsewhere: its outcome decides (at-least-once)
             else:
                 back.append(d)  # due but another claimer had it a moment: offer it again
         if again:
@@ -249,7 +265,7 @@ class RabbitMQBackend:
                 continue
             delay = _delay_of(outcome)
             if delay is not None and delay > 0:
-                later.append((lease.job_id, d.queue, d.message.priority or 0, _ms(delay)))
+                later.append((lease.job_id, d.queue, d.priority, _ms(delay)))
         await self._broker.publish(later)  # before the store: a crash here only duplicates
         await self._store.complete(results)
         acks: list[Delivery] = []
@@ -277,6 +293,8 @@ class RabbitMQBackend:
             recs = await asyncio.gather(*(self._store.get(lease.job_id) for lease in silent))
             gone = [lease for lease, rec in zip(silent, recs, strict=True) if _lost(lease, rec)]
             returned = [self._forget(lease) for lease in gone]
+            for queue in {d.queue for d in returned}:
+                await self._broker.pause(queue)  # or our own feed would take them straight back
             await self._broker.settle([], returned)
             await self._broker.sync(returned)
         return n
@@ -290,17 +308,24 @@ class RabbitMQBackend:
         return await self._store.run_maintenance()
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
-        """Wake on an enqueue anywhere under this prefix (a fanout note), or at ``timeout_s``.
-        Delayed jobs coming back from their delay queue do not wake it: the worker's poll
-        interval bounds that latency."""
+        """Consume the (unpaused) ``queues`` while waiting and return when a message arrives
+        for one of them (delayed jobs coming back included), when an enqueue anywhere under
+        this prefix sends its note, or at ``timeout_s``."""
         if any(self._parked.get(q) for q in queues):
             timeout_s = min(timeout_s, PARKED_RETRY_S)
+        live = [q for q in queues if q not in self._paused]
         wake = self._broker.wake
-        if wake.is_set():
+        if wake.is_set() or self._broker.buffered(live):
             wake.clear()
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=max(timeout_s, 0.0))
+        feeds = await self._broker.listen(live, self._prefetch)
+        try:
+            if not self._broker.buffered(live):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=max(timeout_s, 0.0))
+        finally:
+            for feed in feeds:
+                feed.done()
         wake.clear()
 
     async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:

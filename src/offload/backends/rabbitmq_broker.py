@@ -12,6 +12,10 @@ Topology under a prefix ``P`` (every name is the prefix, a dot, then the rest):
 * ``P.wake``: a fanout exchange; enqueues publish a tiny transient note to it and every backend
   instance listens through its own exclusive queue, so ``wait_for_work`` wakes without polling.
 
+Messages reach a claim through a :class:`~offload.backends.rabbitmq_feed.Feed` per work queue
+(``basic.consume`` on its own channel, ``basic.get`` as the fallback); a sweeper stops feeds
+nobody uses so that an instance that is not claiming holds no messages.
+
 Delivery tags belong to a channel: after a reconnect, deliveries of the old connection are
 forgotten (the broker has already put them back), never acked by tag on a new channel.
 """
@@ -20,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -34,11 +38,12 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
+from offload.backends.rabbitmq_feed import Delivery, Feed, settle
 from offload.errors import BackendUnavailable
 
 MAX_PRIORITY = 9
 MAX_DELAY_BIT = 31  # 2**31 ms is ~24.8 days: longer delays take one more pass through the chain
-GET_CHANNELS = 4  # basic.get is one round trip per message; a few channels overlap them
+SWEEP_S = 0.05  # how often idle feeds are looked for (see rabbitmq_feed.LINGER_S, HOLD_S)
 
 # What a broken or refused connection raises, across aio-pika, aiormq and the socket layer.
 ENGINE_ERRORS: tuple[type[BaseException], ...] = (
@@ -49,17 +54,6 @@ ENGINE_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     RuntimeError,  # aio-pika raises it for operations on a closed channel
 )
-
-
-@dataclass(frozen=True, eq=False)
-class Delivery:
-    """One message this instance holds unacked: acked or returned on the channel it came on."""
-
-    job_id: str
-    queue: str
-    channel: AbstractChannel
-    message: AbstractIncomingMessage
-    generation: int
 
 
 def delay_chain(delay_ms: int) -> int:
@@ -80,13 +74,12 @@ class Broker:
         self._timeout_s = timeout_s
         self._conn: AbstractConnection | None = None
         self._pub: AbstractChannel | None = None
-        self._gets: list[AbstractChannel] = []
-        self._get_locks: list[asyncio.Lock] = []
+        self._feeds: dict[str, Feed] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self._declared: dict[str, AbstractQueue] = {}
         self._seen: set[str] = set()  # every queue declared, across reconnects
         self._stale = False
         self._lock = asyncio.Lock()
-        self._next_get = 0
         self.generation = 0
         self.wake = asyncio.Event()
         self._wake_queue: AbstractQueue | None = None
@@ -108,12 +101,12 @@ class Broker:
                 raise BackendUnavailable(f"RabbitMQ unavailable: {exc!r}") from None
 
     def _usable(self) -> bool:
-        channels = [self._pub, *self._gets]
         return (
             not self._stale
             and self._conn is not None
             and not self._conn.is_closed
-            and all(c is not None and not c.is_closed for c in channels)
+            and self._pub is not None
+            and not self._pub.is_closed
         )
 
     async def _connect(self) -> None:
@@ -126,13 +119,12 @@ class Broker:
         self._stale = False
         self.generation += 1
         self._pub = await conn.channel(publisher_confirms=True)
-        self._gets = [await conn.channel(publisher_confirms=False) for _ in range(GET_CHANNELS)]
-        self._get_locks = [asyncio.Lock() for _ in self._gets]
+        self._feeds = {}
         self._declared = {}
         exchange = await self._pub.declare_exchange(
             f"{self.prefix}.wake", aio_pika.ExchangeType.FANOUT, durable=True
         )
-        listen = await self._gets[0].declare_queue(exclusive=True, auto_delete=True)
+        listen = await self._pub.declare_queue(exclusive=True, auto_delete=True)
         await listen.bind(exchange)
         await listen.consume(self._on_wake, no_ack=True)
         self._wake_queue = listen
@@ -143,13 +135,23 @@ class Broker:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        self._pub, self._gets, self._declared = None, [], {}
+        self._pub, self._feeds, self._declared = None, {}, {}
         if conn is not None:
             with contextlib.suppress(*ENGINE_ERRORS):
                 await conn.close()
 
     async def close(self) -> None:
+        """Stop the sweeper, hand buffered messages back and close the connection (which
+        returns every message still unacked)."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         async with self._lock:
+            for feed in list(self._feeds.values()):
+                with contextlib.suppress(*ENGINE_ERRORS):
+                    await asyncio.wait_for(feed.stop(), self._timeout_s)
             await self._drop()
 
     def broken(self) -> None:
@@ -236,61 +238,113 @@ class Broker:
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def get(self, queue: str, limit: int) -> list[Delivery]:
-        """Take up to ``limit`` ready messages of ``queue`` (fewer when it runs dry)."""
-        if limit <= 0:
-            return []
+    async def feed(self, queue: str) -> Feed:
+        """The feed of ``queue`` on the current connection (created, not started, if new)."""
         await self.ensure()
-        out: list[Delivery] = []
-        empty = False
-        budget = limit
-
-        async def taker(i: int) -> None:
-            nonlocal empty, budget
-            channel, lock = self._gets[i], self._get_locks[i]
-            q = await channel.get_queue(self.work_name(queue), ensure=False)
-            async with lock:
-                while not empty and budget > 0:
-                    budget -= 1  # reserved before the round trip: never more than limit
-                    message = await q.get(no_ack=False, fail=False, timeout=self._timeout_s)
-                    if message is None:
-                        empty = True
-                        return
-                    job_id = message.message_id or ""
-                    out.append(Delivery(job_id, queue, channel, message, self.generation))
-
+        found = self._feeds.get(queue)
+        if found is not None and not found.channel.is_closed:
+            return found
         try:
             await self._work_queue(queue)
-            width = min(limit, len(self._gets))
-            await asyncio.gather(*(taker((self._next_get + i) % width) for i in range(width)))
+            assert self._conn is not None
+            channel = await self._conn.channel(publisher_confirms=False)
+            raw = await channel.get_underlay_channel()
         except ENGINE_ERRORS as exc:
             self.broken()
-            await self.release(out, requeue=True)
-            raise BackendUnavailable(f"RabbitMQ get failed: {exc!r}") from None
-        self._next_get += 1
-        return out
+            raise BackendUnavailable(f"RabbitMQ channel failed: {exc!r}") from None
+        found = self._feeds.get(queue)  # another claim may have made one meanwhile
+        if found is not None and not found.channel.is_closed:
+            with contextlib.suppress(*ENGINE_ERRORS):
+                await channel.close()
+            return found
+        found = Feed(queue, self.work_name(queue), raw, self.generation, self.wake, self._timeout_s)
+        self._feeds[queue] = found
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="offload-rabbitmq-sweeper")
+        return found
+
+    def buffered(self, queues: Sequence[str]) -> bool:
+        """Whether a feed of these queues holds messages no claim has taken yet."""
+        return any((f := self._feeds.get(q)) is not None and f.buffered for q in queues)
+
+    async def take(self, queue: str, limit: int, prefetch: int) -> list[Delivery]:
+        """Up to ``limit`` messages of ``queue``: pushed ones first, then one ``basic.get``
+        when none was pushed. Starts the queue's feed with ``prefetch`` if it is stopped.
+        Raises BackendUnavailable (messages taken so far go back to the broker)."""
+        if limit <= 0:
+            return []
+        feed = await self.feed(queue)
+        feed.use()
+        try:
+            await feed.start(prefetch)
+            out = feed.take(limit)
+            if not out:
+                # Nothing pushed: either the queue is empty or this consumer's prefetch is used
+                # up by messages still unacked. A get answers both, and is a barrier: what was
+                # pushed before its answer is in the buffer by then.
+                got = await feed.get(1)
+                out = feed.take(limit - len(got)) + got
+                if got and len(out) < limit:
+                    out += await feed.get(limit - len(out))
+            return out
+        except ENGINE_ERRORS as exc:
+            self.broken()
+            raise BackendUnavailable(f"RabbitMQ consume failed: {exc!r}") from None
+        finally:
+            feed.done()
+
+    def give_back(self, queue: str, deliveries: Sequence[Delivery]) -> None:
+        """Return taken deliveries to their feed's buffer (for the next claim)."""
+        feed = self._feeds.get(queue)
+        live = [d for d in deliveries if d.generation == self.generation]
+        if feed is not None and feed.generation == self.generation:
+            feed.give_back([d for d in live if d.channel is feed.channel])
+
+    async def listen(self, queues: Sequence[str], prefetch: int) -> list[Feed]:
+        """Start (or keep) the feeds of ``queues`` for a wait; the caller must call
+        ``done()`` on each when the wait ends."""
+        feeds: list[Feed] = []
+        try:
+            for queue in queues:
+                feed = await self.feed(queue)
+                feed.use()
+                feeds.append(feed)
+                await feed.start(prefetch)
+        except (BackendUnavailable, *ENGINE_ERRORS):  # type: ignore[misc]
+            for feed in feeds:
+                feed.done()
+            self.broken()
+            return []
+        return feeds
+
+    async def pause(self, queue: str) -> None:
+        """Stop consuming ``queue`` and hand its buffered messages back."""
+        feed = self._feeds.get(queue)
+        if feed is not None:
+            with contextlib.suppress(*ENGINE_ERRORS):
+                await feed.stop()
+
+    async def _sweep(self) -> None:
+        """Stop feeds that nobody has claimed from or waited on for a while."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = time.monotonic()
+            for feed in list(self._feeds.values()):
+                if feed.idle(now):
+                    with contextlib.suppress(*ENGINE_ERRORS):
+                        await feed.stop()
 
     async def settle(self, acks: Sequence[Delivery], requeues: Sequence[Delivery]) -> None:
         """Ack ``acks`` and return ``requeues`` to their queue; a delivery of an older
         connection is skipped (the broker already put it back)."""
-        for d in acks:
-            if d.generation == self.generation:
-                with contextlib.suppress(*ENGINE_ERRORS):
-                    await d.message.ack()
-        await self.release(requeues, requeue=True)
-
-    async def release(self, deliveries: Sequence[Delivery], *, requeue: bool) -> None:
-        for d in deliveries:
-            if d.generation == self.generation:
-                with contextlib.suppress(*ENGINE_ERRORS):
-                    await d.message.nack(requeue=requeue)
+        await settle(acks, requeues, self.generation)
 
     async def sync(self, deliveries: Sequence[Delivery]) -> None:
         """Wait until the broker has processed what was sent on these deliveries' channels
         (a round trip on each channel: AMQP handles a channel's methods in order)."""
         for channel in {id(d.channel): d.channel for d in deliveries}.values():
             with contextlib.suppress(*ENGINE_ERRORS):
-                await channel.set_qos(prefetch_count=0)
+                await channel.basic_qos(prefetch_count=0, timeout=self._timeout_s)
 
     async def delete_topology(self, queues: Sequence[str]) -> None:
         """Delete every queue of ``queues`` under this prefix, and the wake exchange (tests)."""
