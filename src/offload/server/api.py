@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from offload.errors import JobNotFound, ValidationError
+from offload.errors import JobNotFound
 from offload.job import JobFilter, JobRecord, JobState
 from offload.server.http import (
     HTTPError,
@@ -45,14 +46,20 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Request], Awaitable[Response]]
 IDEMPOTENCY_KEY_MAX = 200
+# Visible ASCII, spaces only inside (HTTP strips them at the ends); shared with the OpenAPI doc.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 PROBE_TIMEOUT_S = 2.0  # readiness and metrics must answer even when the backend hangs
 _MAX_JOB_ID = 200
 
 
-def guarded(scope: str | None) -> Callable[[Callable[[Api, Request], Awaitable[Response]]], Any]:
+Method = Callable[["Api", Request], Awaitable[Response]]
+
+
+def guarded(scope: str | None) -> Callable[[Method], Method]:
     """Authorise for ``scope`` (None: public) and turn any exception into an error answer."""
 
-    def wrap(fn: Callable[[Api, Request], Awaitable[Response]]) -> Any:
+    def wrap(fn: Method) -> Method:
         @functools.wraps(fn)
         async def handler(self: Api, request: Request) -> Response:
             try:
@@ -90,8 +97,11 @@ class Api:
         args = task.validate_json(bytes(req.args))
         idem = request.headers.get("idempotency-key")
         key = req.key
+        by_idem = False
         if idem is not None:
-            key = self._idempotent_key(task, idem, key)
+            idem_key = self._idempotent_key(task, idem)
+            by_idem = key is None  # a key in the body is the dedup key already
+            key = idem_key if by_idem else key
         bound = task.options(
             queue=req.queue,
             delay=req.delay,
@@ -103,9 +113,9 @@ class Api:
         new = bound.prepare_json(args)
         record = await self.state.batcher.enqueue(new)
         replayed = record.id != new.id
-        if replayed and idem is not None and not _same_call(record, new.task, args):
+        if replayed and by_idem and not _same_call(record, new.task, args):
             raise HTTPError(
-                422,
+                409,
                 "idempotency_key_reused",
                 "this Idempotency-Key was used for a different request",
                 argument="Idempotency-Key",
@@ -234,16 +244,14 @@ class Api:
             raise HTTPError(404, "unknown_task", f"no task named {name!r} can be enqueued here")
         return task
 
-    def _idempotent_key(self, task: Task[Any, Any], idem: str, key: str | None) -> str:
-        if not 0 < len(idem) <= IDEMPOTENCY_KEY_MAX or not idem.isprintable():
+    def _idempotent_key(self, task: Task[Any, Any], idem: str) -> str:
+        if len(idem) > IDEMPOTENCY_KEY_MAX or not IDEMPOTENCY_KEY_RE.match(idem):
             raise HTTPError(
                 422,
                 "invalid_request",
-                f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} printable characters",
+                f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters",
                 argument="Idempotency-Key",
             )
-        if key is not None:
-            raise ValidationError("give key or an Idempotency-Key header, not both", argument="key")
         return f"idempotency:{task.name}:{idem}"
 
     def _wait_param(self, raw: str) -> float:
@@ -316,7 +324,7 @@ def _job_id(request: Request) -> str:
 
 
 def _state_param(raw: str | None) -> JobState | None:
-    if not raw:
+    if raw is None:
         return None
     try:
         return JobState(raw)

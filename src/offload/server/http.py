@@ -136,10 +136,42 @@ async def read_json_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+_SAFE_INT = 2**53  # beyond this a JSON number's integer value is not exact anyway
+
+
+def integral_floats_as_ints(body: bytes) -> bytes:
+    """``2.0`` becomes ``2`` throughout a JSON document.
+
+    JSON has one number type and JSON Schema calls 2.0 an integer, so the published schemas
+    accept it; msgspec's strict decoding (kept, so that "2" is never an integer) does not.
+    Rewriting integral floats first makes the two agree. Bodies without '.', 'e' or 'E' cannot
+    hold a float and pass through untouched. Raises msgspec.DecodeError for invalid JSON.
+    """
+    if b"." not in body and b"e" not in body and b"E" not in body:
+        return body
+    doc = msgspec.json.decode(body)
+    if not isinstance(doc, dict | list):
+        return body  # a bare value is refused by the type anyway
+    changed = False
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if isinstance(v, float) and v.is_integer() and abs(v) < _SAFE_INT:
+                node[k] = int(v)
+                changed = True
+            elif isinstance(v, dict | list):
+                stack.append(v)
+    if not changed:
+        return body
+    return msgspec.json.encode(doc)
+
+
 def decode_body(body: bytes, type_: type[Any]) -> Any:
     """Decode a JSON body into ``type_``: 400 when it is not JSON, 422 naming the field."""
     try:
-        return msgspec.json.decode(body, type=type_)
+        return msgspec.json.decode(integral_floats_as_ints(body), type=type_)
     except msgspec.ValidationError as exc:
         field = _field_of(str(exc))
         raise HTTPError(422, "invalid_request", str(exc), argument=field) from None

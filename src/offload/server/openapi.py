@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from offload.job import JobState
+from offload.server.api import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN
 from offload.server.auth import SCOPES
 from offload.server.schemas import RESPONSE_TYPES, EnqueueRequest
 
@@ -23,7 +24,7 @@ _STATUS_TEXT = {
     401: "Missing or invalid bearer token",
     403: "The token lacks the scope this route needs",
     404: "No such job, or no task of that name can be enqueued here",
-    409: "The job's state does not allow this",
+    409: "The job's state does not allow this, or the Idempotency-Key was used for another request",
     413: "Body over the size limit",
     415: "Body is not application/json",
     422: "Invalid input; `argument` names the field when it can",
@@ -70,6 +71,13 @@ def _safe_names(components: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     return out, rename
 
 
+# delay and run_at are two ways to say when; a request may use one of them, not both.
+_BOTH_TIMES = {
+    "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
+    "required": ["delay", "run_at"],
+}
+
+
 def _enqueue_body(components: dict[str, Any], tasks: list[tuple[str, str]]) -> dict[str, Any]:
     """One schema per exposed task: ``task`` is its name, ``args`` its signature's schema."""
     common = {
@@ -93,6 +101,7 @@ def _enqueue_body(components: dict[str, Any], tasks: list[tuple[str, str]]) -> d
                 },
                 "required": required,
                 "additionalProperties": False,
+                "not": _BOTH_TIMES,
             }
         )
     if not variants:
@@ -152,14 +161,19 @@ def _paths(body: dict[str, Any], *, auth: bool, max_wait_s: float, max_page: int
                 {
                     "200": {**located, "description": "Finished within the Prefer: wait time"},
                     "202": {**located, "description": "Stored (and not finished yet)"},
-                    **_errors(400, 404, 413, 415, 422, 429, 503, auth=auth),
+                    **_errors(400, 404, 409, 413, 415, 422, 429, 503, auth=auth),
                 },
                 parameters=[
                     _param("Prefer", "header", {"type": "string"}, "RFC 7240, e.g. wait=5"),
                     _param(
                         "Idempotency-Key",
                         "header",
-                        {"type": "string", "minLength": 1, "maxLength": 200},
+                        {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": IDEMPOTENCY_KEY_MAX,
+                            "pattern": IDEMPOTENCY_KEY_PATTERN,
+                        },
                         "A retried request with the same key returns the same job",
                     ),
                 ],
