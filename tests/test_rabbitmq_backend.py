@@ -126,6 +126,29 @@ async def test_lost_connection_returns_messages_and_work_resumes(make_rabbit: Ma
     assert len(await claim_eventually(worker, 1)) == 1  # reconnected on its own
 
 
+async def test_an_instance_that_stops_claiming_hands_messages_back(make_rabbit: Make) -> None:
+    idle, busy = await make_rabbit(), await make_rabbit()
+    assert await idle.claim(req(5)) == []  # its consumer now has room for five pushes
+    recs = await busy.enqueue([job() for _ in range(3)])
+    got = await claim_eventually(busy, 3, timeout_s=3.0)
+    assert sorted(j.id for j in got) == sorted(r.id for r in recs)
+    assert not idle._broker.buffered(["q"])
+
+
+async def test_a_waiting_worker_is_woken_by_a_delayed_job_coming_back(make_rabbit: Make) -> None:
+    backend = await make_rabbit()
+    await backend.enqueue([job(delay_s=0.3)])
+    assert await backend.claim(req(1)) == []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    got: list[JobRecord] = []
+    while not got and loop.time() - started < 5.0:
+        # woken by pushes (the message back from each hop of its delay chain), not timeouts
+        await backend.wait_for_work(["q"], 10.0)
+        got = await backend.claim(req(1))
+    assert len(got) == 1 and loop.time() - started < 5.0
+
+
 async def claim_eventually(
     backend: RabbitMQBackend, n: int, *, expect: int | None = None, timeout_s: float = 5.0
 ) -> list[JobRecord]:

@@ -49,6 +49,7 @@ from offload.outcome import Outcome, RetryAt, Snoozed
 
 _OPTIONS = ("store", "prefix", "timeout_s")
 PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
+LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
 START_ROUNDS = 4  # rounds of taking messages per claim call (stale ones are dropped)
 
 
@@ -195,12 +196,12 @@ class RabbitMQBackend:
     ) -> list[JobRecord]:
         if not deliveries:
             return []
+        deadline = time.monotonic() + req.lease_s  # taken before the store's: never later
         started = await claim_delivered(
             self._store, queue, [d.job_id for d in deliveries], req.worker_id, req.lease_s
         )
         out: list[JobRecord] = []
         rest: list[Delivery] = []
-        deadline = time.monotonic() + req.lease_s
         for d in deliveries:
             rec = started.pop(d.job_id, None)
             if rec is None or rec.lease is None:
@@ -237,9 +238,9 @@ class RabbitMQBackend:
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         """Extend the leases in the store. A lease the store no longer grants gives its
         message back to the queue at once (whoever gets it sorts it out)."""
+        deadline = time.monotonic() + lease_s
         held = await self._store.heartbeat(leases, lease_s)
         lost: list[Delivery] = []
-        deadline = time.monotonic() + lease_s
         for lease in leases:
             if lease not in self._held:
                 continue
@@ -256,8 +257,7 @@ class RabbitMQBackend:
         and leases lost meanwhile return the message to the queue."""
         if not results:
             return
-        mine = [lease for lease, _ in results if lease in self._held]
-        still = await self._store.heartbeat(mine, 60.0) if mine else set()
+        still = await self._still_held([lease for lease, _ in results if lease in self._held])
         later: list[tuple[str, str, int, int]] = []
         for lease, outcome in results:
             d = self._held.get(lease)
@@ -281,6 +281,17 @@ class RabbitMQBackend:
         await self._broker.settle(acks, requeues)
         if requeues:
             await self._broker.notify()
+
+    async def _still_held(self, leases: list[Lease]) -> set[str]:
+        """Ids of ``leases`` the store still grants. Within its local deadline a lease can only
+        have been lost to a cancel (a final state, so the message may go): asking the store
+        is needed only for leases at or past their deadline."""
+        now = time.monotonic()
+        doubtful = [lease for lease in leases if self._expires[lease] - LEASE_MARGIN_S <= now]
+        held = {lease.job_id for lease in leases if self._expires[lease] - LEASE_MARGIN_S > now}
+        if doubtful:
+            held |= await self._store.heartbeat(doubtful, 60.0)
+        return held
 
     async def recover(self) -> int:
         """Let the store put back its expired leases, and return messages this instance holds

@@ -284,8 +284,8 @@ class Broker:
                 # pushed before its answer is in the buffer by then.
                 got = await feed.get(1)
                 out = feed.take(limit - len(got)) + got
-                if got and len(out) < limit:
-                    out += await feed.get(limit - len(out))
+                if got and len(out) < limit and feed.starved:
+                    out += await feed.get(limit - len(out))  # held messages use up the prefetch
             return out
         except ENGINE_ERRORS as exc:
             self.broken()

@@ -49,21 +49,24 @@ class Delivery:
     tag: int
     priority: int
     generation: int
+    feed: Feed | None = None  # the feed whose consumer it was pushed to (None: basic.get)
+    consumer: str | None = None
     at: float = field(default_factory=time.monotonic)
 
 
 async def settle(acks: Sequence[Delivery], requeues: Sequence[Delivery], generation: int) -> None:
-    """Ack ``acks`` and hand ``requeues`` back. A delivery of an older connection is skipped
-    (the broker put it back when that connection died); a failed send is ignored for the same
-    reason: the channel is gone and its messages with it."""
+    """Ack ``acks`` and hand ``requeues`` back, feed by feed. A delivery of an older connection
+    is skipped (the broker put it back when that connection died); a failed send is ignored for
+    the same reason: the channel is gone and its messages with it."""
+    feeds: dict[Feed, tuple[list[Delivery], list[Delivery]]] = {}
     for d in acks:
-        if d.generation == generation:
-            with contextlib.suppress(*SETTLE_ERRORS):
-                await d.channel.basic_ack(d.tag, wait=False)
+        if d.feed is not None:
+            feeds.setdefault(d.feed, ([], []))[0].append(d)
     for d in requeues:
-        if d.generation == generation:
-            with contextlib.suppress(*SETTLE_ERRORS):
-                await d.channel.basic_nack(d.tag, requeue=True, wait=False)
+        if d.feed is not None:
+            feeds.setdefault(d.feed, ([], []))[1].append(d)
+    for feed, (ack, back) in feeds.items():
+        await feed.settle(ack, back, current=feed.generation == generation)
 
 
 class Feed:
@@ -89,6 +92,9 @@ class Feed:
         self._lock = asyncio.Lock()
         self._users = 0
         self._last_used = time.monotonic()
+        self._prefetch = 0
+        self._outstanding = 0  # pushed to the current consumer and not settled yet
+        self._unsettled: set[int] = set()  # delivery tags taken on this channel, not settled
 
     @property
     def consuming(self) -> bool:
@@ -97,6 +103,33 @@ class Feed:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    @property
+    def starved(self) -> bool:
+        """The consumer's prefetch is used up: the broker pushes nothing until a settle."""
+        return self._tag is not None and self._outstanding >= self._prefetch
+
+    async def settle(
+        self, acks: list[Delivery], requeues: list[Delivery], *, current: bool
+    ) -> None:
+        """Ack and requeue on this channel. Acks below the lowest tag still held go out as one
+        ``multiple`` ack: one frame for a whole batch of finished jobs."""
+        for d in (*acks, *requeues):
+            self._unsettled.discard(d.tag)
+            if d.consumer is not None and d.consumer == self._tag:
+                self._outstanding -= 1
+        if not current:
+            return
+        tags = sorted(d.tag for d in acks)
+        floor = min(self._unsettled, default=tags[-1] + 1 if tags else 0)
+        below = [t for t in tags if t < floor]
+        with contextlib.suppress(*SETTLE_ERRORS):
+            if below:
+                await self.channel.basic_ack(below[-1], multiple=True, wait=False)
+            for t in tags[len(below) :]:
+                await self.channel.basic_ack(t, wait=False)
+            for d in requeues:
+                await self.channel.basic_nack(d.tag, requeue=True, wait=False)
 
     def use(self) -> None:
         """A claim or wait begins (the feed must not be stopped meanwhile)."""
@@ -123,7 +156,7 @@ class Feed:
                 return
             await self.channel.basic_qos(prefetch_count=max(prefetch, 1), timeout=self._timeout_s)
             tag = f"offload.{uuid.uuid4().hex}"
-            self._tag = tag
+            self._tag, self._prefetch, self._outstanding = tag, max(prefetch, 1), 0
             try:
                 await self.channel.basic_consume(
                     self.name, self._on_message, no_ack=False, consumer_tag=tag,
@@ -152,10 +185,14 @@ class Feed:
             with contextlib.suppress(*SETTLE_ERRORS):
                 await self.channel.basic_nack(tag, requeue=True, wait=False)
             return
-        self._buffer.append(self._delivery(message, tag))
+        self._outstanding += 1
+        self._unsettled.add(tag)
+        self._buffer.append(self._delivery(message, tag, self._tag))
         self._wake.set()
 
-    def _delivery(self, message: aiormq.abc.DeliveredMessage, tag: int) -> Delivery:
+    def _delivery(
+        self, message: aiormq.abc.DeliveredMessage, tag: int, consumer: str | None = None
+    ) -> Delivery:
         props = message.header.properties
         return Delivery(
             job_id=props.message_id or "",
@@ -164,6 +201,8 @@ class Feed:
             tag=tag,
             priority=props.priority or 0,
             generation=self.generation,
+            feed=self,
+            consumer=consumer,
         )
 
     def take(self, limit: int) -> list[Delivery]:
@@ -186,5 +225,6 @@ class Feed:
             tag = message.delivery_tag
             if not isinstance(message.delivery, aiormq.spec.Basic.GetOk) or tag is None:
                 break
+            self._unsettled.add(tag)
             out.append(self._delivery(message, tag))
         return out
