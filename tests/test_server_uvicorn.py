@@ -135,7 +135,7 @@ def test_run_server_in_a_process_stops_gracefully_on_sigterm(tmp_path: Path) -> 
         assert r.status_code == 200 and r.json()["result"] == "hello world", r.text
         r = httpx.post(url + "/v1/jobs", json={"task": "slow", "args": {"seconds": 0.5}})
         assert r.status_code == 202
-        job_url = r.headers["location"]
+        job_url = url + r.headers["location"]
         while httpx.get(job_url).json()["state"] != "running":
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)

@@ -122,7 +122,8 @@ class Api:
             )
         if not replayed:
             self.state.metrics.enqueued.labels(record.task, record.queue).inc()
-        headers = {"Location": str(request.url_for("get_job", job_id=record.id))}
+        # Relative (RFC 9110 allows it) and cheap: url_for costs more than the rest of the route.
+        headers = {"Location": f"{request.scope.get('root_path', '')}/v1/jobs/{record.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         wait_s = prefer_wait(request.headers.getlist("prefer"), self.state.max_wait_s)

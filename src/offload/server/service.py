@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import sys
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ log = logging.getLogger("offload.server")
 
 DEFAULT_MAX_WAIT_S = 60.0  # a request held longer than this is better polled
 DEFAULT_MAX_PAGE = 500
+DEFAULT_SWITCH_INTERVAL_S = 0.0005  # see run_server; measured with benchmarks/http_load.py
 
 
 @dataclass
@@ -188,7 +190,7 @@ async def _http_exception(request: Request, exc: StarletteHTTPException) -> Resp
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host in ("127.0.0.1", "::1", "localhost"):  # the common answers, without parsing
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -224,6 +226,7 @@ def run_server(
     insecure: bool = False,
     log_level: str = "info",
     access_log: bool = False,
+    switch_interval_s: float | None = DEFAULT_SWITCH_INTERVAL_S,
     **service_options: Any,
 ) -> None:
     """Serve ``create_service(app, ...)`` on uvicorn (one process) until SIGINT/SIGTERM.
@@ -232,8 +235,16 @@ def run_server(
     ``insecure``; with ``insecure`` the API is open to anyone who can reach the port.
     ``access_log`` is off by default: at thousands of requests per second it costs more
     than the request itself.
+
+    ``switch_interval_s`` sets the process's GIL switch interval (``sys.setswitchinterval``;
+    None leaves it alone). The event loop and a backend's I/O thread (SQLite's writer) share
+    the GIL: at the default 5 ms, each time the writer comes back from the engine it may wait
+    up to 5 ms behind a busy loop, which shows directly in enqueue latency under load.
     """
     import uvicorn
+
+    if switch_interval_s is not None:
+        sys.setswitchinterval(switch_interval_s)
 
     if not tokens and not insecure and not is_loopback(host):
         raise ConfigurationError(
