@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,14 @@ def _free_port() -> int:
         return port
 
 
-def start_server(db: Path, port: int, *, workers: int, group_commit: bool) -> subprocess.Popen[str]:
+def start_server(
+    db: Path, port: int, *, workers: int, group_commit: bool, options: str = ""
+) -> subprocess.Popen[str]:
+    url = f"sqlite:///{db}" + (f"?{options}" if options else "")
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
         "from benchmarks.http_load import build_app; from offload.server import run_server; "
-        f"run_server(build_app({f'sqlite:///{db}'!r}), '127.0.0.1', {port}, workers={workers}, "
+        f"run_server(build_app({url!r}), '127.0.0.1', {port}, workers={workers}, "
         f"group_commit={group_commit!r}, log_level='warning')"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
@@ -224,15 +228,22 @@ def wrk_enqueue_load(port: int, connections: int, duration_s: float) -> dict[str
 
 
 async def _open_loop_wait(port: int, rate: float, duration_s: float) -> dict[str, float]:
-    """Send on a fixed schedule; a request finds a free connection or opens one."""
-    free: list[Conn] = [await Conn.open(port) for _ in range(16)]
+    """Send on a fixed schedule; a request takes the longest-idle free connection or opens
+    one (an idle connection the server closed after its keep-alive timeout is replaced)."""
+    free: deque[Conn] = deque([await Conn.open(port) for _ in range(16)])
     latencies: list[float] = []
     errors = 0
 
     async def one(scheduled: float) -> None:
         nonlocal errors
-        conn = free.pop() if free else await Conn.open(port)
-        status = await conn.post(BODY, b"Prefer: wait=5\r\n")
+        conn = free.popleft() if free else await Conn.open(port)
+        try:
+            status = await conn.post(BODY, b"Prefer: wait=5\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            conn.close()
+            errors += 1
+            free.append(await Conn.open(port))
+            return
         latencies.append(time.perf_counter() - scheduled)  # from when it was due: no omission
         errors += status != 200
         free.append(conn)
@@ -264,11 +275,11 @@ def wait_load(port: int, rate: float, duration_s: float) -> dict[str, float]:
 
 
 def phase(
-    db_dir: Path, name: str, *, workers: int, group_commit: bool, load: object
+    db_dir: Path, name: str, *, workers: int, group_commit: bool, load: object, options: str
 ) -> dict[str, float]:
     db = db_dir / f"{name}.db"
     port = _free_port()
-    server = start_server(db, port, workers=workers, group_commit=group_commit)
+    server = start_server(db, port, workers=workers, group_commit=group_commit, options=options)
     try:
         result: dict[str, float] = load(port)  # type: ignore[operator]
     finally:
@@ -289,6 +300,11 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="also run without group commit")
     parser.add_argument("--wait-rate", type=float, default=200.0)
     parser.add_argument("--wait-duration", type=float, default=10.0)
+    parser.add_argument(
+        "--sqlite-options",
+        default="",
+        help="URL query of the SQLite backend, e.g. synchronous=normal",
+    )
     args = parser.parse_args()
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     enqueue = wrk_enqueue_load if client == "wrk" else python_enqueue_load
@@ -302,6 +318,7 @@ def main() -> None:
                 workers=0,
                 group_commit=group,
                 load=lambda port: enqueue(port, args.connections, args.duration),
+                options=args.sqlite_options,
             )
             print(
                 json.dumps(
@@ -314,6 +331,7 @@ def main() -> None:
             workers=8,
             group_commit=True,
             load=lambda port: wait_load(port, args.wait_rate, args.wait_duration),
+            options=args.sqlite_options,
         )
         print(json.dumps({"phase": "prefer_wait", "client": "python", **result}))
 
