@@ -1,0 +1,93 @@
+"""offload on each of its backends: ``offload-sqlite``, ``offload-redis``,
+``offload-postgres`` and ``offload-rabbitmq`` (RabbitMQ delivery, state in Redis).
+
+One ``offload worker`` process with ``--concurrency`` slots; the task is ``async`` (runs on
+the worker's event loop, like the arq/SAQ/taskiq/procrastinate tasks); ``aenqueue`` one by one
+and ``aenqueue_many`` in bulk. Every backend keeps finished jobs' records (its default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import offload
+from benchmarks.peers import cleanup
+from benchmarks.peers.protocol import Probe, RunConfig
+
+# `offload worker module:app` imports this module and reads ``app``: module-level by necessity.
+CFG = RunConfig.from_env()
+PROBE = Probe(CFG.stats_dir, CFG.record_latency)
+CONCURRENCY = CFG.concurrency or 100
+KIND = CFG.system.removeprefix("offload-")
+SQLITE_PATH = Path(tempfile.gettempdir()) / f"offload-{CFG.queue}.db"
+REDIS_URL = f"{CFG.redis_url}?prefix={CFG.queue}"
+
+
+def backend_url() -> str:
+    if KIND == "sqlite":
+        return f"sqlite:///{SQLITE_PATH}"
+    if KIND == "redis":
+        return REDIS_URL
+    if KIND == "postgres":
+        return f"{CFG.postgres_url}?schema={CFG.queue}&auto_migrate=1"
+    if KIND == "rabbitmq":
+        return f"{CFG.amqp_url}?store={quote(REDIS_URL, safe='')}&prefix={CFG.queue}"
+    raise SystemExit(f"unknown offload backend {KIND!r}")
+
+
+URL = backend_url()
+app = offload.App(URL)
+
+
+@app.task(name="noop")
+async def noop(i: int) -> None:
+    PROBE.hit(i)
+
+
+BOUND = noop.options(queue=CFG.queue)
+
+
+class OffloadPeer:
+    bulk = True
+    config = f"{KIND} backend, 1 process --concurrency {CONCURRENCY}, async task"
+
+    async def setup(self) -> None:
+        await app.open()
+
+    async def enqueue(self, arg: int) -> None:
+        await BOUND.aenqueue(arg)
+
+    async def enqueue_bulk(self, args: Sequence[int]) -> None:
+        await app.aenqueue_many([BOUND.prepare(a) for a in args])
+
+    def worker_command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "offload", "--url", URL, "worker", f"{__name__}:app",
+            "--queues", CFG.queue, "--concurrency", str(CONCURRENCY), "--log-level", "warning",
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        if KIND == "rabbitmq":
+            backend = app.backend
+            queues = {*backend.declared_queues(), f"{CFG.queue}.q.{CFG.queue}"}  # type: ignore[attr-defined]
+            await backend.delete_broker_objects(sorted(queues))  # type: ignore[attr-defined]
+        await app.close()
+
+    async def cleanup(self) -> None:
+        if KIND == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{SQLITE_PATH}{suffix}")
+        elif KIND == "postgres":
+            cleanup.drop_schema(CFG.postgres_url, CFG.queue)
+        # redis keys (and the rabbitmq run's store) are deleted by the driver
+
+
+def make_peer(cfg: RunConfig) -> OffloadPeer:
+    return OffloadPeer()
