@@ -1,6 +1,6 @@
 """Load on the HTTP service: enqueue throughput and ``Prefer: wait`` round trips, on SQLite.
 
-    python benchmarks/http_load.py [--db /tmp/http.db] [--duration 10] [--connections 64]
+    python benchmarks/http_load.py [--dir /tmp] [--duration 10] [--connections 16]
                                    [--client wrk|python] [--compare] [--wait-rate 200]
 
 Each phase starts a fresh server process (``run_server``, one process, access log off) on a
@@ -295,7 +295,7 @@ def main() -> None:
     )
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite files go")
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--client", choices=["wrk", "python"], default=None)
     parser.add_argument("--compare", action="store_true", help="also run without group commit")
     parser.add_argument("--wait-rate", type=float, default=200.0)
