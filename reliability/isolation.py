@@ -1,0 +1,125 @@
+"""An isolated URL per backend kind, and its removal afterwards.
+
+A small copy of what ``tests/services.py`` does (the harness runs outside pytest and must not
+import from ``tests``): a fresh SQLite file, PostgreSQL schema, Redis key prefix or RabbitMQ
+prefix per run, removed when the run ends. Nothing is removed that the run did not create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
+
+KINDS = ("sqlite", "postgres", "redis", "rabbitmq")
+_MODULE = {"sqlite": "sqlite", "postgres": "postgres", "redis": "redis", "rabbitmq": "rabbitmq"}
+_PORT = {
+    "postgres": (POSTGRES_HOST, POSTGRES_PORT),
+    "redis": (REDIS_HOST, REDIS_PORT),
+    "rabbitmq": (RABBITMQ_HOST, RABBITMQ_PORT),
+}
+
+
+class Unavailable(Exception):
+    """The backend kind cannot be used here (not built yet, or its service is not running)."""
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def check(kind: str) -> None:
+    """Raise :class:`Unavailable` with the reason when ``kind`` cannot run here."""
+    if kind not in _MODULE:
+        raise Unavailable(f"unknown backend kind {kind!r} (known: {', '.join(KINDS)})")
+    if importlib.util.find_spec(f"offload.backends.{_MODULE[kind]}") is None:
+        raise Unavailable(f"the {kind} backend is not part of this build")
+    if kind in _PORT:
+        host, port = _PORT[kind]
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError:
+            raise Unavailable(f"{kind} is not listening on {host}:{port}") from None
+
+
+@contextlib.contextmanager
+def isolated_url(kind: str, workdir: Path) -> Iterator[str]:
+    """Yield a URL of ``kind`` whose data nothing else uses; remove that data afterwards."""
+    check(kind)
+    name = unique_name("offload_rel")
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'jobs.db'}"
+    elif kind == "postgres":
+        try:
+            yield f"{POSTGRES_URL}?schema={name}&auto_migrate=1"
+        finally:
+            _drop_schema(name)
+    elif kind == "redis":
+        try:
+            yield f"{REDIS_URL}?prefix={name}"
+        finally:
+            _delete_redis_prefix(name)
+    else:
+        try:
+            yield f"{RABBITMQ_URL}?prefix={name}&store=sqlite:///{workdir / 'state.db'}"
+        finally:
+            _delete_rabbitmq_prefix(name)
+
+
+def _drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _delete_redis_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for pattern in ("{" + prefix + ":*", "{" + prefix + "}*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for i in range(0, len(keys), 1000):
+                client.unlink(*keys[i : i + 1000])
+    finally:
+        client.close()
+
+
+def rabbitmqctl(*args: str, timeout_s: float = 60) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout_s, check=True
+    )
+    return done.stdout
+
+
+def _delete_rabbitmq_prefix(prefix: str) -> None:
+    import asyncio
+
+    def names(what: str) -> list[str]:
+        return [n for n in rabbitmqctl(what, "name").split() if n.startswith(prefix + ".")]
+
+    async def delete(queues: list[str], exchanges: list[str]) -> None:
+        import aio_pika
+
+        conn = await aio_pika.connect(RABBITMQ_URL)
+        async with conn:
+            channel = await conn.channel()
+            for q in queues:
+                await channel.queue_delete(q)
+            for x in exchanges:
+                await channel.exchange_delete(x)
+
+    asyncio.run(delete(names("list_queues"), names("list_exchanges")))

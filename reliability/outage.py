@@ -1,0 +1,122 @@
+"""Backend faults: the engine's connections are cut, or the engine restarts, while workers
+run and the harness keeps enqueuing. Lost 0; work resumes on its own; an enqueue during the
+outage either returns (and its job then finishes) or fails with BackendUnavailable, never
+anything else."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import offload
+from reliability import faults
+from reliability.harness import Failure, Result, Run
+from reliability.scenarios import Form, stop_worker
+
+SLOTS, WORKERS = 6, 2
+BURST_S = 1.0  # how long Redis connections are killed over and over in one round
+
+
+def injector(kind: str, url: str, form: Form) -> tuple[Callable[[], None] | None, str]:
+    """The fault for a backend kind and its description, or None and why there is none."""
+    if kind == "redis":
+        return (lambda: _redis_burst(url)), "Redis CLIENT KILL of this run's connections"
+    if kind == "rabbitmq":
+        return (lambda: _rabbitmq_close(url)), "RabbitMQ close_connection of this run's"
+    if kind == "postgres":
+        if not form.restart_postgres:
+            return None, "PostgreSQL restart runs in the full form only (it disturbs the host)"
+        return _restart_postgres, "PostgreSQL restarted"
+    return None, "no backend fault for SQLite (an embedded file has no connection to cut)"
+
+
+def _redis_burst(url: str) -> None:
+    end = time.monotonic() + BURST_S
+    while time.monotonic() < end:
+        faults.kill_redis_clients(url)
+        time.sleep(0.05)
+
+
+def _restart_postgres() -> None:
+    faults.restart_postgres()
+
+
+def _rabbitmq_close(url: str) -> None:
+    faults.close_rabbitmq_connections(url)
+
+
+def backend_fault(kind: str, run: Run, result: Result, form: Form) -> None:
+    inject, what = injector(kind, run.url, form)
+    if inject is None:
+        result.skipped = what
+        return
+    numbers = itertools.count()
+    run.enqueue("record", [next(numbers) for _ in range(100)], sleep_s=0.05)
+    procs = [run.start_worker(SLOTS) for _ in range(WORKERS)]
+    run.wait_until(lambda: run.count("F") > 0, form.timeout_s, "the first job to finish")
+    refused, unclean, recoveries = 0, [], []
+    for _ in range(form.fault_rounds):
+        errors: list[BaseException] = []
+        thread = threading.Thread(target=_capture(inject, errors))
+        thread.start()
+        while thread.is_alive():  # enqueue during the outage
+            batch = [next(numbers) for _ in range(5)]
+            try:
+                run.enqueue("record", batch, sleep_s=0.05)
+            except offload.BackendUnavailable:
+                refused += len(batch)
+            except Exception as exc:
+                unclean.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.1)
+        thread.join()
+        if errors:
+            raise Failure(f"the fault could not be injected: {errors[0]!r}")
+        recoveries.append(_time_to_resume(run, next(numbers), form.timeout_s))
+    run.enqueue("record", [next(numbers) for _ in range(50)], sleep_s=0.05)
+    run.wait_all_final(form.timeout_s)
+    for p in procs:
+        result.expect(stop_worker(p) == 0, f"worker {p.pid} did not exit cleanly after SIGTERM")
+    run.tally(result)
+    result.recover_s = max(recoveries)
+    result.duplicates_allowed = form.fault_rounds * SLOTS * WORKERS
+    result.notes.append(
+        f"{what}, {form.fault_rounds} rounds; {refused} enqueues refused with "
+        "BackendUnavailable during the outage"
+    )
+    result.expect(not unclean, f"enqueue failed uncleanly: {unclean[:3]}")
+    result.expect(result.lost == 0, f"{result.lost} jobs lost")
+    result.expect(
+        result.duplicated <= result.duplicates_allowed,
+        f"{result.duplicated} duplicated, more than the {result.duplicates_allowed} slots",
+    )
+
+
+def _capture(fn: Callable[[], None], errors: list[BaseException]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    return run
+
+
+def _time_to_resume(run: Run, marker: int, timeout_s: float) -> float:
+    """From the end of the fault until a new job (enqueued at top priority, retried until the
+    backend acknowledges it) has started in a worker: work resumed on its own."""
+    t_end = time.time()
+
+    def acknowledged() -> bool:
+        run.enqueue("record", [marker], priority=9)
+        return True
+
+    run.wait_until(acknowledged, timeout_s, "the backend to take an enqueue again", 0.1)
+    run.wait_until(
+        lambda: any(e.kind == "S" and e.i == marker for e in run.events()),
+        timeout_s,
+        "work to resume after the fault",
+    )
+    started = min(e.t for e in run.events() if e.kind == "S" and e.i == marker)
+    return started - t_end
