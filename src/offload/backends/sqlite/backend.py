@@ -1,0 +1,351 @@
+"""The ``SQLiteBackend`` class: the Backend protocol over one writer and one reader runner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities, check_purge_states
+from offload.backends.sqlite.options import parse_url
+from offload.backends.sqlite.queries import Q
+from offload.backends.sqlite.runner import Call, Runner, connect, settle
+from offload.backends.sqlite.transactions import (
+    cancel_tx,
+    claim_tx,
+    complete_tx,
+    counts_tx,
+    decode_cursor,
+    decode_or_warn,
+    enqueue_on_callers,
+    enqueue_tx,
+    heartbeat_tx,
+    list_tx,
+    probe_tx,
+    retry_tx,
+    workers_tx,
+)
+from offload.errors import BackendUnavailable
+from offload.job import (
+    ClaimRequest,
+    JobFilter,
+    JobPage,
+    JobRecord,
+    JobState,
+    Lease,
+    NewJob,
+    WorkerInfo,
+)
+from offload.outcome import Outcome, RetryAt, Snoozed
+
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _wake(waiters: Sequence[_Waiter]) -> None:
+    for loop, fut in waiters:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle, [(fut, None, None)])
+
+
+class SQLiteBackend:
+    """The ``sqlite:///path`` backend (see the package docstring for options and guarantees)."""
+
+    # notify: an enqueue by this instance wakes its waiters at once, and any commit to the file
+    # by another connection (another instance, another process) changes PRAGMA data_version,
+    # which waiters read every poll_ms; so new work wakes a waiter within poll_ms without any
+    # registry shared between instances.
+    capabilities = Capabilities(notify=True, transactional=True)  # see enqueue_in
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._url = url
+        self.path, self._opts = parse_url(url, options)
+        self._poll_s: float = self._opts["poll_ms"] / 1000
+        self._writer: Runner | None = None
+        self._reader: Runner | None = None
+        # Waiters of this instance; a lock because the app's sync bridge and a worker may call
+        # one instance from two event loops.
+        self._lock = threading.Lock()
+        self._work_waiters: list[_Waiter] = []
+        self._done_waiters: dict[str, list[_Waiter]] = {}
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def synchronous(self) -> str:
+        """The ``PRAGMA synchronous`` level in use: ``FULL`` or ``NORMAL``."""
+        return str(self._opts["synchronous"])
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        tag = os.path.basename(self.path)
+        writer = Runner(
+            f"offload-sqlite-writer:{tag}",
+            partial(connect, self.path, self._opts, write=True),
+            True,
+        )
+        reader = Runner(
+            f"offload-sqlite-reader:{tag}",
+            partial(connect, self.path, self._opts, write=False),
+            False,
+        )
+        self._writer, self._reader = writer, reader
+        try:
+            await writer.start()
+            await reader.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        runners = (self._reader, self._writer)
+        self._writer = self._reader = None
+        for runner in runners:
+            if runner is not None:
+                await runner.stop()
+
+    async def _write(self, call: Call) -> Any:
+        if self._writer is None:
+            raise BackendUnavailable("the SQLite backend is not open")
+        return await self._writer.submit(call)
+
+    async def _read(self, call: Call) -> Any:
+        if self._reader is None:
+            raise BackendUnavailable("the SQLite backend is not open")
+        return await self._reader.submit(call)
+
+    def _wake_work(self) -> None:
+        with self._lock:
+            waiters, self._work_waiters = self._work_waiters, []
+        _wake(waiters)
+
+    def _wake_done(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            waiters = [w for j in job_ids for w in self._done_waiters.pop(j, [])]
+        _wake(waiters)
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        if not jobs:
+            return []
+        records: list[JobRecord] = await self._write(
+            partial(enqueue_tx, jobs=list(jobs), limits=dict(limits or {}))
+        )
+        self._wake_work()
+        return records
+
+    async def enqueue_in(
+        self, conn: Any, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Store ``jobs`` inside the caller's own transaction on ``conn``: a ``sqlite3.Connection``
+        to this backend's file, usable from the calling thread. The jobs are visible once the
+        caller commits and gone if it rolls back; they are written under a savepoint, so
+        QueueFull undoes only them. Outside a transaction they are committed at once.
+
+        This runs on the calling thread and holds the event loop while it writes. Begin the
+        transaction with ``BEGIN IMMEDIATE`` for dedup and depth limits to be exact against
+        other writers (a deferred transaction takes the write lock only at its first write).
+        """
+        records = enqueue_on_callers(conn, self.path, jobs, dict(limits or {}))
+        self._wake_work()
+        return records
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        if req.limit <= 0 or not req.queues:
+            return []
+        records: list[JobRecord] = await self._write(partial(claim_tx, req=req))
+        return records
+
+    async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
+        if not leases:
+            return set()
+        held: set[str] = await self._write(partial(heartbeat_tx, leases=leases, lease_s=lease_s))
+        return held
+
+    async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
+        if not results:
+            return
+        await self._write(partial(complete_tx, results=list(results)))
+        if any(isinstance(o, RetryAt | Snoozed) for _, o in results):
+            self._wake_work()
+        if self._done_waiters:
+            self._wake_done(
+                [lease.job_id for lease, o in results if not isinstance(o, RetryAt | Snoozed)]
+            )
+
+    async def recover(self) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            params = {"now": time.time(), "error": LEASE_EXPIRED_ERROR}
+            return int(conn.execute(Q["recover"], params).rowcount)
+
+        n: int = await self._write(tx)
+        if n:
+            self._wake_work()
+            with self._lock:
+                ids = list(self._done_waiters)
+            self._wake_done(ids)  # some may have gone dead; a spurious wake only re-reads
+        return n
+
+    async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
+        if not queues:
+            await asyncio.sleep(max(timeout_s, 0.0))
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout_s, 0.0)
+        waiter: _Waiter = (loop, loop.create_future())
+        with self._lock:
+            self._work_waiters.append(waiter)
+        version: int | None = None
+        next_due: float | None = None
+        try:
+            while not waiter[1].done():
+                seen, due = await self._read(partial(probe_tx, queues=queues, seen=version))
+                if seen != version:
+                    version, next_due = seen, due
+                now = time.time()
+                remaining = deadline - loop.time()
+                if (next_due is not None and next_due <= now) or remaining <= 0:
+                    return
+                sleep_s = min(remaining, self._poll_s)
+                if next_due is not None:
+                    sleep_s = min(sleep_s, next_due - now)
+                await asyncio.wait([waiter[1]], timeout=sleep_s)
+        finally:
+            with self._lock:
+                if waiter in self._work_waiters:
+                    self._work_waiters.remove(waiter)
+
+    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout_s, 0.0)
+        while True:
+            waiter: _Waiter = (loop, loop.create_future())
+            with self._lock:  # registered before reading, so a completion in between wakes us
+                self._done_waiters.setdefault(job_id, []).append(waiter)
+            try:
+                rec = await self.get(job_id)
+                remaining = deadline - loop.time()
+                if rec is None or rec.state.final or remaining <= 0:
+                    return rec
+                # other processes' completions are only seen by reading again
+                await asyncio.wait([waiter[1]], timeout=min(remaining, 2 * self._poll_s))
+            finally:
+                with self._lock:
+                    waiters = self._done_waiters.get(job_id, [])
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+                    if not waiters:
+                        self._done_waiters.pop(job_id, None)
+
+    # -- inspecting and steering -----------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        def tx(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(Q["get"], (job_id,)).fetchone()
+            return decode_or_warn(row) if row is not None else None
+
+        rec: JobRecord | None = await self._read(tx)
+        return rec
+
+    async def list_jobs(self, flt: JobFilter) -> JobPage:
+        cursor = decode_cursor(flt.cursor) if flt.cursor else None
+        page: JobPage = await self._read(partial(list_tx, flt=flt, cursor=cursor))
+        return page
+
+    async def counts(self) -> dict[str, dict[JobState, int]]:
+        out: dict[str, dict[JobState, int]] = await self._read(counts_tx)
+        return out
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        rec: JobRecord | None = await self._write(partial(cancel_tx, job_id=job_id))
+        self._wake_done([job_id])
+        return rec
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        rec: JobRecord | None = await self._write(partial(retry_tx, job_id=job_id))
+        self._wake_work()
+        return rec
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+
+        def tx(conn: sqlite3.Connection) -> int:
+            return int(conn.executemany(Q["delete"], [(j,) for j in job_ids]).rowcount)
+
+        n: int = await self._write(tx)
+        return n
+
+    async def purge(
+        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
+    ) -> int:
+        check_purge_states(states)
+        if not states:
+            return 0
+        params: dict[str, Any] = {"queue": queue}
+        for i, state in enumerate(states):
+            params[f"s{i}"] = state.value
+        sql = Q["purge"].replace("{states}", ", ".join(f":s{i}" for i in range(len(states))))
+
+        def tx(conn: sqlite3.Connection) -> int:
+            params["cutoff"] = time.time() - older_than_s
+            return int(conn.execute(sql, params).rowcount)
+
+        n: int = await self._write(tx)
+        return n
+
+    async def run_maintenance(self) -> int:
+        """Delete finished jobs older than ``?retention=`` seconds (kept forever when unset).
+
+        Idempotent and cheap when there is nothing to do, so several processes sharing the
+        file may all call it; the writer lock serialises them.
+        """
+        await self._write(lambda conn: conn.execute(Q["forget_expired_workers"], (time.time(),)))
+        retention = self._opts["retention"]
+        if retention is None:
+            return 0
+        final = [JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED]
+        return await self.purge(final, older_than_s=float(retention))
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        name = "pause" if paused else "resume"
+        await self._write(lambda conn: conn.execute(Q[name], (queue,)))
+        if not paused:
+            self._wake_work()
+
+    async def paused_queues(self) -> set[str]:
+        rows: list[tuple[str]] = await self._read(
+            lambda conn: conn.execute(Q["paused_queues"]).fetchall()
+        )
+        return {str(q) for (q,) in rows}
+
+    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        encoded = msgspec.json.encode(info)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(Q["forget_expired_workers"], (now,))
+            conn.execute(Q["report_worker"], (info.id, encoded, now, now + ttl_s))
+
+        await self._write(tx)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._write(lambda conn: conn.execute(Q["remove_worker"], (worker_id,)))
+
+    async def workers(self) -> list[WorkerInfo]:
+        out: list[WorkerInfo] = await self._read(workers_tx)
+        return out

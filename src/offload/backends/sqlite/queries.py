@@ -1,0 +1,29 @@
+"""The SQLite backend's SQL: the named queries of ``queries.sql`` and the schema version."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+SCHEMA_VERSION = 1  # PRAGMA user_version of the file; a migration bumps it.
+
+COLS = (
+    "seq, id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, "
+    "key, started_at, finished_at, worker_id, lease_expires_at, result, error, errors"
+)
+FIELDS = tuple(COLS.split(", "))
+
+
+def _load_queries() -> dict[str, str]:
+    text = (
+        resources.files("offload.backends.sqlite")
+        .joinpath("queries.sql")
+        .read_text(encoding="utf-8")
+    )
+    queries: dict[str, str] = {}
+    for block in text.split("-- name: ")[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip().replace("{cols}", COLS)
+    return queries
+
+
+Q = _load_queries()

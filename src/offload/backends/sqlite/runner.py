@@ -1,0 +1,230 @@
+"""The SQLite backend's threads: a runner owning one connection (the writer's group commit, the
+reader's plain calls), the translation of engine errors, and connection set-up (WAL, schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from offload.backends.sqlite.queries import SCHEMA_VERSION, Q
+from offload.errors import BackendUnavailable, ConfigurationError, describe
+
+Call = Callable[[sqlite3.Connection], Any]
+_Request = tuple[Call | None, "asyncio.Future[Any]"]  # a None call asks the thread to stop
+_Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+_MAX_BATCH = 512  # requests per group commit: bounds one transaction's latency
+
+
+def settle(items: Sequence[_Settled]) -> None:
+    for fut, value, exc in items:
+        if fut.done():  # the caller was cancelled
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+
+class Runner:
+    """One thread owning one connection. Requests run in submission order; on the writer,
+    all requests waiting together run in one transaction."""
+
+    def __init__(self, name: str, connect: Callable[[], sqlite3.Connection], write: bool):
+        self._connect = connect
+        self._write = write
+        self._requests: SimpleQueue[_Request] = SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the thread and connect; raises what connecting raised (thread then gone)."""
+        ready = self.submit(lambda conn: None)
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            self._thread.join()
+            raise
+
+    def submit(self, call: Call) -> asyncio.Future[Any]:
+        if self._stopping:
+            raise BackendUnavailable("the SQLite backend is closed")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._requests.put((call, fut))
+        return fut
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if not self._thread.is_alive():
+            return
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._requests.put((None, done))
+        await done
+        self._thread.join()  # the thread resolved `done` as its last act
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # report to every waiting caller, then end
+            self._fail_pending(translate(exc))
+            return
+        stop: _Request | None = None
+        try:
+            while stop is None:
+                batch = [self._requests.get()]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        batch.append(self._requests.get_nowait())
+                    except Empty:
+                        break
+                for i, (call, _) in enumerate(batch):
+                    if call is None:
+                        stop, batch = batch[i], batch[:i]
+                        break
+                if batch:
+                    run = self._transaction if self._write else self._each
+                    self._deliver(run(conn, batch))
+        finally:
+            conn.close()
+            self._fail_pending(BackendUnavailable("the SQLite backend is closed"))
+            if stop is not None:
+                self._deliver([(stop[1], None, None)])
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        self._stopping = True
+        pending: list[_Settled] = []
+        while True:
+            try:
+                _, fut = self._requests.get_nowait()
+            except Empty:
+                break
+            pending.append((fut, None, exc))
+        self._deliver(pending)
+
+    @staticmethod
+    def _each(conn: sqlite3.Connection, batch: Sequence[_Request]) -> list[_Settled]:
+        out: list[_Settled] = []
+        for call, fut in batch:
+            try:
+                out.append((fut, call(conn) if call else None, None))
+            except Exception as exc:
+                out.append((fut, None, translate(exc)))
+        return out
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, batch: Sequence[_Request]) -> list[_Settled]:
+        out: list[_Settled] = []
+        nested = len(batch) > 1
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for call, fut in batch:
+                if nested:
+                    conn.execute("SAVEPOINT request")
+                try:
+                    out.append((fut, call(conn) if call else None, None))
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                        raise  # the engine rolled the whole transaction back
+                    conn.execute("ROLLBACK TO request" if nested else "ROLLBACK")
+                    out.append((fut, None, translate(exc)))
+                if nested:
+                    conn.execute("RELEASE request")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            err = translate(exc)
+            return [(fut, None, err) for _, fut in batch]
+        return out
+
+    @staticmethod
+    def _deliver(items: Sequence[_Settled]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+        for item in items:
+            by_loop.setdefault(item[0].get_loop(), []).append(item)
+        for loop, group in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(settle, group)
+            except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+                pass
+
+
+def translate(exc: BaseException) -> BaseException:
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    if "locked" in str(exc) or "busy" in str(exc):
+        return BackendUnavailable(
+            f"SQLite database is locked (another process held it past busy_timeout_ms): {exc}"
+        )
+    return BackendUnavailable(f"SQLite error: {describe(exc)}")
+
+
+def connect(path: str, opts: Mapping[str, Any], *, write: bool) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, timeout=opts["busy_timeout_ms"] / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise BackendUnavailable(f"cannot open SQLite database {path!r}: {exc}") from None
+    try:
+        if not write:
+            conn.execute("PRAGMA query_only = ON")
+            return conn
+        _use_wal(conn, path, opts["busy_timeout_ms"] / 1000)
+        conn.execute(f"PRAGMA synchronous = {opts['synchronous']}")
+        conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the hot indexes stay in memory
+        _migrate(conn, path)
+        return conn
+    except sqlite3.Error as exc:
+        conn.close()
+        raise BackendUnavailable(f"cannot open SQLite database {path!r}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _use_wal(conn: sqlite3.Connection, path: str, timeout_s: float) -> None:
+    # Switching a fresh file to WAL needs it to itself, and SQLite does not call the busy
+    # handler for that: processes opening one new file together would fail at once. Retry.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+    if str(mode).lower() != "wal":
+        raise BackendUnavailable(f"SQLite database {path!r} cannot use WAL (mode {mode})")
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # several processes may open a fresh file at once
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{path!r} has schema version {version}; this offload knows {SCHEMA_VERSION}"
+                " (upgrade offload)"
+            )
+        if version < SCHEMA_VERSION:
+            lines = [ln for ln in Q["schema"].splitlines() if not ln.lstrip().startswith("--")]
+            for statement in "\n".join(lines).split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
