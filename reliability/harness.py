@@ -247,6 +247,10 @@ class Run:
             result.notes.append(f"lost jobs: {sorted(lost)[:10]}")
         single = set(self.ids) if once is None else set(once)
         result.duplicated = sum(1 for i in single if starts[i] > 1)
+        dead = [i for i, r in by_i.items() if r.state is JobState.DEAD and i in single]
+        if dead:  # only the poison job may die: the others succeed on their first try
+            errors = Counter((by_i[i].error or "")[:60] for i in dead)
+            result.problems.append(f"{len(dead)} jobs dead that should have run: {dict(errors)}")
         return by_i
 
 

@@ -139,6 +139,7 @@ def graceful(run: Run, result: Result, form: Form) -> None:
     drain.wait(timeout=form.timeout_s)
     run.wait_all_final(form.timeout_s)
     run.tally(result, once=done_in_grace)
+    result.expect(result.dead == 0, f"{result.dead} jobs dead")
     result.expect(result.lost == 0, f"{result.lost} jobs lost")
     result.expect(result.duplicated == 0, f"{result.duplicated} jobs finished in the grace re-ran")
 
@@ -226,6 +227,7 @@ def stale_lease(run: Run, result: Result, form: Form) -> None:
     result.expect(stop_worker(a) == 0, "worker A did not exit cleanly after SIGTERM")
     result.expect(stop_worker(b) == 0, "worker B did not exit cleanly after SIGTERM")
     by_i = run.tally(result, once=more)
+    result.expect(result.dead == 0, f"{result.dead} jobs dead")
     events = run.events()
     a_started = {e.i for e in events if e.kind == "S" and e.pid == a.pid and e.t < t_stop}
     late = [e for e in events if e.kind == "F" and e.pid == a.pid and e.i in held]
