@@ -1,0 +1,36 @@
+"""The reliability harness, short form: every fault test against every backend that exists.
+
+Real worker processes, real services (skipped locally when a service is down, failed in CI).
+A test fails on any lost job, on more duplicates than the jobs the fault could have taken, or
+on a broken guarantee of its own (poison job not dead after exactly max_attempts, a late
+completion accepted, a job running after its graceful release). See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+from reliability.isolation import Unavailable, check
+from reliability.scenarios import SHORT
+from reliability.suite import TESTS, run_one, table
+
+from tests.services import unavailable
+
+KINDS = ("sqlite", "redis", "postgres", "rabbitmq")
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("test", list(TESTS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_short_form(kind: str, test: str) -> None:
+    try:
+        check(kind)
+    except Unavailable as exc:
+        if "not part of this build" in str(exc):
+            pytest.skip(str(exc))
+        unavailable(str(exc))
+    result = run_one(kind, test, SHORT)
+    print("\n" + table([result]))
+    if result.skipped:
+        pytest.skip(result.skipped)
+    assert result.lost == 0, table([result])
+    assert result.ok, table([result])
