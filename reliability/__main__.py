@@ -7,6 +7,7 @@ if any guarantee failed (lost jobs, too many duplicates, a poison job not dead o
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         "--test", action="append", choices=list(TESTS), help="run only these (repeatable)"
     )
     args = parser.parse_args(argv)
+    # The harness's own pool reconnecting during a database restart is expected, not news.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     form = FORMS["short" if args.short else "full"]
     kinds = [k.strip() for k in args.backend.split(",") if k.strip()]
     tests = args.test or list(TESTS)

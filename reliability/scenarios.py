@@ -35,13 +35,19 @@ class Form:
 
 
 SHORT = Form("short", 300, 3, 4, 0.05, 1.0, 2, 40, 2, False, 60.0)
-FULL = Form("full", 3000, 4, 8, 0.05, 2.0, 5, 200, 5, True, 300.0)
+FULL = Form("full", 3000, 4, 8, 0.2, 2.0, 5, 200, 5, True, 300.0)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM and wait; a process still alive after ``timeout_s`` is killed (-9 returned)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=timeout_s)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -9
 
 
 def storm(run: Run, result: Result, form: Form) -> None:
