@@ -3,7 +3,9 @@
 ``concurrent.futures.ThreadPoolExecutor`` wakes the event loop once per finished job (one
 ``call_soon_threadsafe`` each, a write to the loop's self-pipe). Here finished jobs are queued
 and the loop is woken once per burst: while one wake-up is pending, further results just join
-the queue. Threads start lazily, up to ``max_threads`` (one per worker slot).
+the queue. Threads start lazily, up to ``max_threads`` (one per worker slot): a new thread
+starts whenever more jobs are waiting in the queue than there are idle threads to take them,
+so a burst of jobs spreads over the threads instead of queueing behind one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import collections
 import contextvars
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,14 +31,16 @@ class ThreadRunner:
         self._done: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = collections.deque()
         self._lock = threading.Lock()
         self._wake_pending = False
-        self._idle = 0
+        self._idle = 0  # threads waiting for an item
+        self._queued = 0  # items put and not yet taken
         self._threads: list[threading.Thread] = []
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` in a pool thread (in a copy of the caller's context)."""
         fut: asyncio.Future[Any] = self._loop.create_future()
         with self._lock:
-            start = self._idle == 0 and len(self._threads) < self._max
+            self._queued += 1
+            start = self._queued > self._idle and len(self._threads) < self._max
             if start:
                 thread = threading.Thread(
                     target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
@@ -53,9 +58,13 @@ class ThreadRunner:
             item = self._work.get()
             with self._lock:
                 self._idle -= 1
+                if item is not None:
+                    self._queued -= 1
             if item is None:
                 return
             fn, args, fut, ctx = item
+            if fut.cancelled():  # its job timed out or was stopped while it waited here
+                continue
             try:
                 result: tuple[asyncio.Future[Any], bool, Any] = (fut, True, ctx.run(fn, *args))
             except BaseException as exc:  # handed to the awaiting job, which decides
@@ -82,12 +91,19 @@ class ThreadRunner:
             else:
                 fut.set_exception(value)
 
-    def shutdown(self, *, wait: bool) -> None:
-        """Stop every thread after its current job; ``wait`` joins them."""
+    def shutdown(self, *, wait: bool, timeout_s: float | None = None) -> None:
+        """Stop every thread after its current job; ``wait`` joins them, for at most
+        ``timeout_s`` in all. Items still queued are skipped: their futures were cancelled.
+
+        A sync function cannot be interrupted, so a thread still running past the timeout is
+        left behind (threads are daemons); its job was already handed back by the worker.
+        """
         with self._lock:
             threads = list(self._threads)
         for _ in threads:
             self._work.put(None)
-        if wait:
-            for thread in threads:
-                thread.join()
+        if not wait:
+            return
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -155,7 +155,9 @@ class Worker:
             maintenance.stop()
             await _wait_quietly(maint_task, timeout_s=5.0)
             await maintenance.deregister()
-            pool.shutdown(wait=not self._force.is_set())
+            # Threads still in a job here ran past the grace and their jobs were handed back:
+            # waiting longer for them would only delay the exit.
+            pool.shutdown(wait=not self._force.is_set(), timeout_s=_THREAD_JOIN_S)
             if owned:
                 await backend.close()
             self.stopped.set()
@@ -280,6 +282,9 @@ class Worker:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_THREAD_JOIN_S = 1.0  # bound on joining pool threads at the end of a stop
 
 
 async def _wait_quietly(task: asyncio.Task[None], timeout_s: float) -> None:
