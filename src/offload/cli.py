@@ -220,6 +220,94 @@ async def run_worker(app: App, config: WorkerConfig) -> None:
     log.info("worker %s stopped after %d jobs", w.id, w.jobs_done)
 
 
+# -- serve -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("app_spec", required=False, metavar="[MODULE:ATTR]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    show_default=True,
+    help="Slots of a worker embedded in the server process (0: none, run `offload worker`).",
+)
+@click.option(
+    "--queues",
+    "-q",
+    default=None,
+    help="Comma-separated queues for the embedded worker (default: every queue of the app).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=25.0,
+    show_default=True,
+    help="Seconds the embedded worker's jobs get to finish at shutdown.",
+)
+@click.option(
+    "--tokens",
+    envvar="OFFLOAD_TOKENS",
+    show_envvar=True,
+    default=None,
+    metavar="TOKEN=SCOPES;...",
+    help="API tokens and their scopes (read, enqueue, admin), e.g. 'T1=read;T2=admin'.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve a non-loopback host without tokens (anyone who reaches the port is admin).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.pass_obj
+@friendly
+def serve(
+    obj: Ctx,
+    app_spec: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    queues: str | None,
+    grace: float,
+    tokens: str | None,
+    insecure: bool,
+    log_level: str,
+) -> None:
+    """Serve the HTTP API (and dashboard), with an embedded worker when --workers > 0."""
+    from offload.server import parse_tokens, run_server  # MissingDependency names the extra
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    app = obj.app(app_spec)
+    config = None
+    if workers > 0:
+        names = (
+            tuple(q.strip() for q in queues.split(",") if q.strip())
+            if queues
+            else tuple(sorted({"default", *(t.config.queue for t in app.tasks.values())}))
+        )
+        config = WorkerConfig(queues=names, concurrency=workers, grace_s=grace)
+    elif queues:
+        raise click.UsageError("--queues needs --workers")
+    run_server(
+        app,
+        host=host,
+        port=port,
+        workers=workers,
+        worker_config=config,
+        tokens=parse_tokens(tokens) if tokens else None,
+        insecure=insecure,
+        log_level=log_level,
+    )
+
+
 # -- enqueue and inspect -----------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import offload
 app = offload.App("memory://")
 
 
-@app.task(name="add")
+@app.task(name="add", expose=True)
 def add(x: int, y: int = 0) -> int:
     return x + y
 

@@ -1,0 +1,96 @@
+"""``offload serve``: the HTTP service with an embedded worker, as a real process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.procs import ROOT, child_env, offload_cmd, run_cli, stop, wait_for
+
+TOKEN_READ = "r" * 20
+TOKEN_ADMIN = "a" * 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(
+    url: str, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    cmd = offload_cmd(url, "serve", "tests.apps.basic:app", "--port", str(port), *extra)
+    cmd += ["--log-level", "warning"]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**child_env(), **(env or {})}, text=True)
+
+
+def healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_serve_with_embedded_workers_runs_jobs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    url, port = f"sqlite:///{tmp_path / 'serve.db'}", free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_serve(url, port, "--workers", "2")
+    try:
+        wait_for(lambda: healthy(base), 30, "the server to answer /healthz")
+        resp = httpx.post(
+            f"{base}/v1/jobs",
+            json={"task": "add", "args": {"x": 2, "y": 3}},
+            headers={"Prefer": "wait=10"},
+            timeout=15,
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["result"] == 5
+        workers = httpx.get(f"{base}/v1/workers", timeout=5).json()
+        assert any(w["concurrency"] == 2 for w in workers["workers"])
+    finally:
+        code = stop(proc, signal.SIGTERM)
+    assert code in (0, -signal.SIGTERM), code  # uvicorn re-raises the signal after a clean stop
+    done = run_cli(url, "jobs", "list", "--state", "succeeded", "--json")
+    assert done.returncode == 0 and '"add"' in done.stdout
+
+
+def test_serve_takes_tokens_from_the_environment(tmp_path: Path) -> None:
+    url, port = f"sqlite:///{tmp_path / 'serve.db'}", free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"OFFLOAD_TOKENS": f"{TOKEN_READ}=read;{TOKEN_ADMIN}=admin"}
+    proc = start_serve(url, port, env=env)
+    try:
+        wait_for(lambda: healthy(base), 30, "the server to answer /healthz")
+        assert httpx.get(f"{base}/v1/queues", timeout=5).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN_READ}"}
+        assert httpx.get(f"{base}/v1/queues", headers=auth, timeout=5).status_code == 200
+        body = {"task": "add", "args": {"x": 1}}
+        assert httpx.post(f"{base}/v1/jobs", json=body, headers=auth, timeout=5).status_code == 403
+        admin = {"Authorization": f"Bearer {TOKEN_ADMIN}"}
+        assert httpx.post(f"{base}/v1/jobs", json=body, headers=admin, timeout=5).status_code == 202
+    finally:
+        stop(proc, signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "0.0.0.0"], "without API tokens"),
+        (["--queues", "a"], "--queues needs --workers"),
+        (["--tokens", "short=read"], "16 characters"),
+        (["--tokens", "x" * 20 + "=root"], "scopes"),
+    ],
+)
+def test_serve_refuses_bad_options_in_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run_cli(f"sqlite:///{tmp_path / 'x.db'}", "serve", *args, timeout_s=30)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
