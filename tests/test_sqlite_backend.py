@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 import pytest
 
 from offload.backends import from_url
@@ -152,6 +153,59 @@ async def test_dedup_and_queue_limit(backends: Factory) -> None:
     with pytest.raises(QueueFull):
         await b.enqueue([job(), job()], limits={"q": 2})
     assert (await b.counts())["q"] == {JobState.QUEUED: 1}
+
+
+async def test_claim_by_job_ids_past_the_variable_limit(backends: Factory) -> None:
+    b = await backends()
+    mine, elsewhere, rest = await b.enqueue([job(priority=1), job("other"), job(priority=5)])
+    # more ids than SQLite takes bound variables (32,766): they travel as one JSON parameter
+    ids = (*(new_job_id() for _ in range(40_000)), mine.id, elsewhere.id, mine.id)
+    req = ClaimRequest(queues=("q",), limit=len(ids), worker_id="w", job_ids=ids)
+    await b.set_paused("q", True)
+    assert await b.claim(req) == []
+    await b.set_paused("q", False)
+    assert [r.id for r in await b.claim(req)] == [mine.id]  # once, though named twice
+    assert await b.claim(msgspec.structs.replace(req, job_ids=())) == []
+    assert [r.id for r in await b.claim(claim())] == [rest.id]
+
+
+async def test_version_1_file_is_upgraded_to_keys_scoped_by_queue(
+    backends: Factory, tmp_path: Path
+) -> None:
+    b = await backends()
+    (held,) = await b.enqueue([job("qa", key="k")])
+    await b.close()
+    raw = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    try:  # what version 1 left: one active job per key across all queues
+        raw.execute("DROP INDEX offload_jobs_active_queue_key")
+        raw.execute(
+            "CREATE UNIQUE INDEX offload_jobs_active_key ON offload_jobs (key)"
+            " WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')"
+        )
+        raw.execute("PRAGMA user_version = 1")
+        b = await backends()
+        indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+    finally:
+        raw.close()
+    assert "offload_jobs_active_key" not in indexes and "offload_jobs_active_queue_key" in indexes
+    same, other = await b.enqueue([job("qa", key="k"), job("qb", key="k")])
+    assert same.id == held.id and other.id != held.id
+    await b.cancel(held.id)
+    again = await b.retry(held.id)  # qb's job holds "k" only in qb
+    assert again is not None and again.state is JobState.QUEUED
+    (dup,) = await b.enqueue([job("qa", key="k")])
+    assert dup.id == held.id
+
+
+async def test_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(ConfigurationError, match="schema version 99"):
+        await SQLiteBackend(f"sqlite:///{path}").open()
+    assert offload_threads() == []
 
 
 async def test_group_commit_isolates_a_failing_request(backends: Factory) -> None:

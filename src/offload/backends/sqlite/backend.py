@@ -165,7 +165,7 @@ class SQLiteBackend:
     # -- consuming -------------------------------------------------------------------------
 
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
-        if req.limit <= 0 or not req.queues:
+        if req.limit <= 0 or not req.queues or req.job_ids == ():
             return []
         records: list[JobRecord] = await self._write(partial(claim_tx, req=req))
         return records

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from importlib import resources
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of the file; a migration bumps it.
+# PRAGMA user_version of the file. Bump it with an ``upgrade_N`` query that brings a version
+# N-1 file to N (2: dedup keys scoped by queue).
+SCHEMA_VERSION = 2
 
 COLS = (
     "seq, id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, "

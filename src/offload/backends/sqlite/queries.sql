@@ -32,9 +32,10 @@ CREATE TABLE IF NOT EXISTS offload_jobs (
 CREATE INDEX IF NOT EXISTS offload_jobs_waiting
     ON offload_jobs (queue, priority DESC, run_at, seq)
     WHERE state IN ('scheduled', 'queued');
--- Dedup by key among active jobs; also makes the dedup lookup on enqueue an index probe.
-CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_active_key
-    ON offload_jobs (key)
+-- Dedup by key among a queue's active jobs (keys are scoped by queue); also makes the dedup
+-- lookup on enqueue an index probe.
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_active_queue_key
+    ON offload_jobs (queue, key)
     WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
 CREATE INDEX IF NOT EXISTS offload_jobs_lease
     ON offload_jobs (lease_expires_at)
@@ -48,6 +49,11 @@ CREATE TABLE IF NOT EXISTS offload_workers (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 
+-- name: upgrade_2
+-- Version 1 files deduplicated by key alone; schema (run just before) has created the index
+-- by (queue, key), which the old, stricter index cannot have made fail.
+DROP INDEX IF EXISTS offload_jobs_active_key;
+
 -- name: insert_job
 INSERT INTO offload_jobs (id, task, queue, args, state, priority, max_attempts, run_at,
                           created_at, key)
@@ -55,7 +61,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: active_by_key
 SELECT {cols} FROM offload_jobs
-WHERE key = ? AND key IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
+WHERE queue = ? AND key = ? AND key IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
 
 -- name: waiting_count
 SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('scheduled', 'queued');
@@ -64,8 +70,9 @@ SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('scheduled', 'qu
 -- One statement: pick due jobs in claim order and lease them. The candidates are one
 -- claim_candidates block per queue joined by UNION ALL: each walks the waiting index of its
 -- queue in order and stops at :limit, so a claim over several deep queues never sorts more than
--- :limit rows per queue. RETURNING does not promise the subquery's order, so the backend sorts
--- the (at most :limit) returned rows again.
+-- :limit rows per queue; a claim of given ids has one claim_ids_candidates block instead.
+-- RETURNING does not promise the subquery's order, so the backend sorts the (at most :limit)
+-- returned rows again.
 UPDATE offload_jobs
 SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
     lease_expires_at = :expires
@@ -84,6 +91,16 @@ SELECT * FROM (
     ORDER BY priority DESC, run_at, seq
     LIMIT :limit
 )
+
+-- name: claim_ids_candidates
+-- The candidates of a claim narrowed to given ids (a broker's deliveries), passed as one JSON
+-- array of distinct ids so that any number fits in one parameter. CROSS JOIN fixes the loop
+-- order: each id is one probe of the id index; left to itself, the planner may walk the
+-- queue's whole waiting index instead, which a broker's state store keeps deep.
+SELECT j.seq, j.priority, j.run_at FROM json_each(:ids) AS wanted
+CROSS JOIN offload_jobs AS j ON j.id = wanted.value
+WHERE j.state IN ('scheduled', 'queued') AND j.queue IN ({queues}) AND j.run_at <= :now
+  AND j.queue NOT IN (SELECT queue FROM offload_paused)
 
 -- name: bury_undecodable
 -- A broken errors history is dropped so that the dead job can at least be listed with why.

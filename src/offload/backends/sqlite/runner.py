@@ -219,12 +219,22 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                 " (upgrade offload)"
             )
         if version < SCHEMA_VERSION:
-            lines = [ln for ln in Q["schema"].splitlines() if not ln.lstrip().startswith("--")]
-            for statement in "\n".join(lines).split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            # The schema is the current one, every statement IF NOT EXISTS; an older file then
+            # takes each upgrade past its version (a fresh one too: they are no-ops for it).
+            _run_script(conn, Q["schema"])
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                if f"upgrade_{step}" in Q:
+                    _run_script(conn, Q[f"upgrade_{step}"])
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it would COMMIT the migration's transaction first.
+    lines = [ln for ln in script.splitlines() if not ln.lstrip().startswith("--")]
+    for statement in "\n".join(lines).split(";"):
+        if statement.strip():
+            conn.execute(statement)

@@ -72,10 +72,10 @@ def enqueue_tx(
     now = time.time()
     out: list[JobRecord] = []
     fresh: list[JobRecord] = []
-    by_key: dict[str, JobRecord] = {}
+    by_key: dict[tuple[str, str], JobRecord] = {}  # keys are scoped by queue
     for new in jobs:
         if new.key is not None:
-            existing = by_key.get(new.key) or _active_by_key(conn, new.key)
+            existing = by_key.get((new.queue, new.key)) or _active_by_key(conn, new.queue, new.key)
             if existing is not None:
                 out.append(existing)
                 continue
@@ -94,7 +94,7 @@ def enqueue_tx(
             key=new.key,
         )
         if new.key is not None:
-            by_key[new.key] = rec
+            by_key[(new.queue, new.key)] = rec
         out.append(rec)
         fresh.append(rec)
     if limits:
@@ -133,8 +133,8 @@ def enqueue_on_callers(
         raise translate(exc) from None
 
 
-def _active_by_key(conn: sqlite3.Connection, key: str) -> JobRecord | None:
-    row = conn.execute(Q["active_by_key"], (key,)).fetchone()
+def _active_by_key(conn: sqlite3.Connection, queue: str, key: str) -> JobRecord | None:
+    row = conn.execute(Q["active_by_key"], (queue, key)).fetchone()
     if row is None:
         return None
     try:
@@ -173,10 +173,14 @@ def claim_tx(conn: sqlite3.Connection, req: ClaimRequest) -> list[JobRecord]:
         "limit": req.limit,
     }
     queues = tuple(dict.fromkeys(req.queues))  # one candidate block per distinct queue
-    _queue_params(queues, params)
-    candidates = " UNION ALL ".join(
-        Q["claim_candidates"].replace("{queue}", f":q{i}") for i in range(len(queues))
-    )
+    in_queues = _queue_params(queues, params)
+    if req.job_ids is not None:
+        params["ids"] = msgspec.json.encode(list(dict.fromkeys(req.job_ids))).decode()
+        candidates = Q["claim_ids_candidates"].replace("{queues}", in_queues)
+    else:
+        candidates = " UNION ALL ".join(
+            Q["claim_candidates"].replace("{queue}", f":q{i}") for i in range(len(queues))
+        )
     sql = Q["claim"].replace("{candidates}", candidates)
     claimed: list[tuple[int, JobRecord]] = []
     for row in conn.execute(sql, params).fetchall():
@@ -238,7 +242,7 @@ def retry_tx(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     try:
         row = conn.execute(Q["retry"], (time.time(), job_id)).fetchone()
     except sqlite3.IntegrityError:
-        raise InvalidState(f"job {job_id}: another active job holds its key") from None
+        raise InvalidState(f"job {job_id}: another active job of its queue holds its key") from None
     if row is not None:
         return decode_or_warn(row)
     row = conn.execute(Q["get"], (job_id,)).fetchone()
