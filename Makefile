@@ -22,8 +22,8 @@ run: install
 test: lint typecheck pytest
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples reliability
+	$(VENV)/bin/ruff format --check src tests benchmarks examples reliability
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -35,6 +35,19 @@ pytest: install
 URL ?= sqlite:///$(CURDIR)/benchmarks/.drain.db
 drain: install
 	$(PY) benchmarks/drain.py --url '$(URL)'
+
+## The reliability harness, full form: kill -9 storms, SIGTERM, poison jobs, frozen workers and
+## backend faults on every backend; prints jobs lost/duplicated and recovery times.
+chaos: install
+	$(PY) -m reliability
+
+## offload and its peers side by side (peers go into benchmarks/.peers-venv); results in
+## benchmarks/results/. bench-quick: 2,000 jobs, one run each, a couple of minutes.
+bench: install
+	$(PY) benchmarks/compare.py
+
+bench-quick: install
+	$(PY) benchmarks/compare.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache examples/demo.db* benchmarks/.drain.db*

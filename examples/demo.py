@@ -91,11 +91,8 @@ def main() -> None:
     asyncio.run(run_batch(args.jobs))
     if args.no_serve:
         return
-    try:
-        from offload.server import run_server  # type: ignore[attr-defined]
-    except ImportError:
-        Console().print("(the HTTP service is not part of this build)")
-        return
+    from offload.server import run_server
+
     Console().print(
         f"serving http://127.0.0.1:{args.port}/ with 4 embedded worker slots; Ctrl-C stops"
     )
