@@ -13,11 +13,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 import offload
 from offload.backends import from_url
 from offload.backends.postgres import PostgresBackend
-from offload.errors import BackendUnavailable, ConfigurationError, QueueFull
+from offload.backends.postgres.queries import load_migrations
+from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull
 from offload.job import ClaimRequest, JobState, NewJob, new_job_id
 from offload.outcome import Succeeded
 from offload.testing import BackendConformance, MakeBackend, claim_one, lease_of
@@ -78,11 +80,39 @@ async def test_open_refuses_an_out_of_date_schema_until_migrated(schema: str) ->
     assert isinstance(backend, PostgresBackend)
     with pytest.raises(ConfigurationError, match="run: offload migrate"):
         await backend.open()
-    assert await backend.migrate() == 1
+    assert await backend.migrate() == 2
     assert await backend.migrate() == 0  # idempotent
     await backend.open()
     try:
         assert await backend.counts() == {}
+    finally:
+        await backend.close()
+
+
+async def test_migration_2_scopes_the_keys_of_an_existing_schema(schema: str) -> None:
+    """A schema created by release 1 (one active job per key across queues) is refused until
+    migrated; after migration 2 its jobs keep their keys, scoped by queue."""
+    version_1 = load_migrations(schema)[0]
+    assert version_1[0] == 1
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE "{schema}".migrations (version integer PRIMARY KEY, applied_at float8)'
+        )
+        await conn.execute(version_1[1].encode())
+        await conn.execute(f'INSERT INTO "{schema}".migrations VALUES (1, 0)')
+        await conn.execute(
+            f'INSERT INTO "{schema}".jobs (id, task, queue, args, state, max_attempts, run_at, '
+            "created_at, key) VALUES ('old', 't', 'qa', '{}', 'queued', 3, 0, 0, 'k')"
+        )
+    backend = PostgresBackend(f"{POSTGRES_URL}?schema={schema}")
+    with pytest.raises(ConfigurationError, match="run: offload migrate"):
+        await backend.open()
+    assert await backend.migrate() == 1
+    await backend.open()
+    try:
+        same, other = await backend.enqueue([job("qa", key="k"), job("qb", key="k")])
+        assert same.id == "old" and other.id != "old" and other.queue == "qb"
     finally:
         await backend.close()
 
@@ -154,6 +184,48 @@ async def test_enqueue_in_a_sync_connection(backends: Factory) -> None:
     assert (await backend.get(rec.id)) is not None
 
 
+async def test_enqueue_in_on_a_client_side_binding_connection(backends: Factory) -> None:
+    """Django's psycopg connections make client-side-binding cursors by default, and callers
+    may set a row factory: offload's statements use cursors of their own either way."""
+    backend = await backends()
+    factories = {"cursor_factory": psycopg.ClientCursor, "row_factory": dict_row}
+    with psycopg.connect(POSTGRES_URL, **factories) as conn:  # type: ignore[arg-type]
+        first, dup = await backend.enqueue_in(conn, [job(key="k"), job(key="k")])
+        (again,) = await backend.enqueue_in(conn, [job(key="k")])  # found by a lookup
+        assert first.id == dup.id == again.id
+        conn.commit()
+    async_factories = {"cursor_factory": psycopg.AsyncClientCursor, "row_factory": dict_row}
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, **async_factories) as aconn:  # type: ignore[arg-type]
+        (rec,) = await backend.enqueue_in(aconn, [job()])
+        await aconn.commit()
+    assert {r.id for r in await backend.claim(claim())} == {first.id, rec.id}
+
+
+async def test_retry_needs_the_key_free_in_its_own_queue_only(backends: Factory) -> None:
+    backend = await backends()
+    (old,) = await backend.enqueue([job("qa", key="k")])
+    await backend.cancel(old.id)
+    await backend.enqueue([job("qb", key="k")])  # the same key, another queue
+    again = await backend.retry(old.id)
+    assert again is not None and again.state is JobState.QUEUED
+    await backend.cancel(old.id)
+    await backend.enqueue([job("qa", key="k")])
+    with pytest.raises(InvalidState):
+        await backend.retry(old.id)
+
+
+async def test_claim_by_ids_ignores_other_queues_and_paused_ones(backends: Factory) -> None:
+    backend = await backends()
+    a, b, c = await backend.enqueue([job("qa"), job("qb", priority=5), job("qc")])
+    await backend.set_paused("qc", True)
+    req = ClaimRequest(
+        queues=("qa", "qc"), limit=5, worker_id="w", job_ids=(a.id, b.id, c.id, a.id)
+    )
+    assert [j.id for j in await backend.claim(req)] == [a.id]
+    empty = ClaimRequest(queues=("qa", "qb"), limit=5, worker_id="w", job_ids=())
+    assert await backend.claim(empty) == []
+
+
 async def test_enqueue_in_wakes_workers_at_commit(backends: Factory) -> None:
     waiter, producer = await backends(), await backends()
     await waiter.wait_for_work(["q"], 0.01)  # start listening
@@ -172,8 +244,7 @@ async def test_task_options_connection_routes_to_the_callers_transaction(schema:
     @app.task
     def send_receipt(order_id: int) -> None: ...
 
-    await app.open()
-    try:
+    try:  # no app.open(): the first enqueue opens the app, whose auto_migrate makes the tables
         async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
             kept = await send_receipt.options(connection=conn).aenqueue(order_id=1)
             await conn.commit()

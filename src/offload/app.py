@@ -263,6 +263,9 @@ class App:
         """
         batch = self._checked(jobs)
         if connection is not None:
+            # The caller's connection carries the jobs, but the backend must be open (and, with
+            # auto_migrate, its schema up to date) just as the sync form makes sure it is.
+            await self._ensure_home(asyncio.get_running_loop())
             records = await self._enqueue_in(connection, batch)
         else:
             records = await self.call(lambda b: b.enqueue(batch, limits=self.queue_limits))

@@ -38,7 +38,8 @@ WITH input AS (
            CASE WHEN at <= {now} THEN 'queued' ELSE 'scheduled' END,
            priority, max_attempts, at, {now}, key
     FROM input ORDER BY ord
-    ON CONFLICT (key) WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')
+    ON CONFLICT (queue, key)
+        WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')
     DO NOTHING
     RETURNING {cols}
 ), woke AS (
@@ -47,8 +48,11 @@ WITH input AS (
 SELECT ins.*, woke.n FROM ins, woke
 
 -- name: active_by_keys
-SELECT {cols} FROM {schema}.jobs
-WHERE key = ANY(%(keys)s::text[]) AND state IN ('scheduled', 'queued', 'running')
+-- The active jobs holding (queue, key) pairs: keys are scoped by queue.
+SELECT {jcols} FROM {schema}.jobs j
+JOIN unnest(%(queues)s::text[], %(keys)s::text[]) AS k(queue, key)
+  ON j.queue = k.queue AND j.key = k.key
+WHERE j.state IN ('scheduled', 'queued', 'running')
 
 -- name: lock_queues
 -- Serialises enqueues into depth-limited queues, so that check-then-commit is race-free.
@@ -82,6 +86,23 @@ WITH c AS (
     SELECT id FROM {schema}.jobs
     WHERE queue = ANY(%(queues)s::text[]) AND state IN ('scheduled', 'queued')
       AND run_at <= {now}
+      AND queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
+    ORDER BY priority DESC, run_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs j
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+    started_at = {now}, lease_expires_at = {now} + %(lease_s)s
+FROM c WHERE j.id = c.id
+RETURNING {jcols}
+
+-- name: claim_by_ids
+-- A broker delivered these ids: lease only those among them that are due, in claim order.
+WITH c AS (
+    SELECT id FROM {schema}.jobs
+    WHERE id = ANY(%(ids)s::text[]) AND queue = ANY(%(queues)s::text[])
+      AND state IN ('scheduled', 'queued') AND run_at <= {now}
       AND queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
     ORDER BY priority DESC, run_at, seq
     LIMIT %(limit)s

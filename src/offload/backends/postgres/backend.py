@@ -183,19 +183,20 @@ class PostgresBackend(Steering):
         commits, gone if it rolls back. Within an open transaction the jobs are written under
         a savepoint, so QueueFull undoes only them. On an autocommit connection outside a
         transaction block the jobs are committed at once."""
+        runner: Runner
+        if isinstance(conn, psycopg.AsyncConnection):
+            runner = AsyncRunner(conn)
+        elif isinstance(conn, psycopg.Connection):
+            runner = SyncRunner(conn)
+        else:
+            raise ValidationError(
+                f"transactional enqueue needs a psycopg 3 connection, not {type(conn)!r}"
+            )
         try:
-            if isinstance(conn, psycopg.AsyncConnection):
-                if not conn.autocommit and conn.info.transaction_status == _IDLE:
-                    await conn.execute("SELECT 1")  # begin the caller's transaction, not ours
-                runner: Runner = AsyncRunner(conn)
-            elif isinstance(conn, psycopg.Connection):
-                if not conn.autocommit and conn.info.transaction_status == _IDLE:
-                    conn.execute("SELECT 1")
-                runner = SyncRunner(conn)
-            else:
-                raise ValidationError(
-                    f"transactional enqueue needs a psycopg 3 connection, not {type(conn)!r}"
-                )
+            if not conn.autocommit and conn.info.transaction_status == _IDLE:
+                # Begin the caller's transaction, so that ours becomes a savepoint inside it
+                # instead of a transaction of its own that would commit the caller's work.
+                await runner.rows("SELECT 1", {})
             return await self._enqueue_on(runner, jobs, limits, atomic=True)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             raise BackendUnavailable(f"PostgreSQL unavailable: {exc}") from None
@@ -226,14 +227,18 @@ class PostgresBackend(Steering):
     # -- consuming -------------------------------------------------------------------------
 
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
-        if req.limit <= 0 or not req.queues:
+        if req.limit <= 0 or not req.queues or req.job_ids == ():
             return []
         params: dict[str, Any] = {
             "limit": req.limit,
             "worker_id": req.worker_id,
             "lease_s": float(req.lease_s),
         }
-        if len(req.queues) == 1:
+        if req.job_ids is not None:
+            # Looked up by primary key: only these ids are candidates, whatever else waits.
+            name, params["queues"] = "claim_by_ids", list(req.queues)
+            params["ids"] = list(dict.fromkeys(req.job_ids))
+        elif len(req.queues) == 1:
             name, params["queue"] = "claim_one_queue", req.queues[0]
         else:
             name, params["queues"] = "claim_many_queues", list(req.queues)

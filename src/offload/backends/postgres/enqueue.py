@@ -3,6 +3,11 @@
 One code path serves both: a :class:`Runner` executes statements on either an async psycopg
 connection or a sync one (Django's, SQLAlchemy's raw psycopg connection), so transactional
 enqueue and ordinary enqueue cannot drift apart.
+
+Statements go through cursors made here, never ``conn.cursor()``: a caller's connection may
+carry its own cursor factory (Django's default is a client-side-binding cursor, which refuses
+binary results) or row factory, and offload's statements need psycopg's plain cursor with
+tuple rows.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from offload.backends.postgres.queries import N_COLUMNS, decode_row
 from offload.errors import BackendUnavailable, QueueFull
@@ -31,8 +37,9 @@ class AsyncRunner:
         self._conn = conn
 
     async def rows(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        cur = await self._conn.execute(query, params, binary=True)
-        return await cur.fetchall() if cur.description is not None else []
+        async with psycopg.AsyncCursor(self._conn, row_factory=tuple_row) as cur:
+            await cur.execute(query, params, binary=True)
+            return await cur.fetchall() if cur.description is not None else []
 
     @contextlib.asynccontextmanager
     async def atomic(self) -> AsyncIterator[None]:
@@ -48,8 +55,9 @@ class SyncRunner:
         self._conn = conn
 
     async def rows(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        cur = self._conn.execute(query, params, binary=True)
-        return cur.fetchall() if cur.description is not None else []
+        with psycopg.Cursor(self._conn, row_factory=tuple_row) as cur:
+            cur.execute(query, params, binary=True)
+            return cur.fetchall() if cur.description is not None else []
 
     @contextlib.asynccontextmanager
     async def atomic(self) -> AsyncIterator[None]:
@@ -58,16 +66,18 @@ class SyncRunner:
 
 
 def _collapse(jobs: Sequence[NewJob]) -> tuple[list[NewJob], list[int]]:
-    """Keep the first job of each key; ``where[i]`` is the index in the batch for ``jobs[i]``."""
+    """Keep the first job of each (queue, key); ``where[i]`` is the index in the batch for
+    ``jobs[i]``. Keys are scoped by queue: one key on two queues is two jobs."""
     batch: list[NewJob] = []
-    first_by_key: dict[str, int] = {}
+    first_by_key: dict[tuple[str, str], int] = {}
     where: list[int] = []
     for job in jobs:
-        if job.key is not None and job.key in first_by_key:
-            where.append(first_by_key[job.key])
+        scoped = (job.queue, job.key) if job.key is not None else None
+        if scoped is not None and scoped in first_by_key:
+            where.append(first_by_key[scoped])
             continue
-        if job.key is not None:
-            first_by_key[job.key] = len(batch)
+        if scoped is not None:
+            first_by_key[scoped] = len(batch)
         where.append(len(batch))
         batch.append(job)
     return batch, where
@@ -111,15 +121,16 @@ async def enqueue_batch(
         inserted = _records(await runner.rows(queries["enqueue"], _params(batch, channel)))
         if limited and limits:
             await _check_limits(runner, queries, inserted, limited, limits)
-    existing: dict[str, JobRecord] = {}
-    missing = [j.key for j in batch if j.id not in inserted and j.key is not None]
+    existing: dict[tuple[str, str], JobRecord] = {}
+    missing = [j for j in batch if j.id not in inserted and j.key is not None]
     if missing:
-        rows = await runner.rows(queries["active_by_keys"], {"keys": missing})
-        existing = {r.key: r for r in _records(rows).values() if r.key is not None}
+        params = {"queues": [j.queue for j in missing], "keys": [j.key for j in missing]}
+        rows = await runner.rows(queries["active_by_keys"], params)
+        existing = {(r.queue, r.key): r for r in _records(rows).values() if r.key is not None}
     out: list[JobRecord] = []
     for i in where:
         new = batch[i]
-        rec = inserted.get(new.id) or (existing.get(new.key) if new.key else None)
+        rec = inserted.get(new.id) or (existing.get((new.queue, new.key)) if new.key else None)
         if rec is None:
             # The active job holding this key finished between our insert and our read.
             raise BackendUnavailable("enqueue raced with a job finishing; try again")
