@@ -146,6 +146,50 @@ async def test_one_claim_over_several_queues_takes_the_best_first(backends: Fact
     assert [j.id for j in await backend.claim(claim("b", "a"))] == [low_b.id]
 
 
+async def test_a_claim_by_ids_takes_named_due_jobs_of_open_queues_best_first(
+    backends: Factory,
+) -> None:
+    backend = await backends()
+    low_a, high_b, other_a, in_paused = await backend.enqueue(
+        [job("a"), job("b", priority=9), job("a", priority=5), job("c", priority=9)]
+    )
+    (soon,) = await backend.enqueue([job("d", delay_s=0.1)])
+    await backend.set_paused("c", True)
+    await backend.wait_for_work(["d"], 0.05)  # takes the enqueue's wake token
+    await backend.wait_for_work(["d"], 5.0)  # returns once `soon` is due, still scheduled
+    named = (soon.id, low_a.id, in_paused.id, high_b.id, low_a.id, new_job_id())
+    req = ClaimRequest(queues=("a", "b", "c", "d"), limit=2, worker_id="w", job_ids=named)
+    assert [j.id for j in await backend.claim(req)] == [high_b.id, low_a.id]
+    assert [j.id for j in await backend.claim(req)] == [soon.id]  # due, from the schedule
+    assert await backend.claim(req) == []  # a paused queue's job is not taken
+    assert [j.id for j in await backend.claim(claim("a", "b"))] == [other_a.id]
+    assert await backend.counts() == {
+        "a": {JobState.RUNNING: 2},
+        "b": {JobState.RUNNING: 1},
+        "c": {JobState.QUEUED: 1},
+        "d": {JobState.RUNNING: 1},
+    }
+
+
+async def test_a_retry_is_refused_only_by_an_active_key_of_its_own_queue(
+    backends: Factory,
+) -> None:
+    backend = await backends()
+    (old,) = await backend.enqueue([job("a", key="k")])
+    await backend.cancel(old.id)
+    (other,) = await backend.enqueue([job("b", key="k")])
+    retried = await backend.retry(old.id)  # "k" is active on queue b only
+    assert retried is not None and retried.state is JobState.QUEUED
+    (same,) = await backend.enqueue([job("a", key="k")])
+    assert same.id == old.id
+    client = await raw_client()
+    try:  # one key index per queue, under the queue's hash tag
+        assert await client.hget(f"{backend.base('a')}:keys", "k") == old.id.encode()
+        assert await client.hget(f"{backend.base('b')}:keys", "k") == other.id.encode()
+    finally:
+        await client.aclose()
+
+
 async def test_wait_for_work_returns_when_a_delayed_job_is_due(backends: Factory) -> None:
     backend = await backends()
     await backend.enqueue([job(delay_s=0.3)])

@@ -316,11 +316,13 @@ class RedisBackend:
     # -- consuming ---------------------------------------------------------------------------
 
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
-        if req.limit <= 0 or not req.queues:
+        if req.limit <= 0 or not req.queues or req.job_ids == ():
             return []
         queues = list(dict.fromkeys(req.queues))
         keys = [self.base(q) for q in queues]
         argv = [req.limit, req.worker_id, max(to_us(req.lease_s), 0), os.urandom(8).hex()]
+        if req.job_ids is not None:
+            argv += dict.fromkeys(req.job_ids)  # the script takes only these, when due
         raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
         reply = PACKED.decode(raw)
         started, expires = from_us(reply[0]), from_us(reply[1])

@@ -1,5 +1,6 @@
 -- Lease at most `limit` due jobs from the given queues, best first.
--- KEYS: the base of each queue. ARGV: limit, worker id, lease (us), claim token.
+-- KEYS: the base of each queue. ARGV: limit, worker id, lease (us), claim token, then, when
+-- the caller names the jobs (a broker delivered them), their ids: only those are candidates.
 -- Returns a packed list: now, lease expiry, then 7 values per job: queue index, id, blob,
 -- attempt, run_at, created, errors. The token makes a retried call (the reply of the first
 -- was lost with its connection) return the jobs the first one took instead of taking more.
@@ -29,50 +30,88 @@ if taken then
   return packed(out)
 end
 
--- Candidates: the best `limit` of each open queue, after moving its due scheduled jobs in.
+-- Candidates: {ready score, member, queue index, the set to take it from (nil: taken already)}.
 local cands = {}
-for qi, base in ipairs(KEYS) do
-  if redis.call('EXISTS', base .. ':paused') == 0 then
-    local sched = base .. ':sched'
-    local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
-    if #due > 0 then
-      local members, scored = {}, {}
-      for i = 1, #due, 2 do
-        local member = due[i]
-        members[#members + 1] = member
-        scored[#scored + 1] = ready_score(member_priority(member), tonumber(due[i + 1]))
-        scored[#scored + 1] = member
-        redis.call('HSET', job_key(base, member_id(member)), 's', 'queued')
+
+local function by_score(x, y)
+  if x[1] ~= y[1] then return x[1] < y[1] end
+  return x[2] < y[2]
+end
+
+-- The named jobs that are due in an open queue. An id does not name its queue, so each is
+-- looked up in the open queues until found; unknown, finished, running or not yet due ids
+-- (and repeats) are skipped.
+local function named_candidates()
+  local open, seen = {}, {}
+  for qi, base in ipairs(KEYS) do
+    if redis.call('EXISTS', base .. ':paused') == 0 then open[#open + 1] = qi end
+  end
+  for i = 5, #ARGV do
+    local id = ARGV[i]
+    for _, qi in ipairs(open) do
+      if seen[id] then break end
+      local base = KEYS[qi]
+      local v = redis.call('HMGET', job_key(base, id), 's', 'z')
+      local state, member = v[1], v[2]
+      if state then seen[id] = true end
+      if state == 'queued' and member then
+        local score = redis.call('ZSCORE', base .. ':ready', member)
+        if score then cands[#cands + 1] = {tonumber(score), member, qi, base .. ':ready'} end
+      elseif state == 'scheduled' and member then
+        local run_at = tonumber(redis.call('ZSCORE', base .. ':sched', member))
+        if run_at and run_at <= now then
+          local score = ready_score(member_priority(member), run_at)
+          cands[#cands + 1] = {score, member, qi, base .. ':sched'}
+        end
       end
-      zadd_many(base .. ':ready', scored)
-      zrem_many(sched, members)
-    end
-    local best
-    if #KEYS == 1 then
-      best = redis.call('ZPOPMIN', base .. ':ready', limit)
-    else
-      best = redis.call('ZRANGE', base .. ':ready', 0, limit - 1, 'WITHSCORES')
-    end
-    for i = 1, #best, 2 do
-      cands[#cands + 1] = {tonumber(best[i + 1]), best[i], qi}
     end
   end
+  table.sort(cands, by_score)
 end
-if #KEYS > 1 then
-  table.sort(cands, function(x, y)
-    if x[1] ~= y[1] then return x[1] < y[1] end
-    return x[2] < y[2]
-  end)
+
+-- The best `limit` of each open queue, after moving its due scheduled jobs in.
+local function best_candidates()
+  for qi, base in ipairs(KEYS) do
+    if redis.call('EXISTS', base .. ':paused') == 0 then
+      local sched = base .. ':sched'
+      local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+      if #due > 0 then
+        local members, scored = {}, {}
+        for i = 1, #due, 2 do
+          local member = due[i]
+          members[#members + 1] = member
+          scored[#scored + 1] = ready_score(member_priority(member), tonumber(due[i + 1]))
+          scored[#scored + 1] = member
+          redis.call('HSET', job_key(base, member_id(member)), 's', 'queued')
+        end
+        zadd_many(base .. ':ready', scored)
+        zrem_many(sched, members)
+      end
+      if #KEYS == 1 then
+        -- One queue (the usual case): pop the best at once, nothing left to remove later.
+        local best = redis.call('ZPOPMIN', base .. ':ready', limit)
+        for i = 1, #best, 2 do cands[#cands + 1] = {tonumber(best[i + 1]), best[i], qi} end
+      else
+        local best = redis.call('ZRANGE', base .. ':ready', 0, limit - 1, 'WITHSCORES')
+        for i = 1, #best, 2 do
+          cands[#cands + 1] = {tonumber(best[i + 1]), best[i], qi, base .. ':ready'}
+        end
+      end
+    end
+  end
+  if #KEYS > 1 then table.sort(cands, by_score) end
 end
+
+if #ARGV > 4 then named_candidates() else best_candidates() end
 
 local taken_ids, leases = {}, {}
 local now_s, exp_s = out[1], out[2]
 for i = 1, math.min(limit, #cands) do
-  local qi, member = cands[i][3], cands[i][2]
+  local _, member, qi, from = unpack(cands[i])
   local base = KEYS[qi]
   local id = member_id(member)
   local jk = job_key(base, id)
-  if #KEYS > 1 then redis.call('ZREM', base .. ':ready', member) end
+  if from then redis.call('ZREM', from, member) end
   local v = redis.call('HMGET', jk, 'd', 'a', 'r', 'c', 'x')
   if v[1] then
     local attempt = tonumber(v[2]) + 1
