@@ -67,6 +67,12 @@ class BackendUnavailable(OffloadError):
     """The backend cannot be reached right now. The operation did not take effect."""
 
 
+class StorageFull(BackendUnavailable):
+    """The backend's storage has no space left (the disk under an SQLite file, say). Nothing
+    was written. Every write fails the same way until space is freed; then work resumes by
+    itself. A :class:`BackendUnavailable`, so whatever retries an outage retries this too."""
+
+
 class CapabilityUnavailable(OffloadError):
     """The backend does not offer this operation (e.g. inspection without a state store)."""
 

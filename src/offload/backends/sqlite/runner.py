@@ -12,7 +12,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from offload.backends.sqlite.queries import SCHEMA_VERSION, Q
-from offload.errors import BackendUnavailable, ConfigurationError, describe
+from offload.errors import BackendUnavailable, ConfigurationError, StorageFull, describe
 
 Call = Callable[[sqlite3.Connection], Any]
 _Request = tuple[Call | None, "asyncio.Future[Any]"]  # a None call asks the thread to stop
@@ -164,11 +164,25 @@ class Runner:
 def translate(exc: BaseException) -> BaseException:
     if not isinstance(exc, sqlite3.Error):
         return exc
+    if _disk_full(exc):
+        return StorageFull(
+            "the disk holding the SQLite database is full (SQLITE_FULL: database or disk is "
+            "full); nothing was written, and writes resume once space is freed"
+        )
     if "locked" in str(exc) or "busy" in str(exc):
         return BackendUnavailable(
             f"SQLite database is locked (another process held it past busy_timeout_ms): {exc}"
         )
     return BackendUnavailable(f"SQLite error: {describe(exc)}")
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    # SQLite reports ENOSPC on any of its files (database, WAL, journal) as SQLITE_FULL; the
+    # primary code is the low byte of an extended one.
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == sqlite3.SQLITE_FULL
+    return "database or disk is full" in str(exc)
 
 
 def connect(path: str, opts: Mapping[str, Any], *, write: bool) -> sqlite3.Connection:
@@ -187,6 +201,8 @@ def connect(path: str, opts: Mapping[str, Any], *, write: bool) -> sqlite3.Conne
         return conn
     except sqlite3.Error as exc:
         conn.close()
+        if _disk_full(exc):
+            raise StorageFull(f"cannot open SQLite database {path!r}: its disk is full") from None
         raise BackendUnavailable(f"cannot open SQLite database {path!r}: {exc}") from None
     except BaseException:
         conn.close()
