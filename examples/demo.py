@@ -23,10 +23,16 @@ from offload.job import JobState  # noqa: E402
 from offload.worker import Worker, WorkerConfig  # noqa: E402
 
 DB = ROOT / "examples" / "demo.db"
-app = offload.App(f"sqlite:///{DB}", queue_limits={"emails": 10_000})
+app = offload.App(f"sqlite:///{DB}", queue_limits={"emails": 10_000})  # --db moves it
 
 
-@app.task(expose=True, queue="images", max_attempts=4, retry=offload.ExponentialBackoff(0.05))
+@app.task(
+    name="resize_image",
+    expose=True,
+    queue="images",
+    max_attempts=4,
+    retry=offload.ExponentialBackoff(0.05),
+)
 async def resize_image(image_id: int, width: int = 640) -> dict[str, int]:
     """Pretend to resize an image; one in twenty attempts fails and is retried."""
     await asyncio.sleep(random.uniform(0.001, 0.01))
@@ -35,7 +41,7 @@ async def resize_image(image_id: int, width: int = 640) -> dict[str, int]:
     return {"image_id": image_id, "width": width}
 
 
-@app.task(expose=True, queue="emails")
+@app.task(name="send_email", expose=True, queue="emails")
 def send_email(to: str, subject: str) -> str:
     """Pretend to send an email (a sync task: runs in the worker's thread pool)."""
     return f"sent {subject!r} to {to}"
@@ -48,7 +54,7 @@ async def run_batch(jobs: int) -> None:
     batch = [resize_image.prepare(i, width=random.choice([320, 640, 1280])) for i in range(half)]
     batch += [send_email.prepare(f"user{i}@example.com", "Welcome!") for i in range(jobs - half)]
     await app.aenqueue_many(batch)
-    console.print(f"enqueued {jobs} jobs into {DB.name}; a worker with 50 slots runs them")
+    console.print(f"enqueued {jobs} jobs; a worker with 50 slots runs them")
     worker = Worker(app, WorkerConfig(queues=("images", "emails"), concurrency=50, poll_s=0.1))
     run = asyncio.create_task(worker.run())
     columns = (
@@ -85,9 +91,11 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=3000)
     p.add_argument("--no-serve", action="store_true", help="stop after the batch")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", type=Path, default=DB, help="the SQLite file (recreated)")
     args = p.parse_args()
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{DB}{suffix}").unlink(missing_ok=True)
+        Path(f"{args.db}{suffix}").unlink(missing_ok=True)
+    app.use_url(f"sqlite:///{args.db}")
     asyncio.run(run_batch(args.jobs))
     if args.no_serve:
         return
