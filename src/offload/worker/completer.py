@@ -14,6 +14,7 @@ from offload.backends.base import Backend
 from offload.errors import BackendUnavailable
 from offload.job import Lease
 from offload.outcome import Outcome
+from offload.worker.errorlog import FailureLog
 
 log = logging.getLogger("offload.worker")
 
@@ -29,6 +30,7 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._errors = FailureLog(log, "recording outcomes")
 
     def add(self, lease: Lease, outcome: Outcome) -> None:
         self._pending.append((lease, outcome))
@@ -50,12 +52,11 @@ class Completer:
             try:
                 await self._backend.complete(batch)
             except BackendUnavailable as exc:
-                log.warning(
-                    "recording %d outcomes failed (%s); retrying in %.2fs", len(batch), exc, delay
-                )
+                self._errors.failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
+            self._errors.succeeded()
             del self._pending[: len(batch)]
             delay = 0.05
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from offload.backends.base import Backend
 from offload.errors import BackendUnavailable
+from offload.worker.errorlog import FailureLog
 
 if TYPE_CHECKING:
     from offload.worker.worker import Worker
@@ -24,6 +25,9 @@ class Maintenance:
         self._worker = worker
         self._backend = backend
         self._stop = asyncio.Event()
+        self._beat_errors = FailureLog(log, "heartbeat")
+        self._recover_errors = FailureLog(log, "recovering expired leases")
+        self._maintenance_errors = FailureLog(log, "maintenance")
 
     def stop(self) -> None:
         self._stop.set()
@@ -57,7 +61,9 @@ class Maintenance:
                 if lost:
                     worker.lease_lost(lost)
         except BackendUnavailable as exc:
-            log.warning("heartbeat failed: %s", exc)
+            self._beat_errors.failed(exc)
+        else:
+            self._beat_errors.succeeded()
 
     async def _reaper_loop(self) -> None:
         cfg = self._worker.config
@@ -67,10 +73,11 @@ class Maintenance:
         while True:
             try:
                 n = await self._backend.recover()
+                self._recover_errors.succeeded()
                 if n:
                     log.warning("put back %d jobs whose worker was lost", n)
             except BackendUnavailable as exc:
-                log.warning("recovering expired leases failed: %s", exc)
+                self._recover_errors.failed(exc)
             if await self._sleep(cfg.recover_s * random.uniform(0.8, 1.2)):
                 return
 
@@ -79,10 +86,11 @@ class Maintenance:
         while not await self._sleep(RETENTION_EVERY_S * random.uniform(0.5, 1.5)):
             try:
                 n = await self._backend.run_maintenance()
+                self._maintenance_errors.succeeded()
                 if n:
                     log.info("deleted %d finished jobs past their retention", n)
             except BackendUnavailable as exc:
-                log.warning("maintenance failed: %s", exc)
+                self._maintenance_errors.failed(exc)
 
     async def deregister(self) -> None:
         try:

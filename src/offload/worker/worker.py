@@ -30,6 +30,7 @@ from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobRecord, Lease, WorkerInfo
 from offload.outcome import Outcome, Snoozed
 from offload.worker.completer import Completer
+from offload.worker.errorlog import FailureLog
 from offload.worker.executor import execute
 from offload.worker.maintenance import Maintenance
 from offload.worker.threads import ThreadRunner
@@ -167,6 +168,7 @@ class Worker:
     async def _fetch_loop(self, backend: Backend, pool: ThreadRunner, completer: Completer) -> None:
         cfg = self.config
         backoff = 0.05
+        errors = FailureLog(log, "claiming jobs")
         while not self._stop.is_set():
             free = cfg.concurrency - len(self._running)
             if free <= 0:
@@ -179,10 +181,11 @@ class Worker:
             try:
                 jobs = await backend.claim(req)
             except BackendUnavailable as exc:
-                log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
+                errors.failed(exc)
                 await self._until(None, backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            errors.succeeded()
             backoff = 0.05
             for job in jobs:
                 self._start(job, pool, completer)
