@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import offload
@@ -94,6 +94,7 @@ def create_service(
     group_commit: bool = True,
     max_batch: int = DEFAULT_MAX_BATCH,
     title: str = "offload",
+    dashboard: bool = True,
 ) -> Starlette:
     """The HTTP API of ``app`` as an ASGI application (see docs/http.md).
 
@@ -102,6 +103,7 @@ def create_service(
     tasks use). ``tokens`` maps each bearer token to its scopes (``read``, ``enqueue``,
     ``admin``). Without tokens the API answers loopback clients only (403 to others) unless
     ``insecure``. ``group_commit=False`` stores each HTTP enqueue on its own (benchmarks).
+    ``dashboard`` serves the web dashboard at ``/`` with the same tokens (docs/dashboard.md).
     """
     if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1:
         raise ConfigurationError("workers, max_body_bytes, max_wait_s, max_page out of range")
@@ -124,7 +126,7 @@ def create_service(
     )
     config = _embedded_config(app, workers, worker_config)
     api = Api(state)
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v1/jobs", api.jobs, methods=["GET", "POST"], name="jobs"),
         Route("/v1/jobs/{job_id}", api.get_job, methods=["GET"], name="get_job"),
         Route("/v1/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"], name="cancel_job"),
@@ -136,6 +138,10 @@ def create_service(
         Route("/metrics", api.metrics, methods=["GET"], name="metrics"),
         Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
     ]
+    if dashboard:
+        from offload.server.dashboard import Dashboard
+
+        routes += Dashboard(app, auth, loopback_only=state.loopback_only, title=title).routes
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -1,0 +1,156 @@
+"""The numbers of the overview and queues pages, read from the backend on each request.
+
+Throughput comes from successive snapshots of the backend's counts (jobs succeeded and dead
+per queue), so it counts every worker of the backend, in any process. The snapshots are kept
+in memory, one per second at most, for :data:`HISTORY_S`: the chart starts when the dashboard
+is first looked at in this process. Latency is measured from the store itself: for recently
+started jobs, ``started_at - run_at`` (how long a due job waited for a free slot).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from offload.backends.base import Backend
+from offload.job import JobFilter, JobRecord, JobState, WorkerInfo
+
+HISTORY_S = 600.0  # ten minutes of throughput on the chart
+LATENCY_WINDOW_S = 300.0  # latency of jobs created in the last five minutes
+LATENCY_SAMPLE = 200  # at most this many jobs per state feed the percentiles
+RATE_WINDOW_S = 60.0  # a queue's throughput is averaged over the last minute
+_OLDEST_STEPS = 40  # bound on the look-ups that find a queue's oldest waiting job
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    at: float
+    succeeded: dict[str, int]
+    dead: dict[str, int]
+
+
+class History:
+    """Counts snapshots over :data:`HISTORY_S`; rates derived from consecutive ones."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._snaps: deque[Snapshot] = deque()
+
+    def observe(self, counts: Mapping[str, Mapping[JobState, int]]) -> None:
+        now = self._clock()
+        if self._snaps and now - self._snaps[-1].at < 1.0:
+            return
+        snap = Snapshot(
+            at=now,
+            succeeded={q: st.get(JobState.SUCCEEDED, 0) for q, st in counts.items()},
+            dead={q: st.get(JobState.DEAD, 0) for q, st in counts.items()},
+        )
+        self._snaps.append(snap)
+        while self._snaps and now - self._snaps[0].at > HISTORY_S:
+            self._snaps.popleft()
+
+    def series(self) -> list[tuple[float, float, float]]:
+        """``(time, succeeded per second, dead per second)`` between consecutive snapshots.
+
+        A count that went down (retention deleted finished jobs) shows as 0, not negative.
+        """
+        out = []
+        snaps = list(self._snaps)
+        for before, after in itertools.pairwise(snaps):
+            dt = after.at - before.at
+            ok = sum(max(0, n - before.succeeded.get(q, n)) for q, n in after.succeeded.items())
+            bad = sum(max(0, n - before.dead.get(q, n)) for q, n in after.dead.items())
+            out.append((round(after.at, 3), round(ok / dt, 3), round(bad / dt, 3)))
+        return out
+
+    def rates(self) -> dict[str, float]:
+        """Each queue's finished jobs (succeeded + dead) per second over :data:`RATE_WINDOW_S`."""
+        if len(self._snaps) < 2:
+            return {}
+        last = self._snaps[-1]
+        first = next(s for s in self._snaps if last.at - s.at <= RATE_WINDOW_S)
+        dt = last.at - first.at
+        if dt <= 0:
+            return {}
+        out = {}
+        for q in last.succeeded:
+            done = last.succeeded[q] + last.dead.get(q, 0)
+            then = first.succeeded.get(q, last.succeeded[q]) + first.dead.get(q, last.dead[q])
+            out[q] = round(max(0, done - then) / dt, 3)
+        return out
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The ``p``-th percentile (nearest rank) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+async def latency(backend: Backend, now: float) -> tuple[float | None, float | None, int]:
+    """p50 and p95 of enqueue-to-start waits of recently started jobs, and the sample size."""
+    waits: list[float] = []
+    for state in (JobState.RUNNING, JobState.SUCCEEDED, JobState.DEAD):
+        page = await backend.list_jobs(
+            JobFilter(state=state, created_after=now - LATENCY_WINDOW_S, limit=LATENCY_SAMPLE)
+        )
+        waits.extend(
+            max(0.0, j.started_at - j.run_at) for j in page.jobs if j.started_at is not None
+        )
+    return percentile(waits, 50), percentile(waits, 95), len(waits)
+
+
+async def oldest_waiting(backend: Backend, queue: str) -> JobRecord | None:
+    """The queued job of ``queue`` created first (to the second), in a bounded number of reads.
+
+    The backend lists newest first, so this gallops back in time from the newest queued job
+    and then bisects, each step a one-row read.
+    """
+
+    async def older_than(t: float) -> JobRecord | None:
+        flt = JobFilter(state=JobState.QUEUED, queue=queue, created_before=t, limit=1)
+        page = await backend.list_jobs(flt)
+        return page.jobs[0] if page.jobs else None
+
+    page = await backend.list_jobs(JobFilter(state=JobState.QUEUED, queue=queue, limit=1))
+    if not page.jobs:
+        return None
+    best = page.jobs[0]
+    step, low = 60.0, None  # invariant once set: no queued job was created before ``low``
+    for _ in range(_OLDEST_STEPS):
+        if low is None:  # gallop: is anything older than best - step?
+            found = await older_than(best.created_at - step)
+            if found is None:
+                low = best.created_at - step
+            else:
+                best, step = found, step * 4
+        else:  # bisect [low, best.created_at]
+            if best.created_at - low < 1.0:
+                return best
+            mid = (low + best.created_at) / 2
+            found = await older_than(mid)
+            if found is None:
+                low = mid
+            else:
+                best = found
+    return best
+
+
+@dataclass(frozen=True)
+class Slots:
+    workers: int
+    busy: int
+    idle: int
+
+
+def slots(workers: Sequence[WorkerInfo]) -> Slots:
+    busy = sum(max(0, w.busy) for w in workers)
+    total = sum(max(0, w.concurrency) for w in workers)
+    return Slots(workers=len(workers), busy=busy, idle=max(0, total - busy))
