@@ -20,8 +20,9 @@ _PATTERNS = [
     (re.compile(r"'(?:[^'\\]|\\.)*'"), "'…'"),
     (re.compile(r'"(?:[^"\\]|\\.)*"'), "'…'"),
     (re.compile(r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b"), "<id>"),
-    # ids: a long run of letters and digits that holds at least one digit (hex, base32, ULIDs)
-    (re.compile(r"\b(?=[0-9a-zA-Z_-]*\d)[0-9a-zA-Z_-]{12,}\b"), "<id>"),
+    # ids: a run of 12+ letters and digits holding both (hex, base32, ULIDs); digits alone are
+    # a number, letters alone a word
+    (re.compile(r"\b(?=[0-9a-zA-Z]*\d)(?=[0-9a-zA-Z]*[a-zA-Z])[0-9a-zA-Z]{12,}\b"), "<id>"),
     (re.compile(r"0x[0-9a-fA-F]+"), "<n>"),
     (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
 ]

@@ -52,13 +52,15 @@ def query_of(request: Request, allowed: Collection[str]) -> dict[str, str]:
 async def form_of(request: Request, allowed: Collection[str]) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body, each field at most once and known."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise BadRequest("the form must be sent as application/x-www-form-urlencoded")
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise BadRequest("the form is too large")
+    if not body:  # an empty form: the CSRF check refuses it
+        return {}
+    if kind != "application/x-www-form-urlencoded":
+        raise BadRequest("the form must be sent as application/x-www-form-urlencoded")
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
     except (UnicodeDecodeError, ValueError):

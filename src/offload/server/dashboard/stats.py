@@ -25,7 +25,8 @@ HISTORY_S = 600.0  # ten minutes of throughput on the chart
 LATENCY_WINDOW_S = 300.0  # latency of jobs created in the last five minutes
 LATENCY_SAMPLE = 200  # at most this many jobs per state feed the percentiles
 RATE_WINDOW_S = 60.0  # a queue's throughput is averaged over the last minute
-_OLDEST_STEPS = 40  # bound on the look-ups that find a queue's oldest waiting job
+_OLDEST_STEPS = 80  # bound on the look-ups that find a queue's oldest waiting job
+_OLDEST_RESOLUTION_S = 0.001
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -108,21 +109,21 @@ async def latency(backend: Backend, now: float) -> tuple[float | None, float | N
 
 
 async def oldest_waiting(backend: Backend, queue: str) -> JobRecord | None:
-    """The queued job of ``queue`` created first (to the second), in a bounded number of reads.
+    """The queued job of ``queue`` created first, in a bounded number of one-row reads.
 
     The backend lists newest first, so this gallops back in time from the newest queued job
-    and then bisects, each step a one-row read.
+    until nothing is older, then bisects the last step. Past the bound (a very old backlog
+    with very close timestamps) it answers the oldest job found so far.
     """
 
-    async def older_than(t: float) -> JobRecord | None:
+    async def older_than(t: float | None) -> JobRecord | None:
         flt = JobFilter(state=JobState.QUEUED, queue=queue, created_before=t, limit=1)
         page = await backend.list_jobs(flt)
         return page.jobs[0] if page.jobs else None
 
-    page = await backend.list_jobs(JobFilter(state=JobState.QUEUED, queue=queue, limit=1))
-    if not page.jobs:
+    best = await older_than(None)
+    if best is None:
         return None
-    best = page.jobs[0]
     step, low = 60.0, None  # invariant once set: no queued job was created before ``low``
     for _ in range(_OLDEST_STEPS):
         if low is None:  # gallop: is anything older than best - step?
@@ -131,15 +132,18 @@ async def oldest_waiting(backend: Backend, queue: str) -> JobRecord | None:
                 low = best.created_at - step
             else:
                 best, step = found, step * 4
-        else:  # bisect [low, best.created_at]
-            if best.created_at - low < 1.0:
-                return best
+        elif best.created_at - low > _OLDEST_RESOLUTION_S:  # bisect [low, best.created_at]
             mid = (low + best.created_at) / 2
             found = await older_than(mid)
             if found is None:
                 low = mid
             else:
                 best = found
+        else:  # the window is tiny: is best the oldest, or is there one just before it?
+            found = await older_than(best.created_at)
+            if found is None:
+                return best
+            best = found
     return best
 
 
