@@ -39,7 +39,9 @@ def test_failures_logged_at_a_bounded_rate(caplog: pytest.LogCaptureFixture) -> 
     assert lines[3] == "claiming jobs works again after 60.5s (121 failures)"
 
 
-def test_a_new_run_of_failures_is_logged_at_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_new_run_of_failures_after_a_quiet_spell_is_logged_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = Clock()
     errors = FailureLog(logging.getLogger("t"), "heartbeat", clock=clock)
     with caplog.at_level(logging.WARNING, logger="t"):
@@ -47,10 +49,36 @@ def test_a_new_run_of_failures_is_logged_at_once(caplog: pytest.LogCaptureFixtur
         assert errors.failing
         errors.succeeded()
         assert not errors.failing
-        clock.now += 1.0
+        clock.now += 30.0
         errors.failed(StorageFull("full again"))
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "heartbeat failed",
         "heartbeat works again after 0.0s (1 failures)",
         "heartbeat failed",
     ]
+
+
+def test_a_flapping_operation_logs_at_the_same_bounded_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    errors = FailureLog(logging.getLogger("t"), "claiming jobs", every_s=30.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for _ in range(60):  # 90 s: fails, works a second later, fails half a second after
+            errors.failed(StorageFull("full"))
+            clock.now += 1.0
+            errors.succeeded()
+            clock.now += 0.5
+        errors.failed(StorageFull("full"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "claiming jobs failed: StorageFull: full; retrying (logged at most every 30s while it "
+        "fails)",
+        "claiming jobs works again after 1.0s (1 failures)",
+        "claiming jobs failed: StorageFull: full; retrying (logged at most every 30s while it "
+        "fails; 20 brief outages since the last report)",
+        "claiming jobs works again after 1.0s (1 failures)",
+        "claiming jobs failed: StorageFull: full; retrying (logged at most every 30s while it "
+        "fails; 20 brief outages since the last report)",
+        "claiming jobs works again after 1.0s (1 failures)",
+    ]  # the 61st failure, 26 s after the last line, is not news yet

@@ -23,8 +23,11 @@ RETRY_MAX_S = 5.0
 
 
 class Completer:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, retry_max_s: float = RETRY_MAX_S) -> None:
         self._backend = backend
+        # The leases of finished jobs waiting here are no longer heartbeated: after an outage,
+        # a retry that waited longer than a lease would find them put back (and run again).
+        self._retry_max_s = retry_max_s
         self._pending: list[tuple[Lease, Outcome]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -54,7 +57,7 @@ class Completer:
             except BackendUnavailable as exc:
                 self._errors.failed(exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                delay = min(delay * 2, self._retry_max_s)
                 continue
             self._errors.succeeded()
             del self._pending[: len(batch)]

@@ -29,7 +29,7 @@ from offload.backends.base import Backend
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobRecord, Lease, WorkerInfo
 from offload.outcome import Outcome, Snoozed
-from offload.worker.completer import Completer
+from offload.worker.completer import RETRY_MAX_S, Completer
 from offload.worker.errorlog import FailureLog
 from offload.worker.executor import execute
 from offload.worker.maintenance import Maintenance
@@ -141,7 +141,7 @@ class Worker:
         backend, owned = await self.app.backend_here()
         self.started_at = time.time()
         pool = ThreadRunner(asyncio.get_running_loop(), self.config.concurrency, "offload-task")
-        completer = Completer(backend)
+        completer = Completer(backend, retry_max_s=min(self.config.heartbeat_s, RETRY_MAX_S))
         completer_task = asyncio.create_task(completer.run(), name="offload-completer")
         maintenance = Maintenance(self, backend)
         maint_task = asyncio.create_task(maintenance.run(), name="offload-maintenance")
