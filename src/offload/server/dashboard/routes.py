@@ -24,7 +24,11 @@ from offload.server.dashboard.pages import Pages
 from offload.server.dashboard.params import BadRequest, query_of
 from offload.server.dashboard.security import Guard, add_security_headers
 
-STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 LOOPBACK_BANNER = (
     "No API tokens are configured: this dashboard is open, without login, to anyone on this "
     "machine (loopback clients only)."
