@@ -1,4 +1,4 @@
-"""``python -m reliability [--short] [--backend sqlite,postgres,redis,rabbitmq] [--test ...]``
+"""``python -m reliability [--short] [--backend sqlite,postgres,redis,rabbitmq] [--test a,b]``
 
 Runs every test against every backend named (all by default), prints the table, and exits 1
 if any guarantee failed (lost jobs, too many duplicates, a poison job not dead on time, ...).
@@ -20,14 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the short form (as in CI)")
     parser.add_argument("--backend", default=",".join(KINDS), help="comma-separated kinds")
     parser.add_argument(
-        "--test", action="append", choices=list(TESTS), help="run only these (repeatable)"
+        "--test",
+        action="append",
+        help=f"run only these (repeatable, or comma-separated): {', '.join(TESTS)}",
     )
     args = parser.parse_args(argv)
+    tests = [t.strip() for arg in args.test or [] for t in arg.split(",") if t.strip()]
+    unknown = [t for t in tests if t not in TESTS]
+    if unknown:
+        parser.error(f"unknown tests {unknown}; known: {', '.join(TESTS)}")
     # The harness's own pool reconnecting during a database restart is expected, not news.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     form = FORMS["short" if args.short else "full"]
     kinds = [k.strip() for k in args.backend.split(",") if k.strip()]
-    tests = args.test or list(TESTS)
+    tests = tests or list(TESTS)
     results = []
     t0 = time.monotonic()
     for kind in kinds:

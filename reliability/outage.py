@@ -73,7 +73,7 @@ def backend_fault(kind: str, run: Run, result: Result, form: Form) -> None:
         thread.join()
         if errors:
             raise Failure(f"the fault could not be injected: {errors[0]!r}")
-        recoveries.append(_time_to_resume(run, next(numbers), form.timeout_s))
+        recoveries.append(time_to_resume(run, next(numbers), form.timeout_s))
     run.enqueue("record", [next(numbers) for _ in range(50)], sleep_s=0.05)
     run.wait_all_final(form.timeout_s)
     for p in procs:
@@ -103,7 +103,7 @@ def _capture(fn: Callable[[], None], errors: list[BaseException]) -> Callable[[]
     return run
 
 
-def _time_to_resume(run: Run, marker: int, timeout_s: float) -> float:
+def time_to_resume(run: Run, marker: int, timeout_s: float) -> float:
     """From the end of the fault until a new job (enqueued at top priority, retried until the
     backend acknowledges it) has started in a worker: work resumed on its own."""
     t_end = time.time()

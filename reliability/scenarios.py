@@ -15,6 +15,7 @@ from offload.job import JobState
 from reliability import faults
 from reliability.app import POISON_ATTEMPTS
 from reliability.harness import Event, Failure, LeaseWatch, Result, Run, result_pid
+from reliability.isolation import KINDS
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,21 @@ class Form:
     fault_rounds: int
     restart_postgres: bool
     timeout_s: float
+    diskfull_s: float  # how long the SQLite disk stays full
+    soak_s: float  # the soak's steady load: for how long, after how long a warm-up, how fast
+    soak_warmup_s: float
+    soak_rate: int  # jobs per second
+    soak_kinds: tuple[str, ...]  # the backends soaked (CI time)
 
 
-SHORT = Form("short", 300, 3, 4, 0.05, 1.0, 2, 40, 2, False, 60.0)
-FULL = Form("full", 3000, 4, 8, 0.2, 2.0, 5, 200, 5, True, 300.0)
+SHORT = Form(
+    "short", 300, 3, 4, 0.05, 1.0, 2, 40, 2, False, 60.0,
+    diskfull_s=8.0, soak_s=25.0, soak_warmup_s=8.0, soak_rate=200, soak_kinds=("sqlite", "redis"),
+)  # fmt: skip
+FULL = Form(
+    "full", 3000, 4, 8, 0.2, 2.0, 5, 200, 5, True, 300.0,
+    diskfull_s=60.0, soak_s=240.0, soak_warmup_s=60.0, soak_rate=300, soak_kinds=KINDS,
+)  # fmt: skip
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:

@@ -7,19 +7,29 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reliability.diskfull import disk_full
 from reliability.harness import Failure, Result, Run
 from reliability.isolation import Unavailable, isolated_url
 from reliability.outage import backend_fault
 from reliability.scenarios import FULL, SHORT, Form, graceful, poison, stale_lease, storm
+from reliability.soak import soak
 
 Scenario = Callable[[Run, Result, Form], None]
+KindScenario = Callable[[str, Run, Result, Form], None]  # one that depends on the backend kind
 
-TESTS: dict[str, Scenario | None] = {
-    "kill -9 storm": storm,
-    "graceful stop": graceful,
-    "poison job": poison,
-    "stale lease": stale_lease,
-    "backend faults": None,  # depends on the kind: see run_one
+
+def _any_kind(scenario: Scenario) -> KindScenario:
+    return lambda kind, run, result, form: scenario(run, result, form)
+
+
+TESTS: dict[str, KindScenario] = {
+    "kill -9 storm": _any_kind(storm),
+    "graceful stop": _any_kind(graceful),
+    "poison job": _any_kind(poison),
+    "stale lease": _any_kind(stale_lease),
+    "backend faults": backend_fault,
+    "sqlite disk full": disk_full,
+    "soak": soak,
 }
 FORMS = {"short": SHORT, "full": FULL}
 
@@ -36,11 +46,7 @@ def run_one(kind: str, test: str, form: Form, workdir: Path | None = None) -> Re
             with isolated_url(kind, Path(tmp)) as url:
                 run = Run(url, Path(tmp))
                 try:
-                    scenario = TESTS[test]
-                    if scenario is None:
-                        backend_fault(kind, run, result, form)
-                    else:
-                        scenario(run, result, form)
+                    TESTS[test](kind, run, result, form)
                 finally:
                     run.close()
         except Unavailable as exc:
