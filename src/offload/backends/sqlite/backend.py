@@ -7,13 +7,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import msgspec
 
 from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities, check_purge_states
+from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
 from offload.backends.sqlite.runner import Call, Runner, connect, settle
@@ -57,10 +58,10 @@ def _wake(waiters: Sequence[_Waiter]) -> None:
 class SQLiteBackend:
     """The ``sqlite:///path`` backend (see the package docstring for options and guarantees)."""
 
-    # notify: an enqueue by this instance wakes its waiters at once, and any commit to the file
-    # by another connection (another instance, another process) changes PRAGMA data_version,
-    # which waiters read every poll_ms; so new work wakes a waiter within poll_ms without any
-    # registry shared between instances.
+    # notify: an enqueue by this instance wakes its waiters at once; one by another instance or
+    # process rings the doorbell (Linux), and in any case changes PRAGMA data_version, which
+    # waiters read every poll_ms: so new work wakes a waiter at once, and within poll_ms when
+    # a ring is lost or there is no doorbell.
     capabilities = Capabilities(notify=True, transactional=True)  # see enqueue_in
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -74,6 +75,11 @@ class SQLiteBackend:
         self._lock = threading.Lock()
         self._work_waiters: list[_Waiter] = []
         self._done_waiters: dict[str, list[_Waiter]] = {}
+        self._doorbell: doorbell.Doorbell | None = None
+        if self._opts["doorbell"] and doorbell.supported():
+            self._doorbell = doorbell.Doorbell(
+                self.path, self._wake_work_here, self._wake_done_here, os.path.basename(self.path)
+            )
 
     @property
     def url(self) -> str:
@@ -105,8 +111,12 @@ class SQLiteBackend:
         except BaseException:
             await self.close()
             raise
+        if self._doorbell is not None:
+            self._doorbell.open()
 
     async def close(self) -> None:
+        if self._doorbell is not None:
+            self._doorbell.close()
         runners = (self._reader, self._writer)
         self._writer = self._reader = None
         for runner in runners:
@@ -123,14 +133,32 @@ class SQLiteBackend:
             raise BackendUnavailable("the SQLite backend is not open")
         return await self._reader.submit(call)
 
-    def _wake_work(self) -> None:
+    def _announce(
+        self, *, work: bool = False, done: Collection[str] = (), done_all: bool = False
+    ) -> None:
+        """After a commit: wake this instance's waiters, then ring the other listeners."""
+        if work:
+            self._wake_work_here()
+        if done or done_all:
+            self._wake_done_here(None if done_all else done)
+        if self._doorbell is not None:
+            self._doorbell.ring(work=work, done=done, done_all=done_all)
+
+    # The two _here methods are also the doorbell's callbacks (on its thread): they wake local
+    # waiters only, so that a ring never causes another ring.
+
+    def _wake_work_here(self) -> None:
         with self._lock:
             waiters, self._work_waiters = self._work_waiters, []
         _wake(waiters)
 
-    def _wake_done(self, job_ids: Sequence[str]) -> None:
+    def _wake_done_here(self, job_ids: Collection[str] | None) -> None:
         with self._lock:
-            waiters = [w for j in job_ids for w in self._done_waiters.pop(j, [])]
+            if job_ids is None:  # any may have finished: all read again
+                waiters = [w for ws in self._done_waiters.values() for w in ws]
+                self._done_waiters = {}
+            else:
+                waiters = [w for j in job_ids for w in self._done_waiters.pop(j, [])]
         _wake(waiters)
 
     # -- producing -------------------------------------------------------------------------
@@ -143,7 +171,7 @@ class SQLiteBackend:
         records: list[JobRecord] = await self._write(
             partial(enqueue_tx, jobs=list(jobs), limits=dict(limits or {}))
         )
-        self._wake_work()
+        self._announce(work=True)
         return records
 
     async def enqueue_in(
@@ -159,7 +187,7 @@ class SQLiteBackend:
         other writers (a deferred transaction takes the write lock only at its first write).
         """
         records = enqueue_on_callers(conn, self.path, jobs, dict(limits or {}))
-        self._wake_work()
+        self._announce(work=True)
         return records
 
     # -- consuming -------------------------------------------------------------------------
@@ -180,12 +208,9 @@ class SQLiteBackend:
         if not results:
             return
         await self._write(partial(complete_tx, results=list(results)))
-        if any(isinstance(o, RetryAt | Snoozed) for _, o in results):
-            self._wake_work()
-        if self._done_waiters:
-            self._wake_done(
-                [lease.job_id for lease, o in results if not isinstance(o, RetryAt | Snoozed)]
-            )
+        again = [isinstance(o, RetryAt | Snoozed) for _, o in results]
+        final = [lease.job_id for (lease, _), a in zip(results, again, strict=True) if not a]
+        self._announce(work=any(again), done=final)
 
     async def recover(self) -> int:
         def tx(conn: sqlite3.Connection) -> int:
@@ -193,17 +218,16 @@ class SQLiteBackend:
             return int(conn.execute(Q["recover"], params).rowcount)
 
         n: int = await self._write(tx)
-        if n:
-            self._wake_work()
-            with self._lock:
-                ids = list(self._done_waiters)
-            self._wake_done(ids)  # some may have gone dead; a spurious wake only re-reads
+        if n:  # some may have gone dead: every done waiter reads again (a spurious wake is cheap)
+            self._announce(work=True, done_all=True)
         return n
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         if not queues:
             await asyncio.sleep(max(timeout_s, 0.0))
             return
+        if self._doorbell is not None:
+            self._doorbell.listen(doorbell.WORK)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout_s, 0.0)
         waiter: _Waiter = (loop, loop.create_future())
@@ -230,6 +254,8 @@ class SQLiteBackend:
                     self._work_waiters.remove(waiter)
 
     async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        if self._doorbell is not None:
+            self._doorbell.listen(doorbell.DONE)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout_s, 0.0)
         while True:
@@ -241,7 +267,7 @@ class SQLiteBackend:
                 remaining = deadline - loop.time()
                 if rec is None or rec.state.final or remaining <= 0:
                     return rec
-                # other processes' completions are only seen by reading again
+                # the doorbell may be off or lose a ring: read again at least this often
                 await asyncio.wait([waiter[1]], timeout=min(remaining, 2 * self._poll_s))
             finally:
                 with self._lock:
@@ -272,12 +298,12 @@ class SQLiteBackend:
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         rec: JobRecord | None = await self._write(partial(cancel_tx, job_id=job_id))
-        self._wake_done([job_id])
+        self._announce(done=[job_id])
         return rec
 
     async def retry(self, job_id: str) -> JobRecord | None:
         rec: JobRecord | None = await self._write(partial(retry_tx, job_id=job_id))
-        self._wake_work()
+        self._announce(work=True)
         return rec
 
     async def delete(self, job_ids: Sequence[str]) -> int:
@@ -325,7 +351,7 @@ class SQLiteBackend:
         name = "pause" if paused else "resume"
         await self._write(lambda conn: conn.execute(Q[name], (queue,)))
         if not paused:
-            self._wake_work()
+            self._announce(work=True)
 
     async def paused_queues(self) -> set[str]:
         rows: list[tuple[str]] = await self._read(

@@ -24,7 +24,7 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
         )
     opts: dict[str, Any] = dict(parse_qsl(parts.query))
     opts.update(options)
-    known = {"synchronous", "busy_timeout_ms", "poll_ms", "retention"}
+    known = {"synchronous", "busy_timeout_ms", "poll_ms", "retention", "doorbell"}
     unknown = set(opts) - known
     if unknown:
         raise ConfigurationError(
@@ -41,6 +41,7 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
         raise ConfigurationError(f"sqlite option is not a number: {exc}") from None
     if retention is not None and retention < 0:
         raise ConfigurationError("retention must be >= 0 seconds")
+    doorbell = _flag("doorbell", opts.get("doorbell", True))
     if busy_ms < 0 or poll_ms <= 0:
         raise ConfigurationError("busy_timeout_ms must be >= 0 and poll_ms > 0")
     return os.path.abspath(path), {
@@ -48,4 +49,16 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
         "busy_timeout_ms": busy_ms,
         "poll_ms": poll_ms,
         "retention": retention,
+        "doorbell": doorbell,
     }
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0 (true or false), not {value!r}")
