@@ -334,6 +334,11 @@ class Doorbell:
                     os.unlink(os.path.join(self._dir, f"{token}.{kind}"))
                 except OSError:
                     pass
+            if kinds:
+                try:  # the last listener out leaves no directory behind; others re-create it
+                    os.rmdir(self._dir)
+                except OSError:
+                    pass
             if sock is not None:
                 sock.close()
         with self._send_lock:
