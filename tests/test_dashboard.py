@@ -208,7 +208,7 @@ async def test_a_reader_sees_no_buttons_and_cannot_act(browser_for: MakeBrowser)
 
 
 async def test_loopback_mode_needs_no_login_and_says_so(browser_for: MakeBrowser) -> None:
-    b = await browser_for(tokens=None)
+    b = await browser_for(tokens=None, base="http://127.0.0.1:8000")
     r = await b.get("/")
     assert r.status_code == 200 and "No API tokens are configured" in r.text
     assert "Log out" not in r.text
@@ -222,6 +222,14 @@ async def test_loopback_mode_needs_no_login_and_says_so(browser_for: MakeBrowser
     )
     async with far:
         assert (await far.get("/")).status_code == 403
+    # A loopback client reaching us under another name (DNS rebinding) is refused too.
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        r = await b.get("/jobs", headers={"Host": host})
+        assert r.status_code == 403 and "on this machine only" in r.text, host
+    r = await b.client.post(f"/jobs/{job.id}/retry", headers={"Host": "evil.example"})
+    assert r.status_code == 403 and await state_of(b.app, job.id) is JobState.CANCELLED
+    for host in ("localhost:8000", "[::1]:8000", "127.0.0.2"):
+        assert (await b.get("/jobs", headers={"Host": host})).status_code == 200, host
 
 
 # -- CSRF, escaping, headers ------------------------------------------------------------------
@@ -325,7 +333,7 @@ async def test_bad_query_parameters_give_a_400_page(browser_for: MakeBrowser) ->
 
 
 async def test_the_api_is_unchanged_beside_the_dashboard(browser_for: MakeBrowser) -> None:
-    b = await browser_for(login=None, tokens=None)
+    b = await browser_for(login=None, tokens=None, base="http://localhost")
     r = await b.get("/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert (await b.get("/v1/queues")).status_code == 200
@@ -635,6 +643,8 @@ async def test_mounted_under_a_prefix(url: str) -> None:
             r = await client.post(f"/ops/jobs/{ids[0]}/retry", data={"csrf": csrf.group(1)})
             assert r.headers["location"] == f"/ops/jobs/{ids[0]}?msg=retried"
             assert await state_of(app, ids[0]) is JobState.QUEUED
+            r = await client.get("/ops/nothing")
+            assert r.status_code == 404 and r.headers["x-content-type-options"] == "nosniff"
             assert (await client.get("/jobs")).status_code == 404  # nothing outside /ops
     finally:
         await app.close()
@@ -645,7 +655,7 @@ async def test_the_whole_service_under_a_prefix(url: str) -> None:
     site = Starlette(routes=[Mount("/offload", app=service)])
     async with service.router.lifespan_context(service):
         transport = httpx.ASGITransport(app=site)
-        async with httpx.AsyncClient(transport=transport, base_url="http://site.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             html = (await client.get("/offload/jobs")).text
             assert 'href="/offload/queues"' in html and 'href="/queues"' not in html
             assert (await client.get("/offload/v1/queues")).status_code == 200

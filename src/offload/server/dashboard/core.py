@@ -66,6 +66,12 @@ class Page:
         return f"{self.root}{path}" + (f"?{qs}" if qs else "")
 
 
+HOST_ERROR = PageError(
+    403,
+    "Forbidden",
+    "This dashboard has no tokens and answers on this machine only: open it at "
+    "http://127.0.0.1:PORT/ or http://localhost:PORT/.",
+)
 PageHandler = Callable[[Page], Awaitable[Response]]
 ActionHandler = Callable[[Page, dict[str, str]], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -103,8 +109,10 @@ class Core:
             viewer = self.guard.viewer(request)
             nonce, fresh = self.guard.csrf_nonce(request)
             page = Page(request, viewer or Viewer(frozenset(), False), self.guard.csrf_token(nonce))
-            if viewer is None and json:
-                response: Response = json_response({"error": "login needed"}, 401)
+            if not self.guard.host_ok(request):
+                response: Response = self.error(page, HOST_ERROR)
+            elif viewer is None and json:
+                response = json_response({"error": "login needed"}, 401)
             elif viewer is None:
                 response = RedirectResponse(page.url("/login"), status_code=303)
             elif not viewer.can_read:
@@ -133,6 +141,8 @@ class Core:
     async def _act(
         self, page: Page, viewer: Viewer, handler: ActionHandler, fields: Collection[str]
     ) -> Response:
+        if not self.guard.host_ok(page.request):
+            raise HOST_ERROR
         form = await form_of(page.request, {*fields, "csrf"})
         if not self.guard.csrf_ok(page.request, form.pop("csrf", None)):
             raise PageError(

@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping
 from importlib import resources
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -54,7 +55,8 @@ class Dashboard:
         banner = None
         if not auth.enabled:
             banner = LOOPBACK_BANNER if loopback_only else INSECURE_BANNER
-        self.core = Core(app, Guard(auth, secret), banner=banner, title=title)
+        guard = Guard(auth, secret, loopback_only=loopback_only)
+        self.core = Core(app, guard, banner=banner, title=title)
         self.pages = Pages(self.core)
         self.actions = Actions(self.core, self.pages)
         self._static = _load_static()
@@ -136,4 +138,11 @@ def create_dashboard(
     return Starlette(
         routes=dashboard.routes,
         middleware=[Middleware(LoopbackOnly)] if loopback_only else [],
+        exception_handlers={StarletteHTTPException: _not_here},  # type: ignore[dict-item]
     )
+
+
+async def _not_here(request: Request, exc: StarletteHTTPException) -> Response:
+    """404 and 405 outside the dashboard's routes, with the same headers as its pages."""
+    response = PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+    return add_security_headers(response)

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from offload.server.auth import TokenAuth
+from offload.server.service import is_loopback
 
 SESSION_COOKIE = "offload_session"
 CSRF_COOKIE = "offload_csrf"
@@ -80,9 +81,12 @@ class Viewer:
 class Guard:
     """Authenticates dashboard requests against the service's tokens."""
 
-    def __init__(self, auth: TokenAuth, secret: bytes | None = None) -> None:
+    def __init__(
+        self, auth: TokenAuth, secret: bytes | None = None, *, loopback_only: bool = False
+    ) -> None:
         self.auth = auth
         self.secret = secret or secrets.token_bytes(32)
+        self.loopback_only = loopback_only and not auth.enabled
         # TokenAuth keeps only digests; the fingerprints are derived from those.
         self._by_fp = {self._fingerprint(d): s for d, s in auth._tokens}
 
@@ -93,6 +97,16 @@ class Guard:
 
     def _fingerprint(self, token_digest: bytes) -> str:
         return _b64(_mac(self.secret, b"token", token_digest)[:16])
+
+    def host_ok(self, request: Request) -> bool:
+        """Without tokens, only a loopback Host header is served: a page of another site whose
+        name was made to resolve to 127.0.0.1 (DNS rebinding) is same-origin with it otherwise,
+        and could read the dashboard and post its forms."""
+        if not self.loopback_only:
+            return True
+        host = request.headers.get("host", "")
+        name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        return name == "localhost" or is_loopback(name)
 
     # -- sessions ----------------------------------------------------------------------------
 
