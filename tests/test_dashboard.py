@@ -603,14 +603,16 @@ def test_percentiles_and_history() -> None:
     now = [1000.0]
     history = History(clock=lambda: now[0])
     history.observe({"q": {JobState.SUCCEEDED: 10, JobState.DEAD: 1}})
+    history.observe({"q": {JobState.SUCCEEDED: 10, JobState.DEAD: 1}})  # too soon: not kept
     now[0] += 2
     history.observe({"q": {JobState.SUCCEEDED: 20, JobState.DEAD: 3}})
     now[0] += 0.5  # too soon: not kept
     history.observe({"q": {JobState.SUCCEEDED: 99}})
     now[0] += 2
-    history.observe({"q": {JobState.SUCCEEDED: 5, JobState.DEAD: 3}})  # retention deleted some
-    assert history.series() == [(1002.0, 5.0, 1.0), (1004.5, 0.0, 0.0)]
-    assert history.rates() == {"q": 0.0}
+    # Retention deleted some of q's jobs; queue r is new (no jobs at all before).
+    history.observe({"q": {JobState.SUCCEEDED: 5, JobState.DEAD: 3}, "r": {JobState.DEAD: 5}})
+    assert history.series() == [(1002.0, 5.0, 1.0), (1004.5, 0.0, 2.0)]
+    assert history.rates() == {"q": 0.0, "r": round(5 / 4.5, 3)}
 
 
 # -- mounting ---------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class Pages:
                 name=name,
                 states={s: counts.get(name, {}).get(JobState(s), 0) for s in STATES},
                 paused=name in paused,
-                rate=rates.get(name),
+                rate=rates.get(name, 0.0) if rates else None,
             )
             for name in sorted(names)
         ]

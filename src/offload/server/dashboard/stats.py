@@ -58,14 +58,15 @@ class History:
     def series(self) -> list[tuple[float, float, float]]:
         """``(time, succeeded per second, dead per second)`` between consecutive snapshots.
 
-        A count that went down (retention deleted finished jobs) shows as 0, not negative.
+        A queue missing from a snapshot had no jobs then. A count that went down (retention
+        deleted finished jobs) shows as 0, not negative.
         """
         out = []
         snaps = list(self._snaps)
         for before, after in itertools.pairwise(snaps):
             dt = after.at - before.at
-            ok = sum(max(0, n - before.succeeded.get(q, n)) for q, n in after.succeeded.items())
-            bad = sum(max(0, n - before.dead.get(q, n)) for q, n in after.dead.items())
+            ok = sum(max(0, n - before.succeeded.get(q, 0)) for q, n in after.succeeded.items())
+            bad = sum(max(0, n - before.dead.get(q, 0)) for q, n in after.dead.items())
             out.append((round(after.at, 3), round(ok / dt, 3), round(bad / dt, 3)))
         return out
 
@@ -81,7 +82,7 @@ class History:
         out = {}
         for q in last.succeeded:
             done = last.succeeded[q] + last.dead.get(q, 0)
-            then = first.succeeded.get(q, last.succeeded[q]) + first.dead.get(q, last.dead[q])
+            then = first.succeeded.get(q, 0) + first.dead.get(q, 0)
             out[q] = round(max(0, done - then) / dt, 3)
         return out
 

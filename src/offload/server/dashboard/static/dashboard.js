@@ -45,7 +45,8 @@
 
   function drawChart(box, series) {
     if (series.length < 2) return;
-    const W = 600, H = 200, L = 44, R = 8, T = 10, B = 24;
+    // Drawn at the box's own pixel size (no scaling), so text keeps its size on any screen.
+    const W = Math.max(240, Math.floor(box.clientWidth)), H = 200, L = 44, R = 8, T = 10, B = 24;
     const t0 = series[0][0], t1 = series[series.length - 1][0];
     const span = Math.max(1, t1 - t0);
     let top = 0;
@@ -53,7 +54,8 @@
     top = niceMax(top);
     const x = function (t) { return L + ((t - t0) / span) * (W - L - R); };
     const y = function (v) { return T + (1 - v / top) * (H - T - B); };
-    const svg = el("svg", { viewBox: "0 0 " + W + " " + H, class: "chart-svg", role: "presentation" });
+    const svg = el("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H,
+                            class: "chart-svg", role: "presentation" });
     [0, 0.5, 1].forEach(function (f) {
       const v = top * f;
       svg.appendChild(el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "gridline" }));
