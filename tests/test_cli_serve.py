@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -85,6 +86,7 @@ def test_serve_takes_tokens_from_the_environment(tmp_path: Path) -> None:
         (["--queues", "a"], "--queues needs --workers"),
         (["--tokens", "short=read"], "16 characters"),
         (["--tokens", "x" * 20 + "=root"], "scopes"),
+        (["--secret", "short"], "16 characters"),
     ],
 )
 def test_serve_refuses_bad_options_in_one_line(
@@ -94,3 +96,40 @@ def test_serve_refuses_bad_options_in_one_line(
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _login(base: str, token: str) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=5)
+    page = client.get("/login")
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text
+    r = client.post("/login", data={"token": token, "csrf": found.group(1)})
+    assert r.status_code == 303, r.text
+    return client
+
+
+def test_dashboard_sessions_survive_a_restart_with_the_same_secret(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    env = {"OFFLOAD_TOKENS": f"{TOKEN_READ}=read", "OFFLOAD_SECRET": "s" * 32}
+
+    def serve_once(secret: str) -> tuple[subprocess.Popen[str], str]:
+        port = free_port()
+        proc = start_serve(url, port, env={**env, "OFFLOAD_SECRET": secret})
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: healthy(base), 30, "the server to answer /healthz")
+        return proc, base
+
+    proc, base = serve_once("s" * 32)
+    try:
+        client = _login(base, TOKEN_READ)
+        assert client.get("/").status_code == 200
+    finally:
+        stop(proc, signal.SIGTERM)
+    cookies = client.cookies
+    for secret, expected in (("s" * 32, 200), ("t" * 32, 303)):
+        proc, base = serve_once(secret)
+        try:
+            again = httpx.Client(base_url=base, timeout=5, cookies=cookies)
+            assert again.get("/").status_code == expected
+        finally:
+            stop(proc, signal.SIGTERM)

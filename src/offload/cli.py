@@ -262,6 +262,15 @@ async def run_worker(app: App, config: WorkerConfig) -> None:
     help="Serve a non-loopback host without tokens (anyone who reaches the port is admin).",
 )
 @click.option(
+    "--secret",
+    envvar="OFFLOAD_SECRET",
+    show_envvar=True,
+    default=None,
+    help="Signs dashboard sessions; give every server process the same one (default: random "
+    "per process, so a restart logs everyone out).",
+)
+@click.option("--no-dashboard", is_flag=True, help="Serve the API only.")
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -279,9 +288,11 @@ def serve(
     grace: float,
     tokens: str | None,
     insecure: bool,
+    secret: str | None,
+    no_dashboard: bool,
     log_level: str,
 ) -> None:
-    """Serve the HTTP API (and dashboard), with an embedded worker when --workers > 0."""
+    """Serve the HTTP API and the dashboard, with an embedded worker when --workers > 0."""
     from offload.server import parse_tokens, run_server  # MissingDependency names the extra
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
@@ -296,6 +307,8 @@ def serve(
         config = WorkerConfig(queues=names, concurrency=workers, grace_s=grace)
     elif queues:
         raise click.UsageError("--queues needs --workers")
+    if secret is not None and len(secret) < 16:
+        raise click.UsageError("--secret must be 16 characters or more")
     run_server(
         app,
         host=host,
@@ -305,6 +318,8 @@ def serve(
         tokens=parse_tokens(tokens) if tokens else None,
         insecure=insecure,
         log_level=log_level,
+        dashboard=not no_dashboard,
+        dashboard_secret=secret.encode() if secret else None,
     )
 
 

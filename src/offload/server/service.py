@@ -95,6 +95,7 @@ def create_service(
     max_batch: int = DEFAULT_MAX_BATCH,
     title: str = "offload",
     dashboard: bool = True,
+    dashboard_secret: bytes | None = None,
 ) -> Starlette:
     """The HTTP API of ``app`` as an ASGI application (see docs/http.md).
 
@@ -103,7 +104,9 @@ def create_service(
     tasks use). ``tokens`` maps each bearer token to its scopes (``read``, ``enqueue``,
     ``admin``). Without tokens the API answers loopback clients only (403 to others) unless
     ``insecure``. ``group_commit=False`` stores each HTTP enqueue on its own (benchmarks).
-    ``dashboard`` serves the web dashboard at ``/`` with the same tokens (docs/dashboard.md).
+    ``dashboard`` serves the web dashboard at ``/`` with the same tokens (docs/dashboard.md);
+    ``dashboard_secret`` signs its sessions (random per process when not given: give every
+    process behind one load balancer the same one).
     """
     if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1:
         raise ConfigurationError("workers, max_body_bytes, max_wait_s, max_page out of range")
@@ -141,7 +144,9 @@ def create_service(
     if dashboard:
         from offload.server.dashboard import Dashboard
 
-        routes += Dashboard(app, auth, loopback_only=state.loopback_only, title=title).routes
+        routes += Dashboard(
+            app, auth, loopback_only=state.loopback_only, secret=dashboard_secret, title=title
+        ).routes
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
