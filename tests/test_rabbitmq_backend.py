@@ -11,26 +11,38 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
+import msgspec
 import pytest
 
 import offload
 from offload.backends import from_url
 from offload.backends.base import Backend
-from offload.backends.rabbitmq import RabbitMQBackend
+from offload.backends.rabbitmq import HEARTBEAT_S, RabbitMQBackend
+from offload.backends.rabbitmq_store import claim_delivered
+from offload.backends.sqlite import SQLiteBackend
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobRecord, JobState, NewJob, new_job_id
 from offload.outcome import RetryAt, Succeeded
 from offload.testing import BackendConformance, MakeBackend
 from offload.worker import Worker, WorkerConfig
-from tests.services import RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_URL, require_port, unique_name
+from tests.services import (
+    RABBITMQ_HOST,
+    RABBITMQ_PORT,
+    RABBITMQ_URL,
+    backend_url,
+    require_port,
+    unique_name,
+)
 
 Make = Callable[[], Awaitable[RabbitMQBackend]]
 
 
-def rabbitmq_url(tmp_path: Path, prefix: str) -> str:
-    """The isolated URL form: a per-test prefix and a per-test SQLite store."""
-    return f"{RABBITMQ_URL}?prefix={prefix}&store=sqlite:///{tmp_path / 'state.db'}"
+def rabbitmq_url(tmp_path: Path, prefix: str, store: str | None = None) -> str:
+    """The isolated URL form: a per-test prefix and a per-test store (SQLite by default)."""
+    store = store or f"sqlite:///{tmp_path / 'state.db'}"
+    return f"{RABBITMQ_URL}?prefix={prefix}&store={quote(store, safe='')}"
 
 
 @pytest.fixture
@@ -252,3 +264,93 @@ async def test_workers_survive_repeated_connection_closes(tmp_path: Path) -> Non
         await rabbit.delete_broker_objects(sorted(names))
         for a in apps:
             await a.close()
+
+
+def connection_heartbeats(name: str) -> list[int]:
+    """The heartbeat timeouts (s) the broker negotiated with the connections named ``name``."""
+    out = rabbitmqctl("list_connections", "timeout", "client_properties")
+    return [int(ln.split("\t")[0]) for ln in out.splitlines() if f'"{name}"' in ln]
+
+
+async def test_heartbeat_is_short_by_default_and_the_url_can_set_it(
+    make_rabbit: Make, tmp_path: Path
+) -> None:
+    backend = await make_rabbit()
+    assert connection_heartbeats(backend.connection_name) == [HEARTBEAT_S]
+    other = RabbitMQBackend(rabbitmq_url(tmp_path, unique_name("offload_hb")) + "&heartbeat=20")
+    await other.open()
+    try:
+        assert connection_heartbeats(other.connection_name) == [20]
+    finally:
+        await other.delete_broker_objects([])
+        await other.close()
+
+
+class IgnoresJobIds(SQLiteBackend):
+    """A real SQLite store that leases any due jobs, as stores did before ClaimRequest.job_ids."""
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        return await super().claim(msgspec.structs.replace(req, job_ids=None))
+
+
+async def test_jobs_a_store_leased_beyond_those_named_are_handed_back(tmp_path: Path) -> None:
+    store = IgnoresJobIds(f"sqlite:///{tmp_path / 'state.db'}")
+    await store.open()
+    try:
+        recs = await store.enqueue([job() for _ in range(3)])
+        # the store leases the first job in claim order, not the one delivered
+        assert await claim_delivered(store, "q", [recs[2].id], "w", 30.0) == {}
+        for rec in recs:
+            got = await store.get(rec.id)
+            assert got is not None and (got.state, got.attempt) == (JobState.QUEUED, 0)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis", "postgres"])
+async def test_two_workers_drain_one_queue(tmp_path: Path, store_kind: str) -> None:
+    """Two workers (two backend instances, as two processes would have) drain one queue: every
+    job runs exactly once, both take part, and the drain does not stall."""
+    require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    n, stall_s = 3000, 60.0
+    with backend_url(store_kind, tmp_path) as store:
+        url = rabbitmq_url(tmp_path, unique_name("offload_dr"), store)
+        apps = [offload.App(url) for _ in range(3)]  # a producer and two workers' apps
+        ran: collections.Counter[int] = collections.Counter()
+        all_ran = asyncio.Event()
+        for a in apps:
+
+            @a.task(name="tick")
+            async def tick(i: int) -> None:
+                ran[i] += 1
+                if len(ran) == n:
+                    all_ran.set()
+
+        for a in apps:
+            await a.open()
+        producer = apps[0]
+        await producer.aenqueue_many([producer.get_task("tick").prepare(i) for i in range(n)])
+        workers = [Worker(a, WorkerConfig(concurrency=50)) for a in apps[1:]]
+        runs = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            try:
+                await asyncio.wait_for(all_ran.wait(), stall_s)
+            except TimeoutError:
+                pytest.fail(f"stalled: {len(ran)} of {n} jobs ran within {stall_s:.0f}s")
+            assert [w.jobs_done > 0 for w in workers] == [True, True]
+            assert max(ran.values()) == 1  # no fault, so no job may run twice
+        finally:
+            await stop_and_clean(workers, runs, apps)
+
+
+async def stop_and_clean(
+    workers: list[Worker], runs: list[asyncio.Task[None]], apps: list[offload.App]
+) -> None:
+    for w in workers:
+        await w.stop()
+    await asyncio.gather(*runs, return_exceptions=True)
+    backends = [a.backend for a in apps if isinstance(a.backend, RabbitMQBackend)]
+    names = set().union(*(b.declared_queues() for b in backends))
+    await backends[0].delete_broker_objects(sorted(names))
+    for a in apps:
+        await a.close()

@@ -16,7 +16,8 @@ finished) is dropped when it is delivered.
 
 Options (URL query or keyword): ``store`` (required), ``prefix`` (queue-name prefix, default
 ``offload``), ``timeout_s`` (connect/RPC timeout, default 10). A store URL with its own query
-string must be percent-encoded.
+string must be percent-encoded. Other query parameters go to aio-pika; ``heartbeat`` defaults
+to :data:`HEARTBEAT_S` instead of the broker's 60 s (see there).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ _OPTIONS = ("store", "prefix", "timeout_s")
 PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
 LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
 START_ROUNDS = 4  # rounds of taking messages per claim call (stale ones are dropped)
+# AMQP heartbeat (s) unless the URL sets ``heartbeat=``. A frozen or hung worker keeps its
+# unacked messages until the broker gives up on its connection, about three heartbeats later
+# (~15 s here, ~3 min with RabbitMQ's default 60 s); the store recovers the lease sooner, but
+# the job runs elsewhere only once its message is back. The price of a short one: a process
+# whose event loop is blocked that long is disconnected and its jobs run again.
+HEARTBEAT_S = 5
 
 
 class RabbitMQBackend:
@@ -76,6 +83,7 @@ class RabbitMQBackend:
 
         self._store: Backend = from_url(store_url)
         self.prefix = opts.get("prefix") or "offload"
+        query.setdefault("heartbeat", str(HEARTBEAT_S))
         amqp_url = urlunsplit(parts._replace(query=urlencode(query)))
         name = f"offload:{self.prefix}:{uuid.uuid4().hex[:8]}"
         self._broker = Broker(amqp_url, self.prefix, name, float(opts.get("timeout_s", 10)))
