@@ -442,6 +442,24 @@ async def test_locked_file_is_backend_unavailable(backends: Factory, tmp_path: P
     assert len(await b.enqueue([job()])) == 1  # and it recovers once the lock is gone
 
 
+async def test_a_write_waits_for_another_connections_lock_then_goes_on(
+    backends: Factory, tmp_path: Path
+) -> None:
+    # The writer waits for the lock itself (its connection's busy timeout is 0): a lock held
+    # for a while by another process delays an enqueue, never fails it.
+    b = await backends(busy_timeout_ms=5000)
+    raw = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        pending = asyncio.ensure_future(b.enqueue([job()]))
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+    finally:
+        raw.execute("ROLLBACK")
+        raw.close()
+    assert len(await asyncio.wait_for(pending, 5)) == 1
+
+
 async def test_close_leaves_no_thread_and_no_file_handle(tmp_path: Path) -> None:
     b = SQLiteBackend(f"sqlite:///{tmp_path}/jobs.db")
     await b.open()

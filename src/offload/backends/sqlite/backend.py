@@ -98,6 +98,7 @@ class SQLiteBackend:
             f"offload-sqlite-writer:{tag}",
             partial(connect, self.path, self._opts, write=True),
             True,
+            busy_timeout_s=self._opts["busy_timeout_ms"] / 1000,
         )
         reader = Runner(
             f"offload-sqlite-reader:{tag}",
