@@ -22,7 +22,7 @@ from offload.backends.postgres.queries import load_migrations
 from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull
 from offload.job import ClaimRequest, JobState, NewJob, new_job_id
 from offload.outcome import Succeeded
-from offload.testing import BackendConformance, MakeBackend, claim_one, lease_of
+from offload.testing import PROMPT_S, BackendConformance, MakeBackend, claim_one, lease_of
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, require_port, unique_name
 
 Factory = Callable[..., Awaitable[PostgresBackend]]
@@ -307,6 +307,93 @@ async def test_claim_uses_the_waiting_index(backends: Factory, schema: str) -> N
         plan = "\n".join(str(r[0]) for r in await cur.fetchall())
     assert "jobs_claim_idx" in plan and "Sort" not in plan
     assert backend.capabilities.transactional and backend.capabilities.notify
+
+
+# -- waiting for work --------------------------------------------------------------------------
+
+
+async def listening(backend: PostgresBackend) -> None:
+    """Start the backend's LISTEN connection and wait until it listens."""
+    await backend.wait_for_work(["q"], 0.0)
+    assert backend._work_listener is not None
+    await asyncio.wait_for(backend._work_listener.ready.wait(), PROMPT_S)
+
+
+async def last_statements(schema: str) -> list[str]:
+    """The last statement of each connection that worked in ``schema``, but LISTEN."""
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND position(%s in query) > 0 AND query NOT LIKE 'LISTEN%%'",
+            [f'"{schema}"'],
+        )
+        return [row[0] for row in await cur.fetchall()]
+
+
+async def test_wait_after_a_claim_asks_the_database_nothing(backends: Factory, schema: str) -> None:
+    """The claim already told the worker all it needs: a second statement per idle cycle
+    doubled the database's work per job."""
+    backend = await backends()
+    await listening(backend)
+    assert await backend.claim(claim()) == []
+    await backend.wait_for_work(["q"], 0.05)
+    wake_info = backend._q["wake_info"][:200]  # the server keeps the first 1 kB of each
+    statements = await last_statements(schema)
+    assert statements and not any(s.startswith(wake_info) for s in statements)
+    # Without a claim of its own just before, a wait asks the database as ever.
+    await backend.wait_for_work(["q"], 0.05)
+    assert any(s.startswith(wake_info) for s in await last_statements(schema))
+
+
+async def test_work_notified_between_claim_and_wait_wakes_at_once(backends: Factory) -> None:
+    worker, producer = await backends(), await backends()
+    await listening(worker)
+    # Created before the claim, this waiter has no claim of its own: it asks the database,
+    # then hears the notification that the main wait must not sleep through.
+    heard = asyncio.create_task(worker.wait_for_work(["q"], 30.0))
+    assert await worker.claim(claim()) == []
+    await producer.enqueue([job()])
+    await asyncio.wait_for(heard, PROMPT_S)
+    started = time.monotonic()
+    await asyncio.wait_for(worker.wait_for_work(["q"], 30.0), PROMPT_S)
+    assert time.monotonic() - started < PROMPT_S
+    assert len(await worker.claim(claim())) == 1
+
+
+async def test_wait_after_a_full_claim_returns_at_once(backends: Factory) -> None:
+    backend = await backends()
+    await backend.enqueue([job(), job()])
+    await listening(backend)
+    assert len(await backend.claim(claim(limit=1))) == 1
+    await asyncio.wait_for(backend.wait_for_work(["q"], 30.0), PROMPT_S)
+
+
+@pytest.mark.parametrize("queues", [("q",), ("q", "other")])
+async def test_wait_after_a_claim_wakes_when_a_scheduled_job_falls_due(
+    backends: Factory, queues: tuple[str, ...]
+) -> None:
+    backend = await backends()
+    await backend.enqueue([job(delay_s=0.5), job("paused", delay_s=0.1)])
+    await backend.set_paused("paused", True)  # its job must not cut the wait short
+    await listening(backend)
+    request = ClaimRequest(queues=(*queues, "paused"), limit=5, worker_id="w", lease_s=30.0)
+    if await backend.claim(request):
+        pytest.skip("the machine took longer than the job's delay to get here")
+    started = time.monotonic()
+    await asyncio.wait_for(backend.wait_for_work(request.queues, 30.0), PROMPT_S)
+    assert time.monotonic() - started > 0.2  # slept until the job was due, not woken early
+    assert len(await backend.claim(request)) == 1
+
+
+async def test_a_connection_the_server_closed_is_replaced_on_checkout(backends: Factory) -> None:
+    """The pool checks connections without a round trip; a dead one must still be caught."""
+    backend = await backends()
+    assert backend._pool is not None
+    async with backend._pool.connection() as conn:
+        pid = conn.info.backend_pid
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+    assert await backend.counts() == {}  # not BackendUnavailable
 
 
 # -- outage ------------------------------------------------------------------------------------

@@ -67,6 +67,9 @@ SELECT q, (SELECT count(*) FROM (SELECT 1 FROM {schema}.jobs
 FROM unnest(%(queues)s::text[]) AS q
 
 -- name: claim_one_queue
+-- The claimed rows, each with one more column: seconds until the queue's next scheduled job
+-- falls due (NULL: none). With nothing claimed, one row of NULL job columns carries it. An
+-- idle worker sleeps on that and on notifications without asking again (wait_for_work).
 WITH c AS (
     SELECT id FROM {schema}.jobs
     WHERE queue = %(queue)s AND state IN ('scheduled', 'queued') AND run_at <= {now}
@@ -74,14 +77,21 @@ WITH c AS (
     ORDER BY priority DESC, run_at, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {schema}.jobs j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        started_at = {now}, lease_expires_at = {now} + %(lease_s)s
+    FROM c WHERE j.id = c.id
+    RETURNING {jcols}
+), next AS (
+    SELECT min(run_at) - {now} AS next_in FROM {schema}.jobs
+    WHERE queue = %(queue)s AND state = 'scheduled' AND run_at > {now}
+      AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = %(queue)s)
 )
-UPDATE {schema}.jobs j
-SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = {now}, lease_expires_at = {now} + %(lease_s)s
-FROM c WHERE j.id = c.id
-RETURNING {jcols}
+SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true
 
 -- name: claim_many_queues
+-- As claim_one_queue; the next scheduled job is looked up queue by queue, down the index.
 WITH c AS (
     SELECT id FROM {schema}.jobs
     WHERE queue = ANY(%(queues)s::text[]) AND state IN ('scheduled', 'queued')
@@ -90,12 +100,21 @@ WITH c AS (
     ORDER BY priority DESC, run_at, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {schema}.jobs j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        started_at = {now}, lease_expires_at = {now} + %(lease_s)s
+    FROM c WHERE j.id = c.id
+    RETURNING {jcols}
+), next AS (
+    SELECT min(s.run_at) - {now} AS next_in
+    FROM unnest(%(queues)s::text[]) AS w(q),
+         LATERAL (SELECT run_at FROM {schema}.jobs
+                  WHERE queue = w.q AND state = 'scheduled' AND run_at > {now}
+                  ORDER BY run_at LIMIT 1) s
+    WHERE w.q <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
 )
-UPDATE {schema}.jobs j
-SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = {now}, lease_expires_at = {now} + %(lease_s)s
-FROM c WHERE j.id = c.id
-RETURNING {jcols}
+SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true
 
 -- name: claim_by_ids
 -- A broker delivered these ids: lease only those among them that are due, in claim order.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -16,16 +17,12 @@ from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities
 from offload.backends.postgres import queries as q
 from offload.backends.postgres.enqueue import AsyncRunner, Runner, SyncRunner, enqueue_batch
 from offload.backends.postgres.listener import Listener
+from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.steering import Steering
-from offload.backends.postgres.waiters import DoneWaiters, WorkWaiters
+from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
-from offload.job import (
-    ClaimRequest,
-    JobRecord,
-    Lease,
-    NewJob,
-)
-from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
+from offload.job import ClaimRequest, JobRecord, Lease, NewJob
+from offload.outcome import Outcome
 
 OUT_OF_DATE = "database schema is out of date; run: offload migrate"
 _RETENTION_BATCH = 5000
@@ -56,6 +53,11 @@ class PostgresBackend(Steering):
         self._done = DoneWaiters()
         self._work_listener: Listener | None = None
         self._done_listener: Listener | None = None
+        # The caller's last queue claim (a context variable: per task, so workers sharing this
+        # backend do not read each other's). A worker's wait_for_work task inherits it.
+        self._last_claim: contextvars.ContextVar[ClaimMark | None] = contextvars.ContextVar(
+            f"offload_pg_last_claim_{id(self)}", default=None
+        )
 
     @property
     def url(self) -> str:
@@ -67,19 +69,7 @@ class PostgresBackend(Steering):
         """Connect, and check (or with ``auto_migrate``, bring up to date) the schema."""
         if self._pool is not None:
             return
-        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-            self._opts.conninfo,
-            min_size=1,
-            max_size=self._opts.pool_size,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(self._opts.timeout_s))},
-            open=False,
-            timeout=self._opts.timeout_s,
-            # One cheap round trip per checkout: after a database restart, dead connections
-            # are replaced here instead of failing the caller's operation.
-            check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=24 * 3600.0,
-            name=f"offload-{self.schema}",
-        )
+        pool = make_pool(self._opts, name=f"offload-{self.schema}")
         try:
             await pool.open(wait=True, timeout=self._opts.timeout_s)
             self._pool = pool
@@ -227,6 +217,7 @@ class PostgresBackend(Steering):
     # -- consuming -------------------------------------------------------------------------
 
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        self._last_claim.set(None)
         if req.limit <= 0 or not req.queues or req.job_ids == ():
             return []
         params: dict[str, Any] = {
@@ -236,15 +227,25 @@ class PostgresBackend(Steering):
         }
         if req.job_ids is not None:
             # Looked up by primary key: only these ids are candidates, whatever else waits.
-            name, params["queues"] = "claim_by_ids", list(req.queues)
-            params["ids"] = list(dict.fromkeys(req.job_ids))
-        elif len(req.queues) == 1:
+            params["queues"], params["ids"] = list(req.queues), list(dict.fromkeys(req.job_ids))
+            return q.claimed_records(await self._rows("claim_by_ids", params))
+        if len(req.queues) == 1:
             name, params["queue"] = "claim_one_queue", req.queues[0]
         else:
             name, params["queues"] = "claim_many_queues", list(req.queues)
+        listener = self._work_listener
+        listening = listener is not None and listener.ready.is_set()
+        epoch, heard = self._work.epoch, self._work.heard(req.queues)
         rows = await self._rows(name, params)
-        rows.sort(key=q.claim_order)
-        return [r for r in (q.decode_row(row) for row in rows) if r is not None]
+        # Every row carries the next scheduled job's distance; with nothing claimed there is
+        # one row of NULL job columns to carry it.
+        jobs = [row for row in rows if row[0] is not None]
+        if listening:
+            next_in = rows[0][q.N_COLUMNS] if rows else None
+            next_at = None if next_in is None else asyncio.get_running_loop().time() + next_in
+            full = len(jobs) >= req.limit
+            self._last_claim.set(ClaimMark(frozenset(req.queues), epoch, heard, full, next_at))
+        return q.claimed_records(jobs)
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         if not leases:
@@ -263,18 +264,7 @@ class PostgresBackend(Steering):
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         if not results:
             return
-        params: dict[str, list[Any]] = {
-            k: [] for k in ("ids", "worker_ids", "attempts", "kinds", "results", "errors", "delays")
-        }
-        for lease, outcome in results:
-            kind, result, error, delay = _outcome_fields(outcome)
-            params["ids"].append(lease.job_id)
-            params["worker_ids"].append(lease.worker_id)
-            params["attempts"].append(lease.attempt)
-            params["kinds"].append(kind)
-            params["results"].append(result)
-            params["errors"].append(error)
-            params["delays"].append(delay)
+        params = q.complete_params(results)
         await self._rows(
             "complete", {**params, "channel": self._channel, "done_channel": self._done_channel}
         )
@@ -291,16 +281,26 @@ class PostgresBackend(Steering):
         return int(rows[0][0])
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
+        """After this caller's own claim (see :class:`ClaimMark`), no round trip: return at
+        once if a notification came since the claim began, else sleep until one comes, the
+        next scheduled job falls due, or the timeout. Otherwise ask the database first."""
         listener = self._listener(work=True)
+        loop = asyncio.get_running_loop()
         with self._work.register(queues) as woken:
-            try:
-                rows = await self._rows("wake_info", {"queues": list(queues)})
-                due, next_in = bool(rows[0][0]), rows[0][1]
-            except BackendUnavailable:
-                due, next_in = False, None
-                timeout_s = min(timeout_s, _POLL_WITHOUT_LISTENER_S)
-            if due:
-                return
+            mark = self._take_mark(queues, listener)
+            if mark is not None:
+                if mark.full or self._work.heard(queues) != mark.heard:
+                    return
+                next_in = None if mark.next_at is None else mark.next_at - loop.time()
+            else:
+                try:
+                    rows = await self._rows("wake_info", {"queues": list(queues)})
+                    due, next_in = bool(rows[0][0]), rows[0][1]
+                except BackendUnavailable:
+                    due, next_in = False, None
+                    timeout_s = min(timeout_s, _POLL_WITHOUT_LISTENER_S)
+                if due:
+                    return
             # The jittered poll: idle workers do not all come back at the same instant.
             wait_s = timeout_s * random.uniform(0.8, 1.0)
             if next_in is not None:
@@ -309,6 +309,16 @@ class PostgresBackend(Steering):
                 wait_s = min(wait_s, _POLL_WITHOUT_LISTENER_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), timeout=max(wait_s, 0.0))
+
+    def _take_mark(self, queues: Sequence[str], listener: Listener) -> ClaimMark | None:
+        """The caller's last claim, if it can stand in for asking the database."""
+        mark = self._last_claim.get()
+        if mark is None or mark.used or mark.queues != frozenset(queues):
+            return None
+        if not listener.ready.is_set() or mark.epoch != self._work.epoch:
+            return None  # notifications may have been lost since the claim
+        mark.used = True
+        return mark
 
     async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
         loop = asyncio.get_running_loop()
@@ -378,16 +388,3 @@ class PostgresBackend(Steering):
 
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
-
-
-def _outcome_fields(outcome: Outcome) -> tuple[str, bytes | None, str | None, float]:
-    """(kind, result, error, delay_s) of an outcome, as the ``complete`` query takes them."""
-    if isinstance(outcome, Succeeded):
-        return "succeeded", outcome.result, None, 0.0
-    if isinstance(outcome, RetryAt):
-        return "retry", None, outcome.error, float(outcome.delay_s)
-    if isinstance(outcome, Dead):
-        return "dead", None, outcome.error, 0.0
-    if isinstance(outcome, Cancelled):
-        return "cancelled", None, outcome.reason, 0.0
-    return "snoozed", None, None, float(outcome.delay_s)

@@ -39,7 +39,7 @@ class AsyncRunner:
     async def rows(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         async with psycopg.AsyncCursor(self._conn, row_factory=tuple_row) as cur:
             await cur.execute(query, params, binary=True)
-            return await cur.fetchall() if cur.description is not None else []
+            return await cur.fetchall() if _has_rows(cur) else []
 
     @contextlib.asynccontextmanager
     async def atomic(self) -> AsyncIterator[None]:
@@ -57,12 +57,22 @@ class SyncRunner:
     async def rows(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         with psycopg.Cursor(self._conn, row_factory=tuple_row) as cur:
             cur.execute(query, params, binary=True)
-            return cur.fetchall() if cur.description is not None else []
+            return cur.fetchall() if _has_rows(cur) else []
 
     @contextlib.asynccontextmanager
     async def atomic(self) -> AsyncIterator[None]:
         with self._conn.transaction():
             yield
+
+
+def _has_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    # Not ``cur.description is not None``: that builds a Column object per column per call,
+    # a quarter of the client's time on a one-job enqueue.
+    res = cur.pgresult
+    return res is not None and res.status == _TUPLES_OK
+
+
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 
 
 def _collapse(jobs: Sequence[NewJob]) -> tuple[list[NewJob], list[int]]:

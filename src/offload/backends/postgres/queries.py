@@ -14,7 +14,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from offload.errors import ConfigurationError
-from offload.job import AttemptError, JobRecord, JobState
+from offload.job import AttemptError, JobRecord, JobState, Lease
+from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
 
 # One value per statement (not per row, not per transaction): every row a statement touches
 # gets the same time, and a long caller transaction does not freeze the clock.
@@ -169,3 +170,39 @@ def decode_row(row: Sequence[Any]) -> JobRecord | None:
 def claim_order(row: Sequence[Any]) -> tuple[int, float, int]:
     """Sort key of claimed rows: the database returns an UPDATE's rows in no set order."""
     return (-int(row[5]), float(row[8]), int(row[18]))
+
+
+def claimed_records(rows: list[tuple[Any, ...]]) -> list[JobRecord]:
+    """Claimed rows as records, in claim order; rows that do not decode are left out."""
+    rows.sort(key=claim_order)
+    return [r for r in (decode_row(row) for row in rows) if r is not None]
+
+
+def complete_params(results: Sequence[tuple[Lease, Outcome]]) -> dict[str, list[Any]]:
+    """The array parameters of the ``complete`` query, one element per result."""
+    params: dict[str, list[Any]] = {
+        k: [] for k in ("ids", "worker_ids", "attempts", "kinds", "results", "errors", "delays")
+    }
+    for lease, outcome in results:
+        kind, result, error, delay = _outcome_fields(outcome)
+        params["ids"].append(lease.job_id)
+        params["worker_ids"].append(lease.worker_id)
+        params["attempts"].append(lease.attempt)
+        params["kinds"].append(kind)
+        params["results"].append(result)
+        params["errors"].append(error)
+        params["delays"].append(delay)
+    return params
+
+
+def _outcome_fields(outcome: Outcome) -> tuple[str, bytes | None, str | None, float]:
+    """(kind, result, error, delay_s) of an outcome, as the ``complete`` query takes them."""
+    if isinstance(outcome, Succeeded):
+        return "succeeded", outcome.result, None, 0.0
+    if isinstance(outcome, RetryAt):
+        return "retry", None, outcome.error, float(outcome.delay_s)
+    if isinstance(outcome, Dead):
+        return "dead", None, outcome.error, 0.0
+    if isinstance(outcome, Cancelled):
+        return "cancelled", None, outcome.reason, 0.0
+    return "snoozed", None, None, float(outcome.delay_s)
