@@ -1,6 +1,6 @@
 """Admission control: overhead at low load, and latency of admitted requests under overload.
 
-Run: .venv/bin/python benchmarks/admission.py
+Run: .venv/bin/python benchmarks/admission.py [--runs 5] [--duration 2] (see --help)
 
 ASGI calls are made in-process (no sockets), so the figures are the middleware's own cost and
 behaviour, not an HTTP client's. Printed figures, not a timed test.
@@ -10,15 +10,22 @@ behaviour, not an HTTP client's. Printed figures, not a timed test.
 2. Overload: an app that serves 8 requests at once, 2 ms each (a semaphore stands for its
    database pool). Unloaded (8 clients) vs 10x overload (80 clients) with and without the
    middleware; p99 latency of admitted requests vs the unloaded p99 (target within 2x), and how
-   fast the rest are shed.
+   fast the rest are shed. "queued in app" is the share of admitted requests that found the
+   app's pool full, i.e. that the limit let in past the app's capacity.
+
+The machine is shared, so one run proves little: ``--runs N`` repeats the whole set (each run
+measures its own unloaded p99, and the middleware rows alternate order between runs) and ends
+with the median and the range of each figure.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from offload.asgi import AdaptiveLimit, AdmissionControl
@@ -33,6 +40,23 @@ BACKOFF_S = 0.005
 
 async def receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def connection() -> Callable[[], Awaitable[Message]]:
+    """``receive`` of one request as a server gives it: the (empty) body once, then nothing
+    until the client goes away, which these clients never do. A ``receive`` that answered at
+    once every time would make each waiting request's disconnect listener spin on the CPU."""
+    body_sent = False
+
+    async def receive() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.get_running_loop().create_future()  # never set; cancelled when done
+        raise AssertionError("unreachable")
+
+    return receive
 
 
 async def trivial(scope: Any, receive: Any, send: Any) -> None:
@@ -57,7 +81,7 @@ async def per_request_us(app: ASGI, n: int) -> float:
     return best
 
 
-async def overhead() -> None:
+async def overhead() -> dict[str, float]:
     n = 50_000
     bare = await per_request_us(trivial, n)
     fixed = await per_request_us(AdmissionControl(trivial, max_concurrency=8, max_queue=8), n)
@@ -68,17 +92,23 @@ async def overhead() -> None:
     print(f"  bare app                 {bare:7.2f} us")
     print(f"  + AdmissionControl fixed {fixed:7.2f} us   overhead {fixed - bare:6.2f} us")
     print(f"  + AdmissionControl adapt {adaptive:7.2f} us   overhead {adaptive - bare:6.2f} us")
+    return {"overhead fixed us": fixed - bare, "overhead adaptive us": adaptive - bare}
 
 
-def make_app() -> ASGI:
-    pool = asyncio.Semaphore(CAPACITY)  # the app's real capacity (think: database pool)
+class App:
+    """Serves ``CAPACITY`` requests at once (think: a database pool); counts who had to wait."""
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        async with pool:
+    def __init__(self) -> None:
+        self.pool = asyncio.Semaphore(CAPACITY)
+        self.served = 0
+        self.queued = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.served += 1
+        self.queued += self.pool.locked()
+        async with self.pool:
             await asyncio.sleep(SERVICE_S)
         await trivial(scope, receive, send)
-
-    return app
 
 
 async def load(app: ASGI, clients: int, duration_s: float) -> tuple[list[float], list[float]]:
@@ -97,7 +127,7 @@ async def load(app: ASGI, clients: int, duration_s: float) -> tuple[list[float],
 
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            await app(SCOPE, receive, send)
+            await app(SCOPE, connection(), send)
             (ok if status == 200 else shed).append(time.perf_counter() - started)
             if status != 200:
                 # A shed client backs off briefly (real ones honour Retry-After, far longer).
@@ -113,45 +143,95 @@ def p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 1000) - 1] * 1e3 if values else 0.0
 
 
-async def overload() -> None:
-    duration_s = 2.0
-    base_ok, _ = await load(make_app(), CAPACITY, duration_s)
-    base_p99 = p(base_ok, 0.99)
-    print(f"\noverload: app serves {CAPACITY} at once, {SERVICE_S * 1e3:.0f} ms each")
-    print(f"  unloaded ({CAPACITY} clients)  p50 {p(base_ok, 0.5):6.2f} ms  p99 {base_p99:6.2f} ms")
-    rows: list[tuple[str, ASGI]] = [
-        ("no middleware", make_app()),
-        (
+@dataclass
+class Row:
+    name: str
+    app: App
+    gate: AdmissionControl | None
+
+
+def rows(bare: bool) -> list[Row]:
+    fixed, adaptive = App(), App()
+    found = [
+        Row(
             "fixed limit 8, queue 4",
+            fixed,
             AdmissionControl(
-                make_app(), max_concurrency=CAPACITY, max_queue=CAPACITY // 2, queue_timeout=0.002
+                fixed, max_concurrency=CAPACITY, max_queue=CAPACITY // 2, queue_timeout=0.002
             ),
         ),
-        (
+        Row(
             "adaptive, queue 4",
+            adaptive,
             AdmissionControl(
-                make_app(),
+                adaptive,
                 max_concurrency=AdaptiveLimit(),
                 max_queue=CAPACITY // 2,
                 queue_timeout=0.002,
             ),
         ),
     ]
-    for name, app in rows:
-        ok, shed = await load(app, CAPACITY * 10, duration_s)
+    return [Row("no middleware", App(), None), *found] if bare else found
+
+
+async def overload(run: int, duration_s: float, bare: bool) -> dict[str, float]:
+    base_ok, _ = await load(App(), CAPACITY, duration_s)
+    base_p99 = p(base_ok, 0.99)
+    print(f"\noverload: app serves {CAPACITY} at once, {SERVICE_S * 1e3:.0f} ms each")
+    print(f"  unloaded ({CAPACITY} clients)  p50 {p(base_ok, 0.5):6.2f} ms  p99 {base_p99:6.2f} ms")
+    figures = {"unloaded p99 ms": base_p99}
+    todo = rows(bare)
+    if run % 2:  # alternate the order, so that neither row always runs on a warmer machine
+        todo = [*todo[:-2], todo[-1], todo[-2]]
+    for row in todo:
+        ok, shed = await load(row.gate or row.app, CAPACITY * 10, duration_s)
         ratio = p(ok, 0.99) / base_p99
+        queued = row.app.queued / max(1, row.app.served)
         print(
-            f"  10x overload, {name:24s} admitted p99 {p(ok, 0.99):6.2f} ms ({ratio:4.2f}x)"
+            f"  10x overload, {row.name:24s} admitted p99 {p(ok, 0.99):6.2f} ms ({ratio:4.2f}x)"
             f"  ok/s {len(ok) / duration_s:6.0f}  shed/s {len(shed) / duration_s:6.0f}"
             f"  shed p50 {p(shed, 0.5):5.2f} ms p99 {p(shed, 0.99):5.2f} ms"
+            f"  queued in app {queued:6.2%}"
         )
-        if isinstance(app, AdmissionControl):
-            print(f"      final {app.stats}")
+        if row.gate is not None:
+            print(f"      final {row.gate.stats}")
+        figures[f"{row.name}: p99 ratio"] = ratio
+        figures[f"{row.name}: ok/s"] = len(ok) / duration_s
+        figures[f"{row.name}: queued in app %"] = queued * 100
+    # The two rows of one run saw nearly the same machine: their ratio is the steadier figure.
+    figures["adaptive p99 / fixed p99"] = (
+        figures["adaptive, queue 4: p99 ratio"] / figures["fixed limit 8, queue 4: p99 ratio"]
+    )
+    return figures
 
 
 async def main() -> None:
-    await overhead()
-    await overload()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1, help="repeat everything N times")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per overload row")
+    parser.add_argument(
+        "--only", choices=["overhead", "overload"], help="run one of the two parts only"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="skip the no-middleware row")
+    args = parser.parse_args()
+    results: list[dict[str, float]] = []
+    for run in range(args.runs):
+        if args.runs > 1:
+            print(f"\n=== run {run + 1} of {args.runs}")
+        figures: dict[str, float] = {}
+        if args.only != "overload":
+            figures |= await overhead()
+        if args.only != "overhead":
+            figures |= await overload(run, args.duration, not args.no_bare)
+        results.append(figures)
+    if args.runs > 1:
+        print(f"\nsummary over {args.runs} runs: median [min - max]")
+        for key in results[0]:
+            values = [figures[key] for figures in results]
+            print(
+                f"  {key:45s} {statistics.median(values):8.2f}"
+                f"  [{min(values):.2f} - {max(values):.2f}]"
+            )
 
 
 if __name__ == "__main__":

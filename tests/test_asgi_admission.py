@@ -355,6 +355,27 @@ async def test_slot_granted_to_a_cancelled_waiter_is_given_back() -> None:
     assert (gate.stats.in_flight, gate.stats.waiting) == (0, 0)
 
 
+async def test_waiter_past_its_deadline_is_shed_even_if_its_timer_has_not_run() -> None:
+    import time
+
+    app, gate, probe = build(max_concurrency=1, max_queue=5, queue_timeout=0.05)
+    running = asyncio.create_task(probe(http_scope("/run"), _no_receive, _discard))
+    await app.arrived["/run"].wait()
+    sent: list[Message] = []
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    waiting = asyncio.create_task(probe(http_scope("/late"), _no_receive, record))
+    await probe.queued["/late"].wait()
+    # The event loop stalls past /late's deadline, as in a busy or paused process.
+    time.sleep(0.1)  # noqa: ASYNC251 - the stall is the point
+    app.release("/run", "/late")  # /run's slot frees before /late's timer gets a turn to run
+    await asyncio.gather(running, waiting)
+    assert app.entered == ["/run"]  # /late was not run late
+    assert sent[0]["status"] == 503 and gate.stats.shed["timeout"] == 1
+
+
 async def test_app_that_raises_releases_its_slot_once() -> None:
     async def broken(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("boom")

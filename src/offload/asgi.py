@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from offload._admission_metrics import families, register
 from offload._limits import AdaptiveLimit
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-    from prometheus_client.metrics_core import Metric
 
 __all__ = ["AdaptiveLimit", "AdmissionControl", "AdmissionStats", "PriorityRule"]
 
@@ -183,7 +183,12 @@ class AdmissionControl:
         self._shed = dict.fromkeys(SHED_REASONS, 0)
         self._wait_counts = [0] * (len(WAIT_BUCKETS_S) + 1)
         self._wait_sum_s = 0.0
-        self.registry = _register(self, registry, metrics_namespace)
+        self.registry = register(
+            registry,
+            lambda: families(
+                metrics_namespace, self.stats, WAIT_BUCKETS_S, self._wait_counts, self._wait_sum_s
+            ),
+        )
 
     @property
     def stats(self) -> AdmissionStats:
@@ -270,9 +275,15 @@ class AdmissionControl:
             self._dequeue(waiter)
             if waiter.future.done():  # cancelled, its task not yet run to leave the queue
                 continue
+            waited = time.monotonic() - waiter.enqueued_at
+            if self._queue_timeout is not None and waited > self._queue_timeout:
+                # Past its deadline, its timer not yet run (the loop was busy or stalled): it
+                # would run late, which the deadline exists to prevent.
+                self._shed[_TIMEOUT] += 1
+                waiter.future.set_result(_TIMEOUT)
+                continue
             self._in_flight += 1
             self._admitted += 1
-            waited = time.monotonic() - waiter.enqueued_at
             self._wait_counts[bisect.bisect_left(WAIT_BUCKETS_S, waited)] += 1
             self._wait_sum_s += waited
             waiter.future.set_result(_GRANTED)
@@ -355,40 +366,6 @@ class AdmissionControl:
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _collect(self, namespace: str) -> Iterator[Metric]:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-
-        yield GaugeMetricFamily(
-            f"{namespace}_in_flight", "Requests inside the app.", value=self._in_flight
-        )
-        yield GaugeMetricFamily(
-            f"{namespace}_waiting", "Requests waiting for admission.", value=self._waiting
-        )
-        yield GaugeMetricFamily(f"{namespace}_limit", "Current concurrency limit.", self._limit)
-        yield CounterMetricFamily(
-            f"{namespace}_admitted", "Requests admitted to the app.", value=self._admitted
-        )
-        shed = CounterMetricFamily(
-            f"{namespace}_shed", "Requests shed without reaching the app.", labels=["reason"]
-        )
-        for reason, count in self._shed.items():
-            shed.add_metric([reason], count)
-        yield shed
-        cumulative, buckets = 0, []
-        for bound, count in zip((*WAIT_BUCKETS_S, float("inf")), self._wait_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        yield HistogramMetricFamily(
-            f"{namespace}_wait_seconds",
-            "Time admitted requests waited for a slot.",
-            buckets=buckets,
-            sum_value=self._wait_sum_s,
-        )
-
 
 class _Listener:
     """Listens on ``receive`` while a request waits: notices disconnects, holds body chunks."""
@@ -436,23 +413,3 @@ class _Listener:
 
 def _expects_continue(scope: Scope) -> bool:
     return any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope["headers"])
-
-
-def _register(
-    gate: AdmissionControl, registry: CollectorRegistry | None, namespace: str
-) -> CollectorRegistry | None:
-    if registry is None:
-        try:
-            from prometheus_client import CollectorRegistry
-        except ImportError:  # metrics stay in ``stats`` only
-            return None
-        registry = CollectorRegistry(auto_describe=True)
-
-    from prometheus_client.registry import Collector
-
-    class _Collector(Collector):
-        def collect(self) -> Iterator[Metric]:
-            return gate._collect(namespace)
-
-    registry.register(_Collector())
-    return registry
