@@ -385,6 +385,26 @@ async def test_wait_after_a_claim_wakes_when_a_scheduled_job_falls_due(
     assert len(await backend.claim(request)) == 1
 
 
+async def test_a_claims_commit_setting_stays_in_its_own_transaction(backends: Factory) -> None:
+    """A claim commits without waiting for the disk; the enqueues and completions that use
+    the same pooled connection after it must still wait (they are what must not be lost)."""
+    backend = await backends(pool_size=1)
+    assert backend._pool is not None
+
+    async def setting() -> str:
+        assert backend._pool is not None
+        async with backend._pool.connection() as conn:
+            row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+            assert row is not None
+            return str(row[0])
+
+    before = await setting()
+    await backend.enqueue([job()])
+    assert len(await backend.claim(claim())) == 1
+    assert await backend.claim(claim()) == []
+    assert await setting() == before != "off"
+
+
 async def test_a_connection_the_server_closed_is_replaced_on_checkout(backends: Factory) -> None:
     """The pool checks connections without a round trip; a dead one must still be caught."""
     backend = await backends()

@@ -70,7 +70,12 @@ FROM unnest(%(queues)s::text[]) AS q
 -- The claimed rows, each with one more column: seconds until the queue's next scheduled job
 -- falls due (NULL: none). With nothing claimed, one row of NULL job columns carries it. An
 -- idle worker sleeps on that and on notifications without asking again (wait_for_work).
-WITH c AS (
+-- A claim commits without waiting for its WAL to reach the disk (synchronous_commit off for
+-- this transaction only): the wait sat on the path from enqueue to start, and a claim lost in
+-- a server crash only gives the job back to the queue, as a lost lease does (at-least-once).
+WITH no_flush_wait AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), c AS (
     SELECT id FROM {schema}.jobs
     WHERE queue = %(queue)s AND state IN ('scheduled', 'queued') AND run_at <= {now}
       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = %(queue)s)
@@ -88,11 +93,13 @@ WITH c AS (
     WHERE queue = %(queue)s AND state = 'scheduled' AND run_at > {now}
       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = %(queue)s)
 )
-SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true
+SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true, no_flush_wait
 
 -- name: claim_many_queues
 -- As claim_one_queue; the next scheduled job is looked up queue by queue, down the index.
-WITH c AS (
+WITH no_flush_wait AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), c AS (
     SELECT id FROM {schema}.jobs
     WHERE queue = ANY(%(queues)s::text[]) AND state IN ('scheduled', 'queued')
       AND run_at <= {now}
@@ -114,7 +121,7 @@ WITH c AS (
                   ORDER BY run_at LIMIT 1) s
     WHERE w.q <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
 )
-SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true
+SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true, no_flush_wait
 
 -- name: claim_by_ids
 -- A broker delivered these ids: lease only those among them that are due, in claim order.
