@@ -130,6 +130,23 @@ def test_url_options_are_stripped_and_the_password_masked() -> None:
         PostgresBackend("postgresql://db/app?schema=Robert');DROP")
 
 
+async def test_libpq_options_in_the_url_reach_the_server(schema: str) -> None:
+    """A space in a libpq parameter must stay %20: libpq does not read "+" as a space."""
+    backend = PostgresBackend(
+        f"{POSTGRES_URL}?schema={schema}&auto_migrate=1"
+        "&options=-c%20statement_timeout%3D4321&application_name=offload%20test"
+    )
+    await backend.open()
+    try:
+        assert backend._pool is not None
+        async with backend._pool.connection() as conn:
+            cur = await conn.execute("SELECT current_setting('statement_timeout')")
+            assert await cur.fetchone() == ("4321ms",)
+            assert conn.info.parameter_status("application_name") == "offload test"
+    finally:
+        await backend.close()
+
+
 async def test_unreachable_database_fails_fast_as_backend_unavailable() -> None:
     backend = PostgresBackend("postgresql://postgres@127.0.0.1:1/test?timeout=1")
     started = time.monotonic()

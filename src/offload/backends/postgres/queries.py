@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -96,7 +96,9 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
         names = ", ".join(sorted(unknown))
         raise ConfigurationError(f"unknown PostgreSQL backend options: {names}")
     values: dict[str, Any] = {**ours, **overrides}
-    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
+    # A space as %20, not "+": libpq decodes only %-escapes (options=-c%20statement_timeout%3D5).
+    query = urlencode(theirs, quote_via=quote)
+    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=query))
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
