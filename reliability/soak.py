@@ -31,12 +31,13 @@ JOB_S = 0.005  # short jobs: the load is many jobs, not long ones
 TICK_S = 0.1  # the producer enqueues what is due every tick, in one batch
 SAMPLE_S = 1.0
 WINDOW = 5  # samples in each median
-# CPython takes memory from the system in 1 MiB arenas and glibc keeps freed memory for reuse, so
-# the RSS of a worker that leaks nothing still wanders by a few MiB under load. 5 MiB is above
-# that wander and below what a leak leaves: 1 KiB per job crosses it in ~5,000 jobs per worker
-# (the short form runs ~1,700 per worker after its warm-up: it catches leaks of ~3 KiB per job
-# and more), 100 bytes per job in ~50,000 (the full form: ~25,000 per worker at 300 jobs/s).
-RSS_GROWTH_KB = 5 * 1024
+# CPython takes memory from the system in 1 MiB arenas and glibc keeps freed memory for reuse,
+# so a worker that leaks nothing still wanders a little: at most 0.4 MiB on any backend here, in
+# either form (docs/reliability.md). 2 MiB is five times that; a leak of 1.2 KiB per job crosses
+# it in the short form (~1,700 jobs per worker after the warm-up), 60 bytes per job in the full
+# form (~36,000 per worker). A 4 KiB-per-job leak planted in the task grew RSS by 4.4-5.3 MiB in
+# the short form.
+RSS_GROWTH_KB = 2 * 1024
 # A connection pool may open one more connection for a rare overlap of its users (claim, a
 # completion batch, a heartbeat); a leak of one descriptor per job or per reconnect goes far past.
 FD_GROWTH = 2
@@ -92,8 +93,8 @@ def soak(kind: str, run: Run, result: Result, form: Form) -> None:
             next_sample += SAMPLE_S
         time.sleep(max(0.0, min(TICK_S, t0 + next_sample - time.monotonic())))
     elapsed = time.monotonic() - t0
+    drained = run.wait_until(lambda: run.finished() >= sent, form.timeout_s, "the backlog")
     run.wait_all_final(form.timeout_s)
-    drained = time.monotonic() - t0 - elapsed
     for p in procs:
         result.expect(stop_worker(p) == 0, f"worker {p.pid} did not exit cleanly after SIGTERM")
     run.tally(result)

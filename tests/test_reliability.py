@@ -3,7 +3,9 @@
 Real worker processes, real services (skipped locally when a service is down, failed in CI).
 A test fails on any lost job, on more duplicates than the jobs the fault could have taken, or
 on a broken guarantee of its own (poison job not dead after exactly max_attempts, a late
-completion accepted, a job running after its graceful release). See docs/reliability.md.
+completion accepted, a job running after its graceful release, an enqueue on a full disk that
+is not StorageFull, a worker log storm, memory or open files growing under a steady load). The
+disk-full test mounts a tmpfs: skipped when that is not permitted. See docs/reliability.md.
 """
 
 from __future__ import annotations
