@@ -116,6 +116,14 @@ def test_a_large_knee_is_held_to_the_tolerance(capacity: int) -> None:
         assert share(drive(limiter, app, 200_000), range(20, 21)) > 0.95
 
 
+def test_finds_a_large_app_quickly_from_the_default_start() -> None:
+    # It doubles while no level is known to climb, then halves the distance to the lowest one.
+    app = KneeApp(200, noise=0.02)
+    limiter = AdaptiveLimit()
+    assert limiter.limit == 4
+    assert samples_until(limiter, app, range(200, 221)) < 10_000
+
+
 def test_finds_the_knee_quickly_from_far_above() -> None:
     # Each probe at half the limit shows the app faster, so each cuts the limit by half.
     app = KneeApp(8)
@@ -180,7 +188,7 @@ async def test_adaptive_middleware_finds_the_knee_behind_uvicorn() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    limiter = AdaptiveLimit()  # starts at 10, past this app's knee
+    limiter = AdaptiveLimit(initial_limit=10)  # past this app's knee
     gate = AdmissionControl(app, max_concurrency=limiter, max_queue=1000)
     served = 0
 

@@ -51,26 +51,28 @@ class AdaptiveLimit:
       that more is safe. Each raise is a trial: the next two windows must be clean, or the
       limit goes straight back and that level is *held*: it is tried again after 4 clean
       windows, and each failed trial doubles that, up to 256. At a stable knee, trials past it
-      thus take a fraction of a percent of requests. Below a held level the limit rises by 1
-      per trial; with no held level above it, by a quarter (at least 1), so that a large app
-      is found quickly. A successful trial forgets the holds at or below it.
+      thus take a fraction of a percent of requests. With no held level above, the limit
+      doubles (it starts low, at 4 by default, and finds a large app in a few trials); below
+      one, it goes halfway to it. A successful trial forgets the holds at or below it.
     - **Probe below.** Now and then one window runs at half the limit and is compared with the
       windows at the full limit on both sides of it (the fastest of them, so that a busy spell
-      around the probe does not count). If those are more than ``tolerance`` slower than the
-      probe, the limit was past the knee (it started too high, or the app lost capacity): it
-      falls at once by the gradient, to ``limit * probe mean / full-limit mean`` (what the app
-      really serves at once), by at least 1 and at most half, and the next probe comes 4
+      around the probe does not count). If those are slower than the probe by more than the
+      *margin*, the limit was past the knee (it started too high, or the app lost capacity):
+      it falls at once by the gradient, to ``limit * probe mean / full-limit mean`` (what the
+      app really serves at once), by at least 1 and at most half, and the next probe comes 4
       windows later. A probe that finds nothing doubles the interval, up to 128 windows. Two
-      windows in a row more than twice the tolerance over the baseline bring the next probe
+      windows in a row more than twice the margin over the baseline bring the next probe
       forward. The first probe comes after two windows, before any rise, so that an initial
-      limit past the knee is corrected at once.
+      limit past the knee is corrected first. The margin is the tolerance, or twice the usual
+      difference between consecutive windows at one limit when that is larger: on a busy
+      machine, only a clear difference counts.
 
     Backing off thus needs a side-by-side comparison of two limits, never one slow window
     against an old figure. An app (or a machine) that got slower at every load keeps its limit,
     instead of being starved down to ``min_limit`` by a limit that takes slowness for
     queueing; it rises again once the slower figure is the baseline (after 64 windows and two
-    probes). Noise can make a trial fail, which keeps the limit where it is, or hide the knee
-    from one probe, which a later probe corrects.
+    probes). When latency is too noisy to show the knee, trials fail and probes find nothing,
+    so the limit stays where it is: it never goes past the knee without evidence.
 
     Where it settles: with an app that serves ``N`` requests at once, where one more request
     adds ``1/N`` to latency, above the tolerance (``N`` below 10 by default), at ``N``: past
@@ -87,7 +89,7 @@ class AdaptiveLimit:
     def __init__(
         self,
         *,
-        initial_limit: int = 10,
+        initial_limit: int = 4,
         min_limit: int = 1,
         max_limit: int = 1000,
         tolerance: float = 0.1,
@@ -117,6 +119,8 @@ class AdaptiveLimit:
         self._holds: dict[int, int] = {}
         self._streak = 0  # clean, binding windows in a row just under the next held level
         self._jumps = 0  # windows in a row far over the baseline
+        # Moving mean of |ln(ratio)| of consecutive windows at one limit: how noisy they are.
+        self._noise = 0.0
         self._trial_from: int | None = None  # during a trial above: the limit it came from
         self._trial_left = 0  # clean windows the trial still needs to pass
         self._probe_from: int | None = None  # during a probe below: the limit it came from
@@ -183,8 +187,11 @@ class AdaptiveLimit:
                 return
             self._end_trial(failed=False)
         else:
+            if self._level:
+                self._noise += (abs(math.log(mean / self._level[-1])) - self._noise) / 8
             self._level.append(mean)
-        self._jumps = self._jumps + 1 if mean > baseline * (1 + 2 * self.tolerance) else 0
+        margin = self._margin()
+        self._jumps = self._jumps + 1 if mean > baseline * (1 + 2 * margin) else 0
         self._since_probe += 1
         if len(self._level) >= 2 and (
             self._since_probe >= self._probe_every
@@ -197,10 +204,10 @@ class AdaptiveLimit:
     def _rise(self) -> None:
         limit = self._limit
         held = min(self._holds, default=None)
-        if held is None:
-            new = limit + max(1, limit // 4)
-        elif limit + 1 < held:
-            new = limit + 1
+        if held is None:  # no level known to climb above: double, to find a large app fast
+            new = 2 * limit
+        elif limit + 1 < held:  # halfway to the lowest level known to climb
+            new = limit + (held - limit) // 2
         else:
             self._streak += 1
             if self._streak < self._holds[held]:
@@ -242,8 +249,9 @@ class AdaptiveLimit:
         not mistaken for the app serving fewer requests faster."""
         level, probe_mean = self._limit, self._probe_mean
         self._probe_mean = math.inf
-        reference = min(mean, *self._saved_level)
-        if reference > probe_mean * (1 + self.tolerance):
+        reference = min([mean, *self._saved_level])
+        margin = self._margin()
+        if reference > probe_mean * (1 + margin):
             # Half the requests inside are served faster: the limit was past the knee. Cut by
             # the gradient now, and probe again soon in case it is still past.
             self._probe_every = _PROBE_FIRST
@@ -252,11 +260,16 @@ class AdaptiveLimit:
             ratio = probe_mean / reference
             self._set(max(self.min_limit, level // 2, min(level - 1, round(level * ratio))))
             return
-        if probe_mean <= reference * (1 + self.tolerance):
+        if probe_mean <= reference * (1 + margin):
             self._probe_every = min(_PROBE_MAX, 2 * self._probe_every)
         # else: fewer requests inside were slower, which only noise does; probe again as soon.
         self._level.extend(self._saved_level)
         self._level.append(mean)
+
+    def _margin(self) -> float:
+        """How much faster a probe must be to count: the tolerance, or more when windows at
+        one limit differ by more than that (a busy machine), so that noise alone cannot cut."""
+        return max(self.tolerance, 2 * self._noise)
 
     def _hold(self, level: int) -> None:
         """Remember that ``level`` made latency climb: wait longer before trying it again."""
