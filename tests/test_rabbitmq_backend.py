@@ -148,6 +148,20 @@ async def test_an_instance_that_stops_claiming_hands_messages_back(make_rabbit: 
     assert not idle._broker.buffered(["q"])
 
 
+async def test_a_pause_elsewhere_stops_the_feed_at_the_next_claim(make_rabbit: Make) -> None:
+    admin, worker = await make_rabbit(), await make_rabbit()
+    assert await worker.claim(req(5)) == []  # the store said "nothing paused" just now
+    await admin.set_paused("q", True)
+    (rec,) = await admin.enqueue([job()])
+    assert await worker.claim(req(5)) == []  # delivered, refused by the store: paused
+    assert worker._claimer.paused == {"q"} and not worker._broker.buffered(["q"])
+    (name,) = [n for n in worker.declared_queues() if n.endswith(".q.q")]
+    ready = await arabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged")
+    assert f"{name}\t1\t0" in ready.splitlines()  # handed back, not held
+    await admin.set_paused("q", False)
+    assert [j.id for j in await claim_eventually(worker, 1)] == [rec.id]
+
+
 async def test_a_waiting_worker_is_woken_by_a_delayed_job_coming_back(make_rabbit: Make) -> None:
     backend = await make_rabbit()
     await backend.enqueue([job(delay_s=0.3)])
@@ -177,7 +191,7 @@ async def claim_eventually(
             continue
         if len(out) >= n:
             return out
-        if expect == 0 and not backend._parked.get("q"):
+        if expect == 0 and not backend._claimer.parked.get("q"):
             return out
         await backend.wait_for_work(["q"], 0.05)
     return out

@@ -33,8 +33,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from offload.backends.base import Backend, Capabilities
 from offload.backends.rabbitmq_broker import Broker
+from offload.backends.rabbitmq_claim import PARKED_RETRY_S, Claimer, message_of, ms
 from offload.backends.rabbitmq_feed import Delivery
-from offload.backends.rabbitmq_store import claim_delivered
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -49,9 +49,7 @@ from offload.job import (
 from offload.outcome import Outcome, RetryAt, Snoozed
 
 _OPTIONS = ("store", "prefix", "timeout_s")
-PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
 LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
-START_ROUNDS = 4  # rounds of taking messages per claim call (stale ones are dropped)
 # AMQP heartbeat (s) unless the URL sets ``heartbeat=``. A frozen or hung worker keeps its
 # unacked messages until the broker gives up on its connection, about three heartbeats later
 # (~15 s here, ~3 min with RabbitMQ's default 60 s); the store recovers the lease sooner, but
@@ -102,9 +100,7 @@ class RabbitMQBackend:
         )
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
-        self._parked: dict[str, list[Delivery]] = {}  # queue -> deliveries awaiting their job
-        self._paused: set[str] = set()  # as the last claim saw them: waits skip these feeds
-        self._prefetch = 1  # the last claim's free slots: a wait starts feeds with this
+        self._claimer = Claimer(self._store, self._broker, self._held, self._expires)
 
     @property
     def url(self) -> str:
@@ -127,7 +123,7 @@ class RabbitMQBackend:
     async def close(self) -> None:
         self._held.clear()
         self._expires.clear()
-        self._parked.clear()
+        self._claimer.clear()
         await self._broker.close()
         await self._store.close()
 
@@ -145,7 +141,7 @@ class RabbitMQBackend:
         fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
         fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
         try:
-            await self._broker.publish([_message(r) for r in fresh])
+            await self._broker.publish([message_of(r) for r in fresh])
         except BackendUnavailable:
             with contextlib.suppress(BackendUnavailable):
                 await self._store.delete([r.id for r in fresh])
@@ -160,116 +156,8 @@ class RabbitMQBackend:
         feeds hand buffered messages back) and start their jobs in the store, leasing exactly
         the delivered jobs. Deliveries whose job runs elsewhere stay parked here (unacked) and
         are tried again at the next claim; with ``req.job_ids`` other deliveries stay buffered.
-        """
-        self._broker.wake.clear()  # what this claim does not take wakes the next wait again
-        # The first queue's messages are taken while the store says what is paused (one round
-        # trip saved per claim); if it turns out paused, they are handed back.
-        first = req.queues[0] if req.queues and req.queues[0] not in self._paused else ""
-        paused, pre = await asyncio.gather(
-            self._store.paused_queues(), self._take_early(first, req), return_exceptions=True
-        )
-        if isinstance(paused, BaseException):
-            if isinstance(pre, list):
-                await self._broker.settle([], pre)
-            raise paused
-        if isinstance(pre, BaseException):
-            raise pre
-        self._paused, self._prefetch = paused, max(req.limit, 1)
-        out: list[JobRecord] = []
-        for queue in req.queues:
-            if queue in paused:
-                if queue == first:
-                    self._broker.give_back(queue, pre)
-                await self._broker.pause(queue)
-                continue
-            room = req.limit - len(out)
-            if room > 0:
-                taken = pre if queue == first else None
-                out.extend(await self._claim_queue(queue, room, req, taken))
-            elif queue == first:
-                self._broker.give_back(queue, pre)
-        return out
-
-    async def _take_early(self, queue: str, req: ClaimRequest) -> list[Delivery]:
-        if not queue:
-            return []
-        return await self._broker.take(
-            queue, req.limit - len(self._parked.get(queue, [])), req.limit
-        )
-
-    async def _claim_queue(
-        self, queue: str, room: int, req: ClaimRequest, taken: list[Delivery] | None
-    ) -> list[JobRecord]:
-        out: list[JobRecord] = []
-        parked = self._parked.pop(queue, [])
-        for _ in range(START_ROUNDS):
-            want = room - len(out)
-            if taken is not None:
-                fresh, taken = taken, None
-            else:
-                fresh = await self._broker.take(queue, max(want - len(parked), 0), req.limit)
-            if req.job_ids is not None:
-                wanted = set(req.job_ids)
-                self._broker.give_back(queue, [d for d in fresh if d.job_id not in wanted])
-                self._park(queue, [d for d in parked if d.job_id not in wanted])
-                fresh = [d for d in fresh if d.job_id in wanted]
-                parked = [d for d in parked if d.job_id in wanted]
-            candidates, parked = parked + fresh, []
-            self._park(queue, candidates[want:])
-            started = await self._start(queue, candidates[:want], req)
-            out.extend(started)
-            # another round only when some fresh deliveries were stale (dropped) and room is left
-            if not fresh or len(out) >= room or len(started) == len(candidates):
-                break
-        return out
-
-    def _park(self, queue: str, deliveries: list[Delivery]) -> None:
-        if deliveries:
-            self._parked.setdefault(queue, []).extend(deliveries)
-
-    async def _start(
-        self, queue: str, deliveries: list[Delivery], req: ClaimRequest
-    ) -> list[JobRecord]:
-        if not deliveries:
-            return []
-        deadline = time.monotonic() + req.lease_s  # taken before the store's: never later
-        started = await claim_delivered(
-            self._store, queue, [d.job_id for d in deliveries], req.worker_id, req.lease_s
-        )
-        out: list[JobRecord] = []
-        rest: list[Delivery] = []
-        for d in deliveries:
-            rec = started.pop(d.job_id, None)
-            if rec is None or rec.lease is None:
-                rest.append(d)
-                continue
-            self._held[rec.lease] = d
-            self._expires[rec.lease] = deadline
-            out.append(rec)
-        if rest:
-            await self._sort_out(queue, rest)
-        return out
-
-    async def _sort_out(self, queue: str, deliveries: list[Delivery]) -> None:
-        """Deliveries whose job did not start: drop, delay again, or park."""
-        recs = await asyncio.gather(*(self._store.get(d.job_id) for d in deliveries))
-        drop: list[Delivery] = []
-        back: list[Delivery] = []
-        again: list[tuple[Delivery, JobRecord]] = []
-        now = time.time()
-        for d, rec in zip(deliveries, recs, strict=True):
-            if rec is None or rec.state.final:
-                drop.append(d)  # cancelled, deleted, finished (or a duplicate of one)
-            elif rec.state is JobState.SCHEDULED and rec.run_at > now + 0.001:
-                again.append((d, rec))  # came back early: wait out the rest
-            elif rec.state is JobState.RUNNING:
-                self._park(queue, [d])  # held elsewhere: its outcome decides (at-least-once)
-            else:
-                back.append(d)  # due but another claimer had it a moment: offer it again
-        if again:
-            await self._broker.publish([_message(r, now) for _, r in again])
-            drop.extend(d for d, _ in again)
-        await self._broker.settle(drop, back)
+        See :mod:`offload.backends.rabbitmq_claim`."""
+        return await self._claimer.claim(req)
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         """Extend the leases in the store. A lease the store no longer grants gives its
@@ -301,7 +189,7 @@ class RabbitMQBackend:
                 continue
             delay = _delay_of(outcome)
             if delay is not None and delay > 0:
-                later.append((lease.job_id, d.queue, d.priority, _ms(delay)))
+                later.append((lease.job_id, d.queue, d.priority, ms(delay)))
         await self._broker.publish(later)  # before the store: a crash here only duplicates
         await self._store.complete(results)
         acks: list[Delivery] = []
@@ -358,14 +246,15 @@ class RabbitMQBackend:
         """Consume the (unpaused) ``queues`` while waiting and return when a message arrives
         for one of them (delayed jobs coming back included), when an enqueue anywhere under
         this prefix sends its note, or at ``timeout_s``."""
-        if any(self._parked.get(q) for q in queues):
+        claimer = self._claimer
+        if any(claimer.parked.get(q) for q in queues):
             timeout_s = min(timeout_s, PARKED_RETRY_S)
-        live = [q for q in queues if q not in self._paused]
+        live = [q for q in queues if q not in claimer.paused]
         wake = self._broker.wake
         if wake.is_set() or self._broker.buffered(live):
             wake.clear()
             return
-        feeds = await self._broker.listen(live, self._prefetch)
+        feeds = await self._broker.listen(live, claimer.prefetch)
         try:
             if not self._broker.buffered(live):
                 with contextlib.suppress(TimeoutError):
@@ -401,7 +290,7 @@ class RabbitMQBackend:
         if rec is None:
             return None
         try:
-            await self._broker.publish([_message(rec)])
+            await self._broker.publish([message_of(rec)])
         except BackendUnavailable:
             with contextlib.suppress(BackendUnavailable):
                 await self._store.cancel(job_id)
@@ -419,6 +308,7 @@ class RabbitMQBackend:
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         await self._store.set_paused(queue, paused)
+        self._claimer.note_paused(queue, paused)
         if not paused:
             await self._broker.notify()
 
@@ -444,19 +334,6 @@ class RabbitMQBackend:
         """Delete these broker queues and the wake exchange of this prefix. For tests and
         teardown tools; not part of the protocol. Deleting a work queue loses its messages."""
         await self._broker.delete_topology(queues)
-
-
-def _message(rec: JobRecord, now: float | None = None) -> tuple[str, str, int, int]:
-    """The broker message of a job record: due now, or after its remaining delay."""
-    delay_s = 0.0
-    if rec.state is JobState.SCHEDULED:
-        # the store's own clock: run_at relative to created_at, or to now for a re-delay
-        delay_s = rec.run_at - (rec.created_at if now is None else now)
-    return (rec.id, rec.queue, rec.priority, _ms(delay_s))
-
-
-def _ms(delay_s: float) -> int:
-    return max(0, math.ceil(delay_s * 1000))
 
 
 def _delay_of(outcome: Outcome) -> float | None:

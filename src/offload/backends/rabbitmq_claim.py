@@ -1,0 +1,213 @@
+"""Claiming for the amqp:// backend: from delivered messages to jobs started in the store.
+
+A claim takes messages from the work queues' feeds and leases exactly their jobs in the state
+store. A delivery whose job did not start is sorted out: dropped (the job is finished,
+cancelled or deleted), delayed again (it came back early), parked unacked (the job runs
+elsewhere; its outcome decides) or handed back (due, but refused a moment). Started jobs are
+recorded in the lease tables the backend shares with this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from offload.backends.base import Backend
+from offload.backends.rabbitmq_broker import Broker
+from offload.backends.rabbitmq_feed import Delivery
+from offload.backends.rabbitmq_store import claim_delivered
+from offload.job import ClaimRequest, JobRecord, JobState, Lease
+
+PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
+START_ROUNDS = 4  # rounds of taking messages per claim call (stale ones are dropped)
+# A feed's prefetch is this many times the free slots of the claim that starts it. The messages
+# of finished jobs stay unacknowledged until their outcomes are in the store; with a prefetch of
+# exactly the free slots the broker stops pushing while each batch of outcomes is written, and a
+# fast drain claims half-empty batches. What is pushed beyond the free slots is handed back when
+# the worker stops claiming (rabbitmq_feed.LINGER_S, HOLD_S).
+PREFETCH_PER_SLOT = 2
+# While no queue is known to be paused, the store is asked again only this often; a delivery
+# the store refuses to start asks at once (the store never leases a paused queue's job).
+PAUSED_TRUST_S = 1.0
+
+
+class Claimer:
+    """The claim path of one backend instance; fills the backend's lease tables ``held``
+    (lease -> its delivery) and ``expires`` (lease -> local deadline)."""
+
+    def __init__(
+        self,
+        store: Backend,
+        broker: Broker,
+        held: dict[Lease, Delivery],
+        expires: dict[Lease, float],
+    ) -> None:
+        self._store = store
+        self._broker = broker
+        self._held = held
+        self._expires = expires
+        self.parked: dict[str, list[Delivery]] = {}  # queue -> deliveries awaiting their job
+        self.paused: set[str] = set()  # as the store last said: waits skip these feeds
+        self._trust_until = -math.inf  # monotonic time until which an empty ``paused`` holds
+        self.prefetch = 1  # what the last claim would start a feed with: so does a wait
+
+    def clear(self) -> None:
+        self.parked.clear()
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        """See :meth:`RabbitMQBackend.claim <offload.backends.rabbitmq.RabbitMQBackend.claim>`."""
+        self._broker.wake.clear()  # what this claim does not take wakes the next wait again
+        first = req.queues[0] if req.queues and req.queues[0] not in self.paused else ""
+        paused, pre = await self._paused_and_first(first, req)
+        self.prefetch = _prefetch_for(req)
+        out: list[JobRecord] = []
+        for queue in req.queues:
+            if queue in paused:
+                if queue == first:
+                    self._broker.give_back(queue, pre)
+                await self._broker.pause(queue)
+                continue
+            room = req.limit - len(out)
+            if room > 0:
+                taken = pre if queue == first else None
+                out.extend(await self._claim_queue(queue, room, req, taken))
+            elif queue == first:
+                self._broker.give_back(queue, pre)
+        return out
+
+    async def _paused_and_first(
+        self, first: str, req: ClaimRequest
+    ) -> tuple[set[str], list[Delivery]]:
+        """The paused queues and the messages of queue ``first``. The store is asked while some
+        queue is paused, or when an answer of "none" is older than PAUSED_TRUST_S; its round
+        trip overlaps taking the messages (handed back if that queue turns out paused)."""
+        if not self.paused and time.monotonic() < self._trust_until:
+            return self.paused, await self._take_early(first, req)
+        paused, pre = await asyncio.gather(
+            self._store.paused_queues(), self._take_early(first, req), return_exceptions=True
+        )
+        if isinstance(paused, BaseException):
+            if isinstance(pre, list):
+                await self._broker.settle([], pre)
+            raise paused
+        if isinstance(pre, BaseException):
+            raise pre
+        self._set_paused(paused)
+        return paused, pre
+
+    def _set_paused(self, paused: set[str]) -> None:
+        self.paused = paused
+        self._trust_until = time.monotonic() + PAUSED_TRUST_S
+
+    def note_paused(self, queue: str, paused: bool) -> None:
+        """This instance paused or resumed ``queue`` in the store."""
+        self._set_paused(self.paused | {queue} if paused else self.paused - {queue})
+
+    async def _take_early(self, queue: str, req: ClaimRequest) -> list[Delivery]:
+        if not queue:
+            return []
+        return await self._broker.take(
+            queue, req.limit - len(self.parked.get(queue, [])), _prefetch_for(req)
+        )
+
+    async def _claim_queue(
+        self, queue: str, room: int, req: ClaimRequest, taken: list[Delivery] | None
+    ) -> list[JobRecord]:
+        out: list[JobRecord] = []
+        parked = self.parked.pop(queue, [])
+        for _ in range(START_ROUNDS):
+            want = room - len(out)
+            if taken is not None:
+                fresh, taken = taken, None
+            else:
+                fresh = await self._broker.take(
+                    queue, max(want - len(parked), 0), _prefetch_for(req)
+                )
+            if req.job_ids is not None:
+                wanted = set(req.job_ids)
+                self._broker.give_back(queue, [d for d in fresh if d.job_id not in wanted])
+                self._park(queue, [d for d in parked if d.job_id not in wanted])
+                fresh = [d for d in fresh if d.job_id in wanted]
+                parked = [d for d in parked if d.job_id in wanted]
+            candidates, parked = parked + fresh, []
+            self._park(queue, candidates[want:])
+            started = await self._start(queue, candidates[:want], req)
+            out.extend(started)
+            # another round only when some fresh deliveries were stale (dropped) and room is left
+            if not fresh or len(out) >= room or len(started) == len(candidates):
+                break
+            if queue in self.paused:  # paused meanwhile (see _sort_out): its feed is stopped
+                break
+        return out
+
+    def _park(self, queue: str, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            self.parked.setdefault(queue, []).extend(deliveries)
+
+    async def _start(
+        self, queue: str, deliveries: list[Delivery], req: ClaimRequest
+    ) -> list[JobRecord]:
+        if not deliveries:
+            return []
+        deadline = time.monotonic() + req.lease_s  # taken before the store's: never later
+        started = await claim_delivered(
+            self._store, queue, [d.job_id for d in deliveries], req.worker_id, req.lease_s
+        )
+        out: list[JobRecord] = []
+        rest: list[Delivery] = []
+        for d in deliveries:
+            rec = started.pop(d.job_id, None)
+            if rec is None or rec.lease is None:
+                rest.append(d)
+                continue
+            self._held[rec.lease] = d
+            self._expires[rec.lease] = deadline
+            out.append(rec)
+        if rest:
+            await self._sort_out(queue, rest)
+        return out
+
+    async def _sort_out(self, queue: str, deliveries: list[Delivery]) -> None:
+        """Deliveries whose job did not start: drop, delay again, or park."""
+        recs = await asyncio.gather(*(self._store.get(d.job_id) for d in deliveries))
+        drop: list[Delivery] = []
+        back: list[Delivery] = []
+        again: list[tuple[Delivery, JobRecord]] = []
+        now = time.time()
+        for d, rec in zip(deliveries, recs, strict=True):
+            if rec is None or rec.state.final:
+                drop.append(d)  # cancelled, deleted, finished (or a duplicate of one)
+            elif rec.state is JobState.SCHEDULED and rec.run_at > now + 0.001:
+                again.append((d, rec))  # came back early: wait out the rest
+            elif rec.state is JobState.RUNNING:
+                self._park(queue, [d])  # held elsewhere: its outcome decides (at-least-once)
+            else:
+                back.append(d)  # due but another claimer had it a moment: offer it again
+        if again:
+            await self._broker.publish([message_of(r, now) for _, r in again])
+            drop.extend(d for d, _ in again)
+        if back and queue not in self.paused:
+            # Due, yet not started: another claimer had it a moment, or the queue was paused
+            # since the store was last asked. Ask now, so a paused queue's feed stops at once.
+            self._set_paused(await self._store.paused_queues())
+            if queue in self.paused:
+                await self._broker.pause(queue)
+        await self._broker.settle(drop, back)
+
+
+def _prefetch_for(req: ClaimRequest) -> int:
+    return max(req.limit, 1) * PREFETCH_PER_SLOT
+
+
+def message_of(rec: JobRecord, now: float | None = None) -> tuple[str, str, int, int]:
+    """The broker message of a job record: due now, or after its remaining delay."""
+    delay_s = 0.0
+    if rec.state is JobState.SCHEDULED:
+        # the store's own clock: run_at relative to created_at, or to now for a re-delay
+        delay_s = rec.run_at - (rec.created_at if now is None else now)
+    return (rec.id, rec.queue, rec.priority, ms(delay_s))
+
+
+def ms(delay_s: float) -> int:
+    return max(0, math.ceil(delay_s * 1000))
