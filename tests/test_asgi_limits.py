@@ -117,7 +117,8 @@ def test_a_large_knee_is_held_to_the_tolerance(capacity: int) -> None:
 
 
 def test_finds_a_large_app_quickly_from_the_default_start() -> None:
-    # It doubles while no level is known to climb, then halves the distance to the lowest one.
+    # It grows by half while no level is known to climb, then halves the distance to the
+    # lowest one that does.
     app = KneeApp(200, noise=0.02)
     limiter = AdaptiveLimit()
     assert limiter.limit == 4

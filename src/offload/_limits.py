@@ -52,8 +52,9 @@ class AdaptiveLimit:
       limit goes straight back and that level is *held*: it is tried again after 4 clean
       windows, and each failed trial doubles that, up to 256. At a stable knee, trials past it
       thus take a fraction of a percent of requests. With no held level above, the limit
-      doubles (it starts low, at 4 by default, and finds a large app in a few trials); below
-      one, it goes halfway to it. A successful trial forgets the holds at or below it.
+      grows by half (it starts low, at 4 by default, and finds a large app in a few trials,
+      without overshooting a small knee by much); below one, it goes halfway to it. A
+      successful trial forgets the holds at or below it.
     - **Probe below.** Now and then one window runs at half the limit and is compared with the
       windows at the full limit on both sides of it (the fastest of them, so that a busy spell
       around the probe does not count). If those are slower than the probe by more than the
@@ -204,8 +205,8 @@ class AdaptiveLimit:
     def _rise(self) -> None:
         limit = self._limit
         held = min(self._holds, default=None)
-        if held is None:  # no level known to climb above: double, to find a large app fast
-            new = 2 * limit
+        if held is None:  # no level known to climb above: half as many again, to find a
+            new = limit + max(1, limit // 2)  # large app fast but pass a small knee by little
         elif limit + 1 < held:  # halfway to the lowest level known to climb
             new = limit + (held - limit) // 2
         else:
