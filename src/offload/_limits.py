@@ -19,6 +19,9 @@ _MIN_WINDOW = 16
 # every recent window ran a little past the knee, within the tolerance, their minimum alone
 # would become the new normal and let the limit creep up).
 _MEMORY = 64
+# The baseline takes the window at this fraction (1/10) from the fastest, not the fastest: on
+# a busy machine the fastest window is a lucky one, far below what a request usually costs.
+_LOW_SHARE = 10
 _PROBES_KEPT = 2
 # Windows kept for the current limit, to compare a probe with.
 _LEVEL_MEMORY = 4
@@ -42,9 +45,11 @@ class AdaptiveLimit:
     It watches the time admitted requests spend in the app (from admission to the end of the
     response; not their wait for admission), a window at a time: a window is ``max(limit, 16)``
     finished requests, leaving out those admitted before the limit last changed, so that each
-    window measures one limit. The *baseline* is the lowest mean among the last 64 windows and
-    the last two probes (below): what a request costs when nothing queues inside the app. A
-    window more than ``tolerance`` (default 10 %) slower than the baseline is *climbing*.
+    window measures one limit. The *baseline* is what a request costs when nothing queues
+    inside the app: the window mean a tenth of the way up from the fastest of the last 64
+    windows (the fastest itself would be a lucky one on a busy machine), or the last two
+    probes' (below) if lower. A window more than ``tolerance`` (default 10 %) slower than the
+    baseline is *climbing*.
 
     - **Rise by trial.** Only a clean window in which the limit was binding (requests waiting,
       or every slot taken) may raise the limit: an app that is not kept busy gives no evidence
@@ -144,7 +149,10 @@ class AdaptiveLimit:
     @property
     def baseline_s(self) -> float:
         """The estimated no-load latency in seconds (``inf`` before the first window)."""
-        return min(min(self._means, default=math.inf), min(self._probes, default=math.inf))
+        if not self._means:
+            return min(self._probes, default=math.inf)
+        low = sorted(self._means)[len(self._means) // _LOW_SHARE]
+        return min(low, min(self._probes, default=math.inf))
 
     def on_sample(self, latency_s: float, *, saturated: bool) -> None:
         """Record one finished request that spent ``latency_s`` seconds in the app.
