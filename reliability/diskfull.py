@@ -23,7 +23,7 @@ from pathlib import Path
 import offload
 from reliability.harness import Failure, Result, Run
 from reliability.outage import time_to_resume
-from reliability.scenarios import Form, stop_worker
+from reliability.scenarios import Form
 
 SIZE = "8m"  # room for the database of a few thousand jobs; small enough to fill in a moment
 SLOTS, WORKERS = 4, 2
@@ -150,7 +150,7 @@ def _scenario(run: Run, result: Result, form: Form, disk: Path) -> None:
     produce(1.0)
     run.wait_all_final(form.timeout_s)
     for p in procs:
-        result.expect(stop_worker(p) == 0, f"worker {p.pid} did not exit cleanly after SIGTERM")
+        run.stop_cleanly(p, result)
     run.tally(result)
     stored = len(run.records())
     check = integrity(disk / "jobs.db")

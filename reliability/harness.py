@@ -78,6 +78,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM and wait; a process still alive after ``timeout_s`` is killed (-9 returned)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -9
+
+
 class Run:
     """One test on one backend: its URL, ledger, worker processes and the harness's own app."""
 
@@ -89,6 +101,7 @@ class Run:
         self.app = make_app(url)
         self.ids: dict[int, str] = {}  # i -> job id, for every acknowledged job
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.log_paths: dict[int, Path] = {}  # worker pid -> its stdout and stderr
         self._logs = 0
 
     # -- worker processes ------------------------------------------------------------------
@@ -104,12 +117,31 @@ class Run:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         self._logs += 1
-        with open(self.workdir / f"worker{self._logs}.log", "wb") as log:
+        path = self.workdir / f"worker{self._logs}.log"
+        with open(path, "wb") as log:
             proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=log, stderr=log, preexec_fn=_die_with_parent
             )
         self.workers.append(proc)
+        self.log_paths[proc.pid] = path
         return proc
+
+    def stop_cleanly(self, proc: subprocess.Popen[bytes], result: Result, name: str = "") -> None:
+        """SIGTERM ``proc``; a non-zero exit is a problem reported with the end of its log."""
+        code = stop_worker(proc)
+        if code != 0:
+            who = name or f"worker {proc.pid}"
+            result.problems.append(
+                f"{who} did not exit cleanly after SIGTERM (exit {code}); its log ends: "
+                + self.log_tail(proc.pid)
+            )
+
+    def log_tail(self, pid: int, lines: int = 12) -> str:
+        path = self.log_paths.get(pid)
+        if path is None or not path.exists():
+            return "(no log)"
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+        return " | ".join(text) or "(empty)"
 
     def close(self) -> None:
         """Kill every worker process still alive and close the harness's app."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import offload
 from reliability import faults
 from reliability.harness import Failure, Result, Run
-from reliability.scenarios import Form, stop_worker
+from reliability.scenarios import Form
 
 SLOTS, WORKERS = 6, 2
 BURST_S = 1.0  # how long Redis connections are killed over and over in one round
@@ -77,7 +77,7 @@ def backend_fault(kind: str, run: Run, result: Result, form: Form) -> None:
     run.enqueue("record", [next(numbers) for _ in range(50)], sleep_s=0.05)
     run.wait_all_final(form.timeout_s)
     for p in procs:
-        result.expect(stop_worker(p) == 0, f"worker {p.pid} did not exit cleanly after SIGTERM")
+        run.stop_cleanly(p, result)
     run.tally(result)
     result.recover_s = max(recoveries)
     result.duplicates_allowed = form.fault_rounds * SLOTS * WORKERS

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -50,18 +49,6 @@ FULL = Form(
 )  # fmt: skip
 
 
-def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    """SIGTERM and wait; a process still alive after ``timeout_s`` is killed (-9 returned)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return -9
-
-
 def storm(run: Run, result: Result, form: Form) -> None:
     """kill -9 a random worker every ``kill_every_s`` and start a new one, until all are done.
     Duplicates may come only from the jobs the killed workers held (running or finished but
@@ -89,7 +76,7 @@ def storm(run: Run, result: Result, form: Form) -> None:
     result.worst_lease_recovery_s = leases.finish(form.timeout_s)
     run.wait_all_final(form.timeout_s)
     for p in procs:
-        result.expect(stop_worker(p) == 0, f"worker {p.pid} did not exit cleanly after SIGTERM")
+        run.stop_cleanly(p, result)
     run.tally(result)
     events = run.events()
     result.duplicates_allowed = sum(len(held) for _, _, held, _ in kills)
@@ -187,7 +174,7 @@ def poison(run: Run, result: Result, form: Form) -> None:
         leases.sleep(0.25)  # the producer's pace, not a wait for a condition
     result.worst_lease_recovery_s = leases.finish(form.timeout_s)
     run.wait_all_final(form.timeout_s)
-    result.expect(stop_worker(sup) == 0, "the supervisor did not exit cleanly after SIGTERM")
+    run.stop_cleanly(sup, result, "the supervisor")
     others = [j for j in run.ids if j != 0]
     run.tally(result, once=others)
     rec = run.get(0)
@@ -242,8 +229,8 @@ def stale_lease(run: Run, result: Result, form: Form) -> None:
     t_cont = faults.thaw(a.pid)
     more = run.enqueue("record", range(n, n + 8), sleep_s=0.05)
     run.wait_all_final(form.timeout_s)
-    result.expect(stop_worker(a) == 0, "worker A did not exit cleanly after SIGTERM")
-    result.expect(stop_worker(b) == 0, "worker B did not exit cleanly after SIGTERM")
+    run.stop_cleanly(a, result, "worker A")
+    run.stop_cleanly(b, result, "worker B")
     by_i = run.tally(result, once=more)
     result.expect(result.dead == 0, f"{result.dead} jobs dead")
     events = run.events()

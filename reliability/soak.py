@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reliability.harness import Failure, Result, Run
-from reliability.scenarios import Form, stop_worker
+from reliability.scenarios import Form
 
 SLOTS, WORKERS = 8, 2
 JOB_S = 0.005  # short jobs: the load is many jobs, not long ones
@@ -96,7 +96,7 @@ def soak(kind: str, run: Run, result: Result, form: Form) -> None:
     drained = run.wait_until(lambda: run.finished() >= sent, form.timeout_s, "the backlog")
     run.wait_all_final(form.timeout_s)
     for p in procs:
-        result.expect(stop_worker(p) == 0, f"worker {p.pid} did not exit cleanly after SIGTERM")
+        run.stop_cleanly(p, result)
     run.tally(result)
     result.notes.append(
         f"{sent} jobs in {elapsed:.0f}s ({sent / elapsed:.0f}/s), backlog at most {backlog}, "
