@@ -321,6 +321,36 @@ async def test_jobs_a_store_leased_beyond_those_named_are_handed_back(tmp_path: 
         await store.close()
 
 
+class FailsOneClaim(SQLiteBackend):
+    """A real SQLite store whose next claim fails, as an unreachable store's would."""
+
+    failing = True
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        if self.failing:
+            self.failing = False
+            raise BackendUnavailable("injected: the store does not answer")
+        return await super().claim(req)
+
+
+async def test_messages_go_back_when_the_store_fails_during_a_claim(
+    make_rabbit: Make, tmp_path: Path
+) -> None:
+    backend = await make_rabbit()
+    recs = await backend.enqueue([job() for _ in range(5)])
+    failing = FailsOneClaim(f"sqlite:///{tmp_path / 'state.db'}")  # the backend's store file
+    await failing.open()
+    try:
+        backend._claimer._store = failing  # the claim path's store only
+        with pytest.raises(BackendUnavailable, match="injected"):
+            await backend.claim(req(5))
+        # kept unsettled, the five messages would wait for the connection to close
+        got = await claim_eventually(backend, 5, timeout_s=3.0)
+        assert sorted(j.id for j in got) == sorted(r.id for r in recs)
+    finally:
+        await failing.close()
+
+
 @pytest.mark.parametrize("store_kind", ["sqlite", "redis", "postgres"])
 async def test_two_workers_drain_one_queue(tmp_path: Path, store_kind: str) -> None:
     """Two workers (two backend instances, as two processes would have) drain one queue: every

@@ -35,6 +35,7 @@ from offload.backends.base import Backend, Capabilities
 from offload.backends.rabbitmq_broker import Broker
 from offload.backends.rabbitmq_claim import PARKED_RETRY_S, Claimer, message_of, ms
 from offload.backends.rabbitmq_feed import Delivery
+from offload.backends.rabbitmq_store import get_many
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -225,7 +226,7 @@ class RabbitMQBackend:
         now = time.monotonic()
         silent = [lease for lease, at in self._expires.items() if at <= now]
         if silent:
-            recs = await asyncio.gather(*(self._store.get(lease.job_id) for lease in silent))
+            recs = await get_many(self._store, [lease.job_id for lease in silent])
             gone = [lease for lease, rec in zip(silent, recs, strict=True) if _lost(lease, rec)]
             returned = [self._forget(lease) for lease in gone]
             for queue in {d.queue for d in returned}:

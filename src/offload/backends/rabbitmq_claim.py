@@ -16,7 +16,8 @@ import time
 from offload.backends.base import Backend
 from offload.backends.rabbitmq_broker import Broker
 from offload.backends.rabbitmq_feed import Delivery
-from offload.backends.rabbitmq_store import claim_delivered
+from offload.backends.rabbitmq_store import claim_delivered, get_many
+from offload.errors import BackendUnavailable
 from offload.job import ClaimRequest, JobRecord, JobState, Lease
 
 PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
@@ -62,18 +63,24 @@ class Claimer:
         paused, pre = await self._paused_and_first(first, req)
         self.prefetch = _prefetch_for(req)
         out: list[JobRecord] = []
-        for queue in req.queues:
-            if queue in paused:
-                if queue == first:
+        try:
+            for queue in req.queues:
+                if queue in paused:
+                    if queue == first:
+                        self._broker.give_back(queue, pre)
+                    await self._broker.pause(queue)
+                    continue
+                room = req.limit - len(out)
+                if room > 0:
+                    taken = pre if queue == first else None
+                    out.extend(await self._claim_queue(queue, room, req, out, taken))
+                elif queue == first:
                     self._broker.give_back(queue, pre)
-                await self._broker.pause(queue)
-                continue
-            room = req.limit - len(out)
-            if room > 0:
-                taken = pre if queue == first else None
-                out.extend(await self._claim_queue(queue, room, req, taken))
-            elif queue == first:
-                self._broker.give_back(queue, pre)
+        except BackendUnavailable:
+            if not out:
+                raise
+            # Jobs started before the failure are returned and run; raising would leave them
+            # leased to nobody until their lease ran out. The next claim meets the error again.
         return out
 
     async def _paused_and_first(
@@ -112,9 +119,31 @@ class Claimer:
         )
 
     async def _claim_queue(
-        self, queue: str, room: int, req: ClaimRequest, taken: list[Delivery] | None
+        self,
+        queue: str,
+        room: int,
+        req: ClaimRequest,
+        before: list[JobRecord],
+        taken: list[Delivery] | None,
     ) -> list[JobRecord]:
+        """Start up to ``room`` jobs of ``queue``; ``before``: jobs this claim started already.
+        On a failure after some jobs started, those are returned (see :meth:`claim`)."""
         out: list[JobRecord] = []
+        try:
+            await self._claim_rounds(queue, room, req, taken, out)
+        except BackendUnavailable:
+            if not out and not before:
+                raise
+        return out
+
+    async def _claim_rounds(
+        self,
+        queue: str,
+        room: int,
+        req: ClaimRequest,
+        taken: list[Delivery] | None,
+        out: list[JobRecord],
+    ) -> None:
         parked = self.parked.pop(queue, [])
         for _ in range(START_ROUNDS):
             want = room - len(out)
@@ -139,7 +168,6 @@ class Claimer:
                 break
             if queue in self.paused:  # paused meanwhile (see _sort_out): its feed is stopped
                 break
-        return out
 
     def _park(self, queue: str, deliveries: list[Delivery]) -> None:
         if deliveries:
@@ -151,9 +179,16 @@ class Claimer:
         if not deliveries:
             return []
         deadline = time.monotonic() + req.lease_s  # taken before the store's: never later
-        started = await claim_delivered(
-            self._store, queue, [d.job_id for d in deliveries], req.worker_id, req.lease_s
-        )
+        try:
+            started = await claim_delivered(
+                self._store, queue, [d.job_id for d in deliveries], req.worker_id, req.lease_s
+            )
+        except BaseException:
+            # Not started, or started with the answer lost: either way the messages go back to
+            # the broker and the store decides at their next delivery. Kept here unsettled,
+            # they would hold their jobs until the connection closed.
+            await self._broker.settle([], deliveries)
+            raise
         out: list[JobRecord] = []
         rest: list[Delivery] = []
         for d in deliveries:
@@ -165,14 +200,20 @@ class Claimer:
             self._expires[rec.lease] = deadline
             out.append(rec)
         if rest:
-            await self._sort_out(queue, rest)
+            try:
+                await self._sort_out(queue, rest)
+            except BaseException:
+                await self._broker.settle([], rest)  # as above; _sort_out parks only at its end
+                raise
         return out
 
     async def _sort_out(self, queue: str, deliveries: list[Delivery]) -> None:
-        """Deliveries whose job did not start: drop, delay again, or park."""
-        recs = await asyncio.gather(*(self._store.get(d.job_id) for d in deliveries))
+        """Deliveries whose job did not start: drop, delay again, hand back or park. Parks
+        only once nothing can fail any more (the caller hands every delivery back on error)."""
+        recs = await get_many(self._store, [d.job_id for d in deliveries])
         drop: list[Delivery] = []
         back: list[Delivery] = []
+        park: list[Delivery] = []
         again: list[tuple[Delivery, JobRecord]] = []
         now = time.time()
         for d, rec in zip(deliveries, recs, strict=True):
@@ -181,19 +222,28 @@ class Claimer:
             elif rec.state is JobState.SCHEDULED and rec.run_at > now + 0.001:
                 again.append((d, rec))  # came back early: wait out the rest
             elif rec.state is JobState.RUNNING:
-                self._park(queue, [d])  # held elsewhere: its outcome decides (at-least-once)
+                park.append(d)  # held elsewhere: its outcome decides (at-least-once)
             else:
                 back.append(d)  # due but another claimer had it a moment: offer it again
         if again:
             await self._broker.publish([message_of(r, now) for _, r in again])
             drop.extend(d for d, _ in again)
         if back and queue not in self.paused:
-            # Due, yet not started: another claimer had it a moment, or the queue was paused
-            # since the store was last asked. Ask now, so a paused queue's feed stops at once.
-            self._set_paused(await self._store.paused_queues())
-            if queue in self.paused:
-                await self._broker.pause(queue)
+            await self._recheck_paused(queue)
+        self._park(queue, park)
         await self._broker.settle(drop, back)
+
+    async def _recheck_paused(self, queue: str) -> None:
+        """Due deliveries were not started: another claimer had them a moment, or ``queue``
+        was paused since the store was last asked. Ask now, so a paused queue's feed stops at
+        once; if the store does not answer, the next claim asks again."""
+        try:
+            self._set_paused(await self._store.paused_queues())
+        except BackendUnavailable:
+            self._trust_until = -math.inf
+            return
+        if queue in self.paused:
+            await self._broker.pause(queue)
 
 
 def _prefetch_for(req: ClaimRequest) -> int:

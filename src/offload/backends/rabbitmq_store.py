@@ -8,14 +8,18 @@ publish): only one claim can lease a job while its lease holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
 from offload.backends.base import Backend
+from offload.errors import BackendUnavailable
 from offload.job import ClaimRequest, JobRecord, Lease
 from offload.outcome import Outcome, Snoozed
 
 log = logging.getLogger("offload.backends.rabbitmq")
+
+GETS_IN_FLIGHT = 16  # a store's connection pool is sized for a worker, not for 200 gets at once
 
 
 async def claim_delivered(
@@ -45,5 +49,20 @@ async def claim_delivered(
             type(store).__name__,
             len(stray),
         )
-        await store.complete(stray)
+        try:
+            await store.complete(stray)
+        except BackendUnavailable:
+            pass  # they stay leased until the lease runs out; the delivered ones are ours
     return {j.id: j for j in got if j.id in named}
+
+
+async def get_many(store: Backend, job_ids: Sequence[str]) -> list[JobRecord | None]:
+    """``store.get`` of each id, in order, at most GETS_IN_FLIGHT at a time (an unbounded
+    gather of a few hundred ran a Redis store out of connections)."""
+    gate = asyncio.Semaphore(GETS_IN_FLIGHT)
+
+    async def one(job_id: str) -> JobRecord | None:
+        async with gate:
+            return await store.get(job_id)
+
+    return list(await asyncio.gather(*(one(i) for i in job_ids)))
