@@ -584,6 +584,11 @@ async def test_overview_json_follows_new_jobs(browser_for: MakeBrowser) -> None:
     assert set(data) == {"at", "totals", "queues", "series", "latency", "slots"}
     html = (await b.get("/")).text
     assert 'data-field="waiting">2<' in html
+    assert 'class="value" data-field="dead">0<' in html  # red only when there are dead jobs
+    await b.app.tasks["lookup"].aenqueue("ann")
+    await drain(b.app, "fragile")
+    html = (await b.get("/")).text
+    assert 'class="value bad" data-field="dead">1<' in html
 
 
 async def test_overview_latency_comes_from_the_store(browser_for: MakeBrowser) -> None:

@@ -107,6 +107,8 @@
     setText(box, "running", t.running);
     setText(box, "succeeded", t.succeeded);
     setText(box, "dead", t.dead);
+    const deadTile = box.querySelector('[data-field="dead"]');
+    if (deadTile) deadTile.classList.toggle("bad", t.dead > 0);
     setText(box, "p50", duration(data.latency.p50_s));
     setText(box, "p95", duration(data.latency.p95_s));
     setText(box, "samples", data.latency.samples);
