@@ -92,3 +92,17 @@ async def test_shutdown_does_not_wait_past_its_timeout_for_a_stuck_job() -> None
     gate.set()
     thread.join(10)
     assert not thread.is_alive()
+
+
+async def test_a_task_raising_stopiteration_fails_instead_of_hanging() -> None:
+    runner = ThreadRunner(asyncio.get_running_loop(), 1, "t")
+
+    def exhausted() -> int:
+        return next(iter([]))
+
+    try:
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(runner.submit(exhausted), 10)
+        assert await asyncio.wait_for(runner.submit(int, "7"), 10) == 7
+    finally:
+        runner.shutdown(wait=True)

@@ -68,7 +68,7 @@ class ThreadRunner:
             try:
                 result: tuple[asyncio.Future[Any], bool, Any] = (fut, True, ctx.run(fn, *args))
             except BaseException as exc:  # handed to the awaiting job, which decides
-                result = (fut, False, exc)
+                result = (fut, False, _settable(exc))
             self._done.append(result)
             with self._lock:
                 wake = not self._wake_pending
@@ -84,7 +84,7 @@ class ThreadRunner:
             self._wake_pending = False
         while self._done:
             fut, ok, value = self._done.popleft()
-            if fut.cancelled():
+            if fut.done():
                 continue  # timed out or stopped: the thread's late result is dropped
             if ok:
                 fut.set_result(value)
@@ -107,3 +107,13 @@ class ThreadRunner:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def _settable(exc: BaseException) -> BaseException:
+    """An exception a future accepts: asyncio refuses StopIteration (a bare ``next()`` on an
+    exhausted iterator in a task), which would leave its job waiting forever."""
+    if isinstance(exc, StopIteration):
+        err = RuntimeError(f"the task raised StopIteration: {exc!r}")
+        err.__cause__ = exc
+        return err
+    return exc

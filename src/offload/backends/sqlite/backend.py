@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -46,13 +47,17 @@ from offload.job import (
 )
 from offload.outcome import Outcome, RetryAt, Snoozed
 
+_log = logging.getLogger("offload.sqlite")
+
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 def _wake(waiters: Sequence[_Waiter]) -> None:
     for loop, fut in waiters:
-        if not loop.is_closed():
+        try:
             loop.call_soon_threadsafe(settle, [(fut, None, None)])
+        except RuntimeError:  # that loop is closed: nobody waits there any more
+            pass
 
 
 class SQLiteBackend:
@@ -143,7 +148,10 @@ class SQLiteBackend:
         if done or done_all:
             self._wake_done_here(None if done_all else done)
         if self._doorbell is not None:
-            self._doorbell.ring(work=work, done=done, done_all=done_all)
+            try:
+                self._doorbell.ring(work=work, done=done, done_all=done_all)
+            except Exception:  # the write committed: a failed ring only costs latency (poll_ms)
+                _log.warning("sqlite doorbell: ring failed", exc_info=True)
 
     # The two _here methods are also the doorbell's callbacks (on its thread): they wake local
     # waiters only, so that a ring never causes another ring.

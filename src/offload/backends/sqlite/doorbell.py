@@ -257,11 +257,11 @@ class Doorbell:
         # One sending socket per peer: datagrams queued at a peer that does not read (a stopped
         # process) are charged to the socket that sent them, and a shared socket's send buffer
         # would fill and refuse rings to every peer.
-        sock = self._out.get(token)
-        if sock is None:
-            sock = self._out[token] = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.setblocking(False)
         try:
+            sock = self._out.get(token)
+            if sock is None:
+                sock = self._out[token] = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sock.setblocking(False)
             sock.sendto(datagram, address(token))
         except BlockingIOError:
             self._owed.add(token)
