@@ -67,6 +67,14 @@ class Ctx(msgspec.Struct):
         return load_app(spec or self.app_spec, self.url)
 
 
+LOG_LEVEL = click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
 @click.option(
     "--app",
@@ -142,12 +150,7 @@ def main(ctx: click.Context, app_spec: str | None, url: str | None) -> None:
     help="Seconds between looks for jobs whose worker was lost (expired leases).",
 )
 @click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@LOG_LEVEL
 @click.pass_obj
 @friendly
 def worker(
@@ -270,12 +273,7 @@ async def run_worker(app: App, config: WorkerConfig) -> None:
     "per process, so a restart logs everyone out).",
 )
 @click.option("--no-dashboard", is_flag=True, help="Serve the API only.")
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@LOG_LEVEL
 @click.pass_obj
 @friendly
 def serve(
@@ -294,6 +292,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API and the dashboard, with an embedded worker when --workers > 0."""
     from offload.server import parse_tokens, run_server  # MissingDependency names the extra
+    from offload.server.service import default_queues
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     app = obj.app(app_spec)
@@ -302,7 +301,7 @@ def serve(
         names = (
             tuple(q.strip() for q in queues.split(",") if q.strip())
             if queues
-            else tuple(sorted({"default", *(t.config.queue for t in app.tasks.values())}))
+            else default_queues(app)
         )
         config = WorkerConfig(queues=names, concurrency=workers, grace_s=grace)
     elif queues:

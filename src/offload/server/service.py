@@ -179,12 +179,16 @@ def create_service(
     return service
 
 
+def default_queues(app: App) -> tuple[str, ...]:
+    """Every queue the app's tasks use, and ``default``: what an embedded worker serves."""
+    return tuple(sorted({"default", *(t.config.queue for t in app.tasks.values())}))
+
+
 def _embedded_config(app: App, workers: int, config: WorkerConfig | None) -> WorkerConfig | None:
     if workers == 0 and config is None:
         return None
     if config is None:
-        queues = tuple(sorted({"default", *(t.config.queue for t in app.tasks.values())}))
-        config = WorkerConfig(queues=queues)
+        config = WorkerConfig(queues=default_queues(app))
     return replace(config, concurrency=workers) if workers > 0 else config
 
 
