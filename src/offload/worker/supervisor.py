@@ -41,6 +41,7 @@ class Supervisor:
         self.children: list[tuple[subprocess.Popen[bytes], float]] = []
         self.restarts = 0
         self._signals = 0
+        self._told: set[int] = set()  # child pids already sent SIGTERM for this stop
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], float]:
         proc = subprocess.Popen(self.child_argv, preexec_fn=_die_with_parent)
@@ -49,8 +50,13 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
         for proc, _ in self.children:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            self._tell(proc, again=self._signals > 1)
+
+    def _tell(self, proc: subprocess.Popen[bytes], *, again: bool = False) -> None:
+        """SIGTERM a live child once per stop request (a second one would skip its grace)."""
+        if proc.poll() is None and (again or proc.pid not in self._told):
+            self._told.add(proc.pid)
+            proc.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -76,6 +82,9 @@ class Supervisor:
                         break  # a stop arrived during the pause: start nothing new
                     self.children[i] = self._spawn()
                     self.restarts += 1
+            # A child spawned while the signal was being handled missed it: tell it now.
+            for proc, _ in self.children:
+                self._tell(proc)
             for proc, _ in self.children:
                 proc.wait()
             return 0
