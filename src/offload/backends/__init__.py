@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from offload.backends.base import Backend, Capabilities
 from offload.errors import ConfigurationError, MissingDependency
 
-# scheme -> (module, class name, extra that installs its driver, driver module)
+# scheme -> (module, class (or factory) name, extra that installs its driver, driver module)
 _SCHEMES: dict[str, tuple[str, str, str | None, str | None]] = {
     "memory": ("offload.backends.memory", "MemoryBackend", None, None),
     "sqlite": ("offload.backends.sqlite", "SQLiteBackend", None, None),
@@ -18,8 +18,8 @@ _SCHEMES: dict[str, tuple[str, str, str | None, str | None]] = {
     "rediss": ("offload.backends.redis", "RedisBackend", "redis", "redis"),
     "postgres": ("offload.backends.postgres", "PostgresBackend", "postgres", "psycopg"),
     "postgresql": ("offload.backends.postgres", "PostgresBackend", "postgres", "psycopg"),
-    "amqp": ("offload.backends.rabbitmq", "RabbitMQBackend", "rabbitmq", "aio_pika"),
-    "amqps": ("offload.backends.rabbitmq", "RabbitMQBackend", "rabbitmq", "aio_pika"),
+    "amqp": ("offload.backends.rabbitmq", "rabbitmq_backend", "rabbitmq", "aio_pika"),
+    "amqps": ("offload.backends.rabbitmq", "rabbitmq_backend", "rabbitmq", "aio_pika"),
 }
 
 

@@ -14,7 +14,10 @@ broker's unacknowledged delivery is how the job travels and how it comes back wh
 connection dies. A message whose job the store no longer wants run (cancelled, deleted,
 finished) is dropped when it is delivered.
 
-Options (URL query or keyword): ``store`` (required), ``prefix`` (queue-name prefix, default
+Without ``?store=``, :func:`rabbitmq_backend` (what ``from_url`` calls) gives the store-less
+backend of :mod:`offload.backends.rabbitmq_direct` instead.
+
+Options (URL query or keyword): ``store``, ``prefix`` (queue-name prefix, default
 ``offload``), ``timeout_s`` (connect/RPC timeout, default 10). A store URL with its own query
 string must be percent-encoded. Other query parameters go to aio-pika; ``heartbeat`` defaults
 to :data:`HEARTBEAT_S` instead of the broker's 60 s (see there).
@@ -29,14 +32,16 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from offload.backends.base import Backend, Capabilities
-from offload.backends.rabbitmq_broker import Broker
+from offload.backends.rabbitmq_broker import HEARTBEAT_S, Broker, Outgoing, masked, parse_url
 from offload.backends.rabbitmq_claim import PARKED_RETRY_S, Claimer, message_of, ms
 from offload.backends.rabbitmq_feed import Delivery
 from offload.backends.rabbitmq_store import get_many
 from offload.errors import BackendUnavailable, ConfigurationError
+
+__all__ = ["HEARTBEAT_S", "RabbitMQBackend", "rabbitmq_backend"]
 from offload.job import (
     ClaimRequest,
     JobFilter,
@@ -49,32 +54,31 @@ from offload.job import (
 )
 from offload.outcome import Outcome, RetryAt, Snoozed
 
-_OPTIONS = ("store", "prefix", "timeout_s")
 LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
-# AMQP heartbeat (s) unless the URL sets ``heartbeat=``. A frozen or hung worker keeps its
-# unacked messages until the broker gives up on its connection, about three heartbeats later
-# (~15 s here, ~3 min with RabbitMQ's default 60 s); the store recovers the lease sooner, but
-# the job runs elsewhere only once its message is back. The price of a short one: a process
-# whose event loop is blocked that long is disconnected and its jobs run again.
-HEARTBEAT_S = 5
+
+
+def rabbitmq_backend(url: str, **options: Any) -> Backend:
+    """The backend of an ``amqp://`` URL: :class:`RabbitMQBackend` with ``?store=``, the
+    store-less :class:`~offload.backends.rabbitmq_direct.DirectRabbitMQBackend` without."""
+    _, opts = parse_url(url, options)
+    if opts.get("store"):
+        return RabbitMQBackend(url, **options)
+    from offload.backends.rabbitmq_direct import DirectRabbitMQBackend
+
+    return DirectRabbitMQBackend(url, **options)
 
 
 class RabbitMQBackend:
     """Delivery on RabbitMQ, state in the store of ``?store=`` (see the module docstring)."""
 
     def __init__(self, url: str, **options: Any) -> None:
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        opts = {k: query.pop(k) for k in _OPTIONS if k in query}
-        opts.update({k: str(v) for k, v in options.items()})
-        unknown = set(options) - set(_OPTIONS)
-        if unknown:
-            raise ConfigurationError(f"unknown rabbitmq option(s): {', '.join(sorted(unknown))}")
+        amqp_url, opts = parse_url(url, options)
         store_url = opts.get("store")
         if not store_url:
             raise ConfigurationError(
-                "amqp:// needs a state store for job status, results and inspection: add "
-                "?store=sqlite:///path/jobs.db or ?store=postgresql://... to the URL"
+                "RabbitMQBackend needs a state store for job status, results and inspection: "
+                "add ?store=sqlite:///path/jobs.db or ?store=postgresql://... to the URL "
+                "(from_url gives the store-less backend for an amqp:// URL without one)"
             )
         if urlsplit(store_url).scheme.lower() in ("amqp", "amqps"):
             raise ConfigurationError("the state store of amqp:// cannot be another amqp:// URL")
@@ -82,11 +86,9 @@ class RabbitMQBackend:
 
         self._store: Backend = from_url(store_url)
         self.prefix = opts.get("prefix") or "offload"
-        query.setdefault("heartbeat", str(HEARTBEAT_S))
-        amqp_url = urlunsplit(parts._replace(query=urlencode(query)))
         name = f"offload:{self.prefix}:{uuid.uuid4().hex[:8]}"
         self._broker = Broker(amqp_url, self.prefix, name, float(opts.get("timeout_s", 10)))
-        self._url = _masked(url)
+        self._url = masked(url)
         sc = self._store.capabilities
         self.capabilities = Capabilities(
             inspect=sc.inspect,
@@ -183,14 +185,14 @@ class RabbitMQBackend:
         if not results:
             return
         still = await self._still_held([lease for lease, _ in results if lease in self._held])
-        later: list[tuple[str, str, int, int]] = []
+        later: list[Outgoing] = []
         for lease, outcome in results:
             d = self._held.get(lease)
             if d is None or lease.job_id not in still:
                 continue
             delay = _delay_of(outcome)
             if delay is not None and delay > 0:
-                later.append((lease.job_id, d.queue, d.priority, ms(delay)))
+                later.append(Outgoing(lease.job_id, d.queue, d.priority, ms(delay)))
         await self._broker.publish(later)  # before the store: a crash here only duplicates
         await self._store.complete(results)
         acks: list[Delivery] = []
@@ -346,11 +348,3 @@ def _delay_of(outcome: Outcome) -> float | None:
 
 def _lost(lease: Lease, rec: JobRecord | None) -> bool:
     return rec is None or rec.lease != lease
-
-
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

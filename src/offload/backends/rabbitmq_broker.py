@@ -10,6 +10,8 @@ Topology under a prefix ``P`` (every name is the prefix, a dot, then the rest):
   (``x-message-ttl``), then is dead-lettered back to ``P.q.<queue>``. ``ms`` is a power of two,
   so a delay is a chain of at most ~32 hops and no message ever waits behind a longer one
   (one TTL per queue: no head-of-line blocking, no plugin).
+* ``P.dead.<queue>``: the dead letters of the store-less backend (a durable classic queue
+  nobody consumes; see :mod:`offload.backends.rabbitmq_direct`).
 * ``P.wake``: a fanout exchange; enqueues publish a tiny transient note to it and every backend
   instance listens through its own exclusive queue, so ``wait_for_work`` wakes without polling.
 
@@ -27,7 +29,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -39,9 +42,16 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
-from offload.backends.rabbitmq_feed import Delivery, Feed, settle
-from offload.errors import BackendUnavailable
+from offload.backends.rabbitmq_feed import Delivery, Feed, Returner, settle
+from offload.errors import BackendUnavailable, ConfigurationError
 
+OPTIONS = ("store", "prefix", "timeout_s")  # offload's own URL options; the rest is aio-pika's
+# AMQP heartbeat (s) unless the URL sets ``heartbeat=``. A frozen or hung worker keeps its
+# unacked messages until the broker gives up on its connection, about three heartbeats later
+# (~15 s here, ~3 min with RabbitMQ's default 60 s); the store recovers the lease sooner, but
+# the job runs elsewhere only once its message is back. The price of a short one: a process
+# whose event loop is blocked that long is disconnected and its jobs run again.
+HEARTBEAT_S = 5
 MAX_PRIORITY = 9
 MAX_DELAY_BIT = 31  # 2**31 ms is ~24.8 days: longer delays take one more pass through the chain
 SWEEP_S = 0.05  # how often idle feeds are looked for (see rabbitmq_feed.LINGER_S, HOLD_S)
@@ -57,6 +67,45 @@ ENGINE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class Outgoing(NamedTuple):
+    """One message to publish: a job's id, its queue, priority and delay (ms)."""
+
+    job_id: str
+    queue: str
+    priority: int
+    delay_ms: int
+    body: bytes = b""  # empty with a state store: the id is all a worker needs
+    dead: bool = False  # to the queue's dead letters instead of its work queue
+    error: str | None = None  # why it is dead (header ``x-offload-error``)
+
+
+def parse_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Split an ``amqp://`` URL (and keyword options) into the URL aio-pika connects with
+    (``heartbeat`` defaulted to :data:`HEARTBEAT_S`) and offload's own options."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    opts = {k: query.pop(k) for k in OPTIONS if k in query}
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ConfigurationError(f"unknown rabbitmq option(s): {', '.join(sorted(unknown))}")
+    opts.update({k: str(v) for k, v in options.items()})
+    query.setdefault("heartbeat", str(HEARTBEAT_S))
+    try:
+        float(opts.get("timeout_s", 10))
+    except ValueError:
+        raise ConfigurationError(f"timeout_s must be a number, not {opts['timeout_s']!r}") from None
+    return urlunsplit(parts._replace(query=urlencode(query))), opts
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def delay_chain(delay_ms: int) -> int:
     """The first hop of a delay: the largest power-of-two TTL not above it (0 when none)."""
     if delay_ms < 1:
@@ -68,8 +117,19 @@ class Broker:
     """A connection with a publishing channel (confirms on), a few getting channels and the
     wake listener. Reconnects lazily: an operation after a failure opens a new connection."""
 
-    def __init__(self, url: str, prefix: str, connection_name: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        connection_name: str,
+        timeout_s: float,
+        *,
+        return_copies: bool = False,
+    ) -> None:
+        """``return_copies``: hand messages back by publishing a copy and acking the original
+        (see :mod:`offload.backends.rabbitmq_feed`), not by ``basic.nack`` with requeue."""
         self._url = url
+        self._return_copies = return_copies
         self.prefix = prefix
         self.connection_name = connection_name
         self._timeout_s = timeout_s
@@ -178,6 +238,14 @@ class Broker:
             self._seen.add(name)
         return found
 
+    async def _dead_queue(self, queue: str) -> str:
+        name = f"{self.prefix}.dead.{queue}"
+        if name not in self._declared:
+            assert self._pub is not None
+            self._declared[name] = await self._pub.declare_queue(name, durable=True)
+            self._seen.add(name)
+        return name
+
     async def _delay_queue(self, queue: str, ttl_ms: int) -> str:
         name = f"{self.prefix}.d.{queue}.{ttl_ms}"
         if name not in self._declared:
@@ -195,8 +263,8 @@ class Broker:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def publish(self, items: Sequence[tuple[str, str, int, int]]) -> None:
-        """Publish ``(job_id, queue, priority, delay_ms)`` messages and wait for every confirm.
+    async def publish(self, items: Sequence[Outgoing]) -> None:
+        """Publish the messages and wait for every confirm.
 
         A positive delay goes to the first delay queue of its chain. Raises BackendUnavailable
         when any message was not confirmed (some may have been: the caller decides).
@@ -207,17 +275,17 @@ class Broker:
         try:
             assert self._pub is not None
             sends = []
-            for job_id, queue, priority, delay_ms in items:
-                await self._work_queue(queue)
-                hop = delay_chain(delay_ms)
-                key = await self._delay_queue(queue, hop) if hop else self.work_name(queue)
-                # The job id travels as the message id and the body is empty: a message with
-                # no body is one frame less for the broker and for every consumer to parse.
+            for item in items:
+                await self._work_queue(item.queue)
+                key = await self._route(item)
+                # The job id travels as the message id; with a state store the body is empty:
+                # one frame less for the broker and for every consumer to parse.
                 message = aio_pika.Message(
-                    b"",
-                    message_id=job_id,
+                    item.body,
+                    message_id=item.job_id,
                     delivery_mode=DeliveryMode.PERSISTENT,
-                    priority=max(0, min(priority, MAX_PRIORITY)),
+                    priority=max(0, min(item.priority, MAX_PRIORITY)),
+                    headers=None if item.error is None else {"x-offload-error": item.error},
                 )
                 sends.append(self._pub.default_exchange.publish(message, routing_key=key))
             results = await asyncio.gather(*sends, return_exceptions=True)
@@ -228,6 +296,12 @@ class Broker:
         if failed or any(not isinstance(r, aiormq.spec.Basic.Ack) for r in results):
             self.broken()
             raise BackendUnavailable(f"RabbitMQ did not confirm every message: {failed[:1]!r}")
+
+    async def _route(self, item: Outgoing) -> str:
+        if item.dead:
+            return await self._dead_queue(item.queue)
+        hop = delay_chain(item.delay_ms)
+        return await self._delay_queue(item.queue, hop) if hop else self.work_name(item.queue)
 
     async def notify(self) -> None:
         """Tell every listening instance that work was published (best effort)."""
@@ -258,7 +332,11 @@ class Broker:
             with contextlib.suppress(*ENGINE_ERRORS):
                 await channel.close()
             return found
-        found = Feed(queue, self.work_name(queue), raw, self.generation, self.wake, self._timeout_s)
+        returner: Returner | None = self._copy_back if self._return_copies else None
+        found = Feed(
+            queue, self.work_name(queue), raw, self.generation, self.wake, self._timeout_s,
+            returner,
+        )  # fmt: skip
         self._feeds[queue] = found
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep(), name="offload-rabbitmq-sweeper")
@@ -293,6 +371,19 @@ class Broker:
             raise BackendUnavailable(f"RabbitMQ consume failed: {exc!r}") from None
         finally:
             feed.done()
+
+    async def _copy_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand messages back as confirmed copies at the tail of their queue, then ack the
+        originals. If the copies are not confirmed, the originals stay unacked and the broker
+        returns them when this (now broken) connection is closed."""
+        if not self._usable():
+            return  # (and ensure() must not be entered: close() holds the lock)
+        copies = [Outgoing(d.job_id, d.queue, d.priority, 0, d.body) for d in deliveries]
+        try:
+            await self.publish(copies)
+        except BackendUnavailable:
+            return
+        await settle(deliveries, [], self.generation)
 
     def give_back(self, queue: str, deliveries: Sequence[Delivery]) -> None:
         """Return taken deliveries to their feed's buffer (for the next claim)."""

@@ -14,7 +14,7 @@ import math
 import time
 
 from offload.backends.base import Backend
-from offload.backends.rabbitmq_broker import Broker
+from offload.backends.rabbitmq_broker import Broker, Outgoing
 from offload.backends.rabbitmq_feed import Delivery
 from offload.backends.rabbitmq_store import claim_delivered, get_many
 from offload.errors import BackendUnavailable
@@ -250,13 +250,13 @@ def _prefetch_for(req: ClaimRequest) -> int:
     return max(req.limit, 1) * PREFETCH_PER_SLOT
 
 
-def message_of(rec: JobRecord, now: float | None = None) -> tuple[str, str, int, int]:
+def message_of(rec: JobRecord, now: float | None = None) -> Outgoing:
     """The broker message of a job record: due now, or after its remaining delay."""
     delay_s = 0.0
     if rec.state is JobState.SCHEDULED:
         # the store's own clock: run_at relative to created_at, or to now for a re-delay
         delay_s = rec.run_at - (rec.created_at if now is None else now)
-    return (rec.id, rec.queue, rec.priority, ms(delay_s))
+    return Outgoing(rec.id, rec.queue, rec.priority, ms(delay_s))
 
 
 def ms(delay_s: float) -> int:

@@ -12,6 +12,11 @@ claims or waits for work (plus a short linger), and the backend's sweeper stops 
 idle or whose oldest buffered message waited too long: stopping cancels the consumer and hands
 every buffered message back (``basic.nack`` with requeue). A message pushed after the stop
 (already in flight) is handed back as it arrives.
+
+How a message is handed back is the feed's ``returner``: ``basic.nack`` with requeue by
+default; the store-less backend re-publishes a copy and acks the original instead, because a
+requeued message comes back marked ``redelivered``, the only sign it has that a delivery may
+have crashed its worker (:mod:`offload.backends.rabbitmq_direct`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiormq
@@ -52,6 +57,11 @@ class Delivery:
     feed: Feed | None = None  # the feed whose consumer it was pushed to (None: basic.get)
     consumer: str | None = None
     at: float = field(default_factory=time.monotonic)
+    body: bytes = b""
+    redelivered: bool = False  # the broker delivered this message before, unacknowledged
+
+
+Returner = Callable[[Sequence[Delivery]], Awaitable[None]]
 
 
 async def settle(acks: Sequence[Delivery], requeues: Sequence[Delivery], generation: int) -> None:
@@ -80,6 +90,7 @@ class Feed:
         generation: int,
         wake: asyncio.Event,
         timeout_s: float,
+        returner: Returner | None = None,
     ) -> None:
         self.queue = queue
         self.name = name
@@ -95,6 +106,7 @@ class Feed:
         self._prefetch = 0
         self._outstanding = 0  # pushed to the current consumer and not settled yet
         self._unsettled: set[int] = set()  # delivery tags taken on this channel, not settled
+        self._returner = returner
 
     @property
     def consuming(self) -> bool:
@@ -175,15 +187,23 @@ class Feed:
                     await self.channel.basic_cancel(tag, timeout=self._timeout_s)
             back = list(self._buffer)
             self._buffer.clear()
-            await settle([], back, self.generation)
+            await self._hand_back(back)
+
+    async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        if self._returner is not None:
+            await self._returner(deliveries)
+        else:
+            await settle([], deliveries, self.generation)
 
     async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         tag = message.delivery_tag
         if tag is None:
             return
         if self._tag is None:  # pushed before the cancel reached the broker
-            with contextlib.suppress(*SETTLE_ERRORS):
-                await self.channel.basic_nack(tag, requeue=True, wait=False)
+            self._unsettled.add(tag)
+            await self._hand_back([self._delivery(message, tag)])
             return
         self._outstanding += 1
         self._unsettled.add(tag)
@@ -203,6 +223,8 @@ class Feed:
             generation=self.generation,
             feed=self,
             consumer=consumer,
+            body=message.body,
+            redelivered=bool(getattr(message.delivery, "redelivered", False)),
         )
 
     def take(self, limit: int) -> list[Delivery]:

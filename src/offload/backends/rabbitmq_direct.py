@@ -1,0 +1,417 @@
+"""``amqp://`` without a state store: delivery only, each job carried whole in its message.
+
+    amqp://guest:guest@127.0.0.1/?prefix=offload
+
+The store-less form of the RabbitMQ backend, for users who want Celery's model: the broker
+is the only infrastructure, jobs run at least once, and nothing can be looked up afterwards.
+A message's body is the job (task, JSON arguments, attempts begun, max_attempts, recent
+errors); its ``message_id`` is the job id. What needs a store is declared unavailable and
+raises :class:`~offload.errors.CapabilityUnavailable` with the URL option that adds one:
+status and results (``get``, ``wait_done``), listing and counts, cancel, retry, delete,
+purge, pause, dedup keys, queue depth limits, the worker registry.
+
+Attempts are counted in the message, so that a job that kills its worker every time still
+dies after ``max_attempts``:
+
+* a message that comes back from its delay queues before its ``run_at`` (a delay is a chain
+  of power-of-two TTL hops) is published again for the rest of it, not started;
+* a claim starts attempt ``carried.attempt + 1``; a retry publishes a new (delayed) message
+  with the attempts so far and acks the old one;
+* a message that comes back ``redelivered`` was unacknowledged when its channel closed: its
+  worker crashed, was killed, or lost its connection, possibly in the middle of the job. That
+  delivery counts as an attempt: the claim publishes a copy with one more attempt (or, at
+  ``max_attempts``, a dead letter) and acks the original, so the count survives the next
+  crash too. The broker cannot tell a crash from a connection lost before the job started;
+  either counts.
+* for that flag to mean a lost delivery, this backend never hands a message back with
+  ``basic.nack``: a worker that stops consuming re-publishes what it buffered and acks the
+  originals (``Broker(return_copies=True)``).
+
+Dead jobs go to the durable queue ``<prefix>.dead.<queue>`` (the job as its body, the last
+error in the ``x-offload-error`` header), for a person or a script to read with RabbitMQ's
+own tools; nothing consumes it. The lease of a started job is its unacknowledged delivery: it
+holds while the connection that received it lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import msgspec
+
+from offload.backends.base import Capabilities
+from offload.backends.rabbitmq_broker import Broker, Outgoing, masked, parse_url
+from offload.backends.rabbitmq_claim import PREFETCH_PER_SLOT, ms
+from offload.backends.rabbitmq_feed import Delivery
+from offload.errors import BackendUnavailable, CapabilityUnavailable, ConfigurationError
+from offload.job import (
+    AttemptError,
+    ClaimRequest,
+    JobFilter,
+    JobPage,
+    JobRecord,
+    JobState,
+    Lease,
+    NewJob,
+    WorkerInfo,
+)
+from offload.outcome import Dead, Outcome, RetryAt, Snoozed
+
+HINT = (
+    "this amqp:// backend has no state store, so it keeps no job status, results or lists; "
+    "add one to the URL: ?store=sqlite:///path/jobs.db or ?store=postgresql://..."
+)
+ERRORS_KEPT = 5  # the most recent attempt errors a message carries (it stays small)
+ERROR_HEADER_CHARS = 1000  # x-offload-error is for a glance; the body has the whole error
+LOST_DELIVERY = "the worker holding this job crashed or lost its connection (message redelivered)"
+
+
+class Carried(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of a store-less message: everything a worker needs to run the job."""
+
+    task: str
+    args: msgspec.Raw
+    max_attempts: int
+    created_at: float
+    attempt: int = 0  # attempts begun before this message was published
+    errors: tuple[AttemptError, ...] = ()
+    run_at: float = 0.0  # not before (epoch s, the publisher's clock): a delay comes back early
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Carried).decode
+
+
+def decode(body: bytes) -> Carried:
+    """A message body as a job, checked: raises ValueError with the reason."""
+    try:
+        c = _decode(body)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"undecodable message body: {exc}") from None
+    if not c.task or c.max_attempts < 1 or c.attempt < 0:
+        raise ValueError("message body has an empty task, max_attempts < 1 or attempt < 0")
+    return c
+
+
+@dataclass(eq=False)
+class _Held:
+    delivery: Delivery
+    carried: Carried
+
+
+class DirectRabbitMQBackend:
+    """Delivery on RabbitMQ with no state store (see the module docstring)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        amqp_url, opts = parse_url(url, options)
+        if opts.get("store"):
+            raise ConfigurationError("a URL with ?store= is served by RabbitMQBackend")
+        self.prefix = opts.get("prefix") or "offload"
+        name = f"offload:{self.prefix}:{uuid.uuid4().hex[:8]}"
+        timeout_s = float(opts.get("timeout_s", 10))
+        self._broker = Broker(amqp_url, self.prefix, name, timeout_s, return_copies=True)
+        self._url = masked(url)
+        self.capabilities = Capabilities(
+            inspect=False,
+            notify=True,
+            transactional=False,
+            priorities=True,
+            delayed=True,
+            unique=False,
+            results=False,
+            pause=False,
+            cross_process=True,
+        )
+        self._held: dict[Lease, _Held] = {}
+        self._prefetch = 1
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def connection_name(self) -> str:
+        """The client-provided name of this instance's AMQP connection."""
+        return self._broker.connection_name
+
+    async def open(self) -> None:
+        await self._broker.ensure()
+
+    async def close(self) -> None:
+        self._held.clear()
+        await self._broker.close()
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Publish one message per job (the job in its body) and wait for every confirm.
+        Keys and queue depth limits need a store and raise CapabilityUnavailable before
+        anything is published. BackendUnavailable when a message was not confirmed (some
+        may have been: the jobs of an enqueue that raised may still run)."""
+        if any(j.key is not None for j in jobs):
+            raise CapabilityUnavailable(f"dedup by key (key=) needs a state store: {HINT}")
+        if limits and any(j.queue in limits for j in jobs):
+            raise CapabilityUnavailable(f"queue depth limits need a state store: {HINT}")
+        now = time.time()
+        recs: list[JobRecord] = []
+        out: list[Outgoing] = []
+        for j in jobs:
+            run_at = j.run_at if j.run_at is not None else now + j.delay_s
+            delay_s = max(run_at - now, 0.0)
+            body = Carried(
+                task=j.task, args=msgspec.Raw(j.args), max_attempts=j.max_attempts,
+                created_at=now, run_at=run_at if delay_s > 0 else 0.0,
+            )  # fmt: skip
+            out.append(Outgoing(j.id, j.queue, j.priority, ms(delay_s), _encode(body)))
+            recs.append(
+                JobRecord(
+                    id=j.id,
+                    task=j.task,
+                    queue=j.queue,
+                    args=j.args,
+                    state=JobState.SCHEDULED if delay_s > 0 else JobState.QUEUED,
+                    priority=j.priority,
+                    attempt=0,
+                    max_attempts=j.max_attempts,
+                    run_at=max(run_at, now),
+                    created_at=now,
+                )
+            )
+        await self._broker.publish(out)
+        await self._broker.notify()
+        return recs
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        """Take up to ``req.limit`` messages from the work queues and start their jobs. A
+        redelivered or undecodable message is not started (see the module docstring) and
+        another is taken in its place. With ``req.job_ids``, other messages stay buffered."""
+        self._broker.wake.clear()
+        self._prefetch = max(req.limit, 1) * PREFETCH_PER_SLOT
+        out: list[JobRecord] = []
+        for queue in req.queues:
+            while len(out) < req.limit:
+                taken = await self._broker.take(queue, req.limit - len(out), self._prefetch)
+                if req.job_ids is not None:
+                    wanted = set(req.job_ids)
+                    self._broker.give_back(queue, [d for d in taken if d.job_id not in wanted])
+                    taken = [d for d in taken if d.job_id in wanted]
+                if not taken:
+                    break
+                started = await self._start(queue, taken, req)
+                out.extend(started)
+                if len(started) == len(taken):
+                    break
+        return out
+
+    async def _start(
+        self, queue: str, deliveries: list[Delivery], req: ClaimRequest
+    ) -> list[JobRecord]:
+        now = time.time()
+        out: list[JobRecord] = []
+        again: list[Outgoing] = []  # copies with the lost attempt counted, and dead letters
+        settled: list[Delivery] = []
+        for d in deliveries:
+            try:
+                c = decode(d.body)
+                if not d.job_id:
+                    raise ValueError("message has no message_id (the job id)")
+            except ValueError as exc:
+                why = str(exc)[:ERROR_HEADER_CHARS]
+                again.append(Outgoing(d.job_id, queue, 0, 0, d.body, dead=True, error=why))
+                settled.append(d)
+                continue
+            if c.run_at > now + 0.001:  # back from a delay hop early: wait out the rest
+                again.append(Outgoing(d.job_id, queue, d.priority, ms(c.run_at - now), d.body))
+                settled.append(d)
+                continue
+            if d.redelivered:
+                again.append(_lost_attempt(d, c, now))
+                settled.append(d)
+                continue
+            rec = _running(d, c, req, now)
+            assert rec.lease is not None
+            self._held[rec.lease] = _Held(d, c)
+            out.append(rec)
+        if again:
+            try:
+                await self._broker.publish(again)
+            except BackendUnavailable:
+                for rec in out:  # their messages come back with the connection: not ours
+                    if rec.lease is not None:
+                        self._held.pop(rec.lease, None)
+                raise
+        await self._broker.settle(settled, [])
+        return out
+
+    async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
+        """A lease holds while the connection its message came on lives (nothing to extend:
+        the broker keeps an unacknowledged message until its channel closes)."""
+        held: set[str] = set()
+        for lease in leases:
+            h = self._held.get(lease)
+            if h is None:
+                continue
+            if self._alive(h.delivery):
+                held.add(lease.job_id)
+            else:
+                del self._held[lease]  # the broker has put its message back
+        return held
+
+    def _alive(self, d: Delivery) -> bool:
+        return d.generation == self._broker.generation and not d.channel.is_closed
+
+    async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
+        """Publish what the outcome asks for (a delayed message for a retry or snooze, a
+        dead letter), wait for its confirm, then ack the job's message. A lease whose
+        connection was lost is a no-op: the broker has given its message to someone else."""
+        taken: list[tuple[Lease, _Held]] = []
+        out: list[Outgoing] = []
+        for lease, outcome in results:
+            h = self._held.pop(lease, None)
+            if h is None or not self._alive(h.delivery):
+                continue
+            taken.append((lease, h))
+            follow = _follow_up(lease, h, outcome, time.time())
+            if follow is not None:
+                out.append(follow)
+        try:
+            await self._broker.publish(out)
+        except BackendUnavailable:
+            self._held.update(taken)  # the completer tries again
+            raise
+        await self._broker.settle([h.delivery for _, h in taken], [])
+        if any(not o.dead and o.delay_ms == 0 for o in out):
+            await self._broker.notify()
+
+    async def recover(self) -> int:
+        """Nothing to recover here: the broker returns the messages of a lost connection."""
+        return 0
+
+    async def run_maintenance(self) -> int:
+        return 0
+
+    async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Consume ``queues`` while waiting; return when a message arrives for one of them,
+        when an enqueue under this prefix sends its note, or at ``timeout_s``."""
+        wake = self._broker.wake
+        if wake.is_set() or self._broker.buffered(queues):
+            wake.clear()
+            return
+        feeds = await self._broker.listen(queues, self._prefetch)
+        try:
+            if not self._broker.buffered(queues):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=max(timeout_s, 0.0))
+        finally:
+            for feed in feeds:
+                feed.done()
+        wake.clear()
+
+    # -- what needs a state store ----------------------------------------------------------
+
+    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Nowhere to keep it: a no-op (``workers()`` says why)."""
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Nothing was kept: a no-op."""
+
+    async def workers(self) -> list[WorkerInfo]:
+        _unavailable("the list of workers")
+
+    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        _unavailable("waiting for a job's result")
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        _unavailable("a job's status")
+
+    async def list_jobs(self, flt: JobFilter) -> JobPage:
+        _unavailable("listing jobs")
+
+    async def counts(self) -> dict[str, dict[JobState, int]]:
+        _unavailable("counting jobs")
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        _unavailable("cancelling a job")
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        _unavailable("retrying a job")
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        _unavailable("deleting jobs")
+
+    async def purge(
+        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
+    ) -> int:
+        _unavailable("purging jobs")
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        _unavailable("pausing a queue")
+
+    async def paused_queues(self) -> set[str]:
+        _unavailable("paused queues")
+
+    # -- tests and tools -------------------------------------------------------------------
+
+    def declared_queues(self) -> set[str]:
+        """Names of the broker queues this instance has declared (for cleanup in tests)."""
+        return self._broker.declared()
+
+    async def delete_broker_objects(self, queues: Sequence[str]) -> None:
+        """Delete these broker queues and the wake exchange of this prefix (tests, tools)."""
+        await self._broker.delete_topology(queues)
+
+
+def _unavailable(what: str) -> NoReturn:
+    raise CapabilityUnavailable(f"{what} needs a state store: {HINT}")
+
+
+def _running(d: Delivery, c: Carried, req: ClaimRequest, now: float) -> JobRecord:
+    return JobRecord(
+        id=d.job_id, task=c.task, queue=d.queue, args=bytes(c.args), state=JobState.RUNNING,
+        priority=d.priority, attempt=c.attempt + 1, max_attempts=c.max_attempts, run_at=now,
+        created_at=c.created_at, started_at=now, worker_id=req.worker_id,
+        lease_expires_at=now + req.lease_s, errors=c.errors,
+    )  # fmt: skip
+
+
+def _with_error(c: Carried, attempt: int, error: str, now: float, worker: str | None) -> Carried:
+    err = AttemptError(attempt=attempt, at=now, error=error, worker_id=worker)
+    errors = (*c.errors, err)[-ERRORS_KEPT:]
+    return msgspec.structs.replace(c, attempt=attempt, errors=errors, run_at=0.0)
+
+
+def _lost_attempt(d: Delivery, c: Carried, now: float) -> Outgoing:
+    """The copy of a redelivered message, its lost delivery counted as an attempt."""
+    spent = _with_error(c, c.attempt + 1, LOST_DELIVERY, now, None)
+    dead = spent.attempt >= c.max_attempts
+    error = f"{LOST_DELIVERY}; attempts exhausted" if dead else None
+    return Outgoing(d.job_id, d.queue, d.priority, 0, _encode(spent), dead=dead, error=error)
+
+
+def _follow_up(lease: Lease, h: _Held, outcome: Outcome, now: float) -> Outgoing | None:
+    """The message an outcome leaves behind, if any (success and cancel leave none)."""
+    d, c = h.delivery, h.carried
+    if isinstance(outcome, RetryAt):
+        body = _with_error(c, lease.attempt, outcome.error, now, lease.worker_id)
+        body = msgspec.structs.replace(body, run_at=now + outcome.delay_s)
+        return Outgoing(d.job_id, d.queue, d.priority, ms(outcome.delay_s), _encode(body))
+    if isinstance(outcome, Snoozed):  # the attempt is given back
+        body = msgspec.structs.replace(
+            c, attempt=max(lease.attempt - 1, 0), run_at=now + outcome.delay_s
+        )
+        return Outgoing(d.job_id, d.queue, d.priority, ms(outcome.delay_s), _encode(body))
+    if isinstance(outcome, Dead):
+        body = _with_error(c, lease.attempt, outcome.error, now, lease.worker_id)
+        error = outcome.error[:ERROR_HEADER_CHARS]
+        return Outgoing(d.job_id, d.queue, d.priority, 0, _encode(body), dead=True, error=error)
+    return None
