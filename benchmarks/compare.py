@@ -49,6 +49,7 @@ SYSTEMS: dict[str, tuple[str, str]] = {
     "offload-postgres": ("offload_peer", "offload"),
     "procrastinate-postgres": ("procrastinate_peer", "main"),
     "offload-rabbitmq": ("offload_peer", "offload"),
+    "offload-storeless-rabbitmq": ("offload_peer", "offload"),
     "celery-rabbitmq": ("celery_peer", "main"),
     "offload-sqlite": ("offload_peer", "offload"),
 }
@@ -86,6 +87,7 @@ def offload_missing(system: str) -> str | None:
         "redis": "redis://127.0.0.1:6379/13",
         "postgres": "postgresql://postgres@127.0.0.1:5432/test",
         "rabbitmq": "amqp://guest:guest@127.0.0.1//?store=sqlite:///x.db",
+        "storeless-rabbitmq": "amqp://guest:guest@127.0.0.1//",
     }[kind]
     try:
         from_url(probe)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,10 +21,11 @@ import offload
 from offload.backends import from_url
 from offload.backends.base import Backend
 from offload.backends.rabbitmq import HEARTBEAT_S, RabbitMQBackend
+from offload.backends.rabbitmq_outbox import OUTBOX_QUEUE
 from offload.backends.rabbitmq_store import claim_delivered
 from offload.backends.sqlite import SQLiteBackend
 from offload.errors import BackendUnavailable, ConfigurationError
-from offload.job import ClaimRequest, JobRecord, JobState, NewJob, new_job_id
+from offload.job import ClaimRequest, JobFilter, JobRecord, JobState, NewJob, new_job_id
 from offload.outcome import RetryAt, Succeeded
 from offload.testing import BackendConformance, MakeBackend
 from offload.worker import Worker, WorkerConfig
@@ -398,3 +400,74 @@ async def stop_and_clean(
     await backends[0].delete_broker_objects(sorted(names))
     for a in apps:
         await a.close()
+
+
+PRODUCER_DIES = """
+import os, sys
+import offload
+from offload.backends.rabbitmq_broker import Broker
+
+async def die(self, items):
+    os._exit(9)  # like kill -9 after the store write, before any message is published
+
+Broker.publish = die
+app = offload.App(sys.argv[1])
+
+@app.task(name="count")
+def count(i: int) -> None: ...
+
+app.enqueue_many([count.prepare(i) for i in range(5)])
+"""
+
+
+async def test_jobs_of_a_producer_killed_before_publishing_run(tmp_path: Path) -> None:
+    """The producer dies between storing its jobs and publishing their messages: a worker's
+    recovery publishes them once the outbox marker comes due, and they run."""
+    require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    url = rabbitmq_url(tmp_path, unique_name("offload_ob")) + "&orphan_after_s=0.5"
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER_DIES)
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), url)
+    assert await asyncio.wait_for(proc.wait(), 60) == 9
+    app = offload.App(url)
+    ran: collections.Counter[int] = collections.Counter()
+
+    @app.task(name="count")
+    def count(i: int) -> None:
+        ran[i] += 1
+
+    await app.open()
+    counts = await app.backend.counts()
+    assert counts["default"][JobState.QUEUED] == 5  # stored, no message yet
+    assert OUTBOX_QUEUE not in counts  # the marker is hidden
+    worker = Worker(app, WorkerConfig(concurrency=4, poll_s=0.1, recover_s=0.2))
+    run = asyncio.create_task(worker.run())
+    try:
+        for _ in range(200):
+            if (await app.backend.counts())["default"].get(JobState.SUCCEEDED, 0) == 5:
+                break
+            await asyncio.sleep(0.05)
+        assert ran == {i: 1 for i in range(5)}
+        backend = app.backend
+        assert isinstance(backend, RabbitMQBackend)
+        markers = await backend.store.list_jobs(JobFilter(queue=OUTBOX_QUEUE))
+        for _ in range(100):  # deleted once its jobs were published (they may run first)
+            markers = await backend.store.list_jobs(JobFilter(queue=OUTBOX_QUEUE))
+            if not markers.jobs:
+                break
+            await asyncio.sleep(0.02)
+        assert markers.jobs == []
+    finally:
+        await stop_and_clean([worker], [run], [app])
+
+
+async def test_a_published_enqueue_leaves_no_marker(make_rabbit: Make) -> None:
+    backend = await make_rabbit()
+    await backend.enqueue([job(), job()])
+    store = backend.store
+    for _ in range(100):
+        if not (await store.list_jobs(JobFilter(queue=OUTBOX_QUEUE))).jobs:
+            break
+        await asyncio.sleep(0.02)
+    assert (await store.list_jobs(JobFilter(queue=OUTBOX_QUEUE))).jobs == []
+    assert (await backend.counts())["q"][JobState.QUEUED] == 2

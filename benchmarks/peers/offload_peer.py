@@ -1,5 +1,7 @@
 """offload on each of its backends: ``offload-sqlite``, ``offload-redis``,
-``offload-postgres`` and ``offload-rabbitmq`` (RabbitMQ delivery, state in Redis).
+``offload-postgres``, ``offload-rabbitmq`` (RabbitMQ delivery, state in Redis) and
+``offload-storeless-rabbitmq`` (RabbitMQ alone: the job in its message, no state store, as
+Celery runs without a result backend).
 
 One ``offload worker`` process with ``--concurrency`` slots; the task is ``async`` (runs on
 the worker's event loop, like the arq/SAQ/taskiq/procrastinate tasks); ``aenqueue`` one by one
@@ -38,6 +40,8 @@ def backend_url() -> str:
         return f"{CFG.postgres_url}?schema={CFG.queue}&auto_migrate=1"
     if KIND == "rabbitmq":
         return f"{CFG.amqp_url}?store={quote(REDIS_URL, safe='')}&prefix={CFG.queue}"
+    if KIND == "storeless-rabbitmq":
+        return f"{CFG.amqp_url}?prefix={CFG.queue}"
     raise SystemExit(f"unknown offload backend {KIND!r}")
 
 
@@ -73,7 +77,7 @@ class OffloadPeer:
         ]  # fmt: skip
 
     async def close(self) -> None:
-        if KIND == "rabbitmq":
+        if KIND.endswith("rabbitmq"):
             backend = app.backend
             queues = {*backend.declared_queues(), f"{CFG.queue}.q.{CFG.queue}"}  # type: ignore[attr-defined]
             await backend.delete_broker_objects(sorted(queues))  # type: ignore[attr-defined]

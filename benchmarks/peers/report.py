@@ -81,14 +81,17 @@ def ratio_table(summary: dict[str, Any]) -> list[str]:
     for system, entry in summary.items():
         if system.startswith("offload-"):
             continue
-        ours_name = f"offload-{backend_of(system)}"
-        ours = summary.get(ours_name)
-        cells = []
-        for key, _, _ in FIGURES:
-            a = ours["figures"].get(key) if ours else None
-            b = entry["figures"].get(key)
-            cells.append(f"{a['median'] / b['median']:.2f}x" if a and b and b["median"] else "—")
-        lines.append(f"| {system} | {ours_name} | " + " | ".join(cells) + " |")
+        backend = backend_of(system)
+        ours_names = [s for s in summary if s.startswith("offload-") and backend_of(s) == backend]
+        for ours_name in ours_names or [f"offload-{backend}"]:
+            ours = summary.get(ours_name)
+            cells = []
+            for key, _, _ in FIGURES:
+                a = ours["figures"].get(key) if ours else None
+                b = entry["figures"].get(key)
+                ratio = a and b and b["median"]
+                cells.append(f"{a['median'] / b['median']:.2f}x" if ratio else "—")
+            lines.append(f"| {system} | {ours_name} | " + " | ".join(cells) + " |")
     return lines
 
 

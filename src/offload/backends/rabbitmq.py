@@ -17,7 +17,8 @@ finished) is dropped when it is delivered.
 Without ``?store=``, :func:`rabbitmq_backend` (what ``from_url`` calls) gives the store-less
 backend of :mod:`offload.backends.rabbitmq_direct` instead.
 
-Options (URL query or keyword): ``store``, ``prefix`` (queue-name prefix, default
+Options (URL query or keyword): ``store``, ``orphan_after_s`` (see
+:mod:`offload.backends.rabbitmq_outbox`, default 30), ``prefix`` (queue-name prefix, default
 ``offload``), ``timeout_s`` (connect/RPC timeout, default 10). A store URL with its own query
 string must be percent-encoded. Other query parameters go to aio-pika; ``heartbeat`` defaults
 to :data:`HEARTBEAT_S` instead of the broker's 60 s (see there).
@@ -38,6 +39,7 @@ from offload.backends.base import Backend, Capabilities
 from offload.backends.rabbitmq_broker import HEARTBEAT_S, Broker, Outgoing, masked, parse_url
 from offload.backends.rabbitmq_claim import PARKED_RETRY_S, Claimer, message_of, ms
 from offload.backends.rabbitmq_feed import Delivery
+from offload.backends.rabbitmq_outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
 from offload.backends.rabbitmq_store import get_many
 from offload.errors import BackendUnavailable, ConfigurationError
 
@@ -104,6 +106,8 @@ class RabbitMQBackend:
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
         self._claimer = Claimer(self._store, self._broker, self._held, self._expires)
+        orphan_after_s = float(opts.get("orphan_after_s", ORPHAN_AFTER_S))
+        self._outbox = Outbox(self._store, self._broker, orphan_after_s)
 
     @property
     def url(self) -> str:
@@ -124,6 +128,8 @@ class RabbitMQBackend:
         await self._broker.ensure()
 
     async def close(self) -> None:
+        with contextlib.suppress(BackendUnavailable):
+            await self._outbox.close()
         self._held.clear()
         self._expires.clear()
         self._claimer.clear()
@@ -135,20 +141,24 @@ class RabbitMQBackend:
     async def enqueue(
         self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
     ) -> list[JobRecord]:
-        """Store the batch in the state store (dedup and limits happen there), then publish
-        one message per newly stored job and wait for the broker's confirms. If publishing
-        fails, the new records are deleted again and BackendUnavailable is raised."""
+        """Store the batch in the state store (dedup and limits happen there) with an outbox
+        marker, then publish one message per newly stored job and wait for the broker's
+        confirms. If publishing fails, the new records are deleted again and
+        BackendUnavailable is raised; if this process dies before the confirms, the marker
+        has the jobs published later (:mod:`offload.backends.rabbitmq_outbox`)."""
         if not jobs:
             return []
-        recs = await self._store.enqueue(jobs, limits=limits)
+        marker = self._outbox.marker([j.id for j in jobs])
+        recs = (await self._store.enqueue([*jobs, marker], limits=limits))[: len(jobs)]
         fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
         fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
         try:
             await self._broker.publish([message_of(r) for r in fresh])
         except BackendUnavailable:
             with contextlib.suppress(BackendUnavailable):
-                await self._store.delete([r.id for r in fresh])
+                await self._store.delete([*(r.id for r in fresh), marker.id])
             raise
+        self._outbox.published(marker.id)
         await self._broker.notify()
         return recs
 
@@ -225,6 +235,7 @@ class RabbitMQBackend:
         for leases it stopped extending. The broker itself needs no recovery: it redelivers
         the messages of a lost connection on its own."""
         n = await self._store.recover()
+        await self._outbox.sweep(self._broker.connection_name)  # logs what it publishes
         now = time.monotonic()
         silent = [lease for lease, at in self._expires.items() if at <= now]
         if silent:
@@ -276,10 +287,17 @@ class RabbitMQBackend:
         return await self._store.get(job_id)
 
     async def list_jobs(self, flt: JobFilter) -> JobPage:
-        return await self._store.list_jobs(flt)
+        """The store's page without outbox markers (so a page may hold fewer than asked)."""
+        page = await self._store.list_jobs(flt)
+        if not any(j.queue == OUTBOX_QUEUE for j in page.jobs):
+            return page
+        jobs = [j for j in page.jobs if j.queue != OUTBOX_QUEUE]
+        return JobPage(jobs=jobs, next_cursor=page.next_cursor)
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
-        return await self._store.counts()
+        counts = await self._store.counts()
+        counts.pop(OUTBOX_QUEUE, None)
+        return counts
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel in the store; the job's message is dropped when it is next delivered."""
@@ -288,9 +306,19 @@ class RabbitMQBackend:
     async def retry(self, job_id: str) -> JobRecord | None:
         """Queue a dead or cancelled job again in the store and publish its message. If the
         publish fails the job is cancelled again (so it can be retried later) and
-        BackendUnavailable is raised."""
-        rec = await self._store.retry(job_id)
+        BackendUnavailable is raised. An outbox marker, stored first, covers a crash between
+        the two (see :meth:`enqueue`)."""
+        marker = self._outbox.marker([job_id])
+        await self._store.enqueue([marker])
+        try:
+            rec = await self._store.retry(job_id)
+        except BackendUnavailable:
+            raise  # it may have happened: the marker stays, to publish it if it did
+        except BaseException:
+            self._outbox.published(marker.id)
+            raise
         if rec is None:
+            self._outbox.published(marker.id)
             return None
         try:
             await self._broker.publish([message_of(rec)])
@@ -298,6 +326,7 @@ class RabbitMQBackend:
             with contextlib.suppress(BackendUnavailable):
                 await self._store.cancel(job_id)
             raise
+        self._outbox.published(marker.id)
         await self._broker.notify()
         return rec
 

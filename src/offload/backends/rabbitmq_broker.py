@@ -45,7 +45,8 @@ from aio_pika.abc import (
 from offload.backends.rabbitmq_feed import Delivery, Feed, Returner, settle
 from offload.errors import BackendUnavailable, ConfigurationError
 
-OPTIONS = ("store", "prefix", "timeout_s")  # offload's own URL options; the rest is aio-pika's
+# offload's own URL options; the rest is aio-pika's
+OPTIONS = ("store", "prefix", "timeout_s", "orphan_after_s")
 # AMQP heartbeat (s) unless the URL sets ``heartbeat=``. A frozen or hung worker keeps its
 # unacked messages until the broker gives up on its connection, about three heartbeats later
 # (~15 s here, ~3 min with RabbitMQ's default 60 s); the store recovers the lease sooner, but
@@ -90,10 +91,11 @@ def parse_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
         raise ConfigurationError(f"unknown rabbitmq option(s): {', '.join(sorted(unknown))}")
     opts.update({k: str(v) for k, v in options.items()})
     query.setdefault("heartbeat", str(HEARTBEAT_S))
-    try:
-        float(opts.get("timeout_s", 10))
-    except ValueError:
-        raise ConfigurationError(f"timeout_s must be a number, not {opts['timeout_s']!r}") from None
+    for name in ("timeout_s", "orphan_after_s"):
+        try:
+            float(opts.get(name, 1))
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a number, not {opts[name]!r}") from None
     return urlunsplit(parts._replace(query=urlencode(query))), opts
 
 

@@ -1,0 +1,129 @@
+"""The outbox of the amqp:// backend with a state store: no job left without its message.
+
+An enqueue stores its jobs, then publishes their messages. A producer that dies in between
+would leave jobs ``queued`` in the store that no message will ever deliver. So the store write
+carries, in the same atomic batch, one **marker**: a job of the internal queue
+:data:`OUTBOX_QUEUE`, due :data:`ORPHAN_AFTER_S` later, whose arguments are the batch's job
+ids. Once the messages are confirmed the marker is deleted (in the background, batched: the
+enqueue does not wait for it). A marker that comes due was left by a producer that never got
+that far: any worker's recovery claims it, publishes a message for each of its jobs still
+waiting, and deletes it. If the producer was merely slower than the grace, a job gets two
+messages; the store's lease makes sure it runs once, and the spare message is dropped.
+
+No marker is ever claimed by a worker's normal claim (nobody consumes the internal queue), and
+the backend hides the queue from ``counts`` and ``list_jobs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from offload.backends.base import Backend
+from offload.backends.rabbitmq_broker import Broker
+from offload.backends.rabbitmq_claim import message_of
+from offload.backends.rabbitmq_store import get_many
+from offload.errors import BackendUnavailable
+from offload.job import WAITING_STATES, ClaimRequest, JobRecord, NewJob, new_job_id
+from offload.outcome import Succeeded
+
+log = logging.getLogger("offload.backends.rabbitmq")
+
+OUTBOX_QUEUE = "_offload:outbox"
+OUTBOX_TASK = "_offload:republish"
+ORPHAN_AFTER_S = 30.0  # a marker still there this long after its enqueue began is an orphan's
+FLUSH_S = 0.1  # deleted markers are batched this long
+SWEEP_LIMIT = 20  # markers handled per recovery pass
+MARKER_LEASE_S = 60.0
+MARKER_ATTEMPTS = 100  # a sweep that keeps failing on one marker gives up on it eventually
+
+
+class _Ids(msgspec.Struct, frozen=True):
+    ids: list[str]
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(_Ids).decode
+
+
+class Outbox:
+    """Markers for one backend instance (see the module docstring)."""
+
+    def __init__(self, store: Backend, broker: Broker, orphan_after_s: float) -> None:
+        self._store = store
+        self._broker = broker
+        self.orphan_after_s = orphan_after_s
+        self._done: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def marker(self, job_ids: Sequence[str]) -> NewJob:
+        """The marker to store in the same batch as the jobs ``job_ids``."""
+        return NewJob(
+            id=new_job_id(),
+            task=OUTBOX_TASK,
+            queue=OUTBOX_QUEUE,
+            args=_encode(_Ids(list(job_ids))),
+            delay_s=self.orphan_after_s,
+            max_attempts=MARKER_ATTEMPTS,
+        )
+
+    def published(self, marker_id: str) -> None:
+        """The marker's messages are confirmed: delete it soon (batched, in the background)."""
+        self._done.append(marker_id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later(), name="offload-outbox")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_S)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Delete the markers of published batches now. A marker whose delete fails is left to
+        come due: its jobs get a spare message, which is harmless."""
+        ids, self._done = self._done, []
+        if ids:
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.delete(ids)
+
+    async def close(self) -> None:
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        await self.flush()
+
+    async def sweep(self, worker_id: str) -> int:
+        """Publish the jobs of markers that came due (their producer died between storing and
+        publishing) and delete those markers; return how many jobs got a message."""
+        req = ClaimRequest(
+            queues=(OUTBOX_QUEUE,), limit=SWEEP_LIMIT, worker_id=worker_id, lease_s=MARKER_LEASE_S
+        )
+        markers = await self._store.claim(req)
+        if not markers:
+            return 0
+        waiting: list[JobRecord] = []
+        for m in markers:
+            try:
+                ids = _decode(m.args).ids
+            except msgspec.DecodeError:
+                log.error("outbox marker %s does not decode; deleting it", m.id)
+                continue
+            recs = await get_many(self._store, ids)
+            waiting += [r for r in recs if r is not None and r.state in WAITING_STATES]
+        now = time.time()
+        await self._broker.publish([message_of(r, now) for r in waiting])
+        await self._store.complete([(m.lease, Succeeded()) for m in markers if m.lease])
+        await self._store.delete([m.id for m in markers])  # (delete spares running jobs)
+        if waiting:
+            log.warning(
+                "published %d job(s) whose producer stopped between storing and publishing them",
+                len(waiting),
+            )
+            await self._broker.notify()
+        return len(waiting)
