@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,8 +19,9 @@ import pytest
 
 import offload
 from offload.backends import from_url
+from offload.backends.rabbitmq_claim import MAX_DELAY_MS, ms
 from offload.backends.rabbitmq_direct import LOST_DELIVERY, Carried, DirectRabbitMQBackend
-from offload.errors import CapabilityUnavailable
+from offload.errors import CapabilityUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobRecord, JobState, Lease, NewJob, new_job_id
 from offload.outcome import Dead, RetryAt, Snoozed, Succeeded
 from offload.worker import Worker, WorkerConfig
@@ -80,6 +82,25 @@ async def claim_until(
     return out
 
 
+async def wait_buffered(backend: DirectRabbitMQBackend, n: int) -> None:
+    """Wait (consuming, not claiming) until ``backend`` holds ``n`` pushed messages."""
+    feed = await backend._broker.feed("q")
+    deadline = time.monotonic() + 10
+    while feed.buffered < n:
+        assert time.monotonic() < deadline, f"{feed.buffered} of {n} messages pushed"
+        await backend.wait_for_work(["q"], 0.05)
+
+
+def total_messages(name: str) -> int:
+    """Ready plus unacknowledged messages of a broker queue (rabbitmqctl)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    counts = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
+    return int(counts.get(name, 0))
+
+
 async def ready(name: str) -> int:
     """Messages ready in a broker queue (0 for a queue that does not exist)."""
     conn = await aio_pika.connect(RABBITMQ_URL)
@@ -112,6 +133,16 @@ async def raw_dead(prefix: str, queue: str = "q") -> list[tuple[bytes, str]]:
     finally:
         await conn.close()
     return out
+
+
+def test_an_empty_store_option_is_an_error_not_the_store_less_backend() -> None:
+    with pytest.raises(ConfigurationError, match="empty"):
+        from_url(f"{RABBITMQ_URL}?prefix=p&store=")
+
+
+def test_delays_from_untrusted_data_are_clamped() -> None:
+    assert (ms(-1.0), ms(float("nan")), ms(0.0), ms(0.0011)) == (0, 0, 0, 2)
+    assert ms(float("inf")) == ms(1e300) == MAX_DELAY_MS
 
 
 def test_from_url_without_a_store_is_the_store_less_backend() -> None:
@@ -152,7 +183,7 @@ async def test_keys_and_depth_limits_are_refused_before_anything_is_published(
     with pytest.raises(CapabilityUnavailable, match="depth limits"):
         await backend.enqueue([job()], limits={"q": 10})
     await backend.enqueue([job()], limits={"other": 10})
-    assert await ready(f"{prefix}.q.q") == 1
+    assert await ready(f"{prefix}.m.q") == 1
 
 
 async def test_a_claim_runs_what_the_message_carries(make: Make) -> None:
@@ -231,9 +262,29 @@ async def test_messages_handed_back_unstarted_do_not_count_as_attempts(make: Mak
     idle, busy = await make(), await make()
     await idle.claim(req(5))  # starts its consumer
     await idle.enqueue([job() for _ in range(5)])
-    await idle.wait_for_work(["q"], 1.0)  # messages pushed into its buffer, never claimed
+    await wait_buffered(idle, 5)  # pushed into its buffer, never claimed
     got = await claim_until(busy, 5, limit=5)
     assert sorted(j.attempt for j in got) == [1] * 5
+
+
+async def test_a_redelivered_message_handed_back_unstarted_keeps_its_lost_attempt(
+    make: Make,
+) -> None:
+    """A worker crashes mid-job; the redelivered message lands in a worker that only waits
+    and hands it back: the copy must still count the crashed attempt."""
+    producer = await make()
+    await producer.enqueue([job(max_attempts=5)])
+    victim = await make()
+    (got,) = await claim_until(victim, 1)
+    assert got.attempt == 1
+    idle = await make()
+    await idle.claim(req(1))  # starts its consumer (takes nothing: the victim holds the job)
+    await victim.close()  # crash: the message comes back marked redelivered
+    await wait_buffered(idle, 1)
+    busy = await make()
+    (again,) = await claim_until(busy, 1)  # after the idle worker's linger hands it back
+    assert again.attempt == 2
+    assert [e.error for e in again.errors] == [LOST_DELIVERY]
 
 
 async def test_a_lease_is_lost_with_its_connection(make: Make, prefix: str) -> None:
@@ -254,13 +305,17 @@ async def test_undecodable_messages_are_dead_lettered_and_the_claim_goes_on(
 ) -> None:
     backend = await make()
     await backend.enqueue([job()])  # declares the queue
-    bad = (b"not json", b'{"task": "", "args": 1, "max_attempts": 1, "created_at": 0}')
+    bad = (
+        b"not json",
+        b'{"task": "", "args": 1, "max_attempts": 1, "created_at": 0}',
+        b'{"task": "t", "args": {}, "max_attempts": 1, "created_at": 0, "run_at": 1e308}',
+    )
     conn = await aio_pika.connect(RABBITMQ_URL)
     try:
         channel = await conn.channel()
         for body in bad:
             message = aio_pika.Message(body, message_id=new_job_id())
-            await channel.default_exchange.publish(message, routing_key=f"{prefix}.q.q")
+            await channel.default_exchange.publish(message, routing_key=f"{prefix}.m.q")
     finally:
         await conn.close()
     (got,) = await claim_until(backend, 1, timeout_s=3)
@@ -269,6 +324,7 @@ async def test_undecodable_messages_are_dead_lettered_and_the_claim_goes_on(
     assert sorted(body for body, _ in letters) == sorted(bad)
     assert "undecodable message body" in dict(letters)[b"not json"]
     assert "empty task" in dict(letters)[bad[1]]
+    assert "out of range" in dict(letters)[bad[2]]
     assert await backend.claim(req(10)) == []
 
 
@@ -318,7 +374,7 @@ def test_kill9_mid_run_loses_nothing_without_a_store(prefix: str, tmp_path: Path
     flags = ["--concurrency", str(concurrency)]
     first = start_worker(url, *flags)
     second = None
-    queue = f"{prefix}.q.default"
+    queue = f"{prefix}.m.default"
     try:
         wait_for(lambda: len(ledger_lines(ledger)) >= n // 3, 60, "a third of the jobs")
         first.send_signal(signal.SIGKILL)
@@ -327,13 +383,13 @@ def test_kill9_mid_run_loses_nothing_without_a_store(prefix: str, tmp_path: Path
 
         def all_done() -> bool:
             started = {line.split()[0] for line in ledger_lines(ledger)}
-            return len(started) >= n and asyncio.run(ready(queue)) == 0
+            return len(started) >= n and total_messages(queue) == 0
 
         wait_for(all_done, 90, "every job to run after the kill")
         assert stop(second) == 0
     finally:
         kill_all([p for p in (first, second) if p is not None])
-    assert asyncio.run(ready(queue)) == 0  # nothing came back unacked when it stopped
+    assert total_messages(queue) == 0  # nothing came back when it stopped
     assert asyncio.run(ready(f"{prefix}.dead.default")) == 0
     starts = collections.Counter(line.split()[0] for line in ledger_lines(ledger))
     duplicates = sum(k - 1 for k in starts.values())
@@ -353,7 +409,7 @@ async def test_workers_survive_repeated_connection_closes_without_a_store(prefix
 
         @a.task(name="count", max_attempts=20)
         def count(i: int) -> None:
-            time.sleep(0.05)  # slow enough that the run outlasts three rounds of closes
+            time.sleep(0.1)  # slow enough that the run outlasts three rounds of closes
             ran[i] += 1
 
     n = 4000
@@ -363,12 +419,12 @@ async def test_workers_survive_repeated_connection_closes_without_a_store(prefix
     workers = [Worker(a, config) for a in apps[1:]]
     runs = [asyncio.create_task(w.run()) for w in workers]
     closes, ran_at_close = 0, 0
-    work, dead = f"{prefix}.q.default", f"{prefix}.dead.default"
+    work, dead = f"{prefix}.m.default", f"{prefix}.dead.default"
     try:
         for _ in range(900):
-            if len(ran) >= n and await ready(work) == 0:
-                break
-            if closes < 3 and sum(ran.values()) > ran_at_close + 100:  # work resumed since
+            if len(ran) >= n and await asyncio.to_thread(total_messages, work) == 0:
+                break  # every job ran, and every message (duplicates too) is acked
+            if closes < 3 and sum(ran.values()) > ran_at_close:  # work resumed since the last
                 ran_at_close = sum(ran.values())
                 listing = await arabbitmqctl("list_connections", "pid", "client_properties")
                 for line in listing.splitlines():
@@ -384,7 +440,7 @@ async def test_workers_survive_repeated_connection_closes_without_a_store(prefix
         await asyncio.gather(*runs, return_exceptions=True)
         for a in apps:
             await a.close()
-    assert await ready(work) == 0  # every message acked once its job ran
+    assert total_messages(work) == 0  # nothing was held (or handed back) when they stopped
     assert await ready(dead) == 0
     print(f"\nduplicated={sum(ran.values()) - n} after {closes} closes")
 

@@ -369,3 +369,31 @@ async def test_a_worker_on_another_loop_builds_its_own_backend(tmp_path: Path) -
     await asyncio.wait_for(worker.run(), 10)
     assert await job.aresult(timeout=5) == 2
     await app.close()
+
+
+async def test_a_job_back_after_its_lease_was_lost_records_its_outcome(app: offload.App) -> None:
+    """The heartbeat finds a lease lost; the job's lease then expires and the same worker
+    claims the job again: that run's outcome counts (the lost one's is dropped)."""
+    calls = 0
+    first_started = asyncio.Event()
+
+    @app.task(max_attempts=5)
+    async def slow_once() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first_started.set()
+            await asyncio.sleep(30)
+        return calls
+
+    job = await slow_once.aenqueue()
+    config = WorkerConfig(
+        concurrency=1, lease_s=0.3, heartbeat_s=0.05, recover_s=0.05, poll_s=0.05, grace_s=1
+    )
+    worker, run = await start(app, config)
+    await asyncio.wait_for(first_started.wait(), 5)
+    worker.lease_lost({job.id})  # as the heartbeat does when a backend refuses the lease
+    assert await job.aresult(timeout=10) == 2
+    await worker.stop()
+    await run
+    assert job.record.attempt == 2

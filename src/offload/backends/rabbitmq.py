@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -42,8 +43,6 @@ from offload.backends.rabbitmq_feed import Delivery
 from offload.backends.rabbitmq_outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
 from offload.backends.rabbitmq_store import get_many
 from offload.errors import BackendUnavailable, ConfigurationError
-
-__all__ = ["HEARTBEAT_S", "RabbitMQBackend", "rabbitmq_backend"]
 from offload.job import (
     ClaimRequest,
     JobFilter,
@@ -56,6 +55,10 @@ from offload.job import (
 )
 from offload.outcome import Outcome, RetryAt, Snoozed
 
+__all__ = ["HEARTBEAT_S", "RabbitMQBackend", "rabbitmq_backend"]
+
+log = logging.getLogger("offload.backends.rabbitmq")
+
 LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
 
 
@@ -63,6 +66,11 @@ def rabbitmq_backend(url: str, **options: Any) -> Backend:
     """The backend of an ``amqp://`` URL: :class:`RabbitMQBackend` with ``?store=``, the
     store-less :class:`~offload.backends.rabbitmq_direct.DirectRabbitMQBackend` without."""
     _, opts = parse_url(url, options)
+    if "store" in opts and not opts["store"]:
+        raise ConfigurationError(
+            "?store= is empty: name a state store (sqlite:///path/jobs.db, postgresql://...) "
+            "or leave the option out for the store-less backend"
+        )
     if opts.get("store"):
         return RabbitMQBackend(url, **options)
     from offload.backends.rabbitmq_direct import DirectRabbitMQBackend
@@ -124,6 +132,7 @@ class RabbitMQBackend:
         return self._broker.connection_name
 
     async def open(self) -> None:
+        self._outbox.start()
         await self._store.open()
         await self._broker.ensure()
 
@@ -235,7 +244,6 @@ class RabbitMQBackend:
         for leases it stopped extending. The broker itself needs no recovery: it redelivers
         the messages of a lost connection on its own."""
         n = await self._store.recover()
-        await self._outbox.sweep(self._broker.connection_name)  # logs what it publishes
         now = time.monotonic()
         silent = [lease for lease, at in self._expires.items() if at <= now]
         if silent:
@@ -246,6 +254,10 @@ class RabbitMQBackend:
                 await self._broker.pause(queue)  # or our own feed would take them straight back
             await self._broker.settle([], returned)
             await self._broker.sync(returned)
+        try:
+            await self._outbox.sweep(self._broker.connection_name)  # logs what it publishes
+        except BackendUnavailable as exc:  # the next pass tries again; the rest is done
+            log.debug("outbox sweep failed: %s", exc)
         return n
 
     def _forget(self, lease: Lease) -> Delivery:

@@ -10,6 +10,8 @@ Topology under a prefix ``P`` (every name is the prefix, a dot, then the rest):
   (``x-message-ttl``), then is dead-lettered back to ``P.q.<queue>``. ``ms`` is a power of two,
   so a delay is a chain of at most ~32 hops and no message ever waits behind a longer one
   (one TTL per queue: no head-of-line blocking, no plugin).
+* ``P.m.<queue>`` and ``P.md.<queue>.<ms>``: the same for the store-less backend, whose
+  messages carry their job (:mod:`offload.backends.rabbitmq_direct`).
 * ``P.dead.<queue>``: the dead letters of the store-less backend (a durable classic queue
   nobody consumes; see :mod:`offload.backends.rabbitmq_direct`).
 * ``P.wake``: a fanout exchange; enqueues publish a tiny transient note to it and every backend
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -126,12 +128,15 @@ class Broker:
         connection_name: str,
         timeout_s: float,
         *,
-        return_copies: bool = False,
+        copy_back: Callable[[Delivery], Outgoing] | None = None,
     ) -> None:
-        """``return_copies``: hand messages back by publishing a copy and acking the original
-        (see :mod:`offload.backends.rabbitmq_feed`), not by ``basic.nack`` with requeue."""
+        """``copy_back``: the store-less form. Its queues have names of their own (``P.m.``,
+        ``P.md.``: the two forms' messages are not interchangeable, so they must not meet),
+        and messages are handed back by publishing ``copy_back(delivery)`` and acking the
+        original (see :mod:`offload.backends.rabbitmq_feed`), not by ``basic.nack``."""
         self._url = url
-        self._return_copies = return_copies
+        self._copy_of = copy_back
+        self._work_infix, self._delay_infix = ("q", "d") if copy_back is None else ("m", "md")
         self.prefix = prefix
         self.connection_name = connection_name
         self._timeout_s = timeout_s
@@ -227,31 +232,37 @@ class Broker:
         return set(self._seen)
 
     def work_name(self, queue: str) -> str:
-        return f"{self.prefix}.q.{queue}"
+        return f"{self.prefix}.{self._work_infix}.{queue}"
 
-    async def _work_queue(self, queue: str) -> AbstractQueue:
+    def dead_name(self, queue: str) -> str:
+        return f"{self.prefix}.dead.{queue}"
+
+    def _channel(self) -> AbstractChannel:
+        """The publishing channel; BackendUnavailable if the connection was dropped meanwhile."""
+        if self._pub is None:
+            raise BackendUnavailable("RabbitMQ connection closed while in use")
+        return self._pub
+
+    async def _work_queue(self, queue: str, pub: AbstractChannel) -> AbstractQueue:
         name = self.work_name(queue)
         found = self._declared.get(name)
         if found is None:
-            assert self._pub is not None
             args: dict[str, Any] = {"x-max-priority": MAX_PRIORITY}
-            found = await self._pub.declare_queue(name, durable=True, arguments=args)
+            found = await pub.declare_queue(name, durable=True, arguments=args)
             self._declared[name] = found
             self._seen.add(name)
         return found
 
-    async def _dead_queue(self, queue: str) -> str:
-        name = f"{self.prefix}.dead.{queue}"
+    async def _dead_queue(self, queue: str, pub: AbstractChannel) -> str:
+        name = self.dead_name(queue)
         if name not in self._declared:
-            assert self._pub is not None
-            self._declared[name] = await self._pub.declare_queue(name, durable=True)
+            self._declared[name] = await pub.declare_queue(name, durable=True)
             self._seen.add(name)
         return name
 
-    async def _delay_queue(self, queue: str, ttl_ms: int) -> str:
-        name = f"{self.prefix}.d.{queue}.{ttl_ms}"
+    async def _delay_queue(self, queue: str, ttl_ms: int, pub: AbstractChannel) -> str:
+        name = f"{self.prefix}.{self._delay_infix}.{queue}.{ttl_ms}"
         if name not in self._declared:
-            assert self._pub is not None
             args: dict[str, Any] = {
                 "x-message-ttl": ttl_ms,
                 "x-dead-letter-exchange": "",
@@ -259,7 +270,7 @@ class Broker:
                 # no x-expires: "unused" ignores the messages a queue holds, so an expiring
                 # delay queue could take a delayed job with it
             }
-            self._declared[name] = await self._pub.declare_queue(name, durable=True, arguments=args)
+            self._declared[name] = await pub.declare_queue(name, durable=True, arguments=args)
             self._seen.add(name)
         return name
 
@@ -274,12 +285,12 @@ class Broker:
         if not items:
             return
         await self.ensure()
+        pub = self._channel()
         try:
-            assert self._pub is not None
             sends = []
             for item in items:
-                await self._work_queue(item.queue)
-                key = await self._route(item)
+                await self._work_queue(item.queue, pub)
+                key = await self._route(item, pub)
                 # The job id travels as the message id; with a state store the body is empty:
                 # one frame less for the broker and for every consumer to parse.
                 message = aio_pika.Message(
@@ -289,7 +300,7 @@ class Broker:
                     priority=max(0, min(item.priority, MAX_PRIORITY)),
                     headers=None if item.error is None else {"x-offload-error": item.error},
                 )
-                sends.append(self._pub.default_exchange.publish(message, routing_key=key))
+                sends.append(pub.default_exchange.publish(message, routing_key=key))
             results = await asyncio.gather(*sends, return_exceptions=True)
         except ENGINE_ERRORS as exc:
             self.broken()
@@ -299,11 +310,13 @@ class Broker:
             self.broken()
             raise BackendUnavailable(f"RabbitMQ did not confirm every message: {failed[:1]!r}")
 
-    async def _route(self, item: Outgoing) -> str:
+    async def _route(self, item: Outgoing, pub: AbstractChannel) -> str:
         if item.dead:
-            return await self._dead_queue(item.queue)
+            return await self._dead_queue(item.queue, pub)
         hop = delay_chain(item.delay_ms)
-        return await self._delay_queue(item.queue, hop) if hop else self.work_name(item.queue)
+        if not hop:
+            return self.work_name(item.queue)
+        return await self._delay_queue(item.queue, hop, pub)
 
     async def notify(self) -> None:
         """Tell every listening instance that work was published (best effort)."""
@@ -322,8 +335,9 @@ class Broker:
         if found is not None and not found.channel.is_closed:
             return found
         try:
-            await self._work_queue(queue)
-            assert self._conn is not None
+            await self._work_queue(queue, self._channel())
+            if self._conn is None:
+                raise BackendUnavailable("RabbitMQ connection closed while in use")
             channel = await self._conn.channel(publisher_confirms=False)
             raw = await channel.get_underlay_channel()
         except ENGINE_ERRORS as exc:
@@ -334,7 +348,7 @@ class Broker:
             with contextlib.suppress(*ENGINE_ERRORS):
                 await channel.close()
             return found
-        returner: Returner | None = self._copy_back if self._return_copies else None
+        returner: Returner | None = None if self._copy_of is None else self._copy_back
         found = Feed(
             queue, self.work_name(queue), raw, self.generation, self.wake, self._timeout_s,
             returner,
@@ -378,14 +392,18 @@ class Broker:
         """Hand messages back as confirmed copies at the tail of their queue, then ack the
         originals. If the copies are not confirmed, the originals stay unacked and the broker
         returns them when this (now broken) connection is closed."""
-        if not self._usable():
-            return  # (and ensure() must not be entered: close() holds the lock)
-        copies = [Outgoing(d.job_id, d.queue, d.priority, 0, d.body) for d in deliveries]
+        # Only deliveries that can still be acked: one of an old connection or a closed channel
+        # is back in its queue already (a copy would be a duplicate). And never through
+        # ensure()'s lock, which close() holds while it stops the feeds: hence _usable() here.
+        live = [d for d in deliveries if d.generation == self.generation]
+        live = [d for d in live if not d.channel.is_closed]
+        if not live or not self._usable() or self._copy_of is None:
+            return
         try:
-            await self.publish(copies)
+            await self.publish([self._copy_of(d) for d in live])
         except BackendUnavailable:
             return
-        await settle(deliveries, [], self.generation)
+        await settle(live, [], self.generation)
 
     def give_back(self, queue: str, deliveries: Sequence[Delivery]) -> None:
         """Return taken deliveries to their feed's buffer (for the next claim)."""
@@ -426,7 +444,9 @@ class Broker:
             for feed in list(self._feeds.values()):
                 if feed.idle(now):
                     with contextlib.suppress(*ENGINE_ERRORS):
-                        await feed.stop()
+                        # shielded: close() cancels the sweeper, and a stop cut off between
+                        # copying messages back and acking the originals would duplicate them
+                        await asyncio.shield(feed.stop())
 
     async def settle(self, acks: Sequence[Delivery], requeues: Sequence[Delivery]) -> None:
         """Ack ``acks`` and return ``requeues`` to their queue; a delivery of an older

@@ -259,5 +259,14 @@ def message_of(rec: JobRecord, now: float | None = None) -> Outgoing:
     return Outgoing(rec.id, rec.queue, rec.priority, ms(delay_s))
 
 
+MAX_DELAY_MS = 2**42  # ~139 years; a longer (or infinite) delay is clamped to it
+
+
 def ms(delay_s: float) -> int:
-    return max(0, math.ceil(delay_s * 1000))
+    """A delay in whole milliseconds, 0 for a negative or NaN one, at most MAX_DELAY_MS (the
+    delay may come from a message or a record: untrusted)."""
+    if not delay_s > 0:
+        return 0
+    if delay_s >= MAX_DELAY_MS / 1000:
+        return MAX_DELAY_MS
+    return math.ceil(delay_s * 1000)

@@ -23,9 +23,16 @@ dies after ``max_attempts``:
   ``max_attempts``, a dead letter) and acks the original, so the count survives the next
   crash too. The broker cannot tell a crash from a connection lost before the job started;
   either counts.
+* a worker runs a job once at a time: a copy of a job it is still running (its connection
+  dropped and the message came back to it) waits, unacknowledged, until that run ends;
 * for that flag to mean a lost delivery, this backend never hands a message back with
   ``basic.nack``: a worker that stops consuming re-publishes what it buffered and acks the
-  originals (``Broker(return_copies=True)``).
+  originals (``Broker(copy_back=...)``); a redelivered message handed back unstarted keeps
+  its lost attempt: the copy counts it.
+
+The queues have names of their own (``<prefix>.m.<queue>``; see
+:mod:`~offload.backends.rabbitmq_broker`): a store-backed worker would find no job in its store
+for these messages, and a store-less one no job in the store-backed messages.
 
 Dead jobs go to the durable queue ``<prefix>.dead.<queue>`` (the job as its body, the last
 error in the ``x-offload-error`` header), for a person or a script to read with RabbitMQ's
@@ -47,7 +54,7 @@ import msgspec
 
 from offload.backends.base import Capabilities
 from offload.backends.rabbitmq_broker import Broker, Outgoing, masked, parse_url
-from offload.backends.rabbitmq_claim import PREFETCH_PER_SLOT, ms
+from offload.backends.rabbitmq_claim import PARKED_RETRY_S, ms
 from offload.backends.rabbitmq_feed import Delivery
 from offload.errors import BackendUnavailable, CapabilityUnavailable, ConfigurationError
 from offload.job import (
@@ -67,6 +74,7 @@ HINT = (
     "this amqp:// backend has no state store, so it keeps no job status, results or lists; "
     "add one to the URL: ?store=sqlite:///path/jobs.db or ?store=postgresql://..."
 )
+LATEST_S = 1e11  # times in a message beyond this (year 5138) are garbage
 ERRORS_KEPT = 5  # the most recent attempt errors a message carries (it stays small)
 ERROR_HEADER_CHARS = 1000  # x-offload-error is for a glance; the body has the whole error
 LOST_DELIVERY = "the worker holding this job crashed or lost its connection (message redelivered)"
@@ -96,7 +104,18 @@ def decode(body: bytes) -> Carried:
         raise ValueError(f"undecodable message body: {exc}") from None
     if not c.task or c.max_attempts < 1 or c.attempt < 0:
         raise ValueError("message body has an empty task, max_attempts < 1 or attempt < 0")
+    if not (0.0 <= c.run_at < LATEST_S and 0.0 <= c.created_at < LATEST_S):
+        raise ValueError("message body has a run_at or created_at out of range")
     return c
+
+
+def _hand_back_copy(d: Delivery) -> Outgoing:
+    """The copy that hands an unstarted delivery back: the same message, or, for one that was
+    redelivered, one with its lost attempt counted (else the next crash would not add up)."""
+    if d.redelivered:
+        with contextlib.suppress(ValueError):
+            return _lost_attempt(d, decode(d.body), time.time())
+    return Outgoing(d.job_id, d.queue, d.priority, 0, d.body)
 
 
 @dataclass(eq=False)
@@ -110,12 +129,12 @@ class DirectRabbitMQBackend:
 
     def __init__(self, url: str, **options: Any) -> None:
         amqp_url, opts = parse_url(url, options)
-        if opts.get("store"):
+        if "store" in opts:
             raise ConfigurationError("a URL with ?store= is served by RabbitMQBackend")
         self.prefix = opts.get("prefix") or "offload"
         name = f"offload:{self.prefix}:{uuid.uuid4().hex[:8]}"
         timeout_s = float(opts.get("timeout_s", 10))
-        self._broker = Broker(amqp_url, self.prefix, name, timeout_s, return_copies=True)
+        self._broker = Broker(amqp_url, self.prefix, name, timeout_s, copy_back=_hand_back_copy)
         self._url = masked(url)
         self.capabilities = Capabilities(
             inspect=False,
@@ -129,6 +148,10 @@ class DirectRabbitMQBackend:
             cross_process=True,
         )
         self._held: dict[Lease, _Held] = {}
+        self._ids: dict[str, Lease] = {}  # job id -> its lease here: at most one per job
+        # Deliveries of a job this instance is still running (a copy came back after its
+        # connection dropped): a worker runs a job once at a time, so they wait here, unacked.
+        self._parked: dict[str, list[Delivery]] = {}
         self._prefetch = 1
 
     @property
@@ -145,6 +168,8 @@ class DirectRabbitMQBackend:
 
     async def close(self) -> None:
         self._held.clear()
+        self._ids.clear()
+        self._parked.clear()
         await self._broker.close()
 
     # -- producing -------------------------------------------------------------------------
@@ -196,22 +221,61 @@ class DirectRabbitMQBackend:
         redelivered or undecodable message is not started (see the module docstring) and
         another is taken in its place. With ``req.job_ids``, other messages stay buffered."""
         self._broker.wake.clear()
-        self._prefetch = max(req.limit, 1) * PREFETCH_PER_SLOT
+        # Exactly the free slots: what sits in the buffer is charged an attempt if the
+        # connection is lost (the broker cannot tell it from a crash), and is copied to the
+        # tail of its queue when the worker stops waiting.
+        self._prefetch = max(req.limit, 1)
         out: list[JobRecord] = []
-        for queue in req.queues:
+        try:
+            for queue in req.queues:
+                await self._claim_queue(queue, req, out)
+        except BaseException:
+            for rec in out:  # their connection is gone (or going): the broker has them back
+                if rec.lease is not None:
+                    self._release(rec.lease)
+            raise
+        return out
+
+    def _hold(self, lease: Lease, held: _Held) -> None:
+        self._held[lease] = held
+        self._ids[lease.job_id] = lease
+
+    def _release(self, lease: Lease) -> _Held | None:
+        held = self._held.pop(lease, None)
+        if held is not None and self._ids.get(lease.job_id) == lease:
+            del self._ids[lease.job_id]
+        return held
+
+    def _unparked(self, queue: str) -> list[Delivery]:
+        """Parked deliveries of ``queue`` whose job is no longer running here (those of a
+        lost connection are forgotten: the broker has them back)."""
+        parked = [d for d in self._parked.pop(queue, []) if self._alive(d)]
+        ready = [d for d in parked if d.job_id not in self._ids]
+        if len(ready) < len(parked):
+            self._parked[queue] = [d for d in parked if d.job_id in self._ids]
+        return ready
+
+    async def _claim_queue(self, queue: str, req: ClaimRequest, out: list[JobRecord]) -> None:
+        parked = self._unparked(queue) if req.job_ids is None else []
+        try:
             while len(out) < req.limit:
-                taken = await self._broker.take(queue, req.limit - len(out), self._prefetch)
+                room = req.limit - len(out)
+                taken, parked = parked[:room], parked[room:]
+                if len(taken) < room:
+                    taken += await self._broker.take(queue, room - len(taken), self._prefetch)
                 if req.job_ids is not None:
                     wanted = set(req.job_ids)
                     self._broker.give_back(queue, [d for d in taken if d.job_id not in wanted])
                     taken = [d for d in taken if d.job_id in wanted]
                 if not taken:
-                    break
+                    return
                 started = await self._start(queue, taken, req)
                 out.extend(started)
                 if len(started) == len(taken):
-                    break
-        return out
+                    return
+        finally:
+            if parked:  # not reached this time
+                self._parked.setdefault(queue, []).extend(parked)
 
     async def _start(
         self, queue: str, deliveries: list[Delivery], req: ClaimRequest
@@ -238,9 +302,12 @@ class DirectRabbitMQBackend:
                 again.append(_lost_attempt(d, c, now))
                 settled.append(d)
                 continue
+            if d.job_id in self._ids:
+                self._parked.setdefault(queue, []).append(d)
+                continue
             rec = _running(d, c, req, now)
             assert rec.lease is not None
-            self._held[rec.lease] = _Held(d, c)
+            self._hold(rec.lease, _Held(d, c))
             out.append(rec)
         if again:
             try:
@@ -248,7 +315,7 @@ class DirectRabbitMQBackend:
             except BackendUnavailable:
                 for rec in out:  # their messages come back with the connection: not ours
                     if rec.lease is not None:
-                        self._held.pop(rec.lease, None)
+                        self._release(rec.lease)
                 raise
         await self._broker.settle(settled, [])
         return out
@@ -264,7 +331,7 @@ class DirectRabbitMQBackend:
             if self._alive(h.delivery):
                 held.add(lease.job_id)
             else:
-                del self._held[lease]  # the broker has put its message back
+                self._release(lease)  # the broker has put its message back
         return held
 
     def _alive(self, d: Delivery) -> bool:
@@ -277,18 +344,17 @@ class DirectRabbitMQBackend:
         taken: list[tuple[Lease, _Held]] = []
         out: list[Outgoing] = []
         for lease, outcome in results:
-            h = self._held.pop(lease, None)
+            h = self._release(lease)
             if h is None or not self._alive(h.delivery):
                 continue
             taken.append((lease, h))
             follow = _follow_up(lease, h, outcome, time.time())
             if follow is not None:
                 out.append(follow)
-        try:
-            await self._broker.publish(out)
-        except BackendUnavailable:
-            self._held.update(taken)  # the completer tries again
-            raise
+        # If the publish fails the connection is dropped with it (Broker.publish), and these
+        # leases with it: the broker gives their messages to someone else, so nothing is put
+        # back here (a retry by the completer would publish the follow-up a second time).
+        await self._broker.publish(out)
         await self._broker.settle([h.delivery for _, h in taken], [])
         if any(not o.dead and o.delay_ms == 0 for o in out):
             await self._broker.notify()
@@ -303,6 +369,8 @@ class DirectRabbitMQBackend:
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         """Consume ``queues`` while waiting; return when a message arrives for one of them,
         when an enqueue under this prefix sends its note, or at ``timeout_s``."""
+        if any(self._parked.get(q) for q in queues):
+            timeout_s = min(timeout_s, PARKED_RETRY_S)
         wake = self._broker.wake
         if wake.is_set() or self._broker.buffered(queues):
             wake.clear()

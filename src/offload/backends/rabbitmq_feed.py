@@ -107,6 +107,7 @@ class Feed:
         self._outstanding = 0  # pushed to the current consumer and not settled yet
         self._unsettled: set[int] = set()  # delivery tags taken on this channel, not settled
         self._returner = returner
+        self._late: set[asyncio.Task[object]] = set()  # handing back messages pushed after a stop
 
     @property
     def consuming(self) -> bool:
@@ -188,6 +189,8 @@ class Feed:
             back = list(self._buffer)
             self._buffer.clear()
             await self._hand_back(back)
+            if self._late:  # before the connection may close under them
+                await asyncio.gather(*self._late, return_exceptions=True)
 
     async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -203,7 +206,13 @@ class Feed:
             return
         if self._tag is None:  # pushed before the cancel reached the broker
             self._unsettled.add(tag)
-            await self._hand_back([self._delivery(message, tag)])
+            me = asyncio.current_task()
+            if me is not None:
+                self._late.add(me)
+            try:
+                await self._hand_back([self._delivery(message, tag)])
+            finally:
+                self._late.discard(me)  # type: ignore[arg-type]
             return
         self._outstanding += 1
         self._unsettled.add(tag)

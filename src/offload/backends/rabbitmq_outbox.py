@@ -60,6 +60,11 @@ class Outbox:
         self.orphan_after_s = orphan_after_s
         self._done: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """The backend (re)opens: markers are deleted again."""
+        self._closed = False
 
     def marker(self, job_ids: Sequence[str]) -> NewJob:
         """The marker to store in the same batch as the jobs ``job_ids``."""
@@ -74,13 +79,16 @@ class Outbox:
 
     def published(self, marker_id: str) -> None:
         """The marker's messages are confirmed: delete it soon (batched, in the background)."""
+        if self._closed:
+            return  # a marker left behind only gives its jobs a spare message
         self._done.append(marker_id)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later(), name="offload-outbox")
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(FLUSH_S)
-        await self.flush()
+        while self._done:  # (markers published while a delete was in flight included)
+            await asyncio.sleep(FLUSH_S)
+            await self.flush()
 
     async def flush(self) -> None:
         """Delete the markers of published batches now. A marker whose delete fails is left to
@@ -91,11 +99,12 @@ class Outbox:
                 await self._store.delete(ids)
 
     async def close(self) -> None:
+        """Delete the markers of published batches (waiting for a delete in flight)."""
+        self._closed = True
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.done():
-            flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+                await flusher  # its sleep is short; cancelling it could lose a delete
         await self.flush()
 
     async def sweep(self, worker_id: str) -> int:

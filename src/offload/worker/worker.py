@@ -94,7 +94,7 @@ class Worker:
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         self.jobs_done = 0
-        self._lost: set[str] = set()
+        self._lost: set[Lease] = set()  # leases the heartbeat found lost: outcomes dropped
 
     # -- observable state ------------------------------------------------------------------
 
@@ -239,15 +239,17 @@ class Worker:
             outcome = await execute(self.app, job, pool)
         except asyncio.CancelledError:
             # Shutdown past the grace, or the lease was lost: give the job back unless lost.
-            if job.id not in self._lost:
+            if lease in self._lost:
+                self._lost.discard(lease)  # (the job may come back to this worker: a new lease)
+            else:
                 completer.add(lease, Snoozed(delay_s=0.0))
             raise
         finally:
             self._running.pop(job.id, None)
             self._slot_freed.set()
         runtime = time.perf_counter() - t0
-        if job.id in self._lost:
-            self._lost.discard(job.id)
+        if lease in self._lost:
+            self._lost.discard(lease)
             return
         completer.add(lease, outcome)
         self.jobs_done += 1
@@ -260,7 +262,7 @@ class Worker:
             entry = self._running.get(job_id)
             if entry is not None:
                 log.warning("lease lost for job %s; stopping it", job_id)
-                self._lost.add(job_id)
+                self._lost.add(entry[1])
                 entry[0].cancel()
 
     # -- shutdown --------------------------------------------------------------------------
