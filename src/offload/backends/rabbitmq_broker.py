@@ -39,6 +39,7 @@ import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     DeliveryMode,
@@ -151,6 +152,9 @@ class Broker:
         self.generation = 0
         self.wake = asyncio.Event()
         self._wake_queue: AbstractQueue | None = None
+        self._notes: AbstractExchange | None = None  # the wake exchange, on a channel without
+        # publisher confirms: a lost note costs a poll interval, waiting for its confirm cost
+        # every enqueue a round trip
 
     # -- connection ------------------------------------------------------------------------
 
@@ -192,6 +196,8 @@ class Broker:
         exchange = await self._pub.declare_exchange(
             f"{self.prefix}.wake", aio_pika.ExchangeType.FANOUT, durable=True
         )
+        notes = await conn.channel(publisher_confirms=False)
+        self._notes = await notes.get_exchange(f"{self.prefix}.wake", ensure=False)
         listen = await self._pub.declare_queue(exclusive=True, auto_delete=True)
         await listen.bind(exchange)
         await listen.consume(self._on_wake, no_ack=True)
@@ -203,7 +209,7 @@ class Broker:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        self._pub, self._feeds, self._declared = None, {}, {}
+        self._pub, self._feeds, self._declared, self._notes = None, {}, {}, None
         if conn is not None:
             with contextlib.suppress(*ENGINE_ERRORS):
                 await conn.close()
@@ -320,10 +326,10 @@ class Broker:
 
     async def notify(self) -> None:
         """Tell every listening instance that work was published (best effort)."""
-        if self._pub is None:
+        exchange = self._notes
+        if exchange is None:
             return
         with contextlib.suppress(*ENGINE_ERRORS):
-            exchange = await self._pub.get_exchange(f"{self.prefix}.wake", ensure=False)
             await exchange.publish(aio_pika.Message(b""), routing_key="")
 
     # -- consuming -------------------------------------------------------------------------
@@ -387,6 +393,13 @@ class Broker:
             raise BackendUnavailable(f"RabbitMQ consume failed: {exc!r}") from None
         finally:
             feed.done()
+
+    async def hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Return unstarted deliveries to their queue, the way this broker's feeds do."""
+        if self._copy_of is None:
+            await self.settle([], deliveries)
+        else:
+            await self._copy_back(deliveries)
 
     async def _copy_back(self, deliveries: Sequence[Delivery]) -> None:
         """Hand messages back as confirmed copies at the tail of their queue, then ack the

@@ -167,9 +167,12 @@ class DirectRabbitMQBackend:
         await self._broker.ensure()
 
     async def close(self) -> None:
+        parked = [d for ds in self._parked.values() for d in ds]
+        self._parked.clear()
+        with contextlib.suppress(BackendUnavailable):
+            await self._broker.hand_back(parked)  # as copies: closing would mark them redelivered
         self._held.clear()
         self._ids.clear()
-        self._parked.clear()
         await self._broker.close()
 
     # -- producing -------------------------------------------------------------------------
