@@ -140,6 +140,14 @@ def test_an_empty_store_option_is_an_error_not_the_store_less_backend() -> None:
         from_url(f"{RABBITMQ_URL}?prefix=p&store=")
 
 
+@pytest.mark.parametrize(
+    "option", ["timeout_s=0", "timeout_s=x", "orphan_after_s=-1", "orphan_after_s=inf"]
+)
+def test_durations_in_the_url_must_be_positive_numbers(option: str) -> None:
+    with pytest.raises(ConfigurationError, match="positive number of seconds"):
+        from_url(f"{RABBITMQ_URL}?prefix=p&{option}")
+
+
 def test_delays_from_untrusted_data_are_clamped() -> None:
     assert (ms(-1.0), ms(float("nan")), ms(0.0), ms(0.0011)) == (0, 0, 0, 2)
     assert ms(float("inf")) == ms(1e300) == MAX_DELAY_MS

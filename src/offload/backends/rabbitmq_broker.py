@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -96,9 +97,12 @@ def parse_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
     query.setdefault("heartbeat", str(HEARTBEAT_S))
     for name in ("timeout_s", "orphan_after_s"):
         try:
-            float(opts.get(name, 1))
+            ok = 0 < float(opts.get(name, 1)) < math.inf
         except ValueError:
-            raise ConfigurationError(f"{name} must be a number, not {opts[name]!r}") from None
+            ok = False
+        if not ok:
+            msg = f"{name} must be a positive number of seconds, not {opts[name]!r}"
+            raise ConfigurationError(msg)
     return urlunsplit(parts._replace(query=urlencode(query))), opts
 
 
