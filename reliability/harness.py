@@ -127,8 +127,15 @@ class Run:
         return proc
 
     def stop_cleanly(self, proc: subprocess.Popen[bytes], result: Result, name: str = "") -> None:
-        """SIGTERM ``proc``; a non-zero exit is a problem reported with the end of its log."""
+        """SIGTERM ``proc``; a non-zero exit is a problem reported with the end of its log.
+
+        One exception: a worker that ends *by* the SIGTERM (exit -15) without having started a
+        job was still starting up (a Python process dies of SIGTERM until the worker installs
+        its handlers, which it does before its first claim): it held nothing, so nothing
+        could be lost. Seen when the storm's last replacement worker is stopped at once."""
         code = stop_worker(proc)
+        if code == -signal.SIGTERM and self.count("S", proc.pid) == 0:
+            return
         if code != 0:
             who = name or f"worker {proc.pid}"
             result.problems.append(
