@@ -34,6 +34,7 @@ from tests.services import (
     require_port,
     unique_name,
 )
+from tests.test_rabbitmq_backend import arabbitmqctl
 
 Make = Callable[[], Awaitable[DirectRabbitMQBackend]]
 
@@ -451,11 +452,3 @@ async def test_workers_survive_repeated_connection_closes_without_a_store(prefix
     assert total_messages(work) == 0  # nothing was held (or handed back) when they stopped
     assert await ready(dead) == 0
     print(f"\nduplicated={sum(ran.values()) - n} after {closes} closes")
-
-
-async def arabbitmqctl(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return out.decode()

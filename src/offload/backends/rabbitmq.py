@@ -26,7 +26,6 @@ to :data:`HEARTBEAT_S` instead of the broker's 60 s (see there).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -276,19 +275,7 @@ class RabbitMQBackend:
         if any(claimer.parked.get(q) for q in queues):
             timeout_s = min(timeout_s, PARKED_RETRY_S)
         live = [q for q in queues if q not in claimer.paused]
-        wake = self._broker.wake
-        if wake.is_set() or self._broker.buffered(live):
-            wake.clear()
-            return
-        feeds = await self._broker.listen(live, claimer.prefetch)
-        try:
-            if not self._broker.buffered(live):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=max(timeout_s, 0.0))
-        finally:
-            for feed in feeds:
-                feed.done()
-        wake.clear()
+        await self._broker.wait(live, claimer.prefetch, timeout_s)
 
     async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
         return await self._store.wait_done(job_id, timeout_s)

@@ -446,6 +446,22 @@ class Broker:
             return []
         return feeds
 
+    async def wait(self, queues: Sequence[str], prefetch: int, timeout_s: float) -> None:
+        """Consume ``queues`` (feeds started with ``prefetch``) while waiting; return when a
+        message is pushed for one of them, when a wake note arrives, or at ``timeout_s``."""
+        if self.wake.is_set() or self.buffered(queues):
+            self.wake.clear()
+            return
+        feeds = await self.listen(queues, prefetch)
+        try:
+            if not self.buffered(queues):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=max(timeout_s, 0.0))
+        finally:
+            for feed in feeds:
+                feed.done()
+        self.wake.clear()
+
     async def pause(self, queue: str) -> None:
         """Stop consuming ``queue`` and hand its buffered messages back."""
         feed = self._feeds.get(queue)

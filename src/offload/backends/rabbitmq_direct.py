@@ -42,7 +42,6 @@ holds while the connection that received it lives.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -374,19 +373,7 @@ class DirectRabbitMQBackend:
         when an enqueue under this prefix sends its note, or at ``timeout_s``."""
         if any(self._parked.get(q) for q in queues):
             timeout_s = min(timeout_s, PARKED_RETRY_S)
-        wake = self._broker.wake
-        if wake.is_set() or self._broker.buffered(queues):
-            wake.clear()
-            return
-        feeds = await self._broker.listen(queues, self._prefetch)
-        try:
-            if not self._broker.buffered(queues):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=max(timeout_s, 0.0))
-        finally:
-            for feed in feeds:
-                feed.done()
-        wake.clear()
+        await self._broker.wait(queues, self._prefetch, timeout_s)
 
     # -- what needs a state store ----------------------------------------------------------
 
