@@ -32,8 +32,8 @@ ACROSS_S = 1.0  # jobs that are running when the disk fills
 TICK_S = 0.05  # the producer's pace: a batch of BATCH jobs every tick
 BATCH = 5
 # The bound on each worker's log: 16 lines for an episode (a failure and a "works again" for
-# each of claim, outcomes, heartbeat and reaper, which can flap on a disk with a few free pages;
-# the jobs put back), then one line per 5 s of outage. A line per failure (heartbeat and reaper
+# each of claim, outcomes, heartbeat and recovery, which can flap on a disk with a few free pages;
+# the jobs put back), then one line per 5 s of outage. A line per failure (heartbeat and recovery
 # every 0.5 s here) is a storm: ~60 lines in the short form's 8 s.
 LOG_LINES_BASE, LOG_LINE_EVERY_S = 16, 5.0
 
@@ -131,7 +131,7 @@ def _scenario(run: Run, result: Result, form: Form, disk: Path) -> None:
             time.sleep(TICK_S)  # the producer's pace, not a wait for a condition
 
     produce(1.0)
-    # Jobs that run across the fill: their outcomes, heartbeats and the reaper all meet the
+    # Jobs that run across the fill: their outcomes, heartbeats and recovery all meet the
     # full disk, and their leases expire during it.
     run.enqueue("record", [next(numbers) for _ in range(SLOTS * WORKERS)], sleep_s=ACROSS_S)
     run.wait_until(
@@ -160,7 +160,7 @@ def _scenario(run: Run, result: Result, form: Form, disk: Path) -> None:
         if e.kind == "S":
             starts.setdefault(e.i, []).append(e.t)
     # Only jobs in flight while the disk was full may run twice: their outcomes could not be
-    # recorded, their leases expired, and a reaper may put them back before the outcome lands.
+    # recorded, their leases expired, and recovery may put them back before the outcome lands.
     in_flight = held | {i for i, ts in starts.items() if t_held <= ts[0] <= t_free}
     twice = {i for i, ts in starts.items() if len(ts) > 1}
     result.duplicates_allowed = len(in_flight)

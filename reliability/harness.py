@@ -109,7 +109,7 @@ class Run:
     def start_worker(
         self, concurrency: int, *, grace_s: float = 5.0, extra: Sequence[str] = ()
     ) -> subprocess.Popen[bytes]:
-        """Start ``offload worker`` (short lease, 0.5 s heartbeat, reaper every 0.5 s)."""
+        """Start ``offload worker`` (short lease, 0.5 s heartbeat, recovery every 0.5 s)."""
         cmd = [sys.executable, "-m", "offload", "--url", self.url, "worker", APP_SPEC]
         cmd += ["--log-level", "warning", "--concurrency", str(concurrency)]
         cmd += ["--lease", str(self.lease_s), "--heartbeat", "0.5", "--recover", "0.5"]

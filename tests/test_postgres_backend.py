@@ -223,12 +223,12 @@ async def test_retry_needs_the_key_free_in_its_own_queue_only(backends: Factory)
     (old,) = await backend.enqueue([job("qa", key="k")])
     await backend.cancel(old.id)
     await backend.enqueue([job("qb", key="k")])  # the same key, another queue
-    again = await backend.retry(old.id)
+    again = await backend.requeue(old.id)
     assert again is not None and again.state is JobState.QUEUED
     await backend.cancel(old.id)
     await backend.enqueue([job("qa", key="k")])
     with pytest.raises(InvalidState):
-        await backend.retry(old.id)
+        await backend.requeue(old.id)
 
 
 async def test_claim_by_ids_ignores_other_queues_and_paused_ones(backends: Factory) -> None:

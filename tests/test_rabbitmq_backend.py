@@ -20,9 +20,9 @@ import pytest
 import offload
 from offload.backends import from_url
 from offload.backends.base import Backend
+from offload.backends.brokered.outbox import OUTBOX_QUEUE
+from offload.backends.brokered.store import claim_delivered
 from offload.backends.rabbitmq import HEARTBEAT_S, RabbitMQBackend
-from offload.backends.rabbitmq_outbox import OUTBOX_QUEUE
-from offload.backends.rabbitmq_store import claim_delivered
 from offload.backends.sqlite import SQLiteBackend
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobRecord, JobState, NewJob, new_job_id
@@ -405,7 +405,7 @@ async def stop_and_clean(
 PRODUCER_DIES = """
 import os, sys
 import offload
-from offload.backends.rabbitmq_broker import Broker
+from offload.backends.rabbitmq.broker import Broker
 
 async def die(self, items):
     os._exit(9)  # like kill -9 after the store write, before any message is published

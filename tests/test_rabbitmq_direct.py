@@ -19,8 +19,8 @@ import pytest
 
 import offload
 from offload.backends import from_url
-from offload.backends.rabbitmq_claim import MAX_DELAY_MS, ms
-from offload.backends.rabbitmq_direct import LOST_DELIVERY, Carried, DirectRabbitMQBackend
+from offload.backends.rabbitmq.claim import MAX_DELAY_MS, ms
+from offload.backends.rabbitmq.direct import LOST_DELIVERY, Carried, DirectRabbitMQBackend
 from offload.errors import CapabilityUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobRecord, JobState, Lease, NewJob, new_job_id
 from offload.outcome import Dead, RetryAt, Snoozed, Succeeded
@@ -170,7 +170,7 @@ async def test_inspection_says_how_to_add_a_store(make: Make) -> None:
         lambda: backend.list_jobs(JobFilter()),
         lambda: backend.counts(),
         lambda: backend.cancel("x"),
-        lambda: backend.retry("x"),
+        lambda: backend.requeue("x"),
         lambda: backend.delete(["x"]),
         lambda: backend.purge([JobState.DEAD]),
         lambda: backend.set_paused("q", True),

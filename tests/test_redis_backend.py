@@ -178,7 +178,7 @@ async def test_a_retry_is_refused_only_by_an_active_key_of_its_own_queue(
     (old,) = await backend.enqueue([job("a", key="k")])
     await backend.cancel(old.id)
     (other,) = await backend.enqueue([job("b", key="k")])
-    retried = await backend.retry(old.id)  # "k" is active on queue b only
+    retried = await backend.requeue(old.id)  # "k" is active on queue b only
     assert retried is not None and retried.state is JobState.QUEUED
     (same,) = await backend.enqueue([job("a", key="k")])
     assert same.id == old.id

@@ -195,7 +195,7 @@ async def test_version_1_file_is_upgraded_to_keys_scoped_by_queue(
     same, other = await b.enqueue([job("qa", key="k"), job("qb", key="k")])
     assert same.id == held.id and other.id != held.id
     await b.cancel(held.id)
-    again = await b.retry(held.id)  # qb's job holds "k" only in qb
+    again = await b.requeue(held.id)  # qb's job holds "k" only in qb
     assert again is not None and again.state is JobState.QUEUED
     (dup,) = await b.enqueue([job("qa", key="k")])
     assert dup.id == held.id
@@ -227,10 +227,10 @@ async def test_cancel_retry_delete_purge(backends: Factory) -> None:
     await b.enqueue([j1, j2])
     cancelled = await b.cancel(j1.id)
     assert cancelled is not None and cancelled.state is JobState.CANCELLED
-    again = await b.retry(j1.id)
+    again = await b.requeue(j1.id)
     assert again is not None and again.state is JobState.QUEUED and again.attempt == 0
     with pytest.raises(InvalidState):
-        await b.retry(j2.id)
+        await b.requeue(j2.id)
     assert await b.cancel("nope") is None
     (running,) = await b.claim(claim(limit=1))
     assert await b.delete([running.id]) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import offload
-from offload.backends.sqlite.runner import translate
+from offload.backends.sqlite.connection import translate
 
 
 def _full_error(path: Path) -> sqlite3.Error:

@@ -157,7 +157,7 @@ def backend_machine(make: Callable[[], Backend]) -> type[RuleBasedStateMachine]:
             job = self.model[job_id]
             if job.state not in (JobState.DEAD, JobState.CANCELLED):
                 with pytest.raises(InvalidState):
-                    self.run(self.backend.retry(job_id))
+                    self.run(self.backend.requeue(job_id))
                 return
             if job.key and any(
                 m.key == job.key and m.state in ACTIVE_STATES for m in self.model.values()
@@ -165,11 +165,11 @@ def backend_machine(make: Callable[[], Backend]) -> type[RuleBasedStateMachine]:
                 # The protocol is silent on reviving a job whose key a newer active job holds:
                 # SQLite refuses (InvalidState), memory allows two active holders. Accept both.
                 try:
-                    rec = self.run(self.backend.retry(job_id))
+                    rec = self.run(self.backend.requeue(job_id))
                 except InvalidState:
                     return
             else:
-                rec = self.run(self.backend.retry(job_id))
+                rec = self.run(self.backend.requeue(job_id))
             assert rec is not None and (rec.state, rec.attempt) == (JobState.QUEUED, 0)
             job.state, job.attempt = JobState.QUEUED, 0
 

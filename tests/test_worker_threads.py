@@ -1,4 +1,4 @@
-"""The worker's thread pool (offload.worker.threads.ThreadRunner)."""
+"""The worker's thread pool (offload.worker.threads.TaskThreads)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import threading
 
 import pytest
 
-from offload.worker.threads import ThreadRunner
+from offload.worker.threads import TaskThreads
 
 
 async def test_a_burst_spreads_over_threads() -> None:
     # Four jobs submitted at once must run at once: each waits at a barrier for the others,
     # so if the burst queued behind fewer threads the barrier would break. One thread is
     # already idle when the burst comes (the case that once queued it all on that thread).
-    runner = ThreadRunner(asyncio.get_running_loop(), 4, "t")
+    runner = TaskThreads(asyncio.get_running_loop(), 4, "t")
     barrier = threading.Barrier(4, timeout=10)
     try:
         await runner.submit(int)
@@ -29,7 +29,7 @@ async def test_a_burst_spreads_over_threads() -> None:
 
 
 async def test_never_more_threads_than_the_limit() -> None:
-    runner = ThreadRunner(asyncio.get_running_loop(), 2, "t")
+    runner = TaskThreads(asyncio.get_running_loop(), 2, "t")
     seen: set[str] = set()
     lock = threading.Lock()
 
@@ -45,7 +45,7 @@ async def test_never_more_threads_than_the_limit() -> None:
 
 
 async def test_a_cancelled_item_never_runs() -> None:
-    runner = ThreadRunner(asyncio.get_running_loop(), 1, "t")
+    runner = TaskThreads(asyncio.get_running_loop(), 1, "t")
     gate = threading.Event()
     ran: list[int] = []
     try:
@@ -62,7 +62,7 @@ async def test_a_cancelled_item_never_runs() -> None:
 
 
 async def test_errors_reach_the_awaiting_caller() -> None:
-    runner = ThreadRunner(asyncio.get_running_loop(), 1, "t")
+    runner = TaskThreads(asyncio.get_running_loop(), 1, "t")
 
     def boom() -> None:
         raise ValueError("no")
@@ -75,7 +75,7 @@ async def test_errors_reach_the_awaiting_caller() -> None:
 
 
 async def test_shutdown_does_not_wait_past_its_timeout_for_a_stuck_job() -> None:
-    runner = ThreadRunner(asyncio.get_running_loop(), 1, "t")
+    runner = TaskThreads(asyncio.get_running_loop(), 1, "t")
     gate = threading.Event()
     started = threading.Event()
 
@@ -95,7 +95,7 @@ async def test_shutdown_does_not_wait_past_its_timeout_for_a_stuck_job() -> None
 
 
 async def test_a_task_raising_stopiteration_fails_instead_of_hanging() -> None:
-    runner = ThreadRunner(asyncio.get_running_loop(), 1, "t")
+    runner = TaskThreads(asyncio.get_running_loop(), 1, "t")
 
     def exhausted() -> int:
         return next(iter([]))

@@ -1,6 +1,7 @@
 """offload: durable background jobs for Python web services."""
 
 from offload.app import App
+from offload.backoff import ExponentialBackoff, FixedBackoff
 from offload.control import Cancel, Retry, Snooze
 from offload.errors import (
     BackendUnavailable,
@@ -17,9 +18,7 @@ from offload.errors import (
     UsageError,
     ValidationError,
 )
-from offload.handle import Job
-from offload.job import JobRecord, JobState
-from offload.retry import ExponentialBackoff, FixedBackoff
+from offload.job import Job, JobRecord, JobState
 from offload.task import Task
 
 __version__ = "0.1.0"

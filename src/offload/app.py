@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from offload.backends import Backend, from_url
+from offload.backends.base import TransactionalEnqueue
+from offload.backoff import Backoff, ExponentialBackoff
 from offload.bridge import Bridge
 from offload.errors import (
     CapabilityUnavailable,
@@ -23,9 +25,7 @@ from offload.errors import (
     UnknownTask,
     UsageError,
 )
-from offload.handle import Job
-from offload.job import JobRecord, NewJob
-from offload.retry import Backoff, ExponentialBackoff
+from offload.job import Job, JobRecord, NewJob
 from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
 
 P = ParamSpec("P")
@@ -290,13 +290,11 @@ class App:
     async def _enqueue_in(self, connection: Any, batch: Sequence[NewJob]) -> list[JobRecord]:
         """Enqueue inside the caller's transaction (backends that declare transactional)."""
         backend = self._backend
-        enqueue_in = getattr(backend, "enqueue_in", None)
-        if not backend.capabilities.transactional or enqueue_in is None:
+        if not backend.capabilities.transactional or not isinstance(backend, TransactionalEnqueue):
             raise CapabilityUnavailable(
                 f"{type(backend).__name__} cannot enqueue inside your transaction"
             )
-        records: list[JobRecord] = await enqueue_in(connection, batch, limits=self.queue_limits)
-        return records
+        return await backend.enqueue_in(connection, batch, limits=self.queue_limits)
 
     async def aget_job(self, job_id: str) -> Job:
         record = await self.call(lambda b: b.get(job_id))

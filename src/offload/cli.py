@@ -17,6 +17,7 @@ import click
 import msgspec
 
 from offload.app import App
+from offload.backends.base import Migrating
 from offload.errors import OffloadError, ValidationError
 from offload.job import JobFilter, JobRecord, JobState
 from offload.worker import Worker, WorkerConfig
@@ -461,7 +462,7 @@ def jobs_cancel(obj: Ctx, job_id: str, as_json: bool) -> None:
 def _steer(obj: Ctx, job_id: str, as_json: bool, action: str) -> None:
     async def act(b: Any) -> JobRecord | None:
         record: JobRecord | None = await (
-            b.retry(job_id) if action == "retry" else b.cancel(job_id)
+            b.requeue(job_id) if action == "retry" else b.cancel(job_id)
         )
         return record
 
@@ -495,11 +496,10 @@ def migrate(obj: Ctx) -> None:
     """Create or upgrade the backend's schema (PostgreSQL)."""
     backend = obj.app().backend
     # Not through app.run_sync: that opens the backend, which refuses an out-of-date schema.
-    migrate_fn = getattr(backend, "migrate", None)
-    if migrate_fn is None:
+    if not isinstance(backend, Migrating):
         click.echo(f"{type(backend).__name__} needs no migrations")
         return
-    applied = asyncio.run(migrate_fn())
+    applied = asyncio.run(backend.migrate())
     click.echo(f"schema up to date ({applied} migrations applied)")
 
 

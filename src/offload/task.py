@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import msgspec
 
+from offload.backoff import Backoff, ExponentialBackoff
 from offload.errors import ConfigurationError, ValidationError
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, NewJob, new_job_id
-from offload.retry import Backoff, ExponentialBackoff
 
 if TYPE_CHECKING:
     from offload.app import App
-    from offload.handle import Job
+    from offload.job import Job
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from offload.backends.base import LEASE_EXPIRED_ERROR, Backend
+from offload.backends.base import Backend
+from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.errors import InvalidState, QueueFull
 from offload.job import (
     ClaimRequest,
@@ -421,11 +422,11 @@ class BackendConformance:
         cancelled = await backend.cancel(queued.id)
         assert cancelled is not None
         for rec in (dead, cancelled):
-            again = await backend.retry(rec.id)
+            again = await backend.requeue(rec.id)
             assert again is not None
             assert (again.state, again.attempt, again.lease) == (JobState.QUEUED, 0, None)
             assert (await claim_one(backend)).id == rec.id
-        assert await backend.retry(new_job_id()) is None
+        assert await backend.requeue(new_job_id()) is None
 
     async def test_retry_of_active_or_succeeded_job_is_invalid(self, backend: Backend) -> None:
         ok = await finish(backend, Succeeded())
@@ -434,7 +435,7 @@ class BackendConformance:
         for job_id in (ok.id, queued.id, running.id):
             before = await must_get(backend, job_id)
             with pytest.raises(InvalidState):
-                await backend.retry(job_id)
+                await backend.requeue(job_id)
             assert await must_get(backend, job_id) == before
 
     async def test_retry_refuses_a_key_another_active_job_holds(self, backend: Backend) -> None:
@@ -443,7 +444,7 @@ class BackendConformance:
         await backend.cancel(old.id)
         (new,) = await backend.enqueue([new_job(key="k")])
         with pytest.raises(InvalidState):
-            await backend.retry(old.id)
+            await backend.requeue(old.id)
         assert (await must_get(backend, old.id)).state is JobState.CANCELLED
         (same,) = await backend.enqueue([new_job(key="k")])
         assert same.id == new.id  # still at most one active job per key

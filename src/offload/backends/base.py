@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from offload.job import (
     ClaimRequest,
@@ -171,7 +171,7 @@ class Backend(Protocol):
         """
         ...
 
-    async def retry(self, job_id: str) -> JobRecord | None:
+    async def requeue(self, job_id: str) -> JobRecord | None:
         """Queue a dead or cancelled job again now, with its attempt count reset to 0.
 
         Returns its record (None if unknown); any other state raises InvalidState, and so does
@@ -213,11 +213,36 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """An optional ability: enqueue inside the caller's own database transaction.
+
+    A backend that has it declares ``capabilities.transactional`` and implements this; callers
+    check with ``isinstance(backend, TransactionalEnqueue)``.
+    """
+
+    async def enqueue_in(
+        self, conn: Any, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Store ``jobs`` on ``conn`` (the engine's own connection type) inside the caller's
+        open transaction: visible once the caller commits, gone if it rolls back; written under
+        a savepoint so :class:`offload.QueueFull` undoes only them. Dedup and depth limits as
+        :meth:`Backend.enqueue`. A connection of another type raises UsageError."""
+        ...
+
+
+@runtime_checkable
+class Migrating(Protocol):
+    """An optional ability: a schema that ``offload migrate`` creates and upgrades."""
+
+    async def migrate(self) -> int:
+        """Apply pending migrations and return how many. Needs no ``open()`` (``open``
+        refuses an out-of-date schema). Safe to run from many processes at once."""
+        ...
+
+
 def check_purge_states(states: Sequence[JobState]) -> None:
     """Shared precondition of :meth:`Backend.purge`."""
     active = [s for s in states if not s.final]
     if active:
         raise ValueError(f"only finished jobs can be purged, not {', '.join(active)}")
-
-
-LEASE_EXPIRED_ERROR = "lease expired (worker lost)"

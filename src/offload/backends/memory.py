@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities, check_purge_states
+from offload.backends.base import Capabilities, check_purge_states
+from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.errors import InvalidState, QueueFull
 from offload.job import (
     ACTIVE_STATES,
@@ -343,7 +344,7 @@ class MemoryBackend:
         st.wake(woken)
         return rec
 
-    async def retry(self, job_id: str) -> JobRecord | None:
+    async def requeue(self, job_id: str) -> JobRecord | None:
         st = self.store
         with st.lock:
             j = st.jobs.get(job_id)

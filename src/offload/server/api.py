@@ -173,7 +173,7 @@ class Api:
     @guarded("admin")
     async def retry_job(self, request: Request) -> Response:
         job_id = _job_id(request)
-        record = await self.app.call(lambda b: b.retry(job_id))
+        record = await self.app.call(lambda b: b.requeue(job_id))
         if record is None:
             raise JobNotFound(job_id)
         return json_response(job_out(record))

@@ -1,7 +1,7 @@
 """Logs a failing backend operation at a bounded rate.
 
 During an outage (a full disk, a database restart, a broker gone) every claim, heartbeat,
-reaper pass and completion fails, several times a second, and each is retried. One log line
+recovery pass and completion fails, several times a second, and each is retried. One log line
 per failure would bury the log in identical lines and cost I/O when the disk is the problem.
 So the first failure is logged at once, repeats at most once per ``every_s`` with a count, and
 the first success after failures says how long the outage lasted. An operation that flaps

@@ -22,12 +22,12 @@ if TYPE_CHECKING:
     from offload.app import App
     from offload.job import JobRecord
     from offload.task import Task
-    from offload.worker.threads import ThreadRunner
+    from offload.worker.threads import TaskThreads
 
 MAX_ERROR_CHARS = 8000  # a traceback is for a human; a huge one would bloat every row
 
 
-async def execute(app: App, job: JobRecord, pool: ThreadRunner) -> Outcome:
+async def execute(app: App, job: JobRecord, pool: TaskThreads) -> Outcome:
     """Run one attempt of ``job``. Cancellation (shutdown, lost lease) propagates."""
     task = app.tasks.get(job.task)
     if task is None:
@@ -56,7 +56,7 @@ async def execute(app: App, job: JobRecord, pool: ThreadRunner) -> Outcome:
         return Dead(error=f"the task's return value is not JSON-serialisable: {describe(exc)}")
 
 
-async def _call(task: Task[Any, Any], decoded: msgspec.Struct, pool: ThreadRunner) -> Any:
+async def _call(task: Task[Any, Any], decoded: msgspec.Struct, pool: TaskThreads) -> Any:
     timeout = task.config.timeout_s
     call = task.call_with(decoded) if task.is_async else pool.submit(task.call_with, decoded)
     if timeout is None:

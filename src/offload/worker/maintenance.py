@@ -1,4 +1,4 @@
-"""The worker's background duties: heartbeats (extend leases, report liveness) and the reaper
+"""The worker's background duties: heartbeats (extend leases, report liveness) and recovery
 (put back jobs whose lease expired, from any worker, so a lost job waits seconds, not hours)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Maintenance:
         self._stop.set()
 
     async def run(self) -> None:
-        await asyncio.gather(self._heartbeat_loop(), self._reaper_loop(), self._retention_loop())
+        await asyncio.gather(self._heartbeat_loop(), self._recover_loop(), self._retention_loop())
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when it is time to stop."""
@@ -65,7 +65,7 @@ class Maintenance:
         else:
             self._beat_errors.succeeded()
 
-    async def _reaper_loop(self) -> None:
+    async def _recover_loop(self) -> None:
         cfg = self._worker.config
         # Spread the first run so a fleet started together does not reap in lock step.
         if await self._sleep(random.uniform(0, min(cfg.recover_s, 1.0))):

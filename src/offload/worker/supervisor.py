@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-log = logging.getLogger("offload.supervisor")
+log = logging.getLogger("offload.worker.supervisor")
 
 FAST_DEATH_S = 5.0  # a child that dies sooner than this after starting counts as crash-looping
 MAX_PAUSE_S = 30.0

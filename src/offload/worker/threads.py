@@ -22,7 +22,7 @@ from typing import Any
 _Item = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", contextvars.Context]
 
 
-class ThreadRunner:
+class TaskThreads:
     def __init__(self, loop: asyncio.AbstractEventLoop, max_threads: int, name: str) -> None:
         self._loop = loop
         self._max = max_threads

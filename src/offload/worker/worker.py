@@ -3,7 +3,7 @@
 Lifecycle (soft stop, then hard stop, as River does):
 
 1. ``run()`` opens the app's backend on this loop and starts the fetch loop, the completer
-   and the maintenance loops (heartbeat, reaper).
+   and the maintenance loops (heartbeat, recovery of expired leases).
 2. ``request_stop()`` (first SIGTERM/SIGINT): stop claiming; running jobs get ``grace_s`` to
    finish. When the grace ends, what is still running is cancelled and released back to the
    queue (``Snoozed(0)``: the attempt is given back).
@@ -33,7 +33,7 @@ from offload.worker.completer import RETRY_MAX_S, Completer
 from offload.worker.errorlog import FailureLog
 from offload.worker.executor import execute
 from offload.worker.maintenance import Maintenance
-from offload.worker.threads import ThreadRunner
+from offload.worker.threads import TaskThreads
 
 if TYPE_CHECKING:
     from offload.app import App
@@ -140,7 +140,7 @@ class Worker:
         """Run until stopped. Opens the app's backend on this loop if it is not open."""
         backend, owned = await self.app.backend_here()
         self.started_at = time.time()
-        pool = ThreadRunner(asyncio.get_running_loop(), self.config.concurrency, "offload-task")
+        pool = TaskThreads(asyncio.get_running_loop(), self.config.concurrency, "offload-task")
         completer = Completer(backend, retry_max_s=min(self.config.heartbeat_s, RETRY_MAX_S))
         completer_task = asyncio.create_task(completer.run(), name="offload-completer")
         maintenance = Maintenance(self, backend)
@@ -165,7 +165,7 @@ class Worker:
 
     # -- the fetch loop --------------------------------------------------------------------
 
-    async def _fetch_loop(self, backend: Backend, pool: ThreadRunner, completer: Completer) -> None:
+    async def _fetch_loop(self, backend: Backend, pool: TaskThreads, completer: Completer) -> None:
         cfg = self.config
         backoff = 0.05
         errors = FailureLog(log, "claiming jobs")
@@ -224,13 +224,13 @@ class Worker:
                 w.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
-    def _start(self, job: JobRecord, pool: ThreadRunner, completer: Completer) -> None:
+    def _start(self, job: JobRecord, pool: TaskThreads, completer: Completer) -> None:
         lease = Lease(job_id=job.id, worker_id=self.id, attempt=job.attempt)
         task = asyncio.create_task(self._run_job(job, lease, pool, completer))
         self._running[job.id] = (task, lease)
 
     async def _run_job(
-        self, job: JobRecord, lease: Lease, pool: ThreadRunner, completer: Completer
+        self, job: JobRecord, lease: Lease, pool: TaskThreads, completer: Completer
     ) -> None:
         for listener in self.listeners:
             listener.job_started(job)

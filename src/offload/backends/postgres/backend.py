@@ -13,9 +13,15 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
-from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities
+from offload.backends.base import Capabilities
+from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.backends.postgres import queries as q
-from offload.backends.postgres.enqueue import AsyncRunner, Runner, SyncRunner, enqueue_batch
+from offload.backends.postgres.enqueue import (
+    AsyncQueryConn,
+    QueryConn,
+    SyncQueryConn,
+    enqueue_batch,
+)
 from offload.backends.postgres.listener import Listener
 from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.steering import Steering
@@ -145,12 +151,12 @@ class PostgresBackend(Steering):
 
     async def _rows(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         async with self._conn() as conn:
-            return await AsyncRunner(conn).rows(self._q[name], params)
+            return await AsyncQueryConn(conn).rows(self._q[name], params)
 
     async def _list_rows(self, where: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         async with self._conn() as conn:
             query = self._q["list_jobs"].replace("{where}", where)
-            return await AsyncRunner(conn).rows(query, params)
+            return await AsyncQueryConn(conn).rows(query, params)
 
     async def _count(self, name: str, params: Mapping[str, Any]) -> int:
         async with self._conn() as conn:
@@ -163,7 +169,7 @@ class PostgresBackend(Steering):
         self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
     ) -> list[JobRecord]:
         async with self._conn() as conn:
-            return await self._enqueue_on(AsyncRunner(conn), jobs, limits, atomic=False)
+            return await self._enqueue_on(AsyncQueryConn(conn), jobs, limits, atomic=False)
 
     async def enqueue_in(
         self, conn: Any, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
@@ -173,11 +179,11 @@ class PostgresBackend(Steering):
         commits, gone if it rolls back. Within an open transaction the jobs are written under
         a savepoint, so QueueFull undoes only them. On an autocommit connection outside a
         transaction block the jobs are committed at once."""
-        runner: Runner
+        qc: QueryConn
         if isinstance(conn, psycopg.AsyncConnection):
-            runner = AsyncRunner(conn)
+            qc = AsyncQueryConn(conn)
         elif isinstance(conn, psycopg.Connection):
-            runner = SyncRunner(conn)
+            qc = SyncQueryConn(conn)
         else:
             raise ValidationError(
                 f"transactional enqueue needs a psycopg 3 connection, not {type(conn)!r}"
@@ -186,8 +192,8 @@ class PostgresBackend(Steering):
             if not conn.autocommit and conn.info.transaction_status == _IDLE:
                 # Begin the caller's transaction, so that ours becomes a savepoint inside it
                 # instead of a transaction of its own that would commit the caller's work.
-                await runner.rows("SELECT 1", {})
-            return await self._enqueue_on(runner, jobs, limits, atomic=True)
+                await qc.rows("SELECT 1", {})
+            return await self._enqueue_on(qc, jobs, limits, atomic=True)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             raise BackendUnavailable(f"PostgreSQL unavailable: {exc}") from None
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
@@ -195,7 +201,7 @@ class PostgresBackend(Steering):
 
     async def _enqueue_on(
         self,
-        runner: Runner,
+        qc: QueryConn,
         jobs: Sequence[NewJob],
         limits: Mapping[str, int] | None,
         *,
@@ -203,7 +209,7 @@ class PostgresBackend(Steering):
     ) -> list[JobRecord]:
         try:
             return await enqueue_batch(
-                runner,
+                qc,
                 self._q,
                 jobs,
                 limits,

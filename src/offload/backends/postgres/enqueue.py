@@ -1,6 +1,6 @@
 """Storing a batch of jobs, on a pooled connection or on the caller's own connection.
 
-One code path serves both: a :class:`Runner` executes statements on either an async psycopg
+One code path serves both: a :class:`QueryConn` executes statements on either an async psycopg
 connection or a sync one (Django's, SQLAlchemy's raw psycopg connection), so transactional
 enqueue and ordinary enqueue cannot drift apart.
 
@@ -24,13 +24,13 @@ from offload.errors import BackendUnavailable, QueueFull
 from offload.job import JobRecord, NewJob
 
 
-class Runner(Protocol):
+class QueryConn(Protocol):
     async def rows(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]: ...
 
     def atomic(self) -> contextlib.AbstractAsyncContextManager[None]: ...
 
 
-class AsyncRunner:
+class AsyncQueryConn:
     """Statements on an async connection; ``atomic`` opens a transaction or a savepoint."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -47,7 +47,7 @@ class AsyncRunner:
             yield
 
 
-class SyncRunner:
+class SyncQueryConn:
     """Statements on a caller's sync connection. They block the event loop for the length of
     the enqueue; the connection belongs to a thread that is waiting for this result anyway."""
 
@@ -109,7 +109,7 @@ def _params(batch: Sequence[NewJob], channel: str) -> dict[str, Any]:
 
 
 async def enqueue_batch(
-    runner: Runner,
+    qc: QueryConn,
     queries: Mapping[str, str],
     jobs: Sequence[NewJob],
     limits: Mapping[str, int] | None,
@@ -124,18 +124,18 @@ async def enqueue_batch(
         return []
     batch, where = _collapse(jobs)
     limited = sorted({j.queue for j in batch if limits and j.queue in limits})
-    scope = runner.atomic() if (limited or always_atomic) else contextlib.nullcontext()
+    scope = qc.atomic() if (limited or always_atomic) else contextlib.nullcontext()
     async with scope:
         if limited:
-            await runner.rows(queries["lock_queues"], {"ns": lock_ns, "queues": limited})
-        inserted = _records(await runner.rows(queries["enqueue"], _params(batch, channel)))
+            await qc.rows(queries["lock_queues"], {"ns": lock_ns, "queues": limited})
+        inserted = _records(await qc.rows(queries["enqueue"], _params(batch, channel)))
         if limited and limits:
-            await _check_limits(runner, queries, inserted, limited, limits)
+            await _check_limits(qc, queries, inserted, limited, limits)
     existing: dict[tuple[str, str], JobRecord] = {}
     missing = [j for j in batch if j.id not in inserted and j.key is not None]
     if missing:
         params = {"queues": [j.queue for j in missing], "keys": [j.key for j in missing]}
-        rows = await runner.rows(queries["active_by_keys"], params)
+        rows = await qc.rows(queries["active_by_keys"], params)
         existing = {(r.queue, r.key): r for r in _records(rows).values() if r.key is not None}
     out: list[JobRecord] = []
     for i in where:
@@ -158,7 +158,7 @@ def _records(rows: Sequence[Sequence[Any]]) -> dict[str, JobRecord]:
 
 
 async def _check_limits(
-    runner: Runner,
+    qc: QueryConn,
     queries: Mapping[str, str],
     inserted: Mapping[str, JobRecord],
     limited: Sequence[str],
@@ -169,7 +169,7 @@ async def _check_limits(
     if not grew:
         return
     cap = max(limits[q] for q in grew) + 1
-    rows = await runner.rows(queries["waiting_counts"], {"queues": grew, "cap": cap})
+    rows = await qc.rows(queries["waiting_counts"], {"queues": grew, "cap": cap})
     for queue, waiting in rows:
         if waiting > limits[queue]:
             raise QueueFull(queue, limits[queue])

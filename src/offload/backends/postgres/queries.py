@@ -1,4 +1,4 @@
-"""The PostgreSQL backend's SQL (named queries loaded from ``postgres.sql``), its migrations,
+"""The PostgreSQL backend's SQL (named queries loaded from ``sql/queries.sql``), its migrations,
 its URL options, and the decoding of stored rows."""
 
 from __future__ import annotations
@@ -45,19 +45,22 @@ def _render(text: str, schema: str) -> str:
     )
 
 
+_SQL = resources.files("offload.backends.postgres").joinpath("sql")
+
+
 def load_queries(schema: str) -> dict[str, str]:
-    """Every named query of ``postgres.sql``, rendered for ``schema``."""
-    text = resources.files("offload.backends").joinpath("postgres.sql").read_text("utf-8")
+    """Every named query of ``sql/queries.sql``, rendered for ``schema``."""
+    text = _SQL.joinpath("queries.sql").read_text("utf-8")
     parts = _NAME_RE.split(text)
     named = zip(parts[1::2], parts[2::2], strict=True)
     return {name: _render(body.strip(), schema) for name, body in named}
 
 
 def load_migrations(schema: str) -> list[tuple[int, str]]:
-    """``(version, sql)`` for every ``postgres_migration_NNNN.sql``, in version order."""
+    """``(version, sql)`` for every ``sql/migrations/NNNN.sql``, in version order."""
     out: list[tuple[int, str]] = []
-    for entry in resources.files("offload.backends").iterdir():
-        m = re.fullmatch(r"postgres_migration_(\d{4})\.sql", entry.name)
+    for entry in _SQL.joinpath("migrations").iterdir():
+        m = re.fullmatch(r"(\d{4})\.sql", entry.name)
         if m:
             out.append((int(m.group(1)), _render(entry.read_text("utf-8"), schema)))
     return sorted(out)

@@ -84,9 +84,9 @@ class Steering:
             return current
         raise InvalidState(f"job {job_id} already {current.state}; it cannot be cancelled")
 
-    async def retry(self, job_id: str) -> JobRecord | None:
+    async def requeue(self, job_id: str) -> JobRecord | None:
         try:
-            rows = await self._rows("retry", {"id": job_id, "channel": self._channel})
+            rows = await self._rows("requeue", {"id": job_id, "channel": self._channel})
         except psycopg.errors.UniqueViolation:
             raise InvalidState(
                 f"job {job_id} cannot be retried: an active job holds the same key"

@@ -14,11 +14,12 @@ from typing import Any
 
 import msgspec
 
-from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities, check_purge_states
+from offload.backends.base import Capabilities, check_purge_states
+from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.backends.sqlite import doorbell
+from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
-from offload.backends.sqlite.runner import Call, Runner, connect, settle
 from offload.backends.sqlite.transactions import (
     cancel_tx,
     claim_tx,
@@ -47,7 +48,7 @@ from offload.job import (
 )
 from offload.outcome import Outcome, RetryAt, Snoozed
 
-_log = logging.getLogger("offload.sqlite")
+_log = logging.getLogger("offload.backends.sqlite")
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
@@ -73,8 +74,8 @@ class SQLiteBackend:
         self._url = url
         self.path, self._opts = parse_url(url, options)
         self._poll_s: float = self._opts["poll_ms"] / 1000
-        self._writer: Runner | None = None
-        self._reader: Runner | None = None
+        self._writer: ConnectionThread | None = None
+        self._reader: ConnectionThread | None = None
         # Waiters of this instance; a lock because the app's sync bridge and a worker may call
         # one instance from two event loops.
         self._lock = threading.Lock()
@@ -99,13 +100,13 @@ class SQLiteBackend:
         if self._writer is not None:
             return
         tag = os.path.basename(self.path)
-        writer = Runner(
+        writer = ConnectionThread(
             f"offload-sqlite-writer:{tag}",
             partial(connect, self.path, self._opts, write=True),
             True,
             busy_timeout_s=self._opts["busy_timeout_ms"] / 1000,
         )
-        reader = Runner(
+        reader = ConnectionThread(
             f"offload-sqlite-reader:{tag}",
             partial(connect, self.path, self._opts, write=False),
             False,
@@ -310,7 +311,7 @@ class SQLiteBackend:
         self._announce(done=[job_id])
         return rec
 
-    async def retry(self, job_id: str) -> JobRecord | None:
+    async def requeue(self, job_id: str) -> JobRecord | None:
         rec: JobRecord | None = await self._write(partial(retry_tx, job_id=job_id))
         self._announce(work=True)
         return rec

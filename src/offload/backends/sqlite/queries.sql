@@ -181,7 +181,7 @@ SET state = 'cancelled', error = 'cancelled', finished_at = ?, result = NULL,
 WHERE id = ? AND state IN ('scheduled', 'queued', 'running')
 RETURNING {cols};
 
--- name: retry
+-- name: requeue
 UPDATE offload_jobs
 SET state = 'queued', attempt = 0, run_at = ?, finished_at = NULL, error = NULL, result = NULL,
     worker_id = NULL, lease_expires_at = NULL

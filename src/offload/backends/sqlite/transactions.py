@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
+from offload.backends.sqlite.connection import translate
 from offload.backends.sqlite.queries import FIELDS, Q
-from offload.backends.sqlite.runner import translate
 from offload.errors import InvalidState, QueueFull, UsageError, ValidationError
 from offload.job import (
     ClaimRequest,
@@ -240,7 +240,7 @@ def cancel_tx(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
 
 def retry_tx(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     try:
-        row = conn.execute(Q["retry"], (time.time(), job_id)).fetchone()
+        row = conn.execute(Q["requeue"], (time.time(), job_id)).fetchone()
     except sqlite3.IntegrityError:
         raise InvalidState(f"job {job_id}: another active job of its queue holds its key") from None
     if row is not None:

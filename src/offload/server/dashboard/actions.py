@@ -100,7 +100,7 @@ class Actions:
                 raise PageError(409, "Not possible now", "A running job cannot be deleted.")
             return redirect(page.url("/jobs", {"msg": "deleted"}))
         if action is bulk.Action.RETRY:
-            record = await self.core.call(lambda b: b.retry(job_id))
+            record = await self.core.call(lambda b: b.requeue(job_id))
         else:
             record = await self.core.call(lambda b: b.cancel(job_id))
         if record is None:

@@ -90,7 +90,7 @@ async def apply(backend: Backend, action: Action, job_ids: Sequence[str]) -> Out
     for job_id in job_ids:
         try:
             if action is Action.RETRY:
-                ok = await backend.retry(job_id) is not None
+                ok = await backend.requeue(job_id) is not None
             else:
                 record = await backend.cancel(job_id)
                 ok = record is not None and record.state is JobState.CANCELLED

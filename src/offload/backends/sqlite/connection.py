@@ -36,7 +36,7 @@ def settle(items: Sequence[_Settled]) -> None:
             fut.set_result(value)
 
 
-class Runner:
+class ConnectionThread:
     """One thread owning one connection. Requests run in submission order; on the writer,
     all requests waiting together run in one transaction."""
 

@@ -30,8 +30,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from offload.backends.base import LEASE_EXPIRED_ERROR, Capabilities, check_purge_states
-from offload.backends.redis_codec import (
+from offload.backends.base import Capabilities, check_purge_states
+from offload.backends.common import LEASE_EXPIRED_ERROR
+from offload.backends.redis.codec import (
     BLOB,
     ENC,
     FINAL_STATE_NAMES,
@@ -67,7 +68,7 @@ _log = logging.getLogger("offload.backends.redis")
 T = TypeVar("T")
 
 SCRIPTS = (
-    "enqueue claim heartbeat complete recover cancel retry delete purge pause maintain watch "
+    "enqueue claim heartbeat complete recover cancel requeue delete purge pause maintain watch "
     "worker_report worker_list"
 ).split()
 BATCH = 1000  # jobs one recover or maintenance call handles per queue: keeps scripts short
@@ -75,7 +76,7 @@ DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish alway
 
 
 def _load_sources() -> dict[str, str]:
-    folder = resources.files("offload.backends").joinpath("lua")
+    folder = resources.files("offload.backends.redis").joinpath("lua")
     common = folder.joinpath("_common.lua").read_text(encoding="utf-8")
     return {n: common + folder.joinpath(f"{n}.lua").read_text(encoding="utf-8") for n in SCRIPTS}
 
@@ -599,9 +600,9 @@ class RedisBackend:
             _log.warning("%s", exc)
             return None
 
-    async def retry(self, job_id: str) -> JobRecord | None:
+    async def requeue(self, job_id: str) -> JobRecord | None:
         try:
-            return await self._steer("retry", job_id, [])
+            return await self._steer("requeue", job_id, [])
         except Undecodable as exc:
             _log.warning("%s", exc)
             return None

@@ -11,13 +11,13 @@ Topology under a prefix ``P`` (every name is the prefix, a dot, then the rest):
   so a delay is a chain of at most ~32 hops and no message ever waits behind a longer one
   (one TTL per queue: no head-of-line blocking, no plugin).
 * ``P.m.<queue>`` and ``P.md.<queue>.<ms>``: the same for the store-less backend, whose
-  messages carry their job (:mod:`offload.backends.rabbitmq_direct`).
+  messages carry their job (:mod:`offload.backends.rabbitmq.direct`).
 * ``P.dead.<queue>``: the dead letters of the store-less backend (a durable classic queue
-  nobody consumes; see :mod:`offload.backends.rabbitmq_direct`).
+  nobody consumes; see :mod:`offload.backends.rabbitmq.direct`).
 * ``P.wake``: a fanout exchange; enqueues publish a tiny transient note to it and every backend
   instance listens through its own exclusive queue, so ``wait_for_work`` wakes without polling.
 
-Messages reach a claim through a :class:`~offload.backends.rabbitmq_feed.Feed` per work queue
+Messages reach a claim through a :class:`~offload.backends.rabbitmq.feed.Feed` per work queue
 (``basic.consume`` on its own channel, ``basic.get`` as the fallback); a sweeper stops feeds
 nobody uses so that an instance that is not claiming holds no messages.
 
@@ -46,7 +46,7 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
-from offload.backends.rabbitmq_feed import Delivery, Feed, Returner, settle
+from offload.backends.rabbitmq.feed import Delivery, Feed, Returner, settle
 from offload.errors import BackendUnavailable, ConfigurationError
 
 # offload's own URL options; the rest is aio-pika's
@@ -138,7 +138,7 @@ class Broker:
         """``copy_back``: the store-less form. Its queues have names of their own (``P.m.``,
         ``P.md.``: the two forms' messages are not interchangeable, so they must not meet),
         and messages are handed back by publishing ``copy_back(delivery)`` and acking the
-        original (see :mod:`offload.backends.rabbitmq_feed`), not by ``basic.nack``."""
+        original (see :mod:`offload.backends.rabbitmq.feed`), not by ``basic.nack``."""
         self._url = url
         self._copy_of = copy_back
         self._work_infix, self._delay_infix = ("q", "d") if copy_back is None else ("m", "md")

@@ -245,7 +245,7 @@ WITH upd AS (
 ), n AS (SELECT count(pg_notify(%(done_channel)s, id)) AS n FROM upd)
 SELECT upd.*, n.n FROM upd, n
 
--- name: retry
+-- name: requeue
 WITH upd AS (
     UPDATE {schema}.jobs SET state = 'queued', attempt = 0, run_at = {now}, finished_at = NULL,
         error = NULL, result = NULL, worker_id = NULL, lease_expires_at = NULL

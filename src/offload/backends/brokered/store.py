@@ -17,7 +17,7 @@ from offload.errors import BackendUnavailable
 from offload.job import ClaimRequest, JobRecord, Lease
 from offload.outcome import Outcome, Snoozed
 
-log = logging.getLogger("offload.backends.rabbitmq")
+log = logging.getLogger("offload.backends.brokered")
 
 GETS_IN_FLIGHT = 16  # a store's connection pool is sized for a worker, not for 200 gets at once
 

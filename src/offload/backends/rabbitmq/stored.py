@@ -15,10 +15,10 @@ connection dies. A message whose job the store no longer wants run (cancelled, d
 finished) is dropped when it is delivered.
 
 Without ``?store=``, :func:`rabbitmq_backend` (what ``from_url`` calls) gives the store-less
-backend of :mod:`offload.backends.rabbitmq_direct` instead.
+backend of :mod:`offload.backends.rabbitmq.direct` instead.
 
 Options (URL query or keyword): ``store``, ``orphan_after_s`` (see
-:mod:`offload.backends.rabbitmq_outbox`, default 30), ``prefix`` (queue-name prefix, default
+:mod:`offload.backends.brokered.outbox`, default 30), ``prefix`` (queue-name prefix, default
 ``offload``), ``timeout_s`` (connect/RPC timeout, default 10). A store URL with its own query
 string must be percent-encoded. Other query parameters go to aio-pika; ``heartbeat`` defaults
 to :data:`HEARTBEAT_S` instead of the broker's 60 s (see there).
@@ -36,11 +36,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from offload.backends.base import Backend, Capabilities
-from offload.backends.rabbitmq_broker import HEARTBEAT_S, Broker, Outgoing, masked, parse_url
-from offload.backends.rabbitmq_claim import PARKED_RETRY_S, Claimer, message_of, ms
-from offload.backends.rabbitmq_feed import Delivery
-from offload.backends.rabbitmq_outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
-from offload.backends.rabbitmq_store import get_many
+from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
+from offload.backends.brokered.store import get_many
+from offload.backends.rabbitmq.broker import HEARTBEAT_S, Broker, Outgoing, masked, parse_url
+from offload.backends.rabbitmq.claim import PARKED_RETRY_S, Claimer, message_of, ms
+from offload.backends.rabbitmq.feed import Delivery
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -63,7 +63,7 @@ LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in t
 
 def rabbitmq_backend(url: str, **options: Any) -> Backend:
     """The backend of an ``amqp://`` URL: :class:`RabbitMQBackend` with ``?store=``, the
-    store-less :class:`~offload.backends.rabbitmq_direct.DirectRabbitMQBackend` without."""
+    store-less :class:`~offload.backends.rabbitmq.direct.DirectRabbitMQBackend` without."""
     _, opts = parse_url(url, options)
     if "store" in opts and not opts["store"]:
         raise ConfigurationError(
@@ -72,7 +72,7 @@ def rabbitmq_backend(url: str, **options: Any) -> Backend:
         )
     if opts.get("store"):
         return RabbitMQBackend(url, **options)
-    from offload.backends.rabbitmq_direct import DirectRabbitMQBackend
+    from offload.backends.rabbitmq.direct import DirectRabbitMQBackend
 
     return DirectRabbitMQBackend(url, **options)
 
@@ -153,7 +153,7 @@ class RabbitMQBackend:
         marker, then publish one message per newly stored job and wait for the broker's
         confirms. If publishing fails, the new records are deleted again and
         BackendUnavailable is raised; if this process dies before the confirms, the marker
-        has the jobs published later (:mod:`offload.backends.rabbitmq_outbox`)."""
+        has the jobs published later (:mod:`offload.backends.brokered.outbox`)."""
         if not jobs:
             return []
         marker = self._outbox.marker([j.id for j in jobs])
@@ -177,7 +177,7 @@ class RabbitMQBackend:
         feeds hand buffered messages back) and start their jobs in the store, leasing exactly
         the delivered jobs. Deliveries whose job runs elsewhere stay parked here (unacked) and
         are tried again at the next claim; with ``req.job_ids`` other deliveries stay buffered.
-        See :mod:`offload.backends.rabbitmq_claim`."""
+        See :mod:`offload.backends.rabbitmq.claim`."""
         return await self._claimer.claim(req)
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
@@ -302,7 +302,7 @@ class RabbitMQBackend:
         """Cancel in the store; the job's message is dropped when it is next delivered."""
         return await self._store.cancel(job_id)
 
-    async def retry(self, job_id: str) -> JobRecord | None:
+    async def requeue(self, job_id: str) -> JobRecord | None:
         """Queue a dead or cancelled job again in the store and publish its message. If the
         publish fails the job is cancelled again (so it can be retried later) and
         BackendUnavailable is raised. An outbox marker, stored first, covers a crash between
@@ -310,7 +310,7 @@ class RabbitMQBackend:
         marker = self._outbox.marker([job_id])
         await self._store.enqueue([marker])
         try:
-            rec = await self._store.retry(job_id)
+            rec = await self._store.requeue(job_id)
         except BackendUnavailable:
             raise  # it may have happened: the marker stays, to publish it if it did
         except BaseException:

@@ -14,9 +14,9 @@ import math
 import time
 
 from offload.backends.base import Backend
-from offload.backends.rabbitmq_broker import Broker, Outgoing
-from offload.backends.rabbitmq_feed import Delivery
-from offload.backends.rabbitmq_store import claim_delivered, get_many
+from offload.backends.brokered.store import claim_delivered, get_many
+from offload.backends.rabbitmq.broker import Broker, Outgoing
+from offload.backends.rabbitmq.feed import Delivery
 from offload.errors import BackendUnavailable
 from offload.job import ClaimRequest, JobRecord, JobState, Lease
 

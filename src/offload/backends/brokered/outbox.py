@@ -25,14 +25,14 @@ from collections.abc import Sequence
 import msgspec
 
 from offload.backends.base import Backend
-from offload.backends.rabbitmq_broker import Broker
-from offload.backends.rabbitmq_claim import message_of
-from offload.backends.rabbitmq_store import get_many
+from offload.backends.brokered.store import get_many
+from offload.backends.rabbitmq.broker import Broker
+from offload.backends.rabbitmq.claim import message_of
 from offload.errors import BackendUnavailable
 from offload.job import WAITING_STATES, ClaimRequest, JobRecord, NewJob, new_job_id
 from offload.outcome import Succeeded
 
-log = logging.getLogger("offload.backends.rabbitmq")
+log = logging.getLogger("offload.backends.brokered")
 
 OUTBOX_QUEUE = "_offload:outbox"
 OUTBOX_TASK = "_offload:republish"

@@ -31,7 +31,7 @@ dies after ``max_attempts``:
   its lost attempt: the copy counts it.
 
 The queues have names of their own (``<prefix>.m.<queue>``; see
-:mod:`~offload.backends.rabbitmq_broker`): a store-backed worker would find no job in its store
+:mod:`~offload.backends.rabbitmq.broker`): a store-backed worker would find no job in its store
 for these messages, and a store-less one no job in the store-backed messages.
 
 Dead jobs go to the durable queue ``<prefix>.dead.<queue>`` (the job as its body, the last
@@ -52,9 +52,9 @@ from typing import Any, NoReturn
 import msgspec
 
 from offload.backends.base import Capabilities
-from offload.backends.rabbitmq_broker import Broker, Outgoing, masked, parse_url
-from offload.backends.rabbitmq_claim import PARKED_RETRY_S, ms
-from offload.backends.rabbitmq_feed import Delivery
+from offload.backends.rabbitmq.broker import Broker, Outgoing, masked, parse_url
+from offload.backends.rabbitmq.claim import PARKED_RETRY_S, ms
+from offload.backends.rabbitmq.feed import Delivery
 from offload.errors import BackendUnavailable, CapabilityUnavailable, ConfigurationError
 from offload.job import (
     AttemptError,
@@ -401,7 +401,7 @@ class DirectRabbitMQBackend:
     async def cancel(self, job_id: str) -> JobRecord | None:
         _unavailable("cancelling a job")
 
-    async def retry(self, job_id: str) -> JobRecord | None:
+    async def requeue(self, job_id: str) -> JobRecord | None:
         _unavailable("retrying a job")
 
     async def delete(self, job_ids: Sequence[str]) -> int:

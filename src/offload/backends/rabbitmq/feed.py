@@ -16,7 +16,7 @@ every buffered message back (``basic.nack`` with requeue). A message pushed afte
 How a message is handed back is the feed's ``returner``: ``basic.nack`` with requeue by
 default; the store-less backend re-publishes a copy and acks the original instead, because a
 requeued message comes back marked ``redelivered``, the only sign it has that a delivery may
-have crashed its worker (:mod:`offload.backends.rabbitmq_direct`).
+have crashed its worker (:mod:`offload.backends.rabbitmq.direct`).
 """
 
 from __future__ import annotations
