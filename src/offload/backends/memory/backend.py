@@ -8,21 +8,26 @@ guards it, so the app's sync bridge thread and a worker loop may use it together
 from __future__ import annotations
 
 import asyncio
-import base64
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
-from offload.backends.common import LEASE_EXPIRED_ERROR
+from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor
+from offload.backends.memory.store import (
+    MemoryStore,
+    Waiter,
+    apply_outcome,
+    expired,
+    finish,
+    matches,
+    released,
+)
 from offload.errors import InvalidState, QueueFull
 from offload.job import (
     ACTIVE_STATES,
     WAITING_STATES,
-    AttemptError,
     ClaimRequest,
     JobFilter,
     JobPage,
@@ -32,33 +37,7 @@ from offload.job import (
     NewJob,
     WorkerInfo,
 )
-from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
-
-_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
-
-
-@dataclass
-class MemoryStore:
-    """The shared state of memory backends. Create one and pass it as ``store=``."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    jobs: dict[str, JobRecord] = field(default_factory=dict)
-    seq: dict[str, int] = field(default_factory=dict)
-    next_seq: int = 0
-    paused: set[str] = field(default_factory=set)
-    workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
-    work_waiters: list[_Waiter] = field(default_factory=list)
-    done_waiters: dict[str, list[_Waiter]] = field(default_factory=dict)
-
-    def wake(self, waiters: Sequence[_Waiter]) -> None:
-        for loop, fut in waiters:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, fut)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+from offload.outcome import Outcome
 
 
 class MemoryBackend:
@@ -98,31 +77,16 @@ class MemoryBackend:
             active_keys = {
                 (j.queue, j.key): j for j in st.jobs.values() if j.key and j.state in ACTIVE_STATES
             }
-            out: list[JobRecord] = []
+            batch, where = collapse_same_key(jobs)
+            stands: list[JobRecord] = []
             fresh: list[JobRecord] = []
-            for new in jobs:
+            for new in batch:
                 existing = active_keys.get((new.queue, new.key)) if new.key else None
-                if existing is not None:
-                    out.append(existing)
-                    continue
-                run_at = new.run_at if new.run_at is not None else now + new.delay_s
-                rec = JobRecord(
-                    id=new.id,
-                    task=new.task,
-                    queue=new.queue,
-                    args=new.args,
-                    state=JobState.QUEUED if run_at <= now else JobState.SCHEDULED,
-                    priority=new.priority,
-                    attempt=0,
-                    max_attempts=new.max_attempts,
-                    run_at=run_at,
-                    created_at=now,
-                    key=new.key,
-                )
-                if new.key:
-                    active_keys[(new.queue, new.key)] = rec
-                out.append(rec)
-                fresh.append(rec)
+                rec = existing if existing is not None else _new_record(new, now)
+                if existing is None:
+                    fresh.append(rec)
+                stands.append(rec)
+            out = [stands[i] for i in where]
             self._check_limits(fresh, limits or {})
             for rec in fresh:
                 st.jobs[rec.id] = rec
@@ -205,14 +169,14 @@ class MemoryBackend:
 
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         st = self.store
-        woken: list[_Waiter] = []
+        woken: list[Waiter] = []
         with st.lock:
             now = self._clock()
             for lease, outcome in results:
                 j = self._held(lease)
                 if j is None:
                     continue
-                rec = _apply(j, outcome, now)
+                rec = apply_outcome(j, outcome, now)
                 st.jobs[j.id] = rec
                 if rec.state.final:
                     woken.extend(st.done_waiters.pop(j.id, []))
@@ -224,23 +188,16 @@ class MemoryBackend:
     async def recover(self) -> int:
         st = self.store
         n = 0
-        woken: list[_Waiter] = []
+        woken: list[Waiter] = []
         with st.lock:
             now = self._clock()
             for j in list(st.jobs.values()):
                 if j.state is not JobState.RUNNING or (j.lease_expires_at or 0) > now:
                     continue
                 n += 1
-                err = AttemptError(
-                    attempt=j.attempt, at=now, error=LEASE_EXPIRED_ERROR, worker_id=j.worker_id
-                )
-                if j.attempt >= j.max_attempts:
-                    rec = _finish(j, JobState.DEAD, now, error=LEASE_EXPIRED_ERROR, add=err)
+                rec = expired(j, now)
+                if rec.state.final:
                     woken.extend(st.done_waiters.pop(j.id, []))
-                else:
-                    rec = msgspec.structs.replace(
-                        _released(j), state=JobState.QUEUED, run_at=now, errors=(*j.errors, err)
-                    )
                 st.jobs[j.id] = rec
             if n:
                 woken.extend(st.work_waiters)
@@ -312,14 +269,14 @@ class MemoryBackend:
 
     async def list_jobs(self, flt: JobFilter) -> JobPage:
         with self.store.lock:
-            jobs = [j for j in self.store.jobs.values() if _matches(j, flt)]
+            jobs = [j for j in self.store.jobs.values() if matches(j, flt)]
         jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         if flt.cursor:
-            after = _decode_cursor(flt.cursor)
+            after = decode_cursor(flt.cursor)
             jobs = [j for j in jobs if (j.created_at, j.id) < after]
         limit = max(1, flt.limit)
         page = jobs[:limit]
-        nxt = _encode_cursor(page[-1]) if len(jobs) > limit else None
+        nxt = encode_cursor(page[-1].created_at, page[-1].id) if len(jobs) > limit else None
         return JobPage(jobs=page, next_cursor=nxt)
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
@@ -338,7 +295,7 @@ class MemoryBackend:
                 return j
             if j.state.final:
                 raise InvalidState(f"job {job_id} already {j.state}; it cannot be cancelled")
-            rec = _finish(j, JobState.CANCELLED, self._clock(), error="cancelled")
+            rec = finish(j, JobState.CANCELLED, self._clock(), error="cancelled")
             st.jobs[job_id] = rec
             woken = st.done_waiters.pop(job_id, [])
         st.wake(woken)
@@ -359,7 +316,7 @@ class MemoryBackend:
                 raise InvalidState(f"job {job_id}: another active job holds its key {j.key!r}")
             now = self._clock()
             rec = msgspec.structs.replace(
-                _released(j),
+                released(j),
                 state=JobState.QUEUED,
                 attempt=0,
                 run_at=now,
@@ -436,70 +393,18 @@ class MemoryBackend:
             return [info for info, _ in self.store.workers.values()]
 
 
-def _released(j: JobRecord) -> JobRecord:
-    return msgspec.structs.replace(j, worker_id=None, lease_expires_at=None)
-
-
-def _finish(
-    j: JobRecord,
-    state: JobState,
-    now: float,
-    *,
-    error: str | None = None,
-    result: bytes | None = None,
-    add: AttemptError | None = None,
-) -> JobRecord:
-    errors = (*j.errors, add) if add is not None else j.errors
-    return msgspec.structs.replace(
-        _released(j), state=state, finished_at=now, error=error, result=result, errors=errors
+def _new_record(new: NewJob, now: float) -> JobRecord:
+    run_at = new.run_at if new.run_at is not None else now + new.delay_s
+    return JobRecord(
+        id=new.id,
+        task=new.task,
+        queue=new.queue,
+        args=new.args,
+        state=JobState.QUEUED if run_at <= now else JobState.SCHEDULED,
+        priority=new.priority,
+        attempt=0,
+        max_attempts=new.max_attempts,
+        run_at=run_at,
+        created_at=now,
+        key=new.key,
     )
-
-
-def _apply(j: JobRecord, outcome: Outcome, now: float) -> JobRecord:
-    """The one state transition for a finished attempt (see offload.outcome)."""
-    if isinstance(outcome, Succeeded):
-        return _finish(j, JobState.SUCCEEDED, now, result=outcome.result)
-    if isinstance(outcome, Dead):
-        err = AttemptError(attempt=j.attempt, at=now, error=outcome.error, worker_id=j.worker_id)
-        return _finish(j, JobState.DEAD, now, error=outcome.error, add=err)
-    if isinstance(outcome, Cancelled):
-        return _finish(j, JobState.CANCELLED, now, error=outcome.reason)
-    if isinstance(outcome, RetryAt):
-        err = AttemptError(attempt=j.attempt, at=now, error=outcome.error, worker_id=j.worker_id)
-        return msgspec.structs.replace(
-            _released(j),
-            state=JobState.SCHEDULED,
-            run_at=now + outcome.delay_s,
-            errors=(*j.errors, err),
-        )
-    # Snoozed: the attempt is given back.
-    delay = outcome.delay_s
-    return msgspec.structs.replace(
-        _released(j),
-        state=JobState.QUEUED if delay <= 0 else JobState.SCHEDULED,
-        run_at=now + delay,
-        attempt=max(j.attempt - 1, 0),
-    )
-
-
-def _matches(j: JobRecord, f: JobFilter) -> bool:
-    return (
-        (f.state is None or j.state is f.state)
-        and (f.queue is None or j.queue == f.queue)
-        and (f.task is None or j.task == f.task)
-        and (f.args_contains is None or f.args_contains.encode() in j.args)
-        and (f.created_after is None or j.created_at >= f.created_after)
-        and (f.created_before is None or j.created_at < f.created_before)
-    )
-
-
-def _encode_cursor(j: JobRecord) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([j.created_at, j.id])).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        created_at, job_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return float(created_at), str(job_id)
-    except (ValueError, TypeError, msgspec.DecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
