@@ -19,10 +19,11 @@ import redis.asyncio as aioredis
 import offload
 from offload.backends import from_url
 from offload.backends.base import Backend
+from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.backends.redis import RedisBackend
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobState, NewJob, WorkerInfo, new_job_id
-from offload.outcome import Succeeded
+from offload.outcome import RetryAt, Snoozed, Succeeded
 from offload.testing import BackendConformance, MakeBackend, lease_of
 from offload.worker import Worker, WorkerConfig
 from tests.services import (
@@ -226,6 +227,41 @@ async def test_an_undecodable_job_is_buried_and_skipped(backends: Factory) -> No
         await client.aclose()
     assert await backend.get(bad.id) is None  # unreadable, so not listed either
     assert [j.id for j in (await backend.list_jobs(JobFilter())).jobs] == [good.id]
+
+
+# -- recovery ------------------------------------------------------------------------------------
+
+
+async def test_a_recovery_decision_is_ignored_once_its_lease_moved_on(backends: Factory) -> None:
+    """Recovery finds expired leases, decides in Python, then writes: a job finished, claimed
+    again (a new attempt, or another worker) or heartbeaten in between is left alone."""
+    backend = await backends()
+    finished, retried, snoozed, beaten, lost = await backend.enqueue([job() for _ in range(5)])
+
+    def by(worker: str, lease_s: float = 0.0) -> ClaimRequest:
+        return ClaimRequest(queues=("q",), limit=5, worker_id=worker, lease_s=lease_s)
+
+    first = {j.id: j for j in await backend.claim(by("w1"))}  # leases expire at once
+    fates = await backend._find_expired()
+    assert len(fates["q"]) == 1 + 5 * 5  # the server's time, then all five decided
+
+    await backend.complete([(lease_of(first[finished.id]), Succeeded())])
+    await backend.complete([(lease_of(first[retried.id]), RetryAt(0.0, "boom"))])
+    (again,) = await backend.claim(by("w1"))  # the same worker, attempt 2, expired again
+    await backend.complete([(lease_of(first[snoozed.id]), Snoozed(0.0))])
+    (other,) = await backend.claim(by("w2"))  # attempt 1 again, another worker, expired
+    assert (again.id, again.attempt, other.id, other.attempt) == (retried.id, 2, snoozed.id, 1)
+    assert await backend.heartbeat([lease_of(first[beaten.id])], 30.0) == {beaten.id}
+
+    assert await backend._write_fates(fates) == 1
+    jobs = {j.id: j for j in (await backend.list_jobs(JobFilter())).jobs}
+    assert jobs[finished.id].state is JobState.SUCCEEDED
+    assert (jobs[retried.id].state, jobs[retried.id].attempt) == (JobState.RUNNING, 2)
+    assert [e.error for e in jobs[retried.id].errors] == ["boom"]
+    assert (jobs[snoozed.id].worker_id, jobs[snoozed.id].errors) == ("w2", ())
+    assert (jobs[beaten.id].state, jobs[beaten.id].errors) == (JobState.RUNNING, ())
+    assert jobs[lost.id].state is JobState.QUEUED
+    assert [e.error for e in jobs[lost.id].errors] == [LEASE_EXPIRED_ERROR]
 
 
 async def test_run_maintenance_deletes_finished_jobs_past_retention(backends: Factory) -> None:

@@ -1,5 +1,5 @@
 """Encoding between offload's values and the Redis backend's storage: job hashes, framed
-batches for the scripts, packed replies, list cursors, and error translation.
+batches for the scripts, packed replies, expired-lease decisions, and error translation.
 
 Everything read back is untrusted: decoders raise :class:`Undecodable` (or skip a damaged
 history) rather than let a malformed record crash a caller.
@@ -7,13 +7,13 @@ history) rather than let a malformed record crash a caller.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import msgspec
 from redis.exceptions import RedisError
 
+from offload.backends.common import expired_lease
 from offload.errors import BackendUnavailable, describe
 from offload.job import AttemptError, JobFilter, JobRecord, JobState, Lease, WorkerInfo
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
@@ -124,16 +124,23 @@ def frame(fields: Sequence[bytes | str | int]) -> bytes:
     return b"".join(parts)
 
 
-def encode_cursor(created_us: int, job_id: str) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([created_us, job_id])).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created_us, job_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return int(created_us), str(job_id)
-    except (ValueError, TypeError, msgspec.DecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
+def expired_argv(reply: Sequence[bytes]) -> list[bytes | str | int]:
+    """The decisions for the jobs ``expired.lua`` found, as ``recover.lua`` takes them: the
+    server's time (us), then id, worker id, attempt, fate, error per job. Each fate is
+    :func:`~offload.backends.common.expired_lease`'s, at the server's time (never ours).
+    A job whose attempt counts do not read as numbers is left for a reader to meet."""
+    now_us = int(reply[0])
+    out: list[bytes | str | int] = [now_us]
+    for k in range(1, len(reply), 4):
+        raw_id, attempt, max_attempts, worker = reply[k : k + 4]
+        try:
+            fate = expired_lease(
+                int(attempt), int(max_attempts), _text(worker) or None, now_us / 1e6
+            )
+        except ValueError:
+            continue
+        out += [raw_id, worker, int(attempt), fate.state.value, fate.error.error]
+    return out
 
 
 def matches(j: JobRecord, f: JobFilter) -> bool:

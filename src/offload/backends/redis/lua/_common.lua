@@ -73,6 +73,14 @@ local function place(base, jk, member, priority, run_at, now)
   end
 end
 
+-- A running job whose attempt ended without finishing it waits again (queued at run_at, or
+-- scheduled): its lease goes (fields now, the lease set entry at flush(acc)).
+local function rewait(base, id, jk, member, priority, run_at, now, acc)
+  redis.call('HDEL', jk, 'w', 'l')
+  acc.rem[#acc.rem + 1] = id
+  place(base, jk, member, priority, run_at, now)
+end
+
 local function add_error(jk, attempt, now, err, worker)
   local entry = string.format('{"attempt":%.0f,"at":%.0f,"error":%s,"worker_id":%s}',
     attempt, now, cjson.encode(err), worker and cjson.encode(worker) or 'null')

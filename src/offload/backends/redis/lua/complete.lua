@@ -36,9 +36,7 @@ while pos <= size do
       else
         redis.call('HSET', jk, 'a', tonumber(attempt) - 1)
       end
-      redis.call('HDEL', jk, 'w', 'l')
-      acc.rem[#acc.rem + 1] = id
-      place(base, jk, v[4], tonumber(v[5]), now + tonumber(number), now)
+      rewait(base, id, jk, v[4], tonumber(v[5]), now + tonumber(number), now, acc)
       requeued = true
     end
   end

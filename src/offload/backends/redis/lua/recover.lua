@@ -1,29 +1,31 @@
--- Put back running jobs whose lease has expired.
--- KEYS[1]: the queue's base. ARGV: retention (s), the error to record, at most how many.
--- Returns how many jobs were put back (or buried, when out of attempts).
+-- Write the decisions taken for expired leases (found by expired.lua, decided in Python by
+-- offload.backends.common.expired_lease), each fenced: it takes effect only if the job is
+-- still running the same attempt for the same worker and its lease is still expired now, so
+-- a job finished, re-claimed or heartbeaten in between is left alone.
+-- KEYS[1]: the queue's base. ARGV: retention (s, -1: for ever), the decisions' time (us),
+-- then 5 values per job: id, worker id ('' when none), attempt, fate ('queued' or 'dead'),
+-- the error to record. Returns how many were put back (or buried).
 local base = KEYS[1]
-local retention, reason, max = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local retention, at = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_us()
-local ids = redis.call('ZRANGEBYSCORE', base .. ':lease', '-inf', now, 'LIMIT', 0, max)
 local acc = new_acc(base, now)
 local requeued = false
 local n = 0
-for _, id in ipairs(ids) do
+for i = 3, #ARGV, 5 do
+  local id, worker, attempt, fate, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local jk = job_key(base, id)
-  local v = redis.call('HMGET', jk, 's', 'a', 'm', 'w', 'z', 'p', 'k')
-  if v[1] == 'running' then
+  local v = redis.call('HMGET', jk, 's', 'a', 'w', 'l', 'z', 'p', 'k')
+  if v[1] == 'running' and v[2] == attempt and (v[3] or '') == worker
+      and tonumber(v[4]) and tonumber(v[4]) <= now then
     n = n + 1
-    local attempt = tonumber(v[2])
-    add_error(jk, attempt, now, reason, v[4])
-    if attempt >= tonumber(v[3]) then
-      finish(base, id, jk, 'dead', now, retention, reason, v[7], acc)
+    add_error(jk, tonumber(attempt), at, err, v[3])
+    if fate == 'dead' then
+      finish(base, id, jk, 'dead', at, retention, err, v[7], acc)
     else
-      redis.call('HDEL', jk, 'w', 'l')
-      place(base, jk, v[5], tonumber(v[6]), now, now)
+      rewait(base, id, jk, v[5], tonumber(v[6]), at, now, acc)
       requeued = true
     end
   end
-  acc.rem[#acc.rem + 1] = id -- stale index entries go too
 end
 flush(base, acc)
 if requeued then wake(base) end

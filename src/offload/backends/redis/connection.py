@@ -1,0 +1,203 @@
+"""The Redis backend's connection: options, clients, the scripts and how they are called, and
+where a job id lives (a job id does not name its queue).
+
+Every state change is one Lua script of ``lua/`` (``_common.lua`` prepended), called by its
+SHA; the scripts are loaded at open and again after a server restart (``NOSCRIPT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from offload.backends.common import check_known, masked
+from offload.backends.redis.codec import translated
+from offload.errors import BackendUnavailable, ConfigurationError
+
+T = TypeVar("T")
+
+SCRIPTS = (
+    "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause maintain "
+    "watch worker_report worker_list"
+).split()
+OPTIONS = ("prefix", "retention", "timeout", "connect_timeout")
+
+
+def _load_sources() -> dict[str, str]:
+    folder = resources.files("offload.backends.redis").joinpath("lua")
+    common = folder.joinpath("_common.lua").read_text(encoding="utf-8")
+    return {n: common + folder.joinpath(f"{n}.lua").read_text(encoding="utf-8") for n in SCRIPTS}
+
+
+class RedisConnection:
+    """The clients of one backend instance and the calls every part of it makes."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        ours: dict[str, Any] = {k: query.pop(k) for k in OPTIONS if k in query}
+        check_known("Redis backend", options, OPTIONS)
+        ours.update(options)
+        try:
+            self.prefix = str(ours.get("prefix", "offload"))
+            retention = ours.get("retention")
+            self.retention_s = None if retention in (None, "") else float(retention)
+            self.timeout_s = float(ours.get("timeout", 5.0))
+            self.connect_timeout_s = float(ours.get("connect_timeout", 1.0))
+        except ValueError as exc:
+            raise ConfigurationError(f"bad Redis backend option in {url!r}: {exc}") from None
+        if not self.prefix or any(c in self.prefix for c in "{}* ?[]\\"):
+            raise ConfigurationError(f"bad Redis key prefix {self.prefix!r}")
+        if (self.retention_s or 0) < 0 or self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ConfigurationError("retention must be >= 0, timeouts > 0")
+        self._redis_url = urlunsplit(parts._replace(query=urlencode(query)))
+        self._url = masked(url)
+        self._global = "{" + self.prefix + "}"
+        self._sources = _load_sources()
+        self._shas = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self._sources.items()}
+        self._client: aioredis.Redis | None = None
+        self._blocking: aioredis.Redis | None = None
+        self._queue_of: dict[str, str] = {}  # job id -> queue, for the jobs this instance holds
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def _retention_arg(self) -> str:
+        return "-1" if self.retention_s is None else repr(self.retention_s)
+
+    def base(self, queue: str) -> str:
+        """The key prefix (with its hash tag) of every key of ``queue``."""
+        return "{" + self.prefix + ":" + queue + "}"
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _make_client(self, socket_timeout: float | None) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            self._redis_url,
+            client_name=f"offload:{self.prefix}",
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self.connect_timeout_s,
+            # Bounded: an outage surfaces as BackendUnavailable within about a second or two
+            # rather than hanging. Every script is safe to run twice (see the scripts).
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+        )
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        client = self._make_client(self.timeout_s)
+        blocking = self._make_client(None)  # blocking pops wait longer than any reply timeout
+        try:
+            with translated():
+                await self._load_scripts(client)
+        except BaseException:
+            await client.aclose()
+            await blocking.aclose()
+            raise
+        self._client, self._blocking = client, blocking
+
+    async def close(self) -> None:
+        client, blocking = self._client, self._blocking
+        self._client = self._blocking = None
+        for c in (client, blocking):
+            if c is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await c.aclose()
+
+    async def _load_scripts(self, client: aioredis.Redis) -> None:
+        pipe = client.pipeline(transaction=False)
+        for source in self._sources.values():
+            pipe.script_load(source)
+        await pipe.execute()
+
+    def _conn(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BackendUnavailable("the Redis backend is not open (call open() first)")
+        return self._client
+
+    async def _run(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run ``op`` with engine errors translated; reload scripts once on NOSCRIPT (after a
+        server restart or SCRIPT FLUSH) and run it again."""
+        client = self._conn()
+        with translated():
+            try:
+                return await op(client)
+            except NoScriptError:
+                await self._load_scripts(client)
+                return await op(client)
+
+    def _eval(self, target: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return target.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+
+    async def _per_queue(self, name: str, calls: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """Run script ``name`` once per queue (``calls``: queue -> argv) in one round trip."""
+        if not calls:
+            return {}
+
+        async def op(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for queue, argv in calls.items():
+                self._eval(pipe, name, [self.base(queue)], argv)
+            return list(await pipe.execute())
+
+        return dict(zip(calls, await self._run(op), strict=True))
+
+    async def known_queues(self) -> list[str]:
+        """Every queue a job was ever enqueued to (or paused) under this prefix."""
+        raw = await self._run(lambda c: c.smembers(f"{self._global}:queues"))
+        return sorted(q.decode() if isinstance(q, bytes) else str(q) for q in raw)
+
+    async def _locate(self, job_ids: Sequence[str]) -> dict[str, tuple[str, dict[bytes, bytes]]]:
+        """The queue and hash of each stored job among ``job_ids`` (one round trip per call
+        after the list of queues)."""
+        queues = await self.known_queues()
+        if not job_ids or not queues:
+            return {}
+
+        async def op(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for job_id in job_ids:
+                for queue in queues:
+                    pipe.hgetall(f"{self.base(queue)}:j:{job_id}")
+            return list(await pipe.execute())
+
+        hashes = iter(await self._run(op))
+        found: dict[str, tuple[str, dict[bytes, bytes]]] = {}
+        for job_id in job_ids:
+            for queue in queues:
+                h = next(hashes)
+                if h and job_id not in found:
+                    found[job_id] = (queue, h)
+        return found
+
+    async def _queues_of(self, job_ids: Sequence[str]) -> dict[str, str]:
+        known = {i: self._queue_of[i] for i in job_ids if i in self._queue_of}
+        missing = [i for i in job_ids if i not in known]
+        if missing:
+            known.update({i: q for i, (q, _) in (await self._locate(missing)).items()})
+        return known
+
+    async def _blpop(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
+        blocking = self._blocking
+        if blocking is None:
+            raise BackendUnavailable("the Redis backend is not open (call open() first)")
+        with translated():
+            try:
+                got: Any = await asyncio.wait_for(
+                    blocking.blpop(list(keys), timeout=timeout_s), timeout_s + self.timeout_s
+                )
+            except TimeoutError:
+                return None  # a half-open connection: as good as a timeout
+        return None if got is None else bytes(got[0])
