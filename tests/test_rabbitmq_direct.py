@@ -19,8 +19,9 @@ import pytest
 
 import offload
 from offload.backends import from_url
-from offload.backends.rabbitmq.claim import MAX_DELAY_MS, ms
-from offload.backends.rabbitmq.direct import LOST_DELIVERY, Carried, DirectRabbitMQBackend
+from offload.backends.common import LEASE_EXPIRED_ERROR
+from offload.backends.rabbitmq.delays import MAX_DELAY_MS, ms
+from offload.backends.rabbitmq.direct import Carried, DirectRabbitMQBackend
 from offload.errors import CapabilityUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobRecord, JobState, Lease, NewJob, new_job_id
 from offload.outcome import Dead, RetryAt, Snoozed, Succeeded
@@ -262,7 +263,7 @@ async def test_a_job_whose_worker_dies_every_time_ends_up_dead(make: Make, prefi
         await asyncio.sleep(0.05)
     ((carried, error),) = letters
     assert carried.attempt == 2 and "attempts exhausted" in error
-    assert [e.error for e in carried.errors] == [LOST_DELIVERY, LOST_DELIVERY]
+    assert [e.error for e in carried.errors] == [LEASE_EXPIRED_ERROR, LEASE_EXPIRED_ERROR]
 
 
 async def test_messages_handed_back_unstarted_do_not_count_as_attempts(make: Make) -> None:
@@ -293,7 +294,7 @@ async def test_a_redelivered_message_handed_back_unstarted_keeps_its_lost_attemp
     busy = await make()
     (again,) = await claim_until(busy, 1)  # after the idle worker's linger hands it back
     assert again.attempt == 2
-    assert [e.error for e in again.errors] == [LOST_DELIVERY]
+    assert [e.error for e in again.errors] == [LEASE_EXPIRED_ERROR]
 
 
 async def test_a_lease_is_lost_with_its_connection(make: Make, prefix: str) -> None:

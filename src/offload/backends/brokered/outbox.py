@@ -1,4 +1,4 @@
-"""The outbox of the amqp:// backend with a state store: no job left without its message.
+"""The outbox of a broker with a state store: no job left without its message.
 
 An enqueue stores its jobs, then publishes their messages. A producer that dies in between
 would leave jobs ``queued`` in the store that no message will ever deliver. So the store write
@@ -25,9 +25,8 @@ from collections.abc import Sequence
 import msgspec
 
 from offload.backends.base import Backend
+from offload.backends.brokered.publisher import JobPublisher
 from offload.backends.brokered.store import get_many
-from offload.backends.rabbitmq.broker import Broker
-from offload.backends.rabbitmq.claim import message_of
 from offload.errors import BackendUnavailable
 from offload.job import WAITING_STATES, ClaimRequest, JobRecord, NewJob, new_job_id
 from offload.outcome import Succeeded
@@ -54,7 +53,7 @@ _decode = msgspec.json.Decoder(_Ids).decode
 class Outbox:
     """Markers for one backend instance (see the module docstring)."""
 
-    def __init__(self, store: Backend, broker: Broker, orphan_after_s: float) -> None:
+    def __init__(self, store: Backend, broker: JobPublisher, orphan_after_s: float) -> None:
         self._store = store
         self._broker = broker
         self.orphan_after_s = orphan_after_s
@@ -126,7 +125,7 @@ class Outbox:
             recs = await get_many(self._store, ids)
             waiting += [r for r in recs if r is not None and r.state in WAITING_STATES]
         now = time.time()
-        await self._broker.publish([message_of(r, now) for r in waiting])
+        await self._broker.publish_jobs(waiting, now)
         await self._store.complete([(m.lease, Succeeded()) for m in markers if m.lease])
         await self._store.delete([m.id for m in markers])  # (delete spares running jobs)
         if waiting:

@@ -2,12 +2,15 @@
 
 Two forms behind one URL scheme: with ``?store=`` (:mod:`.stored`) job state lives in a
 state store and RabbitMQ only carries each job's id; without it (:mod:`.direct`) the job
-travels in its message. ``broker`` (connection, publishing, queues), ``feed`` (consuming) and
-``claim`` (deliveries into leased jobs) are RabbitMQ's own; what any broker-with-a-store needs
-(the store adapter, the outbox) is in :mod:`offload.backends.brokered`.
+travels in its message. What both forms share: ``options`` (the URL), ``delays`` (delays in
+milliseconds, TTL chains), ``broker`` (connection, publishing, queues) and ``feed``
+(consuming). ``claim`` (deliveries into leased jobs) belongs to the store-backed form; what
+any broker-with-a-store needs (the store adapter, the outbox) is in
+:mod:`offload.backends.brokered`, which this form serves through
+:class:`~offload.backends.rabbitmq.claim.RecordPublisher`.
 """
 
-from offload.backends.rabbitmq.broker import HEARTBEAT_S
+from offload.backends.rabbitmq.options import HEARTBEAT_S
 from offload.backends.rabbitmq.stored import RabbitMQBackend, rabbitmq_backend
 
 __all__ = ["HEARTBEAT_S", "RabbitMQBackend", "rabbitmq_backend"]

@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -46,19 +44,11 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
+from offload.backends.rabbitmq.delays import delay_chain
 from offload.backends.rabbitmq.feed import Delivery, Feed, Returner, settle
-from offload.errors import BackendUnavailable, ConfigurationError
+from offload.errors import BackendUnavailable
 
-# offload's own URL options; the rest is aio-pika's
-OPTIONS = ("store", "prefix", "timeout_s", "orphan_after_s")
-# AMQP heartbeat (s) unless the URL sets ``heartbeat=``. A frozen or hung worker keeps its
-# unacked messages until the broker gives up on its connection, about three heartbeats later
-# (~15 s here, ~3 min with RabbitMQ's default 60 s); the store recovers the lease sooner, but
-# the job runs elsewhere only once its message is back. The price of a short one: a process
-# whose event loop is blocked that long is disconnected and its jobs run again.
-HEARTBEAT_S = 5
 MAX_PRIORITY = 9
-MAX_DELAY_BIT = 31  # 2**31 ms is ~24.8 days: longer delays take one more pass through the chain
 SWEEP_S = 0.05  # how often idle feeds are looked for (see rabbitmq_feed.LINGER_S, HOLD_S)
 
 # What a broken or refused connection raises, across aio-pika, aiormq and the socket layer.
@@ -82,44 +72,6 @@ class Outgoing(NamedTuple):
     body: bytes = b""  # empty with a state store: the id is all a worker needs
     dead: bool = False  # to the queue's dead letters instead of its work queue
     error: str | None = None  # why it is dead (header ``x-offload-error``)
-
-
-def parse_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """Split an ``amqp://`` URL (and keyword options) into the URL aio-pika connects with
-    (``heartbeat`` defaulted to :data:`HEARTBEAT_S`) and offload's own options."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    opts = {k: query.pop(k) for k in OPTIONS if k in query}
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise ConfigurationError(f"unknown rabbitmq option(s): {', '.join(sorted(unknown))}")
-    opts.update({k: str(v) for k, v in options.items()})
-    query.setdefault("heartbeat", str(HEARTBEAT_S))
-    for name in ("timeout_s", "orphan_after_s"):
-        try:
-            ok = 0 < float(opts.get(name, 1)) < math.inf
-        except ValueError:
-            ok = False
-        if not ok:
-            msg = f"{name} must be a positive number of seconds, not {opts[name]!r}"
-            raise ConfigurationError(msg)
-    return urlunsplit(parts._replace(query=urlencode(query))), opts
-
-
-def masked(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def delay_chain(delay_ms: int) -> int:
-    """The first hop of a delay: the largest power-of-two TTL not above it (0 when none)."""
-    if delay_ms < 1:
-        return 0
-    return 1 << min(delay_ms.bit_length() - 1, MAX_DELAY_BIT)
 
 
 class Broker:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 
 from offload.backends.base import Backend
 from offload.backends.brokered.store import claim_delivered, get_many
 from offload.backends.rabbitmq.broker import Broker, Outgoing
+from offload.backends.rabbitmq.delays import ms
 from offload.backends.rabbitmq.feed import Delivery
 from offload.errors import BackendUnavailable
 from offload.job import ClaimRequest, JobRecord, JobState, Lease
 
-PARKED_RETRY_S = 0.1  # how soon a worker holding parked deliveries asks again
 START_ROUNDS = 4  # rounds of taking messages per claim call (stale ones are dropped)
 # A feed's prefetch is this many times the free slots of the claim that starts it. The messages
 # of finished jobs stay unacknowledged until their outcomes are in the store; with a prefetch of
@@ -259,14 +260,15 @@ def message_of(rec: JobRecord, now: float | None = None) -> Outgoing:
     return Outgoing(rec.id, rec.queue, rec.priority, ms(delay_s))
 
 
-MAX_DELAY_MS = 2**42  # ~139 years; a longer (or infinite) delay is clamped to it
+class RecordPublisher:
+    """The store-backed form's :class:`~offload.backends.brokered.publisher.JobPublisher`:
+    a job record travels as its id (:func:`message_of`)."""
 
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
 
-def ms(delay_s: float) -> int:
-    """A delay in whole milliseconds, 0 for a negative or NaN one, at most MAX_DELAY_MS (the
-    delay may come from a message or a record: untrusted)."""
-    if not delay_s > 0:
-        return 0
-    if delay_s >= MAX_DELAY_MS / 1000:
-        return MAX_DELAY_MS
-    return math.ceil(delay_s * 1000)
+    async def publish_jobs(self, jobs: Sequence[JobRecord], now: float | None = None) -> None:
+        await self._broker.publish([message_of(r, now) for r in jobs])
+
+    async def notify(self) -> None:
+        await self._broker.notify()

@@ -19,10 +19,12 @@ dies after ``max_attempts``:
   with the attempts so far and acks the old one;
 * a message that comes back ``redelivered`` was unacknowledged when its channel closed: its
   worker crashed, was killed, or lost its connection, possibly in the middle of the job. That
-  delivery counts as an attempt: the claim publishes a copy with one more attempt (or, at
-  ``max_attempts``, a dead letter) and acks the original, so the count survives the next
-  crash too. The broker cannot tell a crash from a connection lost before the job started;
-  either counts.
+  delivery counts as an attempt whose lease expired, decided by the rule every engine follows
+  (:func:`offload.backends.common.expired_lease`, its error
+  :data:`~offload.backends.common.LEASE_EXPIRED_ERROR`): the claim publishes a copy with one
+  more attempt (or, at ``max_attempts``, a dead letter) and acks the original, so the count
+  survives the next crash too. The broker cannot tell a crash from a connection lost before
+  the job started; either counts.
 * a worker runs a job once at a time: a copy of a job it is still running (its connection
   dropped and the message came back to it) waits, unacknowledged, until that run ends;
 * for that flag to mean a lost delivery, this backend never hands a message back with
@@ -52,9 +54,11 @@ from typing import Any, NoReturn
 import msgspec
 
 from offload.backends.base import Capabilities
-from offload.backends.rabbitmq.broker import Broker, Outgoing, masked, parse_url
-from offload.backends.rabbitmq.claim import PARKED_RETRY_S, ms
+from offload.backends.common import expired_lease, masked
+from offload.backends.rabbitmq.broker import Broker, Outgoing
+from offload.backends.rabbitmq.delays import PARKED_RETRY_S, ms
 from offload.backends.rabbitmq.feed import Delivery
+from offload.backends.rabbitmq.options import parse_url
 from offload.errors import BackendUnavailable, CapabilityUnavailable, ConfigurationError
 from offload.job import (
     AttemptError,
@@ -76,7 +80,6 @@ HINT = (
 LATEST_S = 1e11  # times in a message beyond this (year 5138) are garbage
 ERRORS_KEPT = 5  # the most recent attempt errors a message carries (it stays small)
 ERROR_HEADER_CHARS = 1000  # x-offload-error is for a glance; the body has the whole error
-LOST_DELIVERY = "the worker holding this job crashed or lost its connection (message redelivered)"
 
 
 class Carried(msgspec.Struct, frozen=True, kw_only=True):
@@ -449,11 +452,13 @@ def _with_error(c: Carried, attempt: int, error: str, now: float, worker: str | 
 
 
 def _lost_attempt(d: Delivery, c: Carried, now: float) -> Outgoing:
-    """The copy of a redelivered message, its lost delivery counted as an attempt."""
-    spent = _with_error(c, c.attempt + 1, LOST_DELIVERY, now, None)
-    dead = spent.attempt >= c.max_attempts
-    error = f"{LOST_DELIVERY}; attempts exhausted" if dead else None
-    return Outgoing(d.job_id, d.queue, d.priority, 0, _encode(spent), dead=dead, error=error)
+    """The copy of a redelivered message: its delivery's lease (the channel that held it) is
+    gone, so the attempt it began is lost, and the common rule for an expired lease decides
+    (again to the queue, or a dead letter after ``max_attempts``)."""
+    fate = expired_lease(c.attempt + 1, c.max_attempts, None, now)
+    spent = _with_error(c, fate.error.attempt, fate.error.error, now, None)
+    error = f"{fate.error.error}; attempts exhausted" if fate.dead else None
+    return Outgoing(d.job_id, d.queue, d.priority, 0, _encode(spent), dead=fate.dead, error=error)
 
 
 def _follow_up(lease: Lease, h: _Held, outcome: Outcome, now: float) -> Outgoing | None:

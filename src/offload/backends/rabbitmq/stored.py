@@ -38,9 +38,12 @@ from urllib.parse import urlsplit
 from offload.backends.base import Backend, Capabilities
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
 from offload.backends.brokered.store import get_many
-from offload.backends.rabbitmq.broker import HEARTBEAT_S, Broker, Outgoing, masked, parse_url
-from offload.backends.rabbitmq.claim import PARKED_RETRY_S, Claimer, message_of, ms
+from offload.backends.common import masked
+from offload.backends.rabbitmq.broker import Broker, Outgoing
+from offload.backends.rabbitmq.claim import Claimer, RecordPublisher, message_of
+from offload.backends.rabbitmq.delays import PARKED_RETRY_S, ms
 from offload.backends.rabbitmq.feed import Delivery
+from offload.backends.rabbitmq.options import HEARTBEAT_S, parse_url
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -114,7 +117,7 @@ class RabbitMQBackend:
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
         self._claimer = Claimer(self._store, self._broker, self._held, self._expires)
         orphan_after_s = float(opts.get("orphan_after_s", ORPHAN_AFTER_S))
-        self._outbox = Outbox(self._store, self._broker, orphan_after_s)
+        self._outbox = Outbox(self._store, RecordPublisher(self._broker), orphan_after_s)
 
     @property
     def url(self) -> str:
