@@ -3,10 +3,10 @@
 Two forms behind one URL scheme: with ``?store=`` (:mod:`.stored`) job state lives in a
 state store and RabbitMQ only carries each job's id; without it (:mod:`.direct`) the job
 travels in its message. What both forms share: ``options`` (the URL), ``delays`` (delays in
-milliseconds, TTL chains), ``broker`` (connection, publishing, queues) and ``feed``
-(consuming). ``claim`` (deliveries into leased jobs) belongs to the store-backed form; what
-any broker-with-a-store needs (the store adapter, the outbox) is in
-:mod:`offload.backends.brokered`, which this form serves through
+milliseconds, TTL chains), ``connection`` (topology, publishing), ``broker`` (a connection
+and its feeds) and ``feed`` (consuming one queue). ``claim`` (deliveries into leased jobs)
+belongs to the store-backed form; what any broker-with-a-store needs (the store adapter, the
+outbox) is in :mod:`offload.backends.brokered`, which this form serves through
 :class:`~offload.backends.rabbitmq.claim.RecordPublisher`.
 """
 

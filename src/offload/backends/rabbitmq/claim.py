@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from offload.backends.base import Backend
 from offload.backends.brokered.store import claim_delivered, get_many
-from offload.backends.rabbitmq.broker import Broker, Outgoing
+from offload.backends.rabbitmq.broker import Broker
+from offload.backends.rabbitmq.connection import Outgoing
 from offload.backends.rabbitmq.delays import ms
 from offload.backends.rabbitmq.feed import Delivery
 from offload.errors import BackendUnavailable
@@ -27,7 +28,7 @@ START_ROUNDS = 4  # rounds of taking messages per claim call (stale ones are dro
 # of finished jobs stay unacknowledged until their outcomes are in the store; with a prefetch of
 # exactly the free slots the broker stops pushing while each batch of outcomes is written, and a
 # fast drain claims half-empty batches. What is pushed beyond the free slots is handed back when
-# the worker stops claiming (rabbitmq_feed.LINGER_S, HOLD_S).
+# the worker stops claiming (feed.LINGER_S, HOLD_S).
 PREFETCH_PER_SLOT = 2
 # While no queue is known to be paused, the store is asked again only this often; a delivery
 # the store refuses to start asks at once (the store never leases a paused queue's job).

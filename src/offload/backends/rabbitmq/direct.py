@@ -55,7 +55,8 @@ import msgspec
 
 from offload.backends.base import Capabilities
 from offload.backends.common import expired_lease, masked
-from offload.backends.rabbitmq.broker import Broker, Outgoing
+from offload.backends.rabbitmq.broker import Broker
+from offload.backends.rabbitmq.connection import Outgoing
 from offload.backends.rabbitmq.delays import PARKED_RETRY_S, ms
 from offload.backends.rabbitmq.feed import Delivery
 from offload.backends.rabbitmq.options import parse_url

@@ -39,8 +39,9 @@ from offload.backends.base import Backend, Capabilities
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.common import masked
-from offload.backends.rabbitmq.broker import Broker, Outgoing
+from offload.backends.rabbitmq.broker import Broker
 from offload.backends.rabbitmq.claim import Claimer, RecordPublisher, message_of
+from offload.backends.rabbitmq.connection import Outgoing
 from offload.backends.rabbitmq.delays import PARKED_RETRY_S, ms
 from offload.backends.rabbitmq.feed import Delivery
 from offload.backends.rabbitmq.options import HEARTBEAT_S, parse_url
