@@ -1,7 +1,9 @@
 """``redis://`` / ``rediss://`` — jobs in Redis, every change one Lua script (see docs/redis.md).
 
-``backend`` holds the Backend, ``codec`` turns Redis hashes into records and back, and
-``lua/`` the scripts (``_common.lua`` is prepended to each).
+``connection`` holds the options, the clients and how scripts are called; ``inspection`` what
+an operator asks (list, counts, cancel, requeue, purge, workers); ``backend`` the Backend on
+top of both (enqueue, claim, complete, recovery, waiting); ``codec`` turns Redis hashes into
+records and back; ``lua/`` holds the scripts (``_common.lua`` is prepended to each).
 """
 
 from offload.backends.redis.backend import RedisBackend

@@ -9,6 +9,10 @@ A job id does not name its queue: an instance remembers the queue of the jobs it
 (for heartbeats and completions); any other lookup by id asks each known queue in one
 pipelined round trip. Jobs read back are untrusted: one that does not decode is skipped by
 reads and put to ``dead`` when a claim meets it.
+
+Recovery of expired leases is River's rescuer: ``expired.lua`` finds them, Python decides
+(:func:`offload.backends.common.expired_lease`), ``recover.lua`` writes each decision fenced on
+the lease it was taken for.
 """
 
 from __future__ import annotations
