@@ -45,7 +45,7 @@ async def claim_delivered(
     if stray:
         log.error(
             "the %s state store leased %d job(s) that were not named in ClaimRequest.job_ids; "
-            "handing them back (this store cannot serve amqp:// efficiently)",
+            "handing them back (this store cannot serve a broker efficiently)",
             type(store).__name__,
             len(stray),
         )
