@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
-from offload.backends.common import decode_cursor
+from offload.backends.common import RECOVER_BATCH, decode_cursor
 from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
 from offload.backends.sqlite.options import parse_url
@@ -227,7 +227,7 @@ class SQLiteBackend:
         n = 0
         more = True
         while more:
-            written, more = await self._write(recover_tx)
+            written, more = await self._write(partial(recover_tx, limit=RECOVER_BATCH))
             n += written
         if n:  # some may have gone dead: every done waiter reads again (a spurious wake is cheap)
             self._announce(work=True, done_all=True)

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from offload.backends.common import RECOVER_BATCH, ExpiredJob, decide_expired, encoded_error
+from offload.backends.common import ExpiredJob, decide_expired, encoded_error
 from offload.backends.sqlite.queries import Q
 
 
@@ -41,7 +41,7 @@ def write_expired(conn: sqlite3.Connection, decided: Sequence[ExpiredJob], now: 
     return int(conn.executemany(Q["write_expired_lease"], params).rowcount)
 
 
-def recover_tx(conn: sqlite3.Connection, limit: int = RECOVER_BATCH) -> tuple[int, bool]:
+def recover_tx(conn: sqlite3.Connection, limit: int) -> tuple[int, bool]:
     """One batch of recovery: (how many jobs were put back or killed, whether more may wait)."""
     now = time.time()
     decided = find_expired(conn, now, limit)
