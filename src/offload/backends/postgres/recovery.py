@@ -74,4 +74,5 @@ async def recover_batch(
         if now is None:
             return 0, False
         written = await write_expired(qc, queries, decided, now, channels)
-    return written, len(decided) >= limit
+    # The found rows are locked, so all are written; should none be, asking again cannot help.
+    return written, len(decided) >= limit and written > 0

@@ -45,4 +45,7 @@ def recover_tx(conn: sqlite3.Connection, limit: int) -> tuple[int, bool]:
     """One batch of recovery: (how many jobs were put back or killed, whether more may wait)."""
     now = time.time()
     decided = find_expired(conn, now, limit)
-    return write_expired(conn, decided, now), len(decided) >= limit
+    written = write_expired(conn, decided, now)
+    # A full batch of which nothing could be written (rows the fence cannot match, however
+    # damaged) must not make the caller ask again forever.
+    return written, len(decided) >= limit and written > 0
