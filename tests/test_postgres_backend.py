@@ -17,12 +17,22 @@ from psycopg.rows import dict_row
 
 import offload
 from offload.backends import from_url
+from offload.backends.common import ExpiredJob
 from offload.backends.postgres import PostgresBackend
+from offload.backends.postgres.enqueue import AsyncQueryConn
 from offload.backends.postgres.queries import load_migrations
+from offload.backends.postgres.recovery import Channels, find_expired, write_expired
 from offload.errors import BackendUnavailable, ConfigurationError, InvalidState, QueueFull
 from offload.job import ClaimRequest, JobState, NewJob, new_job_id
 from offload.outcome import Succeeded
-from offload.testing import PROMPT_S, BackendConformance, MakeBackend, claim_one, lease_of
+from offload.testing import (
+    PROMPT_S,
+    BackendConformance,
+    MakeBackend,
+    claim_one,
+    lease_of,
+    must_get,
+)
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, require_port, unique_name
 
 Factory = Callable[..., Awaitable[PostgresBackend]]
@@ -130,6 +140,14 @@ def test_url_options_are_stripped_and_the_password_masked() -> None:
         PostgresBackend("postgresql://db/app?schema=Robert');DROP")
 
 
+def test_an_unknown_flag_spelling_is_refused_not_read_as_false() -> None:
+    with pytest.raises(ConfigurationError, match="auto_migrate"):
+        PostgresBackend("postgresql://db/app?auto_migrate=maybe")
+    with pytest.raises(ConfigurationError, match="auto_migrate"):
+        PostgresBackend("postgresql://db/app", auto_migrate="maybe")
+    assert PostgresBackend("postgresql://db/app?auto_migrate=off")._opts.auto_migrate is False
+
+
 async def test_libpq_options_in_the_url_reach_the_server(schema: str) -> None:
     """A space in a libpq parameter must stay %20: libpq does not read "+" as a space."""
     backend = PostgresBackend(
@@ -154,6 +172,65 @@ async def test_unreachable_database_fails_fast_as_backend_unavailable() -> None:
         await backend.open()
     assert time.monotonic() - started < 5
     await backend.close()
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+
+async def test_recovery_write_is_fenced_on_the_lease_it_found(backends: Factory) -> None:
+    """A decision made for an expired lease is written only while that lease still stands:
+    a job completed, heartbeated or re-leased between the find and the write is left alone."""
+    b = await backends()
+    channels = Channels(work=b._channel, done=b._done_channel)
+
+    async def find() -> tuple[list[ExpiredJob], float]:
+        async with b._conn() as conn:
+            decided, now = await find_expired(AsyncQueryConn(conn), b._q, 10)
+        assert now is not None
+        return decided, now
+
+    async def write(decided: list[ExpiredJob], now: float) -> int:
+        async with b._conn() as conn:
+            return await write_expired(AsyncQueryConn(conn), b._q, decided, now, channels)
+
+    done, beating, released = await b.enqueue([job(), job(), job()])
+    running = {r.id: r for r in await b.claim(claim(lease_s=0.0))}  # expired at once
+    stale, found_at = await find()
+    assert {d.id for d in stale} == {done.id, beating.id, released.id}
+    await b.complete([(lease_of(running[done.id]), Succeeded(None))])
+    assert await b.heartbeat([lease_of(running[beating.id])], 30.0) == {beating.id}
+    assert await write([d for d in stale if d.id == released.id], found_at) == 1
+    w2 = ClaimRequest(queues=("q",), limit=10, worker_id="w2", lease_s=0.0)
+    (again,) = await b.claim(w2)  # attempt 2, expired too
+    assert again.id == released.id and again.attempt == 2
+
+    # The fence, job by job: done is no longer running and holds no lease; beating holds the
+    # same lease, no longer expired; released is expired again, under another attempt.
+    (_, now) = await find()  # the database clock, after the re-lease
+    assert await write(stale, now) == 0
+    finished = await must_get(b, done.id)
+    assert finished.state is JobState.SUCCEEDED and finished.errors == ()
+    kept = await must_get(b, beating.id)
+    assert kept.state is JobState.RUNNING and kept.errors == ()
+    assert kept.worker_id == "w" and kept.attempt == 1
+    relet = await must_get(b, released.id)
+    assert relet.state is JobState.RUNNING and (relet.attempt, relet.worker_id) == (2, "w2")
+    assert [(e.attempt, e.worker_id) for e in relet.errors] == [(1, "w")]
+
+
+async def test_workers_recovering_at_once_put_each_job_back_once(
+    backends: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recoverers split the expired jobs between them (batch by batch): each job is put back
+    once, with one error recorded, and the counts add up."""
+    monkeypatch.setattr("offload.backends.postgres.backend.RECOVER_BATCH", 3)
+    b = await backends()
+    await b.enqueue([job() for _ in range(20)])
+    await b.claim(claim(limit=20, lease_s=0.0))
+    assert sum(await asyncio.gather(*(b.recover() for _ in range(4)))) == 20
+    back = await b.claim(claim(limit=30))
+    assert len(back) == 20 and all(len(r.errors) == 1 for r in back)
+    assert await b.recover() == 0
 
 
 # -- transactional enqueue ---------------------------------------------------------------------

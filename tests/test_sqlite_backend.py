@@ -20,6 +20,7 @@ import pytest
 
 from offload.backends import from_url
 from offload.backends.sqlite import SQLiteBackend, doorbell
+from offload.backends.sqlite.recovery import find_expired, write_expired
 from offload.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -29,7 +30,7 @@ from offload.errors import (
 )
 from offload.job import ClaimRequest, JobFilter, JobState, NewJob, new_job_id
 from offload.outcome import RetryAt, Succeeded
-from offload.testing import BackendConformance, MakeBackend
+from offload.testing import BackendConformance, MakeBackend, lease_of, must_get
 
 T = TypeVar("T")
 
@@ -144,6 +145,48 @@ async def test_recover_and_heartbeat(backends: Factory) -> None:
     back = await b.get(second.id)
     assert back is not None and back.state is JobState.QUEUED and back.attempt == 1
     assert back.errors[-1].error == "lease expired (worker lost)"
+
+
+async def test_recovery_write_is_fenced_on_the_lease_it_found(backends: Factory) -> None:
+    """A decision made for an expired lease is written only while that lease still stands:
+    a job completed, heartbeated or re-leased between the find and the write is left alone."""
+    b = await backends()
+    done, beating, released = await b.enqueue([job(), job(), job()])
+    running = {r.id: r for r in await b.claim(claim(lease_s=0.0))}  # expired at once
+    found_at = time.time()
+    stale = await b._write(lambda conn: find_expired(conn, found_at, 10))
+    assert {d.id for d in stale} == {done.id, beating.id, released.id}
+    await b.complete([(lease_of(running[done.id]), Succeeded(None))])
+    assert await b.heartbeat([lease_of(running[beating.id])], 30.0) == {beating.id}
+    only_released = [d for d in stale if d.id == released.id]
+    assert await b._write(lambda conn: write_expired(conn, only_released, found_at)) == 1
+    (again,) = await b.claim(claim(worker="w2", lease_s=0.0))  # attempt 2, expired too
+    assert again.id == released.id and again.attempt == 2
+
+    # The fence, job by job: done is no longer running and holds no lease; beating holds the
+    # same lease, no longer expired; released is expired again, under another attempt.
+    now = time.time()
+    assert await b._write(lambda conn: write_expired(conn, stale, now)) == 0
+    finished = await must_get(b, done.id)
+    assert finished.state is JobState.SUCCEEDED and finished.errors == ()
+    kept = await must_get(b, beating.id)
+    assert kept.state is JobState.RUNNING and kept.errors == ()
+    assert kept.worker_id == "w" and kept.attempt == 1
+    relet = await must_get(b, released.id)
+    assert relet.state is JobState.RUNNING and (relet.attempt, relet.worker_id) == (2, "w2")
+    assert [(e.attempt, e.worker_id) for e in relet.errors] == [(1, "w")]
+
+
+async def test_recover_goes_on_batch_after_batch(
+    backends: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("offload.backends.sqlite.backend.RECOVER_BATCH", 3)
+    b = await backends()
+    await b.enqueue([job() for _ in range(7)])
+    await b.claim(claim(lease_s=0.0))
+    assert await b.recover() == 7
+    assert await b.claim(claim()) != []  # all back in the queue
+    assert await b.recover() == 0
 
 
 async def test_dedup_and_queue_limit(backends: Factory) -> None:

@@ -146,3 +146,56 @@ def expired_lease(
     state = JobState.DEAD if attempt >= max_attempts else JobState.QUEUED
     err = AttemptError(attempt=attempt, at=now, error=LEASE_EXPIRED_ERROR, worker_id=worker_id)
     return ExpiredLease(state=state, error=err)
+
+
+# -- added for sqlite/postgres --
+
+
+RECOVER_BATCH = 1000
+"""How many expired leases one recovery transaction finds and writes: bounded, so that a mass
+expiry (a fleet lost at once) never holds the writer or row locks for one huge statement."""
+
+
+@dataclass(frozen=True)
+class ExpiredJob:
+    """One expired running job as an engine found it, with the fate decided for it.
+
+    ``attempt`` and ``worker_id`` are the lease it was found with: the fence of the write.
+    """
+
+    id: str
+    attempt: int
+    worker_id: str | None
+    fate: ExpiredLease
+
+
+def decide_expired(found: Sequence[Sequence[Any]], now: float) -> list[ExpiredJob]:
+    """The decision for each found ``(id, attempt, max_attempts, worker_id)``, on the
+    backend's clock ``now`` (the time the jobs were found expired)."""
+    return [
+        ExpiredJob(
+            str(job_id),
+            int(attempt),
+            worker_id,
+            expired_lease(int(attempt), int(max_attempts), worker_id, now),
+        )
+        for job_id, attempt, max_attempts, worker_id in found
+    ]
+
+
+def encoded_error(err: AttemptError) -> str:
+    """One errors-history entry as the JSON object an engine appends to its stored array."""
+    return msgspec.json.encode(err).decode()
+
+
+def cannot_cancel(job_id: str, state: JobState) -> str:
+    return f"job {job_id} already {state}; it cannot be cancelled"
+
+
+def cannot_requeue(job_id: str, state: JobState) -> str:
+    return f"job {job_id} is {state}; only dead or cancelled jobs retry"
+
+
+def key_held(job_id: str) -> str:
+    """Requeueing a job whose (queue, key) a newer active job holds: the key is not given up."""
+    return f"job {job_id} cannot be retried: an active job of its queue holds the same key"

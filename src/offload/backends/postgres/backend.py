@@ -14,7 +14,7 @@ import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
 from offload.backends.base import Capabilities
-from offload.backends.common import LEASE_EXPIRED_ERROR
+from offload.backends.common import RECOVER_BATCH
 from offload.backends.postgres import queries as q
 from offload.backends.postgres.enqueue import (
     AsyncQueryConn,
@@ -24,6 +24,7 @@ from offload.backends.postgres.enqueue import (
 )
 from offload.backends.postgres.listener import Listener
 from offload.backends.postgres.pool import make_pool
+from offload.backends.postgres.recovery import Channels, recover_batch
 from offload.backends.postgres.steering import Steering
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
@@ -276,15 +277,17 @@ class PostgresBackend(Steering):
         )
 
     async def recover(self) -> int:
-        rows = await self._rows(
-            "recover",
-            {
-                "error": LEASE_EXPIRED_ERROR,
-                "channel": self._channel,
-                "done_channel": self._done_channel,
-            },
-        )
-        return int(rows[0][0])
+        # Batch by batch, each one transaction, until a batch finds fewer than it may.
+        channels = Channels(work=self._channel, done=self._done_channel)
+        n = 0
+        more = True
+        while more:
+            async with self._conn() as conn:
+                written, more = await recover_batch(
+                    AsyncQueryConn(conn), self._q, RECOVER_BATCH, channels
+                )
+            n += written
+        return n
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         """After this caller's own claim (see :class:`ClaimMark`), no round trip: return at

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.rows import tuple_row
 
+from offload.backends.common import collapse_same_key
 from offload.backends.postgres.queries import N_COLUMNS, decode_row
 from offload.errors import BackendUnavailable, QueueFull
 from offload.job import JobRecord, NewJob
@@ -75,24 +76,6 @@ def _has_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 
 
-def _collapse(jobs: Sequence[NewJob]) -> tuple[list[NewJob], list[int]]:
-    """Keep the first job of each (queue, key); ``where[i]`` is the index in the batch for
-    ``jobs[i]``. Keys are scoped by queue: one key on two queues is two jobs."""
-    batch: list[NewJob] = []
-    first_by_key: dict[tuple[str, str], int] = {}
-    where: list[int] = []
-    for job in jobs:
-        scoped = (job.queue, job.key) if job.key is not None else None
-        if scoped is not None and scoped in first_by_key:
-            where.append(first_by_key[scoped])
-            continue
-        if scoped is not None:
-            first_by_key[scoped] = len(batch)
-        where.append(len(batch))
-        batch.append(job)
-    return batch, where
-
-
 def _params(batch: Sequence[NewJob], channel: str) -> dict[str, Any]:
     return {
         "ids": [j.id for j in batch],
@@ -122,7 +105,7 @@ async def enqueue_batch(
     (atomic on its own); with limits, the queue locks, insert and check share a transaction."""
     if not jobs:
         return []
-    batch, where = _collapse(jobs)
+    batch, where = collapse_same_key(jobs)
     limited = sorted({j.queue for j in batch if limits and j.queue in limits})
     scope = qc.atomic() if (limited or always_atomic) else contextlib.nullcontext()
     async with scope:

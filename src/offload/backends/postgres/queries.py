@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from offload.backends.common import check_known, flag, masked
 from offload.errors import ConfigurationError
 from offload.job import AttemptError, JobRecord, JobState, Lease
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
@@ -94,32 +95,27 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     ours = {k: v for k, v in pairs if k in _OURS}
     theirs = [(k, v) for k, v in pairs if k not in _OURS]
-    unknown = set(overrides) - _OURS
-    if unknown:
-        names = ", ".join(sorted(unknown))
-        raise ConfigurationError(f"unknown PostgreSQL backend options: {names}")
+    check_known("PostgreSQL", overrides, sorted(_OURS))
     values: dict[str, Any] = {**ours, **overrides}
     # A space as %20, not "+": libpq decodes only %-escapes (options=-c%20statement_timeout%3D5).
     query = urlencode(theirs, quote_via=quote)
     conninfo = urlunsplit(parts._replace(scheme="postgresql", query=query))
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    masked = urlunsplit(parts._replace(netloc=netloc))
+    masked_url = masked(url)
+    auto_migrate = flag("auto_migrate", values.get("auto_migrate", False))
     try:
         schema = str(values.get("schema", "offload"))
         retention = values.get("retention")
         opts = Options(
             conninfo=conninfo,
-            masked_url=masked,
+            masked_url=masked_url,
             schema=schema,
-            auto_migrate=_flag(values.get("auto_migrate", False)),
+            auto_migrate=auto_migrate,
             retention_s=float(retention) if retention not in (None, "") else None,
             pool_size=int(values.get("pool_size", 10)),
             timeout_s=float(values.get("timeout", 5.0)),
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"bad option in PostgreSQL URL {masked!r}: {exc}") from None
+        raise ConfigurationError(f"bad option in PostgreSQL URL {masked_url!r}: {exc}") from None
     if not _SCHEMA_RE.match(schema):
         raise ConfigurationError(
             f"schema name {schema!r} must be lower-case letters, digits and underscores"
@@ -127,12 +123,6 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
     if opts.pool_size < 1 or opts.timeout_s <= 0:
         raise ConfigurationError("pool_size must be >= 1 and timeout > 0")
     return opts
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).lower() in {"1", "true", "yes", "on"}
 
 
 def decode_errors(raw: Any) -> tuple[AttemptError, ...]:

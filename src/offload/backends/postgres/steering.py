@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +9,13 @@ import msgspec
 import psycopg.errors
 
 from offload.backends.base import check_purge_states
+from offload.backends.common import (
+    cannot_cancel,
+    cannot_requeue,
+    decode_cursor,
+    encode_cursor,
+    key_held,
+)
 from offload.backends.postgres import queries as q
 from offload.errors import InvalidState
 from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
@@ -55,13 +61,15 @@ class Steering:
             params["before"] = flt.created_before
         if flt.cursor:
             where.append("(created_at, id) < (%(c_at)s, %(c_id)s)")
-            params["c_at"], params["c_id"] = _decode_cursor(flt.cursor)
+            position, params["c_id"] = decode_cursor(flt.cursor)
+            params["c_at"] = float(position)
         rows = await self._list_rows(" AND ".join(where), params)
         jobs = [r for r in (q.decode_row(row) for row in rows) if r is not None]
         limit = max(1, flt.limit)
         page = jobs[:limit]
         more = len(rows) > limit and page
-        return JobPage(jobs=page, next_cursor=_encode_cursor(page[-1]) if more else None)
+        nxt = encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        return JobPage(jobs=page, next_cursor=nxt)
 
     async def _list_rows(self, where: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -82,21 +90,19 @@ class Steering:
         current = await self.get(job_id)
         if current is None or current.state is JobState.CANCELLED:
             return current
-        raise InvalidState(f"job {job_id} already {current.state}; it cannot be cancelled")
+        raise InvalidState(cannot_cancel(job_id, current.state))
 
     async def requeue(self, job_id: str) -> JobRecord | None:
         try:
             rows = await self._rows("requeue", {"id": job_id, "channel": self._channel})
         except psycopg.errors.UniqueViolation:
-            raise InvalidState(
-                f"job {job_id} cannot be retried: an active job holds the same key"
-            ) from None
+            raise InvalidState(key_held(job_id)) from None
         if rows:
             return q.decode_row(rows[0][: q.N_COLUMNS])
         current = await self.get(job_id)
         if current is None:
             return None
-        raise InvalidState(f"job {job_id} is {current.state}; only dead or cancelled jobs retry")
+        raise InvalidState(cannot_requeue(job_id, current.state))
 
     async def delete(self, job_ids: Sequence[str]) -> int:
         if not job_ids:
@@ -141,15 +147,3 @@ class Steering:
                 continue  # untrusted storage: skip a report that does not decode
             out.append(msgspec.structs.replace(info, last_seen_at=float(last_seen)))
         return out
-
-
-def _encode_cursor(j: JobRecord) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([j.created_at, j.id])).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        created_at, job_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return float(created_at), str(job_id)
-    except (ValueError, TypeError, msgspec.DecodeError) as exc:
-        raise ValueError("invalid cursor") from exc

@@ -15,24 +15,24 @@ from typing import Any
 import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
-from offload.backends.common import LEASE_EXPIRED_ERROR
+from offload.backends.common import RECOVER_BATCH, decode_cursor
 from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
+from offload.backends.sqlite.recovery import recover_tx
 from offload.backends.sqlite.transactions import (
     cancel_tx,
     claim_tx,
     complete_tx,
     counts_tx,
-    decode_cursor,
     decode_or_warn,
     enqueue_on_callers,
     enqueue_tx,
     heartbeat_tx,
     list_tx,
     probe_tx,
-    retry_tx,
+    requeue_tx,
     workers_tx,
 )
 from offload.errors import BackendUnavailable
@@ -223,11 +223,12 @@ class SQLiteBackend:
         self._announce(work=any(again), done=final)
 
     async def recover(self) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
-            params = {"now": time.time(), "error": LEASE_EXPIRED_ERROR}
-            return int(conn.execute(Q["recover"], params).rowcount)
-
-        n: int = await self._write(tx)
+        # Batch by batch, each one writer transaction, until a batch finds fewer than it may.
+        n = 0
+        more = True
+        while more:
+            written, more = await self._write(partial(recover_tx, limit=RECOVER_BATCH))
+            n += written
         if n:  # some may have gone dead: every done waiter reads again (a spurious wake is cheap)
             self._announce(work=True, done_all=True)
         return n
@@ -312,7 +313,7 @@ class SQLiteBackend:
         return rec
 
     async def requeue(self, job_id: str) -> JobRecord | None:
-        rec: JobRecord | None = await self._write(partial(retry_tx, job_id=job_id))
+        rec: JobRecord | None = await self._write(partial(requeue_tx, job_id=job_id))
         self._announce(work=True)
         return rec
 

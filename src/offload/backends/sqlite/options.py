@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from offload.backends.common import check_known, flag
 from offload.errors import ConfigurationError
+
+_KNOWN = ("synchronous", "busy_timeout_ms", "poll_ms", "retention", "doorbell")
 
 
 def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -24,12 +27,7 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
         )
     opts: dict[str, Any] = dict(parse_qsl(parts.query))
     opts.update(options)
-    known = {"synchronous", "busy_timeout_ms", "poll_ms", "retention", "doorbell"}
-    unknown = set(opts) - known
-    if unknown:
-        raise ConfigurationError(
-            f"unknown sqlite option(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}"
-        )
+    check_known("sqlite", opts, _KNOWN)
     sync = str(opts.get("synchronous", "full")).upper()
     if sync not in ("FULL", "NORMAL"):
         raise ConfigurationError(f"synchronous must be 'full' or 'normal', not {sync.lower()!r}")
@@ -41,7 +39,7 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
         raise ConfigurationError(f"sqlite option is not a number: {exc}") from None
     if retention is not None and retention < 0:
         raise ConfigurationError("retention must be >= 0 seconds")
-    doorbell = _flag("doorbell", opts.get("doorbell", True))
+    doorbell = flag("doorbell", opts.get("doorbell", True))
     if busy_ms < 0 or poll_ms <= 0:
         raise ConfigurationError("busy_timeout_ms must be >= 0 and poll_ms > 0")
     return os.path.abspath(path), {
@@ -51,14 +49,3 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
         "retention": retention,
         "doorbell": doorbell,
     }
-
-
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "on", "yes"):
-        return True
-    if text in ("0", "false", "off", "no"):
-        return False
-    raise ConfigurationError(f"{name} must be 1 or 0 (true or false), not {value!r}")

@@ -156,20 +156,29 @@ SET state = CASE WHEN :run_at <= :now THEN 'queued' ELSE 'scheduled' END, run_at
     attempt = max(attempt - 1, 0), worker_id = NULL, lease_expires_at = NULL
 WHERE id = :id AND worker_id = :worker_id AND attempt = :attempt AND state = 'running';
 
--- name: recover
+-- name: expired_leases
+-- Recovery's find: running jobs whose lease expired by :now, oldest expiry first. The decision
+-- for each is made in Python (offload.backends.common.expired_lease), not here.
+SELECT id, attempt, max_attempts, worker_id FROM offload_jobs
+WHERE state = 'running' AND lease_expires_at <= :now
+ORDER BY lease_expires_at
+LIMIT :limit;
+
+-- name: write_expired_lease
+-- Recovery's write of one decision, fenced on the lease it was found with: a job finished,
+-- heartbeated or re-leased since it was found matches nothing. :entry is the AttemptError to
+-- append; :error is the job's final error when :state is dead (run_at is kept then).
 UPDATE offload_jobs
-SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
-    run_at = CASE WHEN attempt >= max_attempts THEN run_at ELSE :now END,
-    finished_at = CASE WHEN attempt >= max_attempts THEN :now END,
-    error = CASE WHEN attempt >= max_attempts THEN :error ELSE error END,
+SET state = :state,
+    run_at = CASE WHEN :state = 'dead' THEN run_at ELSE :now END,
+    finished_at = CASE WHEN :state = 'dead' THEN :now END,
+    error = CASE WHEN :state = 'dead' THEN :error ELSE error END,
     errors = CASE WHEN json_valid(errors) AND json_type(errors) = 'array'
-                  THEN json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', :now,
-                                                              'error', :error,
-                                                              'worker_id', worker_id))
-                  ELSE json_array(json_object('attempt', attempt, 'at', :now,
-                                              'error', :error, 'worker_id', worker_id)) END,
+                  THEN json_insert(errors, '$[#]', json(:entry))
+                  ELSE json_array(json(:entry)) END,
     worker_id = NULL, lease_expires_at = NULL
-WHERE state = 'running' AND lease_expires_at <= :now;
+WHERE id = :id AND state = 'running' AND attempt = :attempt AND worker_id IS :worker_id
+  AND lease_expires_at <= :now;
 
 -- name: get
 SELECT {cols} FROM offload_jobs WHERE id = ?;

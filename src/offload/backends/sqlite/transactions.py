@@ -7,7 +7,6 @@ caller's own connection and thread.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import sqlite3
@@ -17,6 +16,13 @@ from typing import Any
 
 import msgspec
 
+from offload.backends.common import (
+    cannot_cancel,
+    cannot_requeue,
+    collapse_same_key,
+    encode_cursor,
+    key_held,
+)
 from offload.backends.sqlite.connection import translate
 from offload.backends.sqlite.queries import FIELDS, Q
 from offload.errors import InvalidState, QueueFull, UsageError, ValidationError
@@ -70,15 +76,14 @@ def enqueue_tx(
     conn: sqlite3.Connection, jobs: Sequence[NewJob], limits: Mapping[str, int]
 ) -> list[JobRecord]:
     now = time.time()
-    out: list[JobRecord] = []
+    batch, where = collapse_same_key(jobs)
+    stored: list[JobRecord] = []
     fresh: list[JobRecord] = []
-    by_key: dict[tuple[str, str], JobRecord] = {}  # keys are scoped by queue
-    for new in jobs:
-        if new.key is not None:
-            existing = by_key.get((new.queue, new.key)) or _active_by_key(conn, new.queue, new.key)
-            if existing is not None:
-                out.append(existing)
-                continue
+    for new in batch:
+        existing = _active_by_key(conn, new.queue, new.key) if new.key is not None else None
+        if existing is not None:
+            stored.append(existing)
+            continue
         run_at = new.run_at if new.run_at is not None else now + new.delay_s
         rec = JobRecord(
             id=new.id,
@@ -93,14 +98,12 @@ def enqueue_tx(
             created_at=now,
             key=new.key,
         )
-        if new.key is not None:
-            by_key[(new.queue, new.key)] = rec
-        out.append(rec)
+        stored.append(rec)
         fresh.append(rec)
     if limits:
         _check_limits(conn, fresh, limits)
     conn.executemany(Q["insert_job"], map(_insert_params, fresh))
-    return out
+    return [stored[i] for i in where]
 
 
 def _insert_params(r: JobRecord) -> tuple[Any, ...]:
@@ -235,21 +238,21 @@ def cancel_tx(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     rec = decode_or_warn(row) if row is not None else None
     if rec is None or rec.state is JobState.CANCELLED:
         return rec
-    raise InvalidState(f"job {job_id} already {rec.state}; it cannot be cancelled")
+    raise InvalidState(cannot_cancel(job_id, rec.state))
 
 
-def retry_tx(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+def requeue_tx(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     try:
         row = conn.execute(Q["requeue"], (time.time(), job_id)).fetchone()
     except sqlite3.IntegrityError:
-        raise InvalidState(f"job {job_id}: another active job of its queue holds its key") from None
+        raise InvalidState(key_held(job_id)) from None
     if row is not None:
         return decode_or_warn(row)
     row = conn.execute(Q["get"], (job_id,)).fetchone()
     rec = decode_or_warn(row) if row is not None else None
     if rec is None:
         return None
-    raise InvalidState(f"job {job_id} is {rec.state}; only dead or cancelled jobs retry")
+    raise InvalidState(cannot_requeue(job_id, rec.state))
 
 
 def list_tx(conn: sqlite3.Connection, flt: JobFilter, cursor: tuple[float, str] | None) -> JobPage:
@@ -270,16 +273,8 @@ def list_tx(conn: sqlite3.Connection, flt: JobFilter, cursor: tuple[float, str] 
     jobs = [rec for rec in map(decode_or_warn, page) if rec is not None]
     nxt = None
     if len(rows) > limit:
-        nxt = base64.urlsafe_b64encode(msgspec.json.encode([page[-1][10], page[-1][1]])).decode()
+        nxt = encode_cursor(page[-1][10], page[-1][1])
     return JobPage(jobs=jobs, next_cursor=nxt)
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        created_at, job_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return float(created_at), str(job_id)
-    except (ValueError, TypeError, msgspec.DecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
 
 
 def counts_tx(conn: sqlite3.Connection) -> dict[str, dict[JobState, int]]:

@@ -190,19 +190,38 @@ SELECT
     (SELECT count(pg_notify(%(channel)s, queue)) FROM (
         SELECT DISTINCT queue FROM upd WHERE state IN ('scheduled', 'queued')) w)
 
--- name: recover
-WITH upd AS (
+-- name: expired_leases
+-- Recovery's find: running jobs whose lease expired, oldest expiry first, each with the
+-- database clock that found them expired. Locked until the write commits; rows another
+-- recoverer holds are skipped, so many workers recovering at once share the work.
+SELECT id, attempt, max_attempts, worker_id, {now} FROM {schema}.jobs
+WHERE state = 'running' AND lease_expires_at <= {now}
+ORDER BY lease_expires_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: write_expired_leases
+-- Recovery's write of the decisions made in Python (offload.backends.common.expired_lease),
+-- fenced on the lease each job was found with and on %(now)s, the clock that found it expired:
+-- a job finished, heartbeated or re-leased since matches nothing. entry is the AttemptError to
+-- append; a dead job also takes its error as its final error and keeps its run_at.
+WITH d AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(attempts)s::int4[], %(worker_ids)s::text[],
+                         %(states)s::text[], %(entries)s::text[])
+         AS d(id, attempt, worker_id, state, entry)
+), upd AS (
     UPDATE {schema}.jobs j SET
-        state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'queued' END,
-        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN {now} END,
-        error = CASE WHEN j.attempt >= j.max_attempts THEN %(error)s ELSE j.error END,
-        run_at = CASE WHEN j.attempt >= j.max_attempts THEN j.run_at ELSE {now} END,
-        errors = j.errors || jsonb_build_array(
-            jsonb_build_object('attempt', j.attempt, 'at', {now},
-                               'error', %(error)s, 'worker_id', j.worker_id)),
+        state = d.state,
+        finished_at = CASE WHEN d.state = 'dead' THEN %(now)s::float8 END,
+        error = CASE WHEN d.state = 'dead' THEN d.entry::jsonb ->> 'error' ELSE j.error END,
+        run_at = CASE WHEN d.state = 'dead' THEN j.run_at ELSE %(now)s::float8 END,
+        errors = j.errors || jsonb_build_array(d.entry::jsonb),
         worker_id = NULL,
         lease_expires_at = NULL
-    WHERE j.state = 'running' AND j.lease_expires_at <= {now}
+    FROM d
+    WHERE j.id = d.id AND j.state = 'running' AND j.attempt = d.attempt
+      AND j.worker_id IS NOT DISTINCT FROM d.worker_id
+      AND j.lease_expires_at <= %(now)s::float8
     RETURNING j.id, j.state, j.queue
 )
 SELECT
