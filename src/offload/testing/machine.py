@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
@@ -21,13 +22,20 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from offload.backends.base import Backend
+from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.errors import InvalidState
-from offload.job import ACTIVE_STATES, JobState, Lease
+from offload.job import ACTIVE_STATES, ClaimRequest, JobRecord, JobState, Lease
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
-from offload.testing.helpers import claim_request, new_job
+from offload.testing.helpers import QUEUE, new_job
 
 T = TypeVar("T")
 
+# lose_worker's lease, and how long it waits before recovery: past the lease on the backend's
+# clock (on this machine), with room for rounding to milliseconds.
+LOST_LEASE_S = 0.02
+LOST_WAIT_S = 0.05
+# How long a broker may take to deliver what is due (it pushes messages asynchronously).
+DELIVERY_S = 2.0
 # A retry's delay that no run outlives: a retried job stays scheduled, never due.
 FAR_S = 3600.0
 KEYS = st.sampled_from([None, "a", "b"])
@@ -51,20 +59,25 @@ class ModelJob:
     lease: Lease | None = None
 
 
+def claim(limit: int, worker_id: str, lease_s: float) -> ClaimRequest:
+    return ClaimRequest(queues=(QUEUE,), limit=limit, worker_id=worker_id, lease_s=lease_s)
+
+
 Storage = Callable[[], AbstractAsyncContextManager[Backend]]
 """Each call: a context that opens a backend on fresh storage, closes it and removes the
 storage on exit."""
 
 
 def backend_machine(
-    storage: Storage, *, claims_every_due_job: bool = True
+    storage: Storage, *, delivers_at_once: bool = True
 ) -> type[RuleBasedStateMachine]:
     """A state machine class over backends from ``storage`` (a fresh one per example).
 
-    With ``claims_every_due_job`` (a store: SQLite, PostgreSQL, Redis, memory) a claim must
-    return ``min(limit, due jobs)``; without it (a broker, which hands out only the messages
-    it has delivered, within its prefetch) it may return fewer, never more, and never a job
-    that is not due.
+    A claim must lease ``min(limit, due jobs)``. With ``delivers_at_once`` (a store: SQLite,
+    PostgreSQL, Redis, memory) one call must; without it (a broker, which hands out only the
+    messages it has delivered so far), the machine claims again, as a worker would, until it
+    has them or ``DELIVERY_S`` has passed. Either way the model, and so what hypothesis draws
+    next, does not depend on timing.
     """
 
     class BackendMachine(RuleBasedStateMachine):
@@ -119,21 +132,48 @@ def backend_machine(
                     assert job_id == job.id
                     self.model[job.id] = ModelJob(JobState.QUEUED, max_attempts, job.key)
 
-        @rule(limit=st.integers(1, 3))
-        def claim(self, limit: int) -> None:
+        def take(self, limit: int, lease_s: float) -> list[JobRecord]:
+            """Claim as a new worker and check the claim against the model, then apply it."""
             worker = f"w{next(self.worker_ids)}"
-            got = self.run(self.backend.claim(claim_request(limit=limit, worker_id=worker)))
             queued = set(self.ids_in(JobState.QUEUED))
+            want = min(limit, len(queued))
+            got = self.run(self.backend.claim(claim(limit, worker, lease_s)))
+            deadline = time.monotonic() + DELIVERY_S
+            while not delivers_at_once and len(got) < want and time.monotonic() < deadline:
+                self.run(self.backend.wait_for_work([QUEUE], 0.05))
+                got += self.run(self.backend.claim(claim(want - len(got), worker, lease_s)))
             ids = [j.id for j in got]
-            assert len(ids) == len(set(ids)) <= min(limit, len(queued))
-            if claims_every_due_job:
-                assert len(ids) == min(limit, len(queued)), "a due job was left unclaimed"
+            assert len(ids) == len(set(ids)) == want, f"claimed {len(ids)} of {want} due jobs"
             assert set(ids) <= queued, "claimed a job that was not queued"
             for rec in got:
                 job = self.model[rec.id]
                 job.state, job.attempt = JobState.RUNNING, job.attempt + 1
                 job.lease = Lease(job_id=rec.id, worker_id=worker, attempt=job.attempt)
                 assert rec.lease == job.lease
+            return got
+
+        @rule(limit=st.integers(1, 3))
+        def claim(self, limit: int) -> None:
+            self.take(limit, 30.0)
+
+        @precondition(lambda self: self.ids_in(JobState.QUEUED))
+        @rule(limit=st.integers(1, 2))
+        def lose_worker(self, limit: int) -> None:
+            """A worker claims and dies: its lease expires, and recover() puts each job back
+            in the queue (the attempt still counts) or, without attempts left, makes it dead."""
+            got = self.take(limit, LOST_LEASE_S)
+            self.run(asyncio.sleep(LOST_WAIT_S))  # the lease running out is the point
+            assert self.run(self.backend.recover()) == len(got)
+            for rec in got:
+                job = self.model[rec.id]
+                self.revoke(job)
+                job.state = JobState.DEAD if job.attempt >= job.max_attempts else JobState.QUEUED
+                after = self.run(self.backend.get(rec.id))
+                assert after is not None and after.errors, f"job {rec.id} recorded no error"
+                assert (after.errors[-1].attempt, after.errors[-1].error) == (
+                    job.attempt,
+                    LEASE_EXPIRED_ERROR,
+                )
 
         @precondition(lambda self: self.ids_in(JobState.RUNNING))
         @rule(data=st.data(), kind=OUTCOMES)
@@ -201,7 +241,8 @@ def backend_machine(
 
         @rule()
         def recover(self) -> None:
-            assert self.run(self.backend.recover()) == 0  # every lease is 30 s long
+            # Every lease held between rules is 30 s long (lose_worker recovers its own).
+            assert self.run(self.backend.recover()) == 0
 
         @invariant()
         def records_agree_with_the_model(self) -> None:
