@@ -119,7 +119,7 @@ def backend_machine(
             got = [r.id for r in self.run(self.backend.enqueue(jobs))]
             assert len(got) == len(jobs)
             for job, job_id in zip(jobs, got, strict=True):
-                # retry() may revive a job whose key a newer job holds: the protocol does not
+                # requeue() may revive a job whose key a newer job holds: the protocol does not
                 # say which of several active holders dedup returns, so any of them will do.
                 holders = [
                     i
@@ -212,7 +212,7 @@ def backend_machine(
 
         @precondition(lambda self: self.model)
         @rule(data=st.data())
-        def retry(self, data: st.DataObject) -> None:
+        def requeue(self, data: st.DataObject) -> None:
             job_id = data.draw(st.sampled_from(list(self.model)))
             job = self.model[job_id]
             if job.state not in (JobState.DEAD, JobState.CANCELLED):
