@@ -1,6 +1,6 @@
 """A concurrency limit that finds itself from observed latency.
 
-Used by :class:`offload.asgi.AdmissionControl` when it is given an :class:`AdaptiveLimit`
+Used by :class:`offload.admission.AdmissionControl` when it is given an :class:`AdaptiveLimit`
 instead of a fixed ``max_concurrency``. Delay based, in the family of TCP Vegas and Netflix's
 concurrency-limits (Vegas, Gradient2), written from the ideas rather than from their code. Those
 limits keep a few requests queued inside the app on purpose, for throughput; this one aims just

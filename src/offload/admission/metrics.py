@@ -1,4 +1,4 @@
-"""Prometheus export of :class:`offload.asgi.AdmissionControl`'s counters.
+"""The counters of :class:`offload.admission.AdmissionControl` and their Prometheus export.
 
 The middleware keeps plain counters, so that nothing is done per request for Prometheus; this
 module turns a snapshot of them into metric families when the registry is scraped.
@@ -7,13 +7,24 @@ module turns a snapshot of them into metric families when the registry is scrape
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
 
-    from offload.asgi import AdmissionStats
+
+@dataclass(frozen=True)
+class AdmissionStats:
+    """A snapshot of the middleware's counters (the same figures the metrics export)."""
+
+    limit: int
+    in_flight: int
+    waiting: int
+    admitted: int
+    bypassed: int
+    shed: dict[str, int]
 
 
 def families(
