@@ -26,7 +26,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import offload
@@ -38,6 +37,7 @@ from offload.server.batcher import DEFAULT_MAX_BATCH, EnqueueBatcher
 from offload.server.http import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response
 from offload.server.metrics import Metrics
 from offload.server.openapi import build_openapi
+from offload.server.routes import starlette_routes
 from offload.server.throughput import Throughput
 from offload.worker import Worker, WorkerConfig
 
@@ -128,19 +128,7 @@ def create_service(
         workers=embedded,
     )
     config = _embedded_config(app, workers, worker_config)
-    api = Api(state)
-    routes: list[BaseRoute] = [
-        Route("/v1/jobs", api.jobs, methods=["GET", "POST"], name="jobs"),
-        Route("/v1/jobs/{job_id}", api.get_job, methods=["GET"], name="get_job"),
-        Route("/v1/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"], name="cancel_job"),
-        Route("/v1/jobs/{job_id}/retry", api.retry_job, methods=["POST"], name="retry_job"),
-        Route("/v1/queues", api.queues, methods=["GET"], name="queues"),
-        Route("/v1/workers", api.workers, methods=["GET"], name="workers"),
-        Route("/healthz", api.healthz, methods=["GET"], name="healthz"),
-        Route("/readyz", api.readyz, methods=["GET"], name="readyz"),
-        Route("/metrics", api.metrics, methods=["GET"], name="metrics"),
-        Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
-    ]
+    routes = starlette_routes(Api(state))
     if dashboard:
         from offload.server.dashboard import Dashboard
 
