@@ -146,7 +146,8 @@ class Api:
 
     async def queues(self, request: Request) -> Response:
         counts, paused = await self.app.call(_counts_and_paused)
-        rates = self.state.throughput.observe(counts)
+        self.state.throughput.observe(counts)
+        rates = self.state.throughput.rates()
         limits = self.app.queue_limits
         names = set(counts) | set(limits) | {t.config.queue for t in self.app.tasks.values()}
         out = []

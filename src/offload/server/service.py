@@ -133,7 +133,12 @@ def create_service(
         from offload.server.dashboard import Dashboard
 
         routes += Dashboard(
-            app, auth, loopback_only=state.loopback_only, secret=dashboard_secret, title=title
+            app,
+            auth,
+            loopback_only=state.loopback_only,
+            secret=dashboard_secret,
+            title=title,
+            throughput=state.throughput,
         ).routes
 
     @asynccontextmanager
