@@ -13,6 +13,7 @@ still works (the backend opens on first use), but embedded workers need the life
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import sys
@@ -141,35 +142,40 @@ def create_service(
             throughput=state.throughput,
         ).routes
 
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        try:
-            await app.open()
-        except BackendUnavailable as exc:  # serve anyway: /readyz says so, routes answer 503
-            log.warning("the backend is unavailable at startup: %s", exc)
-        runs: list[asyncio.Task[None]] = []
-        if config is not None:
-            worker = Worker(app, config, listeners=[metrics])
-            state.workers.append(worker)
-            runs.append(asyncio.create_task(_run_worker(worker), name="offload-embedded-worker"))
-        try:
-            yield
-        finally:
-            for worker in state.workers:
-                worker.request_stop()
-            await asyncio.gather(*runs, return_exceptions=True)
-            state.workers.clear()
-            await state.batcher.close()
-            await app.close()
-
     service = Starlette(
         routes=routes,
-        lifespan=lifespan,
+        lifespan=functools.partial(_lifespan, state, config),
         middleware=[Middleware(LoopbackOnly)] if state.loopback_only else [],
         exception_handlers={StarletteHTTPException: _http_exception},  # type: ignore[dict-item]
     )
     service.state.offload = state
     return service
+
+
+@asynccontextmanager
+async def _lifespan(
+    state: ServiceState, config: WorkerConfig | None, _: Starlette
+) -> AsyncIterator[None]:
+    """Open the backend, run the embedded worker; at the end drain it, then close."""
+    app = state.app
+    try:
+        await app.open()
+    except BackendUnavailable as exc:  # serve anyway: /readyz says so, routes answer 503
+        log.warning("the backend is unavailable at startup: %s", exc)
+    runs: list[asyncio.Task[None]] = []
+    if config is not None:
+        worker = Worker(app, config, listeners=[state.metrics])
+        state.workers.append(worker)
+        runs.append(asyncio.create_task(_run_worker(worker), name="offload-embedded-worker"))
+    try:
+        yield
+    finally:
+        for worker in state.workers:
+            worker.request_stop()
+        await asyncio.gather(*runs, return_exceptions=True)
+        state.workers.clear()
+        await state.batcher.close()
+        await app.close()
 
 
 def default_queues(app: App) -> tuple[str, ...]:
