@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,7 +144,7 @@ def test_workers_die_with_a_killed_supervisor(url: str) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_migrate_brings_a_postgres_schema_up_to_date() -> None:
+def test_migrate_brings_a_postgres_schema_up_to_date_with_only_a_url() -> None:
     from tests.services import (
         POSTGRES_HOST,
         POSTGRES_PORT,
@@ -153,17 +155,27 @@ def test_migrate_brings_a_postgres_schema_up_to_date() -> None:
     )
 
     require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
-    schema = unique_name("offload_cli")
+    schema = unique_name("test_cli_migrate")
     url = f"{POSTGRES_URL}?schema={schema}"
     try:
         before = run_cli(url, "queues")
         assert before.returncode != 0 and "offload migrate" in before.stderr
-        out = run_cli(url, "migrate")
+        out = run_cli(url, "migrate", app=None)  # as docs/postgres.md says: no app needed
         assert out.returncode == 0, out.stderr
-        assert "schema up to date" in out.stdout
+        assert "schema up to date (" in out.stdout and "0 migrations" not in out.stdout
+        again = run_cli(url, "migrate")  # with an app too, and nothing left to do
+        assert again.returncode == 0 and "(0 migrations applied)" in again.stdout
         assert run_cli(url, "queues", "--json").stdout.strip() == "{}"
     finally:
         drop_postgres_schema(schema)
+
+
+def test_migrate_without_an_app_or_a_url_says_what_it_needs() -> None:
+    from tests.procs import ROOT, child_env
+
+    cmd = [sys.executable, "-m", "offload", "migrate"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env())
+    assert out.returncode != 0 and "OFFLOAD_URL" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_migrate_on_a_backend_without_migrations(url: str) -> None:

@@ -20,7 +20,8 @@ from offload.job import ClaimRequest, JobFilter, JobState
 from offload.server import create_service
 from offload.server.dashboard import create_dashboard
 from offload.server.dashboard.grouping import error_shape, group_by_shape
-from offload.server.dashboard.stats import History, oldest_waiting, percentile
+from offload.server.dashboard.stats import oldest_waiting, percentile
+from offload.server.throughput import Throughput
 from offload.worker import Worker, WorkerConfig
 
 ADMIN = "admin-token-0123456789"
@@ -606,7 +607,7 @@ def test_percentiles_and_history() -> None:
     assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 95) == 95.0
     now = [1000.0]
-    history = History(clock=lambda: now[0])
+    history = Throughput(clock=lambda: now[0])
     history.observe({"q": {JobState.SUCCEEDED: 10, JobState.DEAD: 1}})
     history.observe({"q": {JobState.SUCCEEDED: 10, JobState.DEAD: 1}})  # too soon: not kept
     now[0] += 2
@@ -618,6 +619,73 @@ def test_percentiles_and_history() -> None:
     history.observe({"q": {JobState.SUCCEEDED: 5, JobState.DEAD: 3}, "r": {JobState.DEAD: 5}})
     assert history.series() == [(1002.0, 5.0, 1.0), (1004.5, 0.0, 2.0)]
     assert history.rates() == {"q": 0.0, "r": round(5 / 4.5, 3)}
+
+
+async def test_the_api_and_the_dashboard_agree_on_throughput(browser_for: MakeBrowser) -> None:
+    browser = await browser_for()
+    now = [1000.0]
+    browser.service.state.offload.throughput.clock = lambda: now[0]
+    api = {"Authorization": f"Bearer {ADMIN}"}
+    assert (await browser.get("/overview.json")).status_code == 200  # the first sample
+    app = browser.app
+    for i in range(3):
+        await app.tasks["add"].aenqueue(i)
+    await drain(app)
+    await dead_jobs(app)  # 7 dead in "fragile"
+    cancelled = await app.tasks["add"].aenqueue(9)
+    await app.call(lambda b: b.cancel(cancelled.id))
+    now[0] += 10
+    queues = (await browser.get("/v1/queues", headers=api)).json()["queues"]
+    from_api = {q["name"]: q["finished_per_s"] for q in queues}
+    overview = (await browser.get("/overview.json")).json()["queues"]
+    from_dashboard = {q["name"]: q["rate"] for q in overview}
+    # Processed = succeeded + dead; the cancelled job was not processed.
+    assert from_api["default"] == from_dashboard["default"] == 0.3
+    assert from_api["fragile"] == from_dashboard["fragile"] == 0.7
+
+
+def test_throughput_counts_succeeded_and_dead_not_cancelled() -> None:
+    now = [0.0]
+    throughput = Throughput(clock=lambda: now[0])
+    throughput.observe({})
+    now[0] = 2.0
+    done = {JobState.SUCCEEDED: 2, JobState.DEAD: 2, JobState.CANCELLED: 6}
+    throughput.observe({"q": done})
+    assert throughput.rates() == {"q": 2.0}
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        offload.errors.JobNotFound("x"),
+        offload.errors.InvalidState("not now"),
+        offload.errors.QueueFull("q", 1, retry_after_s=3),
+        offload.errors.BackendUnavailable("down"),
+        offload.errors.CapabilityUnavailable("no"),
+        offload.errors.ValidationError("bad"),
+        RuntimeError("boom"),
+    ],
+)
+async def test_the_api_and_the_dashboard_answer_an_error_alike(exc: Exception) -> None:
+    from starlette.requests import Request
+
+    from offload.server.auth import TokenAuth
+    from offload.server.dashboard import Dashboard
+    from offload.server.dashboard.core import Page
+    from offload.server.dashboard.security import Viewer
+    from offload.server.http import error_response, translate
+
+    core = Dashboard(make_app("memory://"), TokenAuth.from_mapping(None)).core
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    page = Page(Request(scope), Viewer(frozenset({"admin"}), True), "csrf")
+
+    async def fail() -> Any:
+        raise exc
+
+    shown = await core._run(page, fail())
+    answered = error_response(translate(exc))
+    assert shown.status_code == answered.status_code
+    assert shown.headers.get("retry-after") == answered.headers.get("retry-after")
 
 
 # -- mounting ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -73,30 +73,44 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+def _backend_unavailable(exc: BackendUnavailable) -> HTTPError:
+    log.warning("backend unavailable: %s", exc)
+    return HTTPError(
+        503,
+        "backend_unavailable",
+        "the job store cannot be reached right now; try again later",
+        headers=retry_after(BACKEND_RETRY_AFTER_S),
+    )
+
+
+# The one exception -> answer table of the API and the dashboard (first match wins).
+ERRORS: tuple[tuple[type[Exception], Callable[[Any], HTTPError]], ...] = (
+    (
+        ValidationError,
+        lambda e: HTTPError(422, "invalid_arguments", str(e), argument=e.argument),
+    ),
+    (
+        UnknownTask,
+        lambda e: HTTPError(404, "unknown_task", f"no task named {e.name!r} can be enqueued here"),
+    ),
+    (JobNotFound, lambda e: HTTPError(404, "job_not_found", f"no job with id {e.job_id!r}")),
+    (InvalidState, lambda e: HTTPError(409, "invalid_state", str(e))),
+    (
+        QueueFull,
+        lambda e: HTTPError(429, "queue_full", str(e), headers=retry_after(e.retry_after_s)),
+    ),
+    (BackendUnavailable, _backend_unavailable),
+    (CapabilityUnavailable, lambda e: HTTPError(501, "not_supported", str(e))),
+)
+
+
 def translate(exc: Exception) -> HTTPError:
-    """The HTTP answer for an exception raised while serving a request."""
+    """The HTTP answer for an exception raised while serving a request (API or dashboard)."""
     if isinstance(exc, HTTPError):
         return exc
-    if isinstance(exc, ValidationError):
-        return HTTPError(422, "invalid_arguments", str(exc), argument=exc.argument)
-    if isinstance(exc, UnknownTask):
-        return HTTPError(404, "unknown_task", f"no task named {exc.name!r} can be enqueued here")
-    if isinstance(exc, JobNotFound):
-        return HTTPError(404, "job_not_found", f"no job with id {exc.job_id!r}")
-    if isinstance(exc, InvalidState):
-        return HTTPError(409, "invalid_state", str(exc))
-    if isinstance(exc, QueueFull):
-        return HTTPError(429, "queue_full", str(exc), headers=retry_after(exc.retry_after_s))
-    if isinstance(exc, BackendUnavailable):
-        log.warning("backend unavailable: %s", exc)
-        return HTTPError(
-            503,
-            "backend_unavailable",
-            "the job store cannot be reached right now; try again later",
-            headers=retry_after(BACKEND_RETRY_AFTER_S),
-        )
-    if isinstance(exc, CapabilityUnavailable):
-        return HTTPError(501, "not_supported", str(exc))
+    for kind, answer in ERRORS:
+        if isinstance(exc, kind):
+            return answer(exc)
     if isinstance(exc, OffloadError):
         log.error("unexpected offload error while serving a request", exc_info=exc)
     else:

@@ -1,5 +1,6 @@
-"""The OpenAPI 3.1 document, generated from the same msgspec types that validate requests and
-encode responses, and from each exposed task's signature (``Task.args_schema``)."""
+"""The OpenAPI 3.1 document, generated from the route table (``offload.server.routes``), the
+same msgspec types that validate requests and encode responses, and each exposed task's
+signature (``Task.args_schema``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from offload.job import JobState
-from offload.server.api import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN
 from offload.server.auth import SCOPES
+from offload.server.routes import ROUTES, Limits, Operation, Reply
 from offload.server.schemas import RESPONSE_TYPES, EnqueueRequest
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def build_openapi(
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
-        "paths": _paths(body, auth=auth, max_wait_s=max_wait_s, max_page=max_page),
+        "paths": _paths(body, auth=auth, limits=Limits(max_wait_s=max_wait_s, max_page=max_page)),
         "components": {"schemas": components},
     }
     if auth:
@@ -113,8 +113,38 @@ def _json(ref: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": _REF + ref}}}
 
 
-def _errors(*statuses: int, auth: bool) -> dict[str, Any]:
-    codes = ([401, 403] if auth else []) + list(statuses)
+def _reply(reply: Reply) -> dict[str, Any]:
+    content = {"schema": {"$ref": _REF + reply.schema}} if reply.schema else {}
+    out: dict[str, Any] = {"description": reply.description, "content": {reply.media_type: content}}
+    if reply.headers:
+        out["headers"] = {h: {"schema": {"type": "string"}} for h in reply.headers}
+    return out
+
+
+def _operation(op: Operation, body: dict[str, Any], auth: bool, limits: Limits) -> dict[str, Any]:
+    responses = {str(code): _reply(reply) for code, reply in op.replies.items()}
+    out: dict[str, Any] = {"summary": op.summary, "responses": responses | _errors(op, auth)}
+    if op.params:
+        out["parameters"] = [
+            {
+                "name": p.name,
+                "in": p.where,
+                "schema": p.schema(limits),
+                "description": p.description,
+                **({"required": True} if p.required else {}),
+            }
+            for p in op.params
+        ]
+    if op.body:
+        out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if op.scope is not None and auth:
+        out["security"] = [{"bearer": []}]
+        out["description"] = f"Needs a token with the `{op.scope}` scope."
+    return out
+
+
+def _errors(op: Operation, auth: bool) -> dict[str, Any]:
+    codes = ([401, 403] if auth and op.scope is not None else []) + list(op.errors)
     out: dict[str, Any] = {}
     for code in sorted(codes):
         out[str(code)] = {"description": _STATUS_TEXT[code], "content": _json("ErrorBody")}
@@ -125,149 +155,8 @@ def _errors(*statuses: int, auth: bool) -> dict[str, Any]:
     return out
 
 
-def _op(
-    summary: str, scope: str | None, auth: bool, responses: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
-    if scope is not None and auth:
-        op["security"] = [{"bearer": []}]
-        op["description"] = f"Needs a token with the `{scope}` scope."
-    return op
-
-
-def _param(name: str, where: str, schema: dict[str, Any], text: str, **kw: Any) -> dict[str, Any]:
-    return {"name": name, "in": where, "schema": schema, "description": text, **kw}
-
-
-def _paths(body: dict[str, Any], *, auth: bool, max_wait_s: float, max_page: int) -> dict[str, Any]:
-    job_id = _param(
-        "job_id",
-        "path",
-        {"type": "string", "minLength": 1, "maxLength": 200},
-        "Job id",
-        required=True,
-    )
-    wait = {"type": "number", "minimum": 0, "maximum": max_wait_s}
-    job = {"description": "The job", "content": _json("JobOut")}
-    located = {**job, "headers": {"Location": {"schema": {"type": "string"}}}}
-    status = {"description": "Status", "content": _json("Status")}
-    states = {"type": "string", "enum": [s.value for s in JobState]}
-    return {
-        "/v1/jobs": {
-            "post": _op(
-                "Enqueue a job of an exposed task",
-                "enqueue",
-                auth,
-                {
-                    "200": {**located, "description": "Finished within the Prefer: wait time"},
-                    "202": {**located, "description": "Stored (and not finished yet)"},
-                    **_errors(400, 404, 409, 413, 415, 422, 429, 503, auth=auth),
-                },
-                parameters=[
-                    _param("Prefer", "header", {"type": "string"}, "RFC 7240, e.g. wait=5"),
-                    _param(
-                        "Idempotency-Key",
-                        "header",
-                        {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": IDEMPOTENCY_KEY_MAX,
-                            "pattern": IDEMPOTENCY_KEY_PATTERN,
-                        },
-                        "A retried request with the same key returns the same job",
-                    ),
-                ],
-                requestBody={"required": True, "content": {"application/json": {"schema": body}}},
-            ),
-            "get": _op(
-                "List jobs, newest first",
-                "read",
-                auth,
-                {"200": {"description": "A page", "content": _json("JobList")}}
-                | _errors(422, 503, auth=auth),
-                parameters=[
-                    _param("state", "query", states, "Only jobs in this state"),
-                    _param("queue", "query", {"type": "string"}, "Only jobs of this queue"),
-                    _param("task", "query", {"type": "string"}, "Only jobs of this task"),
-                    _param("cursor", "query", {"type": "string"}, "next_cursor of the last page"),
-                    _param(
-                        "limit",
-                        "query",
-                        {"type": "integer", "minimum": 1, "maximum": max_page},
-                        "Page size (default 50)",
-                    ),
-                ],
-            ),
-        },
-        "/v1/jobs/{job_id}": {
-            "get": _op(
-                "Get a job (optionally waiting for it to finish)",
-                "read",
-                auth,
-                {"200": job} | _errors(404, 422, 503, auth=auth),
-                parameters=[job_id, _param("wait", "query", wait, "Seconds to wait for the end")],
-            )
-        },
-        "/v1/jobs/{job_id}/cancel": {
-            "post": _op(
-                "Cancel a job",
-                "admin",
-                auth,
-                {"200": job} | _errors(404, 409, 503, auth=auth),
-                parameters=[job_id],
-            )
-        },
-        "/v1/jobs/{job_id}/retry": {
-            "post": _op(
-                "Queue a dead or cancelled job again",
-                "admin",
-                auth,
-                {"200": job} | _errors(404, 409, 503, auth=auth),
-                parameters=[job_id],
-            )
-        },
-        "/v1/queues": {
-            "get": _op(
-                "Queues: depth by state, limit, throughput",
-                "read",
-                auth,
-                {"200": {"description": "Queues", "content": _json("QueueList")}}
-                | _errors(503, auth=auth),
-            )
-        },
-        "/v1/workers": {
-            "get": _op(
-                "Live workers",
-                "read",
-                auth,
-                {"200": {"description": "Workers", "content": _json("WorkerList")}}
-                | _errors(503, auth=auth),
-            )
-        },
-        "/healthz": {"get": _op("The process is alive", None, auth, {"200": status})},
-        "/readyz": {
-            "get": _op(
-                "The job store is reachable",
-                None,
-                auth,
-                {"200": status, "503": {**status, "description": "Unreachable"}},
-            )
-        },
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics",
-                "read",
-                auth,
-                {"200": {"description": "Exposition", "content": {"text/plain": {}}}}
-                | _errors(auth=auth),
-            )
-        },
-        "/openapi.json": {
-            "get": _op(
-                "This document",
-                None,
-                auth,
-                {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
-            )
-        },
-    }
+def _paths(body: dict[str, Any], *, auth: bool, limits: Limits) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for op in ROUTES:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, body, auth, limits)
+    return paths

@@ -13,6 +13,7 @@ still works (the backend opens on first use), but embedded workers need the life
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import sys
@@ -26,7 +27,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import offload
@@ -38,6 +38,7 @@ from offload.server.batcher import DEFAULT_MAX_BATCH, EnqueueBatcher
 from offload.server.http import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response
 from offload.server.metrics import Metrics
 from offload.server.openapi import build_openapi
+from offload.server.routes import starlette_routes
 from offload.server.throughput import Throughput
 from offload.worker import Worker, WorkerConfig
 
@@ -128,55 +129,53 @@ def create_service(
         workers=embedded,
     )
     config = _embedded_config(app, workers, worker_config)
-    api = Api(state)
-    routes: list[BaseRoute] = [
-        Route("/v1/jobs", api.jobs, methods=["GET", "POST"], name="jobs"),
-        Route("/v1/jobs/{job_id}", api.get_job, methods=["GET"], name="get_job"),
-        Route("/v1/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"], name="cancel_job"),
-        Route("/v1/jobs/{job_id}/retry", api.retry_job, methods=["POST"], name="retry_job"),
-        Route("/v1/queues", api.queues, methods=["GET"], name="queues"),
-        Route("/v1/workers", api.workers, methods=["GET"], name="workers"),
-        Route("/healthz", api.healthz, methods=["GET"], name="healthz"),
-        Route("/readyz", api.readyz, methods=["GET"], name="readyz"),
-        Route("/metrics", api.metrics, methods=["GET"], name="metrics"),
-        Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
-    ]
+    routes = starlette_routes(Api(state))
     if dashboard:
         from offload.server.dashboard import Dashboard
 
         routes += Dashboard(
-            app, auth, loopback_only=state.loopback_only, secret=dashboard_secret, title=title
+            app,
+            auth,
+            loopback_only=state.loopback_only,
+            secret=dashboard_secret,
+            title=title,
+            throughput=state.throughput,
         ).routes
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        try:
-            await app.open()
-        except BackendUnavailable as exc:  # serve anyway: /readyz says so, routes answer 503
-            log.warning("the backend is unavailable at startup: %s", exc)
-        runs: list[asyncio.Task[None]] = []
-        if config is not None:
-            worker = Worker(app, config, listeners=[metrics])
-            state.workers.append(worker)
-            runs.append(asyncio.create_task(_run_worker(worker), name="offload-embedded-worker"))
-        try:
-            yield
-        finally:
-            for worker in state.workers:
-                worker.request_stop()
-            await asyncio.gather(*runs, return_exceptions=True)
-            state.workers.clear()
-            await state.batcher.close()
-            await app.close()
 
     service = Starlette(
         routes=routes,
-        lifespan=lifespan,
+        lifespan=functools.partial(_lifespan, state, config),
         middleware=[Middleware(LoopbackOnly)] if state.loopback_only else [],
         exception_handlers={StarletteHTTPException: _http_exception},  # type: ignore[dict-item]
     )
     service.state.offload = state
     return service
+
+
+@asynccontextmanager
+async def _lifespan(
+    state: ServiceState, config: WorkerConfig | None, _: Starlette
+) -> AsyncIterator[None]:
+    """Open the backend, run the embedded worker; at the end drain it, then close."""
+    app = state.app
+    try:
+        await app.open()
+    except BackendUnavailable as exc:  # serve anyway: /readyz says so, routes answer 503
+        log.warning("the backend is unavailable at startup: %s", exc)
+    runs: list[asyncio.Task[None]] = []
+    if config is not None:
+        worker = Worker(app, config, listeners=[state.metrics])
+        state.workers.append(worker)
+        runs.append(asyncio.create_task(_run_worker(worker), name="offload-embedded-worker"))
+    try:
+        yield
+    finally:
+        for worker in state.workers:
+            worker.request_stop()
+        await asyncio.gather(*runs, return_exceptions=True)
+        state.workers.clear()
+        await state.batcher.close()
+        await app.close()
 
 
 def default_queues(app: App) -> tuple[str, ...]:

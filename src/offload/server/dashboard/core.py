@@ -26,8 +26,7 @@ from starlette.templating import Jinja2Templates
 
 from offload.app import App
 from offload.backends.base import Backend
-from offload.errors import BackendUnavailable, CapabilityUnavailable, InvalidState, JobNotFound
-from offload.server.dashboard.params import BadRequest, form_of
+from offload.server.dashboard.params import form_of
 from offload.server.dashboard.security import (
     CSRF_COOKIE,
     Guard,
@@ -35,19 +34,33 @@ from offload.server.dashboard.security import (
     add_security_headers,
     set_cookie,
 )
-from offload.server.http import json_response
+from offload.server.http import HTTPError, json_response, translate
 
 log = logging.getLogger("offload.server.dashboard")
 T = TypeVar("T")
 CSRF_COOKIE_MAX_AGE = 30 * 24 * 3600
 
 
-class PageError(Exception):
+# Headings of the error pages; the status and message come from the server's one
+# exception -> answer table (offload.server.http.translate).
+TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Not possible now",
+    422: "Invalid input",
+    429: "Queue full",
+    501: "Not available",
+    503: "Backend unavailable",
+}
+
+
+class PageError(HTTPError):
     """An error page with a status, a title and a plain message."""
 
     def __init__(self, status: int, title: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.title, self.message = status, title, message
+        super().__init__(status, "page_error", message)
+        self.title = title
 
 
 @dataclass(frozen=True)
@@ -158,25 +171,12 @@ class Core:
     async def _run(self, page: Page, work: Awaitable[Response]) -> Response:
         try:
             return await work
-        except PageError as exc:
-            return self.error(page, exc)
-        except BadRequest as exc:
-            return self.error(page, PageError(400, "Bad request", str(exc)))
-        except JobNotFound as exc:
-            return self.error(page, PageError(404, "Not found", f"No job {exc.args[0]!s:.80}."))
-        except InvalidState as exc:
-            return self.error(page, PageError(409, "Not possible now", str(exc)))
-        except CapabilityUnavailable as exc:
-            return self.error(page, PageError(501, "Not available", str(exc)))
-        except BackendUnavailable:
-            response = self.error(
-                page, PageError(503, "Backend unavailable", "The job store cannot be reached.")
-            )
-            response.headers["Retry-After"] = "2"
+        except Exception as exc:
+            err = translate(exc)
+            title = exc.title if isinstance(exc, PageError) else TITLES.get(err.status, "Error")
+            response = self.error(page, PageError(err.status, title, err.message))
+            response.headers.update(err.headers)
             return response
-        except Exception:
-            log.exception("dashboard page %s failed", page.request.url.path)
-            return self.error(page, PageError(500, "Error", "Something went wrong; see the log."))
 
     # -- rendering ---------------------------------------------------------------------------
 

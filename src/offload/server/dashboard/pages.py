@@ -27,6 +27,7 @@ from offload.server.dashboard.params import (
 )
 from offload.server.dashboard.security import add_security_headers
 from offload.server.http import json_response
+from offload.server.throughput import Throughput
 
 DEAD_SCAN = 2000  # dead jobs grouped at most (the most recent)
 STATES = [s.value for s in JobState]
@@ -45,9 +46,9 @@ class QueueRow:
 
 
 class Pages:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, throughput: Throughput | None = None) -> None:
         self.core = core
-        self.history = stats.History()
+        self.history = throughput if throughput is not None else Throughput()
 
     # -- overview ----------------------------------------------------------------------------
 

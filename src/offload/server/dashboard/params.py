@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.requests import Request
 
 from offload.job import JobFilter, JobState
+from offload.server.http import HTTPError
 
 MAX_VALUE_CHARS = 500
 MAX_FORM_BYTES = 64 * 1024
@@ -31,8 +32,11 @@ MESSAGES = {  # ?msg= values: fixed texts, so nothing a link carries is reflecte
 }
 
 
-class BadRequest(Exception):
+class BadRequest(HTTPError):
     """A query or form the dashboard cannot use (shown as a 400 page)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "bad_request", message)
 
 
 def query_of(request: Request, allowed: Collection[str]) -> dict[str, str]:

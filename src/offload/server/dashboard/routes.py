@@ -24,6 +24,7 @@ from offload.server.dashboard.core import Core
 from offload.server.dashboard.pages import Pages
 from offload.server.dashboard.params import BadRequest, query_of
 from offload.server.dashboard.security import Guard, add_security_headers
+from offload.server.throughput import Throughput
 
 STATIC_TYPES = {
     ".css": "text/css; charset=utf-8",
@@ -41,7 +42,10 @@ INSECURE_BANNER = (
 
 
 class Dashboard:
-    """The dashboard of one app. ``routes`` can be added to any Starlette router."""
+    """The dashboard of one app. ``routes`` can be added to any Starlette router.
+
+    ``throughput`` is shared with the HTTP API when both are served together, so both show
+    the same rates (one series of snapshots per service)."""
 
     def __init__(
         self,
@@ -51,13 +55,14 @@ class Dashboard:
         loopback_only: bool = True,
         secret: bytes | None = None,
         title: str = "offload",
+        throughput: Throughput | None = None,
     ) -> None:
         banner = None
         if not auth.enabled:
             banner = LOOPBACK_BANNER if loopback_only else INSECURE_BANNER
         guard = Guard(auth, secret, loopback_only=loopback_only)
         self.core = Core(app, guard, banner=banner, title=title)
-        self.pages = Pages(self.core)
+        self.pages = Pages(self.core, throughput)
         self.actions = Actions(self.core, self.pages)
         self._static = _load_static()
         digest = hashlib.sha256(b"".join(body for body, _ in self._static.values()))

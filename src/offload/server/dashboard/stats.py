@@ -1,90 +1,23 @@
 """The numbers of the overview and queues pages, read from the backend on each request.
 
-Throughput comes from successive snapshots of the backend's counts (jobs succeeded and dead
-per queue), so it counts every worker of the backend, in any process. The snapshots are kept
-in memory, one per second at most, for :data:`HISTORY_S`: the chart starts when the dashboard
-is first looked at in this process. Latency is measured from the store itself: for recently
-started jobs, ``started_at - run_at`` (how long a due job waited for a free slot).
+Throughput is the service's one definition (``offload.server.throughput``). Latency is
+measured from the store itself: for recently started jobs, ``started_at - run_at`` (how long a
+due job waited for a free slot).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import msgspec
 
 from offload.backends.base import Backend
 from offload.job import JobFilter, JobRecord, JobState, WorkerInfo
 
-HISTORY_S = 600.0  # ten minutes of throughput on the chart
 LATENCY_WINDOW_S = 300.0  # latency of jobs created in the last five minutes
 LATENCY_SAMPLE = 200  # at most this many jobs per state feed the percentiles
-RATE_WINDOW_S = 60.0  # a queue's throughput is averaged over the last minute
 _OLDEST_STEPS = 80  # bound on the look-ups that find a queue's oldest waiting job
 _OLDEST_RESOLUTION_S = 0.001
-
-
-class Snapshot(msgspec.Struct, frozen=True):
-    at: float
-    succeeded: dict[str, int]
-    dead: dict[str, int]
-
-
-class History:
-    """Counts snapshots over :data:`HISTORY_S`; rates derived from consecutive ones."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._snaps: deque[Snapshot] = deque()
-
-    def observe(self, counts: Mapping[str, Mapping[JobState, int]]) -> None:
-        now = self._clock()
-        if self._snaps and now - self._snaps[-1].at < 1.0:
-            return
-        snap = Snapshot(
-            at=now,
-            succeeded={q: st.get(JobState.SUCCEEDED, 0) for q, st in counts.items()},
-            dead={q: st.get(JobState.DEAD, 0) for q, st in counts.items()},
-        )
-        self._snaps.append(snap)
-        while self._snaps and now - self._snaps[0].at > HISTORY_S:
-            self._snaps.popleft()
-
-    def series(self) -> list[tuple[float, float, float]]:
-        """``(time, succeeded per second, dead per second)`` between consecutive snapshots.
-
-        A queue missing from a snapshot had no jobs then. A count that went down (retention
-        deleted finished jobs) shows as 0, not negative.
-        """
-        out = []
-        snaps = list(self._snaps)
-        for before, after in itertools.pairwise(snaps):
-            dt = after.at - before.at
-            ok = sum(max(0, n - before.succeeded.get(q, 0)) for q, n in after.succeeded.items())
-            bad = sum(max(0, n - before.dead.get(q, 0)) for q, n in after.dead.items())
-            out.append((round(after.at, 3), round(ok / dt, 3), round(bad / dt, 3)))
-        return out
-
-    def rates(self) -> dict[str, float]:
-        """Each queue's finished jobs (succeeded + dead) per second over :data:`RATE_WINDOW_S`."""
-        if len(self._snaps) < 2:
-            return {}
-        last = self._snaps[-1]
-        first = next(s for s in self._snaps if last.at - s.at <= RATE_WINDOW_S)
-        dt = last.at - first.at
-        if dt <= 0:
-            return {}
-        out = {}
-        for q in last.succeeded:
-            done = last.succeeded[q] + last.dead.get(q, 0)
-            then = first.succeeded.get(q, 0) + first.dead.get(q, 0)
-            out[q] = round(max(0, done - then) / dt, 3)
-        return out
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:

@@ -1,0 +1,241 @@
+"""``offload worker`` and ``offload serve``: the commands that run until they are stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+
+from offload.app import App
+from offload.cli.context import LOG_LEVEL, Ctx, friendly, setup_logging
+from offload.worker import Worker, WorkerConfig
+
+# -- worker ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("app_spec", required=False, metavar="[MODULE:ATTR]")
+@click.option(
+    "--queues",
+    "-q",
+    default="default",
+    show_default=True,
+    help="Comma-separated queues to take jobs from.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Jobs run at once per process (slots).",
+)
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(1, 512),
+    default=1,
+    show_default=True,
+    help="Worker processes to supervise (restarted if they die).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=25.0,
+    show_default=True,
+    help="Seconds running jobs get to finish after SIGTERM/SIGINT.",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a claim holds a job without a heartbeat.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(0.1),
+    default=None,
+    help="Seconds between heartbeats (less than --lease; default: a third of it).",
+)
+@click.option(
+    "--recover",
+    type=click.FloatRange(0.05),
+    default=5.0,
+    show_default=True,
+    help="Seconds between looks for jobs whose worker was lost (expired leases).",
+)
+@click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
+@LOG_LEVEL
+@click.pass_obj
+@friendly
+def worker(
+    obj: Ctx,
+    app_spec: str | None,
+    queues: str,
+    concurrency: int,
+    processes: int,
+    grace: float,
+    lease: float,
+    heartbeat: float | None,
+    recover: float,
+    burst: bool,
+    log_level: str,
+) -> None:
+    """Run jobs: claim at most the free slots, retry failures, drain on SIGTERM."""
+    setup_logging(log_level)
+    spec = app_spec or obj.app_spec
+    beat = heartbeat if heartbeat is not None else lease / 3
+    names = tuple(q.strip() for q in queues.split(",") if q.strip())
+    config = WorkerConfig(
+        queues=names,
+        concurrency=concurrency,
+        lease_s=lease,
+        heartbeat_s=beat,
+        grace_s=grace,
+        recover_s=recover,
+        burst=burst,
+    )
+    app = obj.app(spec)  # import once in the parent too: fail fast on a bad app
+    if processes > 1:
+        from offload.worker.supervisor import Supervisor
+
+        argv = [sys.executable, "-m", "offload", *(["--url", obj.url] if obj.url else [])]
+        argv += ["worker", str(spec), "--queues", ",".join(names)]
+        argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
+        argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
+        argv += ["--burst"] if burst else []
+        sys.exit(Supervisor(argv, processes).run())
+    asyncio.run(run_worker(app, config))
+
+
+async def run_worker(app: App, config: WorkerConfig) -> None:
+    """Run one worker until SIGTERM/SIGINT (twice to skip the grace), then close the app."""
+    w = Worker(app, config)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        w.request_stop(force=signals > 1)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, on_signal)
+    log = logging.getLogger("offload.worker")
+    log.info(
+        "worker %s: queues %s, %d slots, backend %s",
+        w.id,
+        ",".join(config.queues),
+        config.concurrency,
+        app.backend.url,
+    )
+    try:
+        await w.run()
+    finally:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(s)
+        await app.close()
+    log.info("worker %s stopped after %d jobs", w.id, w.jobs_done)
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("app_spec", required=False, metavar="[MODULE:ATTR]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    show_default=True,
+    help="Slots of a worker embedded in the server process (0: none, run `offload worker`).",
+)
+@click.option(
+    "--queues",
+    "-q",
+    default=None,
+    help="Comma-separated queues for the embedded worker (default: every queue of the app).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=25.0,
+    show_default=True,
+    help="Seconds the embedded worker's jobs get to finish at shutdown.",
+)
+@click.option(
+    "--tokens",
+    envvar="OFFLOAD_TOKENS",
+    show_envvar=True,
+    default=None,
+    metavar="TOKEN=SCOPES;...",
+    help="API tokens and their scopes (read, enqueue, admin), e.g. 'T1=read;T2=admin'.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve a non-loopback host without tokens (anyone who reaches the port is admin).",
+)
+@click.option(
+    "--secret",
+    envvar="OFFLOAD_SECRET",
+    show_envvar=True,
+    default=None,
+    help="Signs dashboard sessions; give every server process the same one (default: random "
+    "per process, so a restart logs everyone out).",
+)
+@click.option("--no-dashboard", is_flag=True, help="Serve the API only.")
+@LOG_LEVEL
+@click.pass_obj
+@friendly
+def serve(
+    obj: Ctx,
+    app_spec: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    queues: str | None,
+    grace: float,
+    tokens: str | None,
+    insecure: bool,
+    secret: str | None,
+    no_dashboard: bool,
+    log_level: str,
+) -> None:
+    """Serve the HTTP API and the dashboard, with an embedded worker when --workers > 0."""
+    from offload.server import parse_tokens, run_server  # MissingDependency names the extra
+    from offload.server.service import default_queues
+
+    setup_logging(log_level)
+    app = obj.app(app_spec)
+    config = None
+    if workers > 0:
+        names = (
+            tuple(q.strip() for q in queues.split(",") if q.strip())
+            if queues
+            else default_queues(app)
+        )
+        config = WorkerConfig(queues=names, concurrency=workers, grace_s=grace)
+    elif queues:
+        raise click.UsageError("--queues needs --workers")
+    if secret is not None and len(secret) < 16:
+        raise click.UsageError("--secret must be 16 characters or more")
+    run_server(
+        app,
+        host=host,
+        port=port,
+        workers=workers,
+        worker_config=config,
+        tokens=parse_tokens(tokens) if tokens else None,
+        insecure=insecure,
+        log_level=log_level,
+        dashboard=not no_dashboard,
+        dashboard_secret=secret.encode() if secret else None,
+    )
