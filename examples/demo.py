@@ -2,6 +2,9 @@
 then the HTTP service starts with embedded workers (and the dashboard, where installed).
 
     make run            # or: .venv/bin/python examples/demo.py [--jobs 3000] [--no-serve]
+
+Ctrl-C stops it at any point with one line, "stopped", and exit status 0: it is how the demo is
+meant to end, as a worker ends cleanly on SIGINT. (make adds its own "Interrupt" line.)
 """
 
 from __future__ import annotations
@@ -108,4 +111,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # uvicorn shuts the service down on SIGINT, then raises the signal again for whoever
+        # called it; here that is the user's Ctrl-C, and the only thing left to do is say so.
+        Console().print("stopped")

@@ -39,3 +39,22 @@ def test_demo_runs_its_batch_then_serves(tmp_path: Path) -> None:
     out = proc.stdout.read() if proc.stdout else ""
     assert "enqueued 200 jobs" in out
     assert "Traceback" not in out
+
+
+def test_ctrl_c_stops_the_demo_quietly(tmp_path: Path) -> None:
+    """Ctrl-C is how the demo ends: one line, "stopped", exit status 0, no traceback."""
+    port = free_port()
+    cmd = [sys.executable, "examples/demo.py", "--jobs", "20", "--port", str(port)]
+    cmd += ["--db", str(tmp_path / "demo.db")]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), 90, "the demo to serve")
+    finally:
+        code = stop(proc, signal.SIGINT)
+    out, err = proc.communicate()
+    assert "Traceback" not in err, err
+    assert "KeyboardInterrupt" not in err, err
+    assert code == 0, err
+    assert out.splitlines()[-1] == "stopped", out

@@ -61,7 +61,7 @@ class App:
                 raise ConfigurationError(f"queue limit for {queue!r} must be an integer >= 1")
         self.queue_limits: dict[str, int] = dict(queue_limits or {})
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._bridge = Bridge()
+        self._bridge = Bridge(at_exit=self._close_at_exit)
         self._home: asyncio.AbstractEventLoop | None = None
         self._home_thread: int | None = None
         self._lock = threading.Lock()
@@ -197,6 +197,17 @@ class App:
                 await asyncio.wrap_future(fut)
         if self._bridge.running:
             await asyncio.to_thread(self._bridge.stop)
+
+    async def _close_at_exit(self) -> None:
+        """The bridge's clean-up at interpreter exit (it runs on the bridge's loop): close the
+        backend if it lives there. A script that enqueues and ends never closes the app, and a
+        pool torn down with the interpreter complains about its pending tasks."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._home is not loop:
+                return
+            self._home = self._home_thread = None
+        await self._backend.close()
 
     async def __aenter__(self) -> App:
         await self.open()
