@@ -124,6 +124,25 @@ async def test_cancelled_job_message_is_dropped(make_rabbit: Make) -> None:
     assert await backend.claim(req(5)) == []  # the message was acked, not parked
 
 
+async def test_a_parked_duplicate_does_not_hold_back_fresh_work(make_rabbit: Make) -> None:
+    """A second message for a job that runs here (cancelled and requeued while queued) is
+    parked until that job ends; it must not take the place of a fresh job in a claim.
+    Found by the state machine: with limit 1 and one parked message, no claim took any."""
+    backend = await make_rabbit()
+    (a,) = await backend.enqueue([job()])
+    await backend.cancel(a.id)
+    await backend.requeue(a.id)  # two messages for a: the first is not dropped until delivered
+    (got,) = await claim_eventually(backend, 1)
+    assert got.id == a.id
+    (b,) = await backend.enqueue([job()])
+    # the duplicate of a is delivered (and parked) alongside b, or before it
+    taken = await claim_eventually(backend, 1)
+    (c,) = await backend.enqueue([job()])
+    taken += await claim_eventually(backend, 1)
+    assert {r.id for r in taken} == {b.id, c.id}
+    assert backend._claimer.parked.get("q"), "the duplicate is parked while a runs"
+
+
 async def test_lost_connection_returns_messages_and_work_resumes(make_rabbit: Make) -> None:
     worker, producer = await make_rabbit(), await make_rabbit()
     recs = await producer.enqueue([job() for _ in range(5)])

@@ -771,3 +771,20 @@ async def test_a_listener_whose_queue_was_full_hears_what_it_missed(backends: Fa
         assert heard() == [b"\x03"]  # only done "a" asked, but it may have missed anything
         b._doorbell.ring(done=["b"])
         assert heard() == [b'\x04["b"]']
+
+
+async def test_recovery_skips_a_row_with_unreadable_counters(
+    backends: Factory, tmp_path: Path
+) -> None:
+    """Stored rows are untrusted: an expired job whose attempt does not read as an integer
+    must not make every recovery pass fail; the readable ones are still put back."""
+    b = await backends()
+    broken, fine = await b.enqueue([job(), job()])
+    await b.claim(claim(lease_s=0.0))
+    raw = sqlite3.connect(tmp_path / "jobs.db")
+    with raw:
+        raw.execute("UPDATE offload_jobs SET attempt = 'x' WHERE id = ?", (broken.id,))
+    raw.close()
+    assert await b.recover() == 1
+    assert (await must_get(b, fine.id)).state is JobState.QUEUED
+    assert await b.recover() == 0  # still skipped, never an error

@@ -11,6 +11,7 @@ meantime is left alone.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from offload.errors import ConfigurationError
-from offload.job import AttemptError, JobState, NewJob
+from offload.job import AttemptError, JobRecord, JobState, NewJob
 
 LEASE_EXPIRED_ERROR = "lease expired (worker lost)"
 """The error recorded for an attempt whose worker stopped heartbeating (killed, cut off)."""
 
 INVALID_CURSOR = "invalid cursor"
+
+_log = logging.getLogger("offload.backends")
 
 
 # -- list cursors ----------------------------------------------------------------------------
@@ -116,6 +119,25 @@ def collapse_same_key(jobs: Sequence[NewJob]) -> tuple[list[NewJob], list[int]]:
     return batch, where
 
 
+def new_record(new: NewJob, now: float) -> JobRecord:
+    """The record a new job is stored as at ``now`` (the backend's clock): queued when due,
+    else scheduled; no attempt yet. For engines that build records in Python."""
+    run_at = new.run_at if new.run_at is not None else now + new.delay_s
+    return JobRecord(
+        id=new.id,
+        task=new.task,
+        queue=new.queue,
+        args=new.args,
+        state=JobState.QUEUED if run_at <= now else JobState.SCHEDULED,
+        priority=new.priority,
+        attempt=0,
+        max_attempts=new.max_attempts,
+        run_at=run_at,
+        created_at=now,
+        key=new.key,
+    )
+
+
 # -- the lease-expiry rule --------------------------------------------------------------------
 
 
@@ -171,16 +193,27 @@ class ExpiredJob:
 
 def decide_expired(found: Sequence[Sequence[Any]], now: float) -> list[ExpiredJob]:
     """The decision for each found ``(id, attempt, max_attempts, worker_id)``, on the
-    backend's clock ``now`` (the time the jobs were found expired)."""
-    return [
-        ExpiredJob(
-            str(job_id),
-            int(attempt),
-            worker_id,
-            expired_lease(int(attempt), int(max_attempts), worker_id, now),
-        )
-        for job_id, attempt, max_attempts, worker_id in found
-    ]
+    backend's clock ``now`` (the time the jobs were found expired).
+
+    Stored rows are untrusted: one whose counters do not read as integers is skipped with a
+    warning (as Redis's recovery does) rather than failing every recovery pass after it.
+    """
+    out: list[ExpiredJob] = []
+    for job_id, attempt, max_attempts, worker_id in found:
+        try:
+            n, most = _as_int(attempt), _as_int(max_attempts)
+        except (TypeError, ValueError):
+            _log.warning("job %s: unreadable attempt counters; left for an operator", job_id)
+            continue
+        wid = worker_id if isinstance(worker_id, str) or worker_id is None else str(worker_id)
+        out.append(ExpiredJob(str(job_id), n, wid, expired_lease(n, most, wid, now)))
+    return out
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"not an integer: {value!r}")
+    return value
 
 
 def encoded_error(err: AttemptError) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
-from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor
+from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor, new_record
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -82,7 +82,7 @@ class MemoryBackend:
             fresh: list[JobRecord] = []
             for new in batch:
                 existing = active_keys.get((new.queue, new.key)) if new.key else None
-                rec = existing if existing is not None else _new_record(new, now)
+                rec = existing if existing is not None else new_record(new, now)
                 if existing is None:
                     fresh.append(rec)
                 stands.append(rec)
@@ -391,20 +391,3 @@ class MemoryBackend:
                 if expires <= now:
                     del self.store.workers[wid]
             return [info for info, _ in self.store.workers.values()]
-
-
-def _new_record(new: NewJob, now: float) -> JobRecord:
-    run_at = new.run_at if new.run_at is not None else now + new.delay_s
-    return JobRecord(
-        id=new.id,
-        task=new.task,
-        queue=new.queue,
-        args=new.args,
-        state=JobState.QUEUED if run_at <= now else JobState.SCHEDULED,
-        priority=new.priority,
-        attempt=0,
-        max_attempts=new.max_attempts,
-        run_at=run_at,
-        created_at=now,
-        key=new.key,
-    )

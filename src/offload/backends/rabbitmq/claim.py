@@ -165,8 +165,10 @@ class Claimer:
             self._park(queue, candidates[want:])
             started = await self._start(queue, candidates[:want], req)
             out.extend(started)
-            # another round only when some fresh deliveries were stale (dropped) and room is left
-            if not fresh or len(out) >= room or len(started) == len(candidates):
+            # Another round while room is left and some candidates did not start (stale, or
+            # parked: a duplicate of a job running here). The next round asks the broker for
+            # the whole room, so a parked duplicate never takes a fresh job's place.
+            if len(out) >= room or len(started) == len(candidates):
                 break
             if queue in self.paused:  # paused meanwhile (see _sort_out): its feed is stopped
                 break

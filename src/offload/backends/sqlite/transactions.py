@@ -22,6 +22,7 @@ from offload.backends.common import (
     collapse_same_key,
     encode_cursor,
     key_held,
+    new_record,
 )
 from offload.backends.sqlite.connection import translate
 from offload.backends.sqlite.queries import FIELDS, Q
@@ -84,20 +85,7 @@ def enqueue_tx(
         if existing is not None:
             stored.append(existing)
             continue
-        run_at = new.run_at if new.run_at is not None else now + new.delay_s
-        rec = JobRecord(
-            id=new.id,
-            task=new.task,
-            queue=new.queue,
-            args=new.args,
-            state=JobState.QUEUED if run_at <= now else JobState.SCHEDULED,
-            priority=new.priority,
-            attempt=0,
-            max_attempts=new.max_attempts,
-            run_at=run_at,
-            created_at=now,
-            key=new.key,
-        )
+        rec = new_record(new, now)
         stored.append(rec)
         fresh.append(rec)
     if limits:
