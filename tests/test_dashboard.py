@@ -104,7 +104,7 @@ async def browser_for(url: str) -> AsyncIterator[MakeBrowser]:
     opened: list[tuple[httpx.AsyncClient, Any]] = []
 
     async def make(
-        login: str | None = ADMIN, base: str = "http://offload.test", **options: Any
+        login: str | None = ADMIN, base: str = "http://localhost", **options: Any
     ) -> Browser:
         options.setdefault("tokens", TOKENS)
         service = create_service(make_app(url), **options)
@@ -219,7 +219,7 @@ async def test_loopback_mode_needs_no_login_and_says_so(browser_for: MakeBrowser
     assert r.status_code == 303 and await state_of(b.app, job.id) is JobState.CANCELLED
     far = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_service(b.app), client=("203.0.113.9", 5000)),
-        base_url="http://offload.test",
+        base_url="http://localhost",
     )
     async with far:
         assert (await far.get("/")).status_code == 403

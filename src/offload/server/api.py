@@ -24,6 +24,7 @@ from offload.server.http import (
     json_response,
     read_json_body,
 )
+from offload.server.jsonlimits import checked_cursor
 from offload.server.metrics import CONTENT_TYPE
 from offload.server.schemas import (
     EnqueueRequest,
@@ -45,6 +46,9 @@ IDEMPOTENCY_KEY_MAX = 200
 # Visible ASCII, spaces only inside (HTTP strips them at the ends); shared with the OpenAPI doc.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# Idempotency-Key values are stored as dedup keys under this prefix, which a body's ``key``
+# may not use: a client could otherwise name (and read) another client's request.
+IDEMPOTENCY_PREFIX = "idempotency:"
 PROBE_TIMEOUT_S = 2.0  # readiness and metrics must answer even when the backend hangs
 _MAX_JOB_ID = 200
 
@@ -63,15 +67,9 @@ class Api:
         req: EnqueueRequest = decode_body(body, EnqueueRequest)
         task = self._exposed(req.task)
         args = task.validate_json(bytes(req.args))
-        idem = request.headers.get("idempotency-key")
-        key = req.key
-        by_idem = False
-        if idem is not None:
-            idem_key = self._idempotent_key(task, idem)
-            by_idem = key is None  # a key in the body is the dedup key already
-            key = idem_key if by_idem else key
+        key, by_idem = self._dedup_key(task, req.key, request.headers.get("idempotency-key"))
         bound = task.options(
-            queue=req.queue,
+            queue=self._queue(task, req.queue),
             delay=req.delay,
             run_at=req.run_at,
             priority=req.priority,
@@ -81,6 +79,15 @@ class Api:
         new = bound.prepare_json(args)
         record = await self.state.batcher.enqueue(new)
         replayed = record.id != new.id
+        if replayed and record.task != new.task:
+            # The caller could not have enqueued that job: say no more than that the key is
+            # taken (no id, no arguments, no result), and never wait on it.
+            raise HTTPError(
+                409,
+                "key_conflict",
+                "this key is used by a job of another task in this queue; choose another key",
+                argument="key",
+            )
         if replayed and by_idem and not _same_call(record, new.task, args):
             raise HTTPError(
                 409,
@@ -121,6 +128,7 @@ class Api:
             limit=_int_param(q.get("limit"), "limit", 1, self.state.max_page, default=50),
         )
         try:
+            checked_cursor(flt.cursor)
             page = await self.app.call(lambda b: b.list_jobs(flt))
         except ValueError as exc:  # a cursor that is not one of ours
             raise HTTPError(422, "invalid_cursor", str(exc), argument="cursor") from None
@@ -204,6 +212,38 @@ class Api:
             raise HTTPError(404, "unknown_task", f"no task named {name!r} can be enqueued here")
         return task
 
+    def _queue(self, task: Task[Any, Any], queue: str | None) -> str | None:
+        """The queue an HTTP enqueue names: its task's own, or one the service allows it."""
+        if queue is None or queue == task.config.queue:
+            return queue
+        if queue not in self.state.extra_queues.get(task.name, ()):
+            raise HTTPError(
+                422,
+                "queue_not_allowed",
+                f"task {task.name!r} can be enqueued over HTTP into its own queue "
+                f"({task.config.queue!r}) only",
+                argument="queue",
+            )
+        return queue
+
+    def _dedup_key(
+        self, task: Task[Any, Any], key: str | None, idem: str | None
+    ) -> tuple[str | None, bool]:
+        """The job's dedup key, and whether it came from the Idempotency-Key header."""
+        if key is not None and key.startswith(IDEMPOTENCY_PREFIX):
+            raise HTTPError(
+                422,
+                "invalid_request",
+                f"keys starting with {IDEMPOTENCY_PREFIX!r} are reserved for Idempotency-Key",
+                argument="key",
+            )
+        if idem is None:
+            return key, False
+        idem_key = self._idempotent_key(task, idem)
+        if key is not None:  # a key in the body is the dedup key already
+            return key, False
+        return idem_key, True
+
     def _idempotent_key(self, task: Task[Any, Any], idem: str) -> str:
         if len(idem) > IDEMPOTENCY_KEY_MAX or not IDEMPOTENCY_KEY_RE.match(idem):
             raise HTTPError(
@@ -212,7 +252,7 @@ class Api:
                 f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters",
                 argument="Idempotency-Key",
             )
-        return f"idempotency:{task.name}:{idem}"
+        return f"{IDEMPOTENCY_PREFIX}{task.name}:{idem}"
 
     def _wait_param(self, raw: str) -> float:
         try:

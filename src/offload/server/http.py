@@ -26,6 +26,7 @@ from offload.errors import (
     UnknownTask,
     ValidationError,
 )
+from offload.server.jsonlimits import MAX_JSON_DEPTH, too_deep
 from offload.server.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger("offload.server")
@@ -118,7 +119,7 @@ def translate(exc: Exception) -> HTTPError:
     return HTTPError(500, "internal_error", "internal error; the server log has the details")
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
@@ -131,7 +132,7 @@ async def read_json_body(request: Request, max_bytes: int) -> bytes:
     The limit is enforced while the body streams in (a declared Content-Length over it is
     refused before anything is read), so an oversized upload is never buffered whole.
     """
-    if not _is_json(request.headers.get("content-type", "")):
+    if not is_json(request.headers.get("content-type", "")):
         raise HTTPError(415, "unsupported_media_type", "send the body as application/json")
     too_big = HTTPError(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
     declared = request.headers.get("content-length")
@@ -183,7 +184,12 @@ def integral_floats_as_ints(body: bytes) -> bytes:
 
 
 def decode_body(body: bytes, type_: type[Any]) -> Any:
-    """Decode a JSON body into ``type_``: 400 when it is not JSON, 422 naming the field."""
+    """Decode a JSON body into ``type_``: 400 when it is not JSON or nested more than
+    MAX_JSON_DEPTH deep, 422 naming the field."""
+    if too_deep(body):
+        raise HTTPError(
+            400, "too_deep", f"the body nests arrays and objects over {MAX_JSON_DEPTH} deep"
+        )
     try:
         return msgspec.json.decode(integral_floats_as_ints(body), type=type_)
     except msgspec.ValidationError as exc:

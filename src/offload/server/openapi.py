@@ -5,6 +5,7 @@ signature (``Task.args_schema``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -34,13 +35,27 @@ _STATUS_TEXT = {
 
 
 def build_openapi(
-    app: App, *, title: str, version: str, auth: bool, max_wait_s: float, max_page: int
+    app: App,
+    *,
+    title: str,
+    version: str,
+    auth: bool,
+    max_wait_s: float,
+    max_page: int,
+    extra_queues: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, Any]:
     tasks = sorted((t for t in app.tasks.values() if t.config.expose), key=lambda t: t.name)
     types: list[Any] = [*RESPONSE_TYPES, *(t.args_type for t in tasks)]
     _, components = msgspec.json.schema_components(types, ref_template=_REF + "{name}")
     components, rename = _safe_names(components)
-    body = _enqueue_body(components, [(t.name, rename[t.args_type.__name__]) for t in tasks])
+    extra = extra_queues or {}
+    body = _enqueue_body(
+        components,
+        [
+            (t.name, rename[t.args_type.__name__], {t.config.queue, *extra.get(t.name, ())})
+            for t in tasks
+        ],
+    )
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -78,15 +93,18 @@ _BOTH_TIMES = {
 }
 
 
-def _enqueue_body(components: dict[str, Any], tasks: list[tuple[str, str]]) -> dict[str, Any]:
-    """One schema per exposed task: ``task`` is its name, ``args`` its signature's schema."""
+def _enqueue_body(
+    components: dict[str, Any], tasks: list[tuple[str, str, set[str]]]
+) -> dict[str, Any]:
+    """One schema per exposed task: ``task`` is its name, ``args`` its signature's schema,
+    ``queue`` one of the queues it may be enqueued into over HTTP."""
     common = {
         k: v
         for k, v in components["EnqueueRequest"]["properties"].items()
         if k not in ("task", "args")
     }
     variants = []
-    for name, args_ref in tasks:
+    for name, args_ref, queues in tasks:
         required = ["task"]
         if components.get(args_ref, {}).get("required"):
             required.append("args")
@@ -98,6 +116,7 @@ def _enqueue_body(components: dict[str, Any], tasks: list[tuple[str, str]]) -> d
                     "task": {"const": name},
                     "args": {"$ref": _REF + args_ref},
                     **common,
+                    "queue": {"anyOf": [{"enum": sorted(queues)}, {"type": "null"}]},
                 },
                 "required": required,
                 "additionalProperties": False,

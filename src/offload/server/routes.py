@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from offload.job import JobState
 from offload.server.api import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, Api
+from offload.server.guard import cross_site
 from offload.server.http import error_response, translate
 
 Method = Callable[[Api, Request], Awaitable[Response]]
@@ -223,13 +224,19 @@ ROUTES: tuple[Operation, ...] = (
 
 
 def _guarded(api: Api, op: Operation) -> Endpoint:
-    """The handler, authorised for the operation's scope, every exception an error answer."""
+    """The handler, authorised for the operation's scope, every exception an error answer;
+    without tokens, a request that changes something is refused when another site sent it."""
+    changes = op.method not in ("GET", "HEAD")
 
     @functools.wraps(op.handler)
     async def endpoint(request: Request) -> Response:
         try:
             if op.scope is not None:
                 api.state.auth.check(request.headers.get("authorization"), op.scope)
+            if changes and not api.state.auth.enabled:
+                refused = cross_site(request.headers)
+                if refused is not None:
+                    raise refused
             return await op.handler(api, request)
         except Exception as exc:
             return error_response(translate(exc))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import sys
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -27,7 +26,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 import offload
 from offload.app import App
@@ -35,6 +33,7 @@ from offload.errors import BackendUnavailable, ConfigurationError
 from offload.server.api import Api
 from offload.server.auth import TokenAuth
 from offload.server.batcher import DEFAULT_MAX_BATCH, EnqueueBatcher
+from offload.server.guard import LoopbackOnly, is_loopback
 from offload.server.http import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response
 from offload.server.metrics import Metrics
 from offload.server.openapi import build_openapi
@@ -63,6 +62,7 @@ class ServiceState:
     title: str
     loopback_only: bool
     workers: list[Worker] = field(default_factory=list)
+    extra_queues: Mapping[str, frozenset[str]] = field(default_factory=dict)
     throughput: Throughput = field(default_factory=Throughput)
     _openapi: tuple[int, dict[str, Any]] | None = None
 
@@ -77,6 +77,7 @@ class ServiceState:
                 auth=self.auth.enabled,
                 max_wait_s=self.max_wait_s,
                 max_page=self.max_page,
+                extra_queues=self.extra_queues,
             )
             self._openapi = (n, doc)
         return self._openapi[1]
@@ -97,6 +98,7 @@ def create_service(
     title: str = "offload",
     dashboard: bool = True,
     dashboard_secret: bytes | None = None,
+    queues_per_task: Mapping[str, Collection[str]] | None = None,
 ) -> Starlette:
     """The HTTP API of ``app`` as an ASGI application (see docs/http.md).
 
@@ -108,10 +110,15 @@ def create_service(
     ``dashboard`` serves the web dashboard at ``/`` with the same tokens (docs/dashboard.md);
     ``dashboard_secret`` signs its sessions (random per process when not given: give every
     process behind one load balancer the same one).
+
+    An HTTP enqueue may name only its task's own queue, or one that ``queues_per_task``
+    (``{task name: [queue, ...]}``) lists for it: an enqueue-scoped client cannot fill the
+    depth limit of a queue that internal producers rely on (docs/security.md).
     """
     if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1:
         raise ConfigurationError("workers, max_body_bytes, max_wait_s, max_page out of range")
     auth = TokenAuth.from_mapping(tokens)
+    extra_queues = _queues_per_task(queues_per_task)
     embedded: list[Worker] = []
     metrics = Metrics(lambda: embedded)
     state = ServiceState(
@@ -127,6 +134,7 @@ def create_service(
         title=title,
         loopback_only=not auth.enabled and not insecure,
         workers=embedded,
+        extra_queues=extra_queues,
     )
     config = _embedded_config(app, workers, worker_config)
     routes = starlette_routes(Api(state))
@@ -150,6 +158,15 @@ def create_service(
     )
     service.state.offload = state
     return service
+
+
+def _queues_per_task(spec: Mapping[str, Collection[str]] | None) -> dict[str, frozenset[str]]:
+    out: dict[str, frozenset[str]] = {}
+    for task, queues in (spec or {}).items():
+        if isinstance(queues, str) or not all(isinstance(q, str) and q for q in queues):
+            raise ConfigurationError("queues_per_task maps a task name to a list of queue names")
+        out[task] = frozenset(queues)
+    return out
 
 
 @asynccontextmanager
@@ -201,32 +218,6 @@ async def _run_worker(worker: Worker) -> None:
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(HTTPError(exc.status_code, code, str(exc.detail), headers=exc.headers))
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("127.0.0.1", "::1", "localhost"):  # the common answers, without parsing
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class LoopbackOnly:
-    """Without tokens, only clients on this machine may use the API (403 to others)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        if scope["type"] == "http" and client and not is_loopback(str(client[0])):
-            response = error_response(
-                HTTPError(403, "forbidden", "this server has no API tokens: loopback clients only")
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def run_server(

@@ -35,6 +35,7 @@ from offload.server.dashboard.security import (
     set_cookie,
 )
 from offload.server.http import HTTPError, json_response, translate
+from offload.server.jsonlimits import MAX_JSON_DEPTH, too_deep
 
 log = logging.getLogger("offload.server.dashboard")
 T = TypeVar("T")
@@ -237,9 +238,11 @@ def fmt_json(raw: bytes | None) -> str:
     """Stored JSON, indented for reading; anything that does not decode is shown as it is."""
     if raw is None:
         return "—"
+    if too_deep(raw):
+        return f"(too deeply nested to show: over {MAX_JSON_DEPTH} levels) " + repr(raw)[:2000]
     try:
         return msgspec.json.format(msgspec.json.encode(msgspec.json.decode(raw)), indent=2).decode()
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return repr(raw)[:5000]
 
 

@@ -135,7 +135,7 @@ def create_dashboard(
     The app's backend opens on first use; close it yourself (``await app.close()``) when your
     application shuts down.
     """
-    from offload.server.service import LoopbackOnly
+    from offload.server.guard import LoopbackOnly
 
     auth = TokenAuth.from_mapping(tokens)
     loopback_only = not auth.enabled and not insecure

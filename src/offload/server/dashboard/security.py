@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from offload.server.auth import TokenAuth
-from offload.server.service import is_loopback
+from offload.server.guard import is_loopback
 
 SESSION_COOKIE = "offload_session"
 CSRF_COOKIE = "offload_csrf"
