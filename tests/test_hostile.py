@@ -157,7 +157,10 @@ async def test_a_key_hit_on_another_tasks_job_is_a_conflict_without_the_record(
     c = await client_for(tokens=TOKENS, queues_per_task={"hello": ["internal"]})
     purge = await app_of(c).tasks["purge"].options(key="nightly-purge").aenqueue("s3cr3t")
     rotate = await app_of(c).tasks["rotate"].options(key="nightly-rotation").aenqueue("s3cr3t")
-    attacks = (({}, "nightly-purge", purge), ({"queue": "internal"}, "nightly-rotation", rotate))
+    attacks: list[tuple[dict[str, str], str, offload.Job]] = [
+        ({}, "nightly-purge", purge),
+        ({"queue": "internal"}, "nightly-rotation", rotate),
+    ]
     for queue, key, secret in attacks:
         for prefer in ({}, {"Prefer": "wait=1"}):
             r = await c.post(
