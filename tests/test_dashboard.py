@@ -184,8 +184,11 @@ async def test_a_tampered_or_foreign_session_is_refused(browser_for: MakeBrowser
 async def test_the_session_cookie_is_secure_over_https(browser_for: MakeBrowser) -> None:
     b = await browser_for(login=None, base="https://offload.test")
     r = await b.login(ADMIN)
-    cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("offload_session="))
-    assert "secure" in cookie.lower()
+    cookies = r.headers.get_list("set-cookie")
+    cookie = next(c for c in cookies if c.startswith("__Host-offload_session="))
+    assert "secure" in cookie.lower() and "path=/;" in cookie.lower()
+    assert "domain" not in cookie.lower()
+    assert (await b.get("/jobs")).status_code == 200  # the prefixed cookie is the session
 
 
 async def test_logout_ends_the_session(browser_for: MakeBrowser) -> None:

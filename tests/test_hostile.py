@@ -15,6 +15,8 @@ from starlette.applications import Starlette
 import offload
 from offload.job import JobFilter, JobState
 from offload.server import create_service
+from offload.server.metrics import MAX_QUEUE_LABELS, OTHER_QUEUE
+from offload.server.throttle import DEFAULT_MAX_FAILURES, Throttle
 
 ADMIN = "admin-token-0123456789"
 ENQUEUER = "enqueue-token-0123456789"
@@ -278,3 +280,242 @@ async def test_a_deeply_nested_stored_job_stays_listable(client_for: MakeClient)
     assert "too deeply nested" in (await c.get(f"/jobs/{new.id}")).text
     listed = await app.call(lambda b: b.list_jobs(JobFilter()))
     assert len(listed.jobs) == 2
+
+
+# -- 5. the weaker points ---------------------------------------------------------------------
+
+
+async def test_queue_labels_of_metrics_are_bounded(client_for: MakeClient) -> None:
+    """Queue names come from stored jobs too: 300 of them must not make 300 series."""
+    c = await client_for()
+    app = app_of(c)
+    small = len((await c.get("/metrics")).content)
+    for i in range(300):
+        await app.tasks["hello"].options(queue=f"q{i:03}").aenqueue("x")
+    await app.tasks["hello"].aenqueue("x")  # the app's own queue, used last
+    r = await c.get("/metrics")
+    assert r.status_code == 200
+    labels = {
+        line.split('queue="', 1)[1].split('"', 1)[0]
+        for line in r.text.splitlines()
+        if line.startswith("offload_queue_jobs{")
+    }
+    assert len(labels) <= MAX_QUEUE_LABELS + 1 and OTHER_QUEUE in labels
+    assert "default" in labels  # the app's own queues keep their names
+    assert len(r.content) < small + 60_000
+    # The jobs are all counted, under their own label or the shared one.
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in r.text.splitlines()
+        if line.startswith("offload_queue_jobs{") and 'state="queued"' in line
+    )
+    assert total == 301
+
+
+async def test_run_at_in_the_distant_past_means_now(client_for: MakeClient) -> None:
+    c = await client_for()
+    r = await c.post("/v1/jobs", json={"task": "hello", "run_at": "0001-01-01T00:00:00Z"})
+    assert r.status_code == 202
+    job = r.json()
+    assert job["state"] == "queued" and job["run_at"] >= job["created_at"][:4]
+    assert job["run_at"] == job["created_at"]
+    r = await c.post(
+        "/v1/jobs", json={"task": "hello", "run_at": "0001-01-01T00:00:00Z", "delay": 5}
+    )
+    assert r.status_code == 422  # both at once is still refused
+
+
+async def test_oversized_headers_are_refused(client_for: MakeClient) -> None:
+    c = await client_for()
+    r = await c.get("/v1/queues", headers={"X-Big": "a" * 100_000})
+    assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large"
+    many = {f"X-H{i}": "b" * 1000 for i in range(100)}
+    assert (await c.get("/healthz", headers=many)).status_code == 431
+    assert (await c.get("/healthz", headers={"X-Ok": "c" * 8000})).status_code == 200
+
+
+async def test_waiting_requests_are_bounded(client_for: MakeClient) -> None:
+    c = await client_for(max_waiting=1)
+    state = c.service.state.offload  # type: ignore[attr-defined]
+    job = (await c.post("/v1/jobs", json={"task": "hello"})).json()
+    r = await c.get(f"/v1/jobs/{job['id']}", params={"wait": 0.05})
+    assert r.status_code == 200 and state.waiting == 0  # a wait gives its slot back
+    state.waiting = 1  # another request holds the only slot
+    r = await c.get(f"/v1/jobs/{job['id']}", params={"wait": 30})
+    assert r.status_code == 503 and "Retry-After" in r.headers
+    assert r.json()["error"]["code"] == "too_many_waiters"
+    r = await c.post("/v1/jobs", json={"task": "hello"}, headers={"Prefer": "wait=30"})
+    assert r.status_code == 202 and "Preference-Applied" not in r.headers  # stored, not held
+    assert (await c.post(f"/v1/jobs/{job['id']}/cancel")).status_code == 200
+    r = await c.get(f"/v1/jobs/{job['id']}", params={"wait": 30})
+    assert r.status_code == 200  # a finished job needs no waiting
+    state.waiting = 0
+
+
+async def test_bad_bearer_tokens_are_throttled_per_client(client_for: MakeClient) -> None:
+    c = await client_for(tokens=TOKENS)
+    for i in range(DEFAULT_MAX_FAILURES):
+        r = await c.get("/v1/queues", headers=bearer(f"guess-{i:04}-0123456789"))
+        assert r.status_code == 401
+    r = await c.get("/v1/queues", headers=bearer("guess-last-0123456789"))
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    # While throttled, even a good token from this client is refused: no oracle.
+    assert (await c.get("/v1/queues", headers=bearer(READER))).status_code == 429
+    # The dashboard's login shares the budget.
+    form = await c.get("/login")
+    assert form.status_code == 200
+    csrf = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    r = await c.post("/login", data={"token": ADMIN, "csrf": csrf})
+    assert r.status_code == 429
+    # Another client is not affected.
+    service = c.service  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=service, client=("127.0.0.9", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as other:
+        assert (await other.get("/v1/queues", headers=bearer(READER))).status_code == 200
+
+
+async def test_failed_logins_are_throttled(client_for: MakeClient) -> None:
+    c = await client_for(tokens=TOKENS)
+    csrf = (await c.get("/login")).text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    for _ in range(DEFAULT_MAX_FAILURES):
+        r = await c.post("/login", data={"token": "wrong-0123456789abc", "csrf": csrf})
+        assert r.status_code == 401
+    r = await c.post("/login", data={"token": ADMIN, "csrf": csrf})
+    assert r.status_code == 429 and "Too many" in r.text and "Retry-After" in r.headers
+    assert (await c.get("/v1/queues", headers=bearer(READER))).status_code == 429
+
+
+def test_the_throttle_forgets_old_failures() -> None:
+    now = [0.0]
+    t = Throttle(max_failures=2, window_s=10, clock=lambda: now[0])
+    t.failed("a")
+    t.failed("a")
+    assert t.retry_after("a") == 10 and t.retry_after("b") is None
+    now[0] = 10.5
+    assert t.retry_after("a") is None
+
+
+async def test_a_planted_csrf_pair_does_not_work_for_a_session(client_for: MakeClient) -> None:
+    """The attacker takes a nonce and token from /login and plants the nonce in a victim's
+    browser (a sibling domain can set cookies): the token was made for no session."""
+    attacker = await client_for(tokens=TOKENS)
+    form = await attacker.get("/login")
+    nonce = attacker.cookies["offload_csrf"]
+    token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    victim = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=attacker.service),  # type: ignore[attr-defined]
+        base_url=LOCAL,
+    )
+    async with victim:
+        login = await victim.get("/login")
+        csrf = login.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert (await victim.post("/login", data={"token": ADMIN, "csrf": csrf})).status_code == 303
+        job = await app_of(attacker).tasks["hello"].aenqueue("x")
+        victim.cookies.set("offload_csrf", nonce)
+        r = await victim.post(f"/jobs/{job.id}/cancel", data={"csrf": token})
+        assert r.status_code == 403 and "security token" in r.text
+        assert await state_of(app_of(attacker), job.id) is JobState.QUEUED
+        # The victim's own page gives the token that works with its session.
+        page = await victim.get(f"/jobs/{job.id}")
+        mine = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        r = await victim.post(f"/jobs/{job.id}/cancel", data={"csrf": mine})
+        assert r.status_code == 303
+
+
+async def test_the_trailing_slash_redirect_does_not_follow_a_foreign_host(
+    client_for: MakeClient,
+) -> None:
+    c = await client_for(tokens=TOKENS)
+    for path in ("/v1/jobs/", "/v1/queues/", "/jobs/"):
+        r = await c.get(path, headers={"Host": "evil.test", **bearer(READER)})
+        assert r.status_code == 404, path
+        assert "evil.test" not in r.headers.get("location", ""), path
+
+
+async def test_json_answers_are_not_sniffed_nor_cached(client_for: MakeClient) -> None:
+    c = await client_for(tokens=TOKENS)
+    job = (await c.post("/v1/jobs", json={"task": "hello"}, headers=bearer(ADMIN))).json()
+    for r in (
+        await c.get("/v1/jobs", headers=bearer(READER)),
+        await c.get(f"/v1/jobs/{job['id']}", headers=bearer(READER)),
+        await c.get("/v1/jobs/nope", headers=bearer(READER)),
+        await c.get("/v1/jobs"),  # 401
+        await c.get("/metrics", headers=bearer(READER)),
+        await c.get("/openapi.json"),
+        await c.get("/healthz"),
+    ):
+        assert r.headers["X-Content-Type-Options"] == "nosniff", r.url
+        assert r.headers["Cache-Control"] == "no-store", r.url
+
+
+async def test_a_bulk_action_over_the_limit_is_a_clear_4xx_page(
+    client_for: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload.server.dashboard import bulk
+
+    monkeypatch.setattr(bulk, "BULK_MAX", 5)  # the same path as 50,000, with fewer jobs
+    c = await client_for()
+    for i in range(7):
+        await app_of(c).tasks["hello"].aenqueue(str(i))
+    r = await c.get("/jobs/bulk", params={"action": "cancel", "task": "hello"})
+    assert r.status_code == 422 and "More than 5 jobs match" in r.text
+    assert "text/html" in r.headers["content-type"]
+
+
+def test_tokens_on_the_command_line_warn_and_a_tokens_file_is_read(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from offload.cli.main import main
+
+    path = tmp_path / "tokens"
+    path.write_text(f"# who may do what\n{READER}=read\n{ADMIN}=admin;\n")
+    runner = CliRunner()
+    # --secret too short stops the command after the tokens are read, before serving.
+    base = ["--url", "memory://", "serve", "tests.apps.basic:app", "--secret", "short"]
+    r = runner.invoke(main, [*base, "--tokens", f"{READER}=read"])
+    assert r.exit_code == 2 and "visible to every user" in r.output
+    r = runner.invoke(main, base, env={"OFFLOAD_TOKENS": f"{READER}=read"})
+    assert r.exit_code == 2 and "visible to every user" not in r.output
+    r = runner.invoke(main, [*base, "--tokens-file", str(path)])
+    assert r.exit_code == 2 and "visible" not in r.output
+    bad = tmp_path / "bad"
+    bad.write_text("no-scopes-here\n")
+    r = runner.invoke(main, [*base, "--tokens-file", str(bad)])
+    assert r.exit_code == 1 and "TOKEN=scope" in r.output
+
+
+def test_serve_reads_its_tokens_from_a_file(tmp_path: Path) -> None:
+    """A real ``offload serve``: the tokens work and are not on its command line."""
+    import signal
+    import socket
+    import subprocess
+
+    from tests.procs import ROOT, child_env, offload_cmd, stop, wait_for
+
+    path = tmp_path / "tokens"
+    path.write_text(f"{READER}=read\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    cmd = offload_cmd(url, "serve", "tests.apps.basic:app", "--port", str(port))
+    cmd += ["--tokens-file", str(path), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "the server to answer /healthz")
+        assert httpx.get(f"{base}/v1/queues", timeout=5).status_code == 401
+        r = httpx.get(f"{base}/v1/queues", headers=bearer(READER), timeout=5)
+        assert r.status_code == 200
+        assert READER.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        big = httpx.get(f"{base}/healthz", headers={"X-Big": "a" * 100_000}, timeout=5)
+        assert big.status_code == 431
+    finally:
+        stop(proc, signal.SIGTERM)

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import math
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,10 +20,12 @@ from starlette.responses import Response
 from offload.errors import JobNotFound
 from offload.job import JobFilter, JobRecord, JobState
 from offload.server.http import (
+    JSON_HEADERS,
     HTTPError,
     decode_body,
     json_response,
     read_json_body,
+    retry_after,
 )
 from offload.server.jsonlimits import checked_cursor
 from offload.server.metrics import CONTENT_TYPE
@@ -49,6 +52,7 @@ IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # Idempotency-Key values are stored as dedup keys under this prefix, which a body's ``key``
 # may not use: a client could otherwise name (and read) another client's request.
 IDEMPOTENCY_PREFIX = "idempotency:"
+WAITERS_RETRY_AFTER_S = 1
 PROBE_TIMEOUT_S = 2.0  # readiness and metrics must answer even when the backend hangs
 _MAX_JOB_ID = 200
 
@@ -71,7 +75,7 @@ class Api:
         bound = task.options(
             queue=self._queue(task, req.queue),
             delay=req.delay,
-            run_at=req.run_at,
+            run_at=_not_past(req.run_at) if req.delay is None else req.run_at,
             priority=req.priority,
             max_attempts=req.max_attempts,
             key=key,
@@ -96,13 +100,16 @@ class Api:
                 argument="Idempotency-Key",
             )
         if not replayed:
-            self.state.metrics.enqueued.labels(record.task, record.queue).inc()
+            metrics = self.state.metrics
+            metrics.enqueued.labels(record.task, metrics.queue_label(record.queue)).inc()
         # Relative (RFC 9110 allows it) and cheap: url_for costs more than the rest of the route.
         headers = {"Location": f"{request.scope.get('root_path', '')}/v1/jobs/{record.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         wait_s = prefer_wait(request.headers.getlist("prefer"), self.state.max_wait_s)
-        if wait_s is not None:
+        # A preference may be ignored (RFC 7240): with every waiter slot taken the job is
+        # stored and answered at once; refusing would make the client enqueue it again.
+        if wait_s is not None and self.state.waiting < self.state.max_waiting:
             headers["Preference-Applied"] = f"wait={_seconds(wait_s)}"
             record = await self._wait(record, wait_s)
         status = 200 if record.state.final else 202
@@ -115,7 +122,16 @@ class Api:
         if record is None:
             raise JobNotFound(job_id)
         if wait is not None:
-            record = await self._wait(record, self._wait_param(wait))
+            wait_s = self._wait_param(wait)
+            if self.state.waiting >= self.state.max_waiting and not record.state.final:
+                raise HTTPError(
+                    503,
+                    "too_many_waiters",
+                    "too many requests are waiting for jobs right now; poll without wait, or "
+                    "try again later",
+                    headers=retry_after(WAITERS_RETRY_AFTER_S),
+                )
+            record = await self._wait(record, wait_s)
         return json_response(job_out(record))
 
     async def list_jobs(self, request: Request) -> Response:
@@ -199,7 +215,9 @@ class Api:
                 counts = await self.app.call(lambda b: b.counts())
         except Exception:
             counts = None
-        return Response(self.state.metrics.render(counts), media_type=CONTENT_TYPE)
+        return Response(
+            self.state.metrics.render(counts), media_type=CONTENT_TYPE, headers=JSON_HEADERS
+        )
 
     async def openapi(self, request: Request) -> Response:
         return json_response(self.state.openapi())
@@ -271,7 +289,11 @@ class Api:
     async def _wait(self, record: JobRecord, wait_s: float) -> JobRecord:
         if record.state.final or wait_s <= 0:
             return record
-        latest = await self.app.call(functools.partial(_wait_done, record.id, wait_s))
+        self.state.waiting += 1
+        try:
+            latest = await self.app.call(functools.partial(_wait_done, record.id, wait_s))
+        finally:
+            self.state.waiting -= 1
         return latest if latest is not None else record
 
 
@@ -303,6 +325,12 @@ def prefer_wait(headers: list[str], max_wait_s: float) -> float | None:
             if math.isfinite(seconds) and seconds >= 0:
                 return min(seconds, max_wait_s)
     return None
+
+
+def _not_past(run_at: datetime | None) -> datetime | None:
+    """A run_at already past means "now" (the backend's now): kept as given, a date of year 1
+    would sort ahead of every queued job and poison the wait-time histogram."""
+    return None if run_at is not None and run_at < datetime.now(UTC) else run_at
 
 
 def _same_call(record: JobRecord, task: str, args: bytes) -> bool:

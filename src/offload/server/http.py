@@ -35,6 +35,8 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 BACKEND_RETRY_AFTER_S = 2  # long enough to ride out a reconnect, short enough to feel live
 
 _encoder = msgspec.json.Encoder()
+# Every JSON answer: never sniffed as HTML by a browser, never kept by a cache (job data).
+JSON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
 class HTTPError(Exception):
@@ -60,9 +62,12 @@ class HTTPError(Exception):
 def json_response(
     body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return Response(
+    response = Response(
         _encoder.encode(body), status_code=status, headers=headers, media_type="application/json"
     )
+    for name, value in JSON_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def error_response(err: HTTPError) -> Response:

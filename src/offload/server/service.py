@@ -34,10 +34,12 @@ from offload.server.api import Api
 from offload.server.auth import TokenAuth
 from offload.server.batcher import DEFAULT_MAX_BATCH, EnqueueBatcher
 from offload.server.guard import LoopbackOnly, is_loopback
+from offload.server.headerlimit import DEFAULT_MAX_HEADER_BYTES, HeaderLimit
 from offload.server.http import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response
 from offload.server.metrics import Metrics
 from offload.server.openapi import build_openapi
 from offload.server.routes import starlette_routes
+from offload.server.throttle import Throttle
 from offload.server.throughput import Throughput
 from offload.worker import Worker, WorkerConfig
 
@@ -45,6 +47,9 @@ log = logging.getLogger("offload.server")
 
 DEFAULT_MAX_WAIT_S = 60.0  # a request held longer than this is better polled
 DEFAULT_MAX_PAGE = 500
+# Requests held waiting for a job's end at once (Prefer: wait, ?wait=): each holds a
+# connection and a backend waiter; past this an enqueue answers at once, a GET answers 503.
+DEFAULT_MAX_WAITING = 1000
 DEFAULT_SWITCH_INTERVAL_S = 0.0005  # see run_server; measured with benchmarks/http_load.py
 
 
@@ -61,6 +66,9 @@ class ServiceState:
     max_page: int
     title: str
     loopback_only: bool
+    max_waiting: int = DEFAULT_MAX_WAITING
+    waiting: int = 0
+    throttle: Throttle = field(default_factory=Throttle)
     workers: list[Worker] = field(default_factory=list)
     extra_queues: Mapping[str, frozenset[str]] = field(default_factory=dict)
     throughput: Throughput = field(default_factory=Throughput)
@@ -99,6 +107,8 @@ def create_service(
     dashboard: bool = True,
     dashboard_secret: bytes | None = None,
     queues_per_task: Mapping[str, Collection[str]] | None = None,
+    max_waiting: int = DEFAULT_MAX_WAITING,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> Starlette:
     """The HTTP API of ``app`` as an ASGI application (see docs/http.md).
 
@@ -114,13 +124,19 @@ def create_service(
     An HTTP enqueue may name only its task's own queue, or one that ``queues_per_task``
     (``{task name: [queue, ...]}``) lists for it: an enqueue-scoped client cannot fill the
     depth limit of a queue that internal producers rely on (docs/security.md).
+
+    ``max_waiting`` bounds the requests waiting for a job's end at once (beyond it an enqueue
+    does not wait and ``GET /v1/jobs/ID?wait=`` answers 503); ``max_header_bytes`` bounds a
+    request's headers (431).
     """
-    if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1:
-        raise ConfigurationError("workers, max_body_bytes, max_wait_s, max_page out of range")
+    if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1 or max_waiting < 0:
+        raise ConfigurationError(
+            "workers, max_body_bytes, max_wait_s, max_page, max_waiting out of range"
+        )
     auth = TokenAuth.from_mapping(tokens)
     extra_queues = _queues_per_task(queues_per_task)
     embedded: list[Worker] = []
-    metrics = Metrics(lambda: embedded)
+    metrics = Metrics(lambda: embedded, known_queues=default_queues(app))
     state = ServiceState(
         app=app,
         auth=auth,
@@ -135,6 +151,7 @@ def create_service(
         loopback_only=not auth.enabled and not insecure,
         workers=embedded,
         extra_queues=extra_queues,
+        max_waiting=max_waiting,
     )
     config = _embedded_config(app, workers, worker_config)
     routes = starlette_routes(Api(state))
@@ -148,14 +165,21 @@ def create_service(
             secret=dashboard_secret,
             title=title,
             throughput=state.throughput,
+            throttle=state.throttle,
         ).routes
 
     service = Starlette(
         routes=routes,
         lifespan=functools.partial(_lifespan, state, config),
-        middleware=[Middleware(LoopbackOnly)] if state.loopback_only else [],
+        middleware=[
+            Middleware(HeaderLimit, max_bytes=max_header_bytes),
+            *([Middleware(LoopbackOnly)] if state.loopback_only else []),
+        ],
         exception_handlers={StarletteHTTPException: _http_exception},  # type: ignore[dict-item]
     )
+    # Starlette's redirect to the path with(out) a trailing slash is absolute, built from the
+    # Host header: a foreign Host would be sent on to itself. A wrong path is a 404 instead.
+    service.router.redirect_slashes = False
     service.state.offload = state
     return service
 

@@ -122,7 +122,8 @@ class Core:
         async def endpoint(request: Request) -> Response:
             viewer = self.guard.viewer(request)
             nonce, fresh = self.guard.csrf_nonce(request)
-            page = Page(request, viewer or Viewer(frozenset(), False), self.guard.csrf_token(nonce))
+            csrf = self.guard.csrf_token(request, nonce)
+            page = Page(request, viewer or Viewer(frozenset(), False), csrf)
             if not self.guard.host_ok(request):
                 response: Response = self.error(page, HOST_ERROR)
             elif viewer is None and json:
@@ -146,7 +147,7 @@ class Core:
         async def endpoint(request: Request) -> Response:
             viewer = self.guard.viewer(request) or Viewer(frozenset(), False)
             nonce, _ = self.guard.csrf_nonce(request)
-            page = Page(request, viewer, self.guard.csrf_token(nonce))
+            page = Page(request, viewer, self.guard.csrf_token(request, nonce))
             response = await self._run(page, self._act(page, viewer, handler, fields))
             return add_security_headers(response)
 
