@@ -1,6 +1,8 @@
 """What a hostile client tried against the HTTP API and the dashboard (issue 16), kept as
 regression tests: plain HTTP requests through httpx against the ASGI app, on the memory and
-SQLite backends. docs/security.md states the threat model these defend."""
+SQLite backends. docs/security.md states the threat model these defend; the dashboard's own
+attacks (and a real browser) are in test_dashboard_hostile.py, ``offload serve``'s tokens in
+test_server_tokens.py."""
 
 from __future__ import annotations
 
@@ -374,17 +376,6 @@ async def test_bad_bearer_tokens_are_throttled_per_client(client_for: MakeClient
         assert (await other.get("/v1/queues", headers=bearer(READER))).status_code == 200
 
 
-async def test_failed_logins_are_throttled(client_for: MakeClient) -> None:
-    c = await client_for(tokens=TOKENS)
-    csrf = (await c.get("/login")).text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-    for _ in range(DEFAULT_MAX_FAILURES):
-        r = await c.post("/login", data={"token": "wrong-0123456789abc", "csrf": csrf})
-        assert r.status_code == 401
-    r = await c.post("/login", data={"token": ADMIN, "csrf": csrf})
-    assert r.status_code == 429 and "Too many" in r.text and "Retry-After" in r.headers
-    assert (await c.get("/v1/queues", headers=bearer(READER))).status_code == 429
-
-
 def test_the_throttle_forgets_old_failures() -> None:
     now = [0.0]
     t = Throttle(max_failures=2, window_s=10, clock=lambda: now[0])
@@ -393,33 +384,6 @@ def test_the_throttle_forgets_old_failures() -> None:
     assert t.retry_after("a") == 10 and t.retry_after("b") is None
     now[0] = 10.5
     assert t.retry_after("a") is None
-
-
-async def test_a_planted_csrf_pair_does_not_work_for_a_session(client_for: MakeClient) -> None:
-    """The attacker takes a nonce and token from /login and plants the nonce in a victim's
-    browser (a sibling domain can set cookies): the token was made for no session."""
-    attacker = await client_for(tokens=TOKENS)
-    form = await attacker.get("/login")
-    nonce = attacker.cookies["offload_csrf"]
-    token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-    victim = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=attacker.service),  # type: ignore[attr-defined]
-        base_url=LOCAL,
-    )
-    async with victim:
-        login = await victim.get("/login")
-        csrf = login.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        assert (await victim.post("/login", data={"token": ADMIN, "csrf": csrf})).status_code == 303
-        job = await app_of(attacker).tasks["hello"].aenqueue("x")
-        victim.cookies.set("offload_csrf", nonce)
-        r = await victim.post(f"/jobs/{job.id}/cancel", data={"csrf": token})
-        assert r.status_code == 403 and "security token" in r.text
-        assert await state_of(app_of(attacker), job.id) is JobState.QUEUED
-        # The victim's own page gives the token that works with its session.
-        page = await victim.get(f"/jobs/{job.id}")
-        mine = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        r = await victim.post(f"/jobs/{job.id}/cancel", data={"csrf": mine})
-        assert r.status_code == 303
 
 
 async def test_the_trailing_slash_redirect_does_not_follow_a_foreign_host(
@@ -446,76 +410,3 @@ async def test_json_answers_are_not_sniffed_nor_cached(client_for: MakeClient) -
     ):
         assert r.headers["X-Content-Type-Options"] == "nosniff", r.url
         assert r.headers["Cache-Control"] == "no-store", r.url
-
-
-async def test_a_bulk_action_over_the_limit_is_a_clear_4xx_page(
-    client_for: MakeClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from offload.server.dashboard import bulk
-
-    monkeypatch.setattr(bulk, "BULK_MAX", 5)  # the same path as 50,000, with fewer jobs
-    c = await client_for()
-    for i in range(7):
-        await app_of(c).tasks["hello"].aenqueue(str(i))
-    r = await c.get("/jobs/bulk", params={"action": "cancel", "task": "hello"})
-    assert r.status_code == 422 and "More than 5 jobs match" in r.text
-    assert "text/html" in r.headers["content-type"]
-
-
-def test_tokens_on_the_command_line_warn_and_a_tokens_file_is_read(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from offload.cli.main import main
-
-    path = tmp_path / "tokens"
-    path.write_text(f"# who may do what\n{READER}=read\n{ADMIN}=admin;\n")
-    runner = CliRunner()
-    # --secret too short stops the command after the tokens are read, before serving.
-    base = ["--url", "memory://", "serve", "tests.apps.basic:app", "--secret", "short"]
-    r = runner.invoke(main, [*base, "--tokens", f"{READER}=read"])
-    assert r.exit_code == 2 and "visible to every user" in r.output
-    r = runner.invoke(main, base, env={"OFFLOAD_TOKENS": f"{READER}=read"})
-    assert r.exit_code == 2 and "visible to every user" not in r.output
-    r = runner.invoke(main, [*base, "--tokens-file", str(path)])
-    assert r.exit_code == 2 and "visible" not in r.output
-    bad = tmp_path / "bad"
-    bad.write_text("no-scopes-here\n")
-    r = runner.invoke(main, [*base, "--tokens-file", str(bad)])
-    assert r.exit_code == 1 and "TOKEN=scope" in r.output
-
-
-def test_serve_reads_its_tokens_from_a_file(tmp_path: Path) -> None:
-    """A real ``offload serve``: the tokens work and are not on its command line."""
-    import signal
-    import socket
-    import subprocess
-
-    from tests.procs import ROOT, child_env, offload_cmd, stop, wait_for
-
-    path = tmp_path / "tokens"
-    path.write_text(f"{READER}=read\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    cmd = offload_cmd(url, "serve", "tests.apps.basic:app", "--port", str(port))
-    cmd += ["--tokens-file", str(path), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), text=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 30, "the server to answer /healthz")
-        assert httpx.get(f"{base}/v1/queues", timeout=5).status_code == 401
-        r = httpx.get(f"{base}/v1/queues", headers=bearer(READER), timeout=5)
-        assert r.status_code == 200
-        assert READER.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
-        big = httpx.get(f"{base}/healthz", headers={"X-Big": "a" * 100_000}, timeout=5)
-        assert big.status_code == 431
-    finally:
-        stop(proc, signal.SIGTERM)
