@@ -37,6 +37,8 @@ BACKEND_RETRY_AFTER_S = 2  # long enough to ride out a reconnect, short enough t
 _encoder = msgspec.json.Encoder()
 # Every JSON answer: never sniffed as HTML by a browser, never kept by a cache (job data).
 JSON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+_JSON_HEADER_NAMES = {k.lower() for k in JSON_HEADERS}
+_RAW_JSON_HEADERS = [(k.lower().encode(), v.encode()) for k, v in JSON_HEADERS.items()]
 
 
 class HTTPError(Exception):
@@ -65,8 +67,11 @@ def json_response(
     response = Response(
         _encoder.encode(body), status_code=status, headers=headers, media_type="application/json"
     )
-    for name, value in JSON_HEADERS.items():
-        response.headers.setdefault(name, value)
+    if not headers or not _JSON_HEADER_NAMES & {k.lower() for k in headers}:
+        response.raw_headers.extend(_RAW_JSON_HEADERS)  # pre-encoded: this is the hot path
+    else:
+        for name, value in JSON_HEADERS.items():
+            response.headers.setdefault(name, value)
     return response
 
 

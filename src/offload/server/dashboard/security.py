@@ -155,11 +155,9 @@ class Guard:
             return nonce, False
         return _b64(secrets.token_bytes(18)), True
 
-    def csrf_token(self, request: Request, nonce: str, session: str | None = None) -> str:
-        """The token of the forms of a page: bound to this browser's nonce and its session
-        (``session`` overrides the request's session cookie, e.g. one being set now)."""
-        if session is None:
-            session = request.cookies.get(cookie_name(request, SESSION_COOKIE), "")
+    def csrf_token(self, request: Request, nonce: str) -> str:
+        """The token of the forms of a page: bound to this browser's nonce and its session."""
+        session = request.cookies.get(cookie_name(request, SESSION_COOKIE), "")
         return _b64(_mac(self.secret, b"csrf", nonce.encode(), session.encode()))
 
     def csrf_ok(self, request: Request, token: str | None) -> bool:
