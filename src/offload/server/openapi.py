@@ -21,16 +21,19 @@ _REF = "#/components/schemas/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # what OpenAPI allows in a component name
 
 _STATUS_TEXT = {
-    400: "Malformed JSON",
+    400: "Malformed JSON, or nested more than 64 levels",
     401: "Missing or invalid bearer token",
     403: "The token lacks the scope this route needs",
     404: "No such job, or no task of that name can be enqueued here",
-    409: "The job's state does not allow this, or the Idempotency-Key was used for another request",
+    409: "The job's state does not allow this, the Idempotency-Key was used for another "
+    "request, or the key is held by a job of another task",
     413: "Body over the size limit",
     415: "Body is not application/json",
     422: "Invalid input; `argument` names the field when it can",
-    429: "The queue is full; try again after Retry-After seconds",
-    503: "The job store is unreachable; try again after Retry-After seconds",
+    429: "The queue is full, or too many bad tokens came from this client; try again after "
+    "Retry-After seconds",
+    503: "The job store is unreachable, or too many requests are waiting; try again after "
+    "Retry-After seconds",
 }
 
 
@@ -163,7 +166,8 @@ def _operation(op: Operation, body: dict[str, Any], auth: bool, limits: Limits) 
 
 
 def _errors(op: Operation, auth: bool) -> dict[str, Any]:
-    codes = ([401, 403] if auth and op.scope is not None else []) + list(op.errors)
+    # With tokens, a scoped route may also answer 429: too many bad tokens from this client.
+    codes = {*([401, 403, 429] if auth and op.scope is not None else []), *op.errors}
     out: dict[str, Any] = {}
     for code in sorted(codes):
         out[str(code)] = {"description": _STATUS_TEXT[code], "content": _json("ErrorBody")}
