@@ -36,9 +36,7 @@ SAFE_FETCH_SITES = frozenset({"same-origin", "none"})
 
 def is_loopback(host: str) -> bool:
     """True for a loopback address (v4 or v6, brackets allowed) and for ``localhost``."""
-    if host in ("127.0.0.1", "::1", "localhost"):  # the common answers, without parsing
-        return True
-    if host.lower() == "localhost":
+    if host in ("127.0.0.1", "::1") or host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
