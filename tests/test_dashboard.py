@@ -104,7 +104,7 @@ async def browser_for(url: str) -> AsyncIterator[MakeBrowser]:
     opened: list[tuple[httpx.AsyncClient, Any]] = []
 
     async def make(
-        login: str | None = ADMIN, base: str = "http://offload.test", **options: Any
+        login: str | None = ADMIN, base: str = "http://localhost", **options: Any
     ) -> Browser:
         options.setdefault("tokens", TOKENS)
         service = create_service(make_app(url), **options)
@@ -184,8 +184,11 @@ async def test_a_tampered_or_foreign_session_is_refused(browser_for: MakeBrowser
 async def test_the_session_cookie_is_secure_over_https(browser_for: MakeBrowser) -> None:
     b = await browser_for(login=None, base="https://offload.test")
     r = await b.login(ADMIN)
-    cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("offload_session="))
-    assert "secure" in cookie.lower()
+    cookies = r.headers.get_list("set-cookie")
+    cookie = next(c for c in cookies if c.startswith("__Host-offload_session="))
+    assert "secure" in cookie.lower() and "path=/;" in cookie.lower()
+    assert "domain" not in cookie.lower()
+    assert (await b.get("/jobs")).status_code == 200  # the prefixed cookie is the session
 
 
 async def test_logout_ends_the_session(browser_for: MakeBrowser) -> None:
@@ -219,7 +222,7 @@ async def test_loopback_mode_needs_no_login_and_says_so(browser_for: MakeBrowser
     assert r.status_code == 303 and await state_of(b.app, job.id) is JobState.CANCELLED
     far = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_service(b.app), client=("203.0.113.9", 5000)),
-        base_url="http://offload.test",
+        base_url="http://localhost",
     )
     async with far:
         assert (await far.get("/")).status_code == 403

@@ -55,7 +55,7 @@ async def client_for(url: str) -> AsyncIterator[MakeClient]:
         lifespan = service.router.lifespan_context(service)
         await lifespan.__aenter__()
         transport = httpx.ASGITransport(app=service)
-        client = httpx.AsyncClient(transport=transport, base_url="http://offload.test")
+        client = httpx.AsyncClient(transport=transport, base_url="http://localhost")
         stack.append((service, client, lifespan))
         return client
 
@@ -94,7 +94,7 @@ async def test_enqueue_answers_202_with_location(client_for: MakeClient) -> None
 
 
 async def test_enqueue_options(client_for: MakeClient) -> None:
-    client = await client_for()
+    client = await client_for(queues_per_task={"add": ["other"]})
     r = await client.post(
         "/v1/jobs",
         json={"task": "add", "args": {"a": 1}, "queue": "other", "delay": 60, "max_attempts": 7},
@@ -166,7 +166,7 @@ async def test_idempotency_key_returns_the_same_job(client_for: MakeClient) -> N
 
 
 async def test_list_filter_and_page(client_for: MakeClient) -> None:
-    client = await client_for()
+    client = await client_for(queues_per_task={"add": ["q2"]})
     for i in range(5):
         await client.post("/v1/jobs", json={"task": "add", "args": {"a": i}})
     await client.post("/v1/jobs", json={"task": "add", "args": {"a": 9}, "queue": "q2"})

@@ -33,7 +33,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     # A remote client: with tokens configured, where the client is does not matter.
     transport = httpx.ASGITransport(app=service, client=("203.0.113.9", 4000))
     async with service.router.lifespan_context(service):
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             yield c
 
 
@@ -81,7 +81,7 @@ async def test_without_tokens_only_loopback_clients_are_served() -> None:
     async with service.router.lifespan_context(service):
         for host, status in (("127.0.0.1", 200), ("::1", 200), ("192.0.2.1", 403)):
             transport = httpx.ASGITransport(app=service, client=(host, 4000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
                 r = await c.get("/v1/queues")
                 assert r.status_code == status, host
                 if status == 403:
@@ -89,7 +89,7 @@ async def test_without_tokens_only_loopback_clients_are_served() -> None:
     open_service = create_service(_app(), insecure=True)
     transport = httpx.ASGITransport(app=open_service, client=("192.0.2.1", 4000))
     async with open_service.router.lifespan_context(open_service):
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             assert (await c.get("/v1/queues")).status_code == 200
 
 

@@ -41,7 +41,7 @@ def _app(url: str) -> offload.App:
 
 async def _flood(service: Any, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=service)
-    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         return await asyncio.gather(*(client.post("/v1/jobs", json=b) for b in bodies))
 
 
@@ -80,7 +80,7 @@ async def test_concurrent_enqueues_share_backend_calls(url: str) -> None:
         assert {r.status_code for r in responses} == {202}
         assert len({r.json()["id"] for r in responses}) == 200
         transport = httpx.ASGITransport(app=service)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             calls, jobs = _batches((await client.get("/metrics")).text)
         assert jobs == 200 and calls < 50  # grouped: far fewer writes than requests
 
@@ -90,7 +90,7 @@ async def test_without_group_commit_each_enqueue_is_one_call(url: str) -> None:
     async with service.router.lifespan_context(service):
         await _flood(service, [{"task": "other", "args": {"n": i}} for i in range(30)])
         transport = httpx.ASGITransport(app=service)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert _batches((await client.get("/metrics")).text) == (30, 30)
 
 

@@ -176,7 +176,17 @@ async def run_worker(app: App, config: WorkerConfig) -> None:
     show_envvar=True,
     default=None,
     metavar="TOKEN=SCOPES;...",
-    help="API tokens and their scopes (read, enqueue, admin), e.g. 'T1=read;T2=admin'.",
+    help="API tokens and their scopes (read, enqueue, admin), e.g. 'T1=read;T2=admin'. "
+    "Prefer the environment variable or --tokens-file: a command line shows in `ps`.",
+)
+@click.option(
+    "--tokens-file",
+    envvar="OFFLOAD_TOKENS_FILE",
+    show_envvar=True,
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A file of API tokens, TOKEN=SCOPES per line (or ';'-separated); lines starting with "
+    "'#' are comments.",
 )
 @click.option(
     "--insecure",
@@ -204,16 +214,18 @@ def serve(
     queues: str | None,
     grace: float,
     tokens: str | None,
+    tokens_file: str | None,
     insecure: bool,
     secret: str | None,
     no_dashboard: bool,
     log_level: str,
 ) -> None:
     """Serve the HTTP API and the dashboard, with an embedded worker when --workers > 0."""
-    from offload.server import parse_tokens, run_server  # MissingDependency names the extra
+    from offload.server import run_server  # MissingDependency names the extra
     from offload.server.service import default_queues
 
     setup_logging(log_level)
+    token_map = _tokens(click.get_current_context(), tokens, tokens_file)
     app = obj.app(app_spec)
     config = None
     if workers > 0:
@@ -233,9 +245,31 @@ def serve(
         port=port,
         workers=workers,
         worker_config=config,
-        tokens=parse_tokens(tokens) if tokens else None,
+        tokens=token_map,
         insecure=insecure,
         log_level=log_level,
         dashboard=not no_dashboard,
         dashboard_secret=secret.encode() if secret else None,
     )
+
+
+def _tokens(ctx: click.Context, spec: str | None, path: str | None) -> dict[str, list[str]] | None:
+    """The API tokens of ``--tokens`` and ``--tokens-file`` (both may be given), with a
+    warning when they came on the command line, where every user of the machine can read
+    them (``ps``, /proc)."""
+    from offload.server import parse_tokens
+
+    if spec and ctx.get_parameter_source("tokens") is click.core.ParameterSource.COMMANDLINE:
+        click.echo(
+            "warning: --tokens on the command line is visible to every user of this machine "
+            "(ps); use OFFLOAD_TOKENS or --tokens-file",
+            err=True,
+        )
+    found: dict[str, list[str]] = {}
+    if path:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+        found.update(parse_tokens(";".join(ln for ln in lines if ln and not ln.startswith("#"))))
+    if spec:
+        found.update(parse_tokens(spec))
+    return found or None

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from offload.server.auth import SCOPES, parse_tokens
-    from offload.server.service import create_service, is_loopback, run_server
+    from offload.server.guard import is_loopback
+    from offload.server.service import create_service, run_server
 
 __all__ = ["SCOPES", "create_service", "is_loopback", "parse_tokens", "run_server"]
 
@@ -25,6 +26,8 @@ def __getattr__(name: str) -> Any:
         from offload.errors import MissingDependency
 
         raise MissingDependency("the HTTP service", "server") from None
-    from offload.server import auth, service
+    from offload.server import auth, guard, service
 
-    return getattr(auth if name in ("SCOPES", "parse_tokens") else service, name)
+    if name in ("SCOPES", "parse_tokens"):
+        return getattr(auth, name)
+    return getattr(guard if name == "is_loopback" else service, name)

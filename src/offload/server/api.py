@@ -10,6 +10,7 @@ import asyncio
 import functools
 import math
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,11 +20,14 @@ from starlette.responses import Response
 from offload.errors import JobNotFound
 from offload.job import JobFilter, JobRecord, JobState
 from offload.server.http import (
+    JSON_HEADERS,
     HTTPError,
     decode_body,
     json_response,
     read_json_body,
+    retry_after,
 )
+from offload.server.jsonlimits import checked_cursor
 from offload.server.metrics import CONTENT_TYPE
 from offload.server.schemas import (
     EnqueueRequest,
@@ -45,6 +49,10 @@ IDEMPOTENCY_KEY_MAX = 200
 # Visible ASCII, spaces only inside (HTTP strips them at the ends); shared with the OpenAPI doc.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# Idempotency-Key values are stored as dedup keys under this prefix, which a body's ``key``
+# may not use: a client could otherwise name (and read) another client's request.
+IDEMPOTENCY_PREFIX = "idempotency:"
+WAITERS_RETRY_AFTER_S = 1
 PROBE_TIMEOUT_S = 2.0  # readiness and metrics must answer even when the backend hangs
 _MAX_JOB_ID = 200
 
@@ -63,17 +71,11 @@ class Api:
         req: EnqueueRequest = decode_body(body, EnqueueRequest)
         task = self._exposed(req.task)
         args = task.validate_json(bytes(req.args))
-        idem = request.headers.get("idempotency-key")
-        key = req.key
-        by_idem = False
-        if idem is not None:
-            idem_key = self._idempotent_key(task, idem)
-            by_idem = key is None  # a key in the body is the dedup key already
-            key = idem_key if by_idem else key
+        key, by_idem = self._dedup_key(task, req.key, request.headers.get("idempotency-key"))
         bound = task.options(
-            queue=req.queue,
+            queue=self._queue(task, req.queue),
             delay=req.delay,
-            run_at=req.run_at,
+            run_at=_not_past(req.run_at) if req.delay is None else req.run_at,
             priority=req.priority,
             max_attempts=req.max_attempts,
             key=key,
@@ -81,6 +83,15 @@ class Api:
         new = bound.prepare_json(args)
         record = await self.state.batcher.enqueue(new)
         replayed = record.id != new.id
+        if replayed and record.task != new.task:
+            # The caller could not have enqueued that job: say no more than that the key is
+            # taken (no id, no arguments, no result), and never wait on it.
+            raise HTTPError(
+                409,
+                "key_conflict",
+                "this key is used by a job of another task in this queue; choose another key",
+                argument="key",
+            )
         if replayed and by_idem and not _same_call(record, new.task, args):
             raise HTTPError(
                 409,
@@ -89,13 +100,16 @@ class Api:
                 argument="Idempotency-Key",
             )
         if not replayed:
-            self.state.metrics.enqueued.labels(record.task, record.queue).inc()
+            metrics = self.state.metrics
+            metrics.enqueued.labels(record.task, metrics.queue_label(record.queue)).inc()
         # Relative (RFC 9110 allows it) and cheap: url_for costs more than the rest of the route.
         headers = {"Location": f"{request.scope.get('root_path', '')}/v1/jobs/{record.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         wait_s = prefer_wait(request.headers.getlist("prefer"), self.state.max_wait_s)
-        if wait_s is not None:
+        # A preference may be ignored (RFC 7240): with every waiter slot taken the job is
+        # stored and answered at once; refusing would make the client enqueue it again.
+        if wait_s is not None and self.state.waiting < self.state.max_waiting:
             headers["Preference-Applied"] = f"wait={_seconds(wait_s)}"
             record = await self._wait(record, wait_s)
         status = 200 if record.state.final else 202
@@ -108,7 +122,16 @@ class Api:
         if record is None:
             raise JobNotFound(job_id)
         if wait is not None:
-            record = await self._wait(record, self._wait_param(wait))
+            wait_s = self._wait_param(wait)
+            if self.state.waiting >= self.state.max_waiting and not record.state.final:
+                raise HTTPError(
+                    503,
+                    "too_many_waiters",
+                    "too many requests are waiting for jobs right now; poll without wait, or "
+                    "try again later",
+                    headers=retry_after(WAITERS_RETRY_AFTER_S),
+                )
+            record = await self._wait(record, wait_s)
         return json_response(job_out(record))
 
     async def list_jobs(self, request: Request) -> Response:
@@ -121,6 +144,7 @@ class Api:
             limit=_int_param(q.get("limit"), "limit", 1, self.state.max_page, default=50),
         )
         try:
+            checked_cursor(flt.cursor)
             page = await self.app.call(lambda b: b.list_jobs(flt))
         except ValueError as exc:  # a cursor that is not one of ours
             raise HTTPError(422, "invalid_cursor", str(exc), argument="cursor") from None
@@ -191,7 +215,9 @@ class Api:
                 counts = await self.app.call(lambda b: b.counts())
         except Exception:
             counts = None
-        return Response(self.state.metrics.render(counts), media_type=CONTENT_TYPE)
+        return Response(
+            self.state.metrics.render(counts), media_type=CONTENT_TYPE, headers=JSON_HEADERS
+        )
 
     async def openapi(self, request: Request) -> Response:
         return json_response(self.state.openapi())
@@ -204,6 +230,38 @@ class Api:
             raise HTTPError(404, "unknown_task", f"no task named {name!r} can be enqueued here")
         return task
 
+    def _queue(self, task: Task[Any, Any], queue: str | None) -> str | None:
+        """The queue an HTTP enqueue names: its task's own, or one the service allows it."""
+        if queue is None or queue == task.config.queue:
+            return queue
+        if queue not in self.state.extra_queues.get(task.name, ()):
+            raise HTTPError(
+                422,
+                "queue_not_allowed",
+                f"task {task.name!r} can be enqueued over HTTP into its own queue "
+                f"({task.config.queue!r}) only",
+                argument="queue",
+            )
+        return queue
+
+    def _dedup_key(
+        self, task: Task[Any, Any], key: str | None, idem: str | None
+    ) -> tuple[str | None, bool]:
+        """The job's dedup key, and whether it came from the Idempotency-Key header."""
+        if key is not None and key.startswith(IDEMPOTENCY_PREFIX):
+            raise HTTPError(
+                422,
+                "invalid_request",
+                f"keys starting with {IDEMPOTENCY_PREFIX!r} are reserved for Idempotency-Key",
+                argument="key",
+            )
+        if idem is None:
+            return key, False
+        idem_key = self._idempotent_key(task, idem)
+        if key is not None:  # a key in the body is the dedup key already
+            return key, False
+        return idem_key, True
+
     def _idempotent_key(self, task: Task[Any, Any], idem: str) -> str:
         if len(idem) > IDEMPOTENCY_KEY_MAX or not IDEMPOTENCY_KEY_RE.match(idem):
             raise HTTPError(
@@ -212,7 +270,7 @@ class Api:
                 f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters",
                 argument="Idempotency-Key",
             )
-        return f"idempotency:{task.name}:{idem}"
+        return f"{IDEMPOTENCY_PREFIX}{task.name}:{idem}"
 
     def _wait_param(self, raw: str) -> float:
         try:
@@ -231,7 +289,11 @@ class Api:
     async def _wait(self, record: JobRecord, wait_s: float) -> JobRecord:
         if record.state.final or wait_s <= 0:
             return record
-        latest = await self.app.call(functools.partial(_wait_done, record.id, wait_s))
+        self.state.waiting += 1
+        try:
+            latest = await self.app.call(functools.partial(_wait_done, record.id, wait_s))
+        finally:
+            self.state.waiting -= 1
         return latest if latest is not None else record
 
 
@@ -263,6 +325,12 @@ def prefer_wait(headers: list[str], max_wait_s: float) -> float | None:
             if math.isfinite(seconds) and seconds >= 0:
                 return min(seconds, max_wait_s)
     return None
+
+
+def _not_past(run_at: datetime | None) -> datetime | None:
+    """A run_at already past means "now" (the backend's now): kept as given, a date of year 1
+    would sort ahead of every queued job and poison the wait-time histogram."""
+    return None if run_at is not None and run_at < datetime.now(UTC) else run_at
 
 
 def _same_call(record: JobRecord, task: str, args: bytes) -> bool:

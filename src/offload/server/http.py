@@ -26,6 +26,7 @@ from offload.errors import (
     UnknownTask,
     ValidationError,
 )
+from offload.server.jsonlimits import MAX_JSON_DEPTH, too_deep
 from offload.server.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger("offload.server")
@@ -34,6 +35,10 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 BACKEND_RETRY_AFTER_S = 2  # long enough to ride out a reconnect, short enough to feel live
 
 _encoder = msgspec.json.Encoder()
+# Every JSON answer: never sniffed as HTML by a browser, never kept by a cache (job data).
+JSON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+_JSON_HEADER_NAMES = {k.lower() for k in JSON_HEADERS}
+_RAW_JSON_HEADERS = [(k.lower().encode(), v.encode()) for k, v in JSON_HEADERS.items()]
 
 
 class HTTPError(Exception):
@@ -59,9 +64,15 @@ class HTTPError(Exception):
 def json_response(
     body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return Response(
+    response = Response(
         _encoder.encode(body), status_code=status, headers=headers, media_type="application/json"
     )
+    if not headers or not _JSON_HEADER_NAMES & {k.lower() for k in headers}:
+        response.raw_headers.extend(_RAW_JSON_HEADERS)  # pre-encoded: this is the hot path
+    else:
+        for name, value in JSON_HEADERS.items():
+            response.headers.setdefault(name, value)
+    return response
 
 
 def error_response(err: HTTPError) -> Response:
@@ -118,7 +129,7 @@ def translate(exc: Exception) -> HTTPError:
     return HTTPError(500, "internal_error", "internal error; the server log has the details")
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
@@ -131,7 +142,7 @@ async def read_json_body(request: Request, max_bytes: int) -> bytes:
     The limit is enforced while the body streams in (a declared Content-Length over it is
     refused before anything is read), so an oversized upload is never buffered whole.
     """
-    if not _is_json(request.headers.get("content-type", "")):
+    if not is_json(request.headers.get("content-type", "")):
         raise HTTPError(415, "unsupported_media_type", "send the body as application/json")
     too_big = HTTPError(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
     declared = request.headers.get("content-length")
@@ -183,7 +194,12 @@ def integral_floats_as_ints(body: bytes) -> bytes:
 
 
 def decode_body(body: bytes, type_: type[Any]) -> Any:
-    """Decode a JSON body into ``type_``: 400 when it is not JSON, 422 naming the field."""
+    """Decode a JSON body into ``type_``: 400 when it is not JSON or nested more than
+    MAX_JSON_DEPTH deep, 422 naming the field."""
+    if too_deep(body):
+        raise HTTPError(
+            400, "too_deep", f"the body nests arrays and objects over {MAX_JSON_DEPTH} deep"
+        )
     try:
         return msgspec.json.decode(integral_floats_as_ints(body), type=type_)
     except msgspec.ValidationError as exc:

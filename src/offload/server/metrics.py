@@ -29,13 +29,38 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From "picked up at once" to "waited minutes": enqueue-to-start latency and run time.
 LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Distinct queue label values: each one is a time series in every scraper. Past this many,
+# the rest are counted under OTHER_QUEUE (queue names come from stored jobs, not only from
+# this app's tasks).
+MAX_QUEUE_LABELS = 100
+OTHER_QUEUE = "_other"
+
+
+class QueueLabels:
+    """The queue label of each queue name: the first MAX_QUEUE_LABELS names seen keep theirs
+    (the app's own queues first), the others share OTHER_QUEUE."""
+
+    def __init__(self, known: Iterable[str] = (), limit: int = MAX_QUEUE_LABELS) -> None:
+        self.limit = limit
+        self._names: set[str] = set()
+        for name in known:
+            self(name)
+
+    def __call__(self, queue: str) -> str:
+        if queue in self._names:
+            return queue
+        if len(self._names) < self.limit:
+            self._names.add(queue)
+            return queue
+        return OTHER_QUEUE
 
 
 class _Snapshot(Collector):
     """Gauges computed at scrape time: queue depth (set before each scrape) and worker slots."""
 
-    def __init__(self, workers: Callable[[], Sequence[Worker]]) -> None:
+    def __init__(self, workers: Callable[[], Sequence[Worker]], labels: QueueLabels) -> None:
         self._workers = workers
+        self._labels = labels
         self.counts: Mapping[str, Mapping[JobState, int]] = {}
         self.backend_up = 1
 
@@ -43,9 +68,14 @@ class _Snapshot(Collector):
         depth = GaugeMetricFamily(
             "offload_queue_jobs", "Jobs stored, by queue and state.", labels=["queue", "state"]
         )
+        by_label: dict[str, dict[JobState, int]] = {}
         for queue, states in sorted(self.counts.items()):
+            sums = by_label.setdefault(self._labels(queue), {})
             for state in JobState:
-                depth.add_metric([queue, state.value], float(states.get(state, 0)))
+                sums[state] = sums.get(state, 0) + states.get(state, 0)
+        for label, sums in by_label.items():
+            for state in JobState:
+                depth.add_metric([label, state.value], float(sums[state]))
         yield depth
         slots = GaugeMetricFamily(
             "offload_worker_slots",
@@ -64,8 +94,11 @@ class _Snapshot(Collector):
 class Metrics:
     """The service's metrics; also a WorkerListener for its embedded workers."""
 
-    def __init__(self, workers: Callable[[], Sequence[Worker]] = list) -> None:
+    def __init__(
+        self, workers: Callable[[], Sequence[Worker]] = list, known_queues: Iterable[str] = ()
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.queue_label = QueueLabels(known_queues)
         labels = ["task", "queue"]
 
         def counter(name: str, doc: str) -> Counter:
@@ -98,18 +131,19 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self._snapshot = _Snapshot(workers)
+        self._snapshot = _Snapshot(workers, self.queue_label)
         self.registry.register(self._snapshot)
 
     # -- WorkerListener --------------------------------------------------------------------
 
     def job_started(self, job: JobRecord) -> None:
-        self.started.labels(job.task, job.queue).inc()
+        queue = self.queue_label(job.queue)
+        self.started.labels(job.task, queue).inc()
         if job.started_at is not None:
-            self.wait_s.labels(job.queue).observe(max(0.0, job.started_at - job.run_at))
+            self.wait_s.labels(queue).observe(max(0.0, job.started_at - job.run_at))
 
     def job_finished(self, job: JobRecord, outcome: Outcome, runtime_s: float) -> None:
-        labels = (job.task, job.queue)
+        labels = (job.task, self.queue_label(job.queue))
         self.run_s.labels(*labels).observe(runtime_s)
         if isinstance(outcome, Succeeded):
             self.succeeded.labels(*labels).inc()

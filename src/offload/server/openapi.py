@@ -5,6 +5,7 @@ signature (``Task.args_schema``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,27 +21,44 @@ _REF = "#/components/schemas/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # what OpenAPI allows in a component name
 
 _STATUS_TEXT = {
-    400: "Malformed JSON",
+    400: "Malformed JSON, or nested more than 64 levels",
     401: "Missing or invalid bearer token",
     403: "The token lacks the scope this route needs",
     404: "No such job, or no task of that name can be enqueued here",
-    409: "The job's state does not allow this, or the Idempotency-Key was used for another request",
+    409: "The job's state does not allow this, the Idempotency-Key was used for another "
+    "request, or the key is held by a job of another task",
     413: "Body over the size limit",
     415: "Body is not application/json",
     422: "Invalid input; `argument` names the field when it can",
-    429: "The queue is full; try again after Retry-After seconds",
-    503: "The job store is unreachable; try again after Retry-After seconds",
+    429: "The queue is full, or too many bad tokens came from this client; try again after "
+    "Retry-After seconds",
+    503: "The job store is unreachable, or too many requests are waiting; try again after "
+    "Retry-After seconds",
 }
 
 
 def build_openapi(
-    app: App, *, title: str, version: str, auth: bool, max_wait_s: float, max_page: int
+    app: App,
+    *,
+    title: str,
+    version: str,
+    auth: bool,
+    max_wait_s: float,
+    max_page: int,
+    extra_queues: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, Any]:
     tasks = sorted((t for t in app.tasks.values() if t.config.expose), key=lambda t: t.name)
     types: list[Any] = [*RESPONSE_TYPES, *(t.args_type for t in tasks)]
     _, components = msgspec.json.schema_components(types, ref_template=_REF + "{name}")
     components, rename = _safe_names(components)
-    body = _enqueue_body(components, [(t.name, rename[t.args_type.__name__]) for t in tasks])
+    extra = extra_queues or {}
+    body = _enqueue_body(
+        components,
+        [
+            (t.name, rename[t.args_type.__name__], {t.config.queue, *extra.get(t.name, ())})
+            for t in tasks
+        ],
+    )
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -78,15 +96,18 @@ _BOTH_TIMES = {
 }
 
 
-def _enqueue_body(components: dict[str, Any], tasks: list[tuple[str, str]]) -> dict[str, Any]:
-    """One schema per exposed task: ``task`` is its name, ``args`` its signature's schema."""
+def _enqueue_body(
+    components: dict[str, Any], tasks: list[tuple[str, str, set[str]]]
+) -> dict[str, Any]:
+    """One schema per exposed task: ``task`` is its name, ``args`` its signature's schema,
+    ``queue`` one of the queues it may be enqueued into over HTTP."""
     common = {
         k: v
         for k, v in components["EnqueueRequest"]["properties"].items()
         if k not in ("task", "args")
     }
     variants = []
-    for name, args_ref in tasks:
+    for name, args_ref, queues in tasks:
         required = ["task"]
         if components.get(args_ref, {}).get("required"):
             required.append("args")
@@ -98,6 +119,7 @@ def _enqueue_body(components: dict[str, Any], tasks: list[tuple[str, str]]) -> d
                     "task": {"const": name},
                     "args": {"$ref": _REF + args_ref},
                     **common,
+                    "queue": {"anyOf": [{"enum": sorted(queues)}, {"type": "null"}]},
                 },
                 "required": required,
                 "additionalProperties": False,
@@ -144,7 +166,8 @@ def _operation(op: Operation, body: dict[str, Any], auth: bool, limits: Limits) 
 
 
 def _errors(op: Operation, auth: bool) -> dict[str, Any]:
-    codes = ([401, 403] if auth and op.scope is not None else []) + list(op.errors)
+    # With tokens, a scoped route may also answer 429: too many bad tokens from this client.
+    codes = {*([401, 403, 429] if auth and op.scope is not None else []), *op.errors}
     out: dict[str, Any] = {}
     for code in sorted(codes):
         out[str(code)] = {"description": _STATUS_TEXT[code], "content": _json("ErrorBody")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +18,11 @@ from starlette.routing import BaseRoute, Route
 
 from offload.job import JobState
 from offload.server.api import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, Api
-from offload.server.http import error_response, translate
+from offload.server.guard import cross_site
+from offload.server.http import HTTPError, error_response, retry_after, translate
+
+if TYPE_CHECKING:
+    from offload.server.service import ServiceState
 
 Method = Callable[[Api, Request], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -223,18 +227,45 @@ ROUTES: tuple[Operation, ...] = (
 
 
 def _guarded(api: Api, op: Operation) -> Endpoint:
-    """The handler, authorised for the operation's scope, every exception an error answer."""
+    """The handler, authorised for the operation's scope, every exception an error answer;
+    without tokens, a request that changes something is refused when another site sent it."""
+    changes = op.method not in ("GET", "HEAD")
 
     @functools.wraps(op.handler)
     async def endpoint(request: Request) -> Response:
         try:
             if op.scope is not None:
-                api.state.auth.check(request.headers.get("authorization"), op.scope)
+                authorize(api.state, request, op.scope)
+            if changes and not api.state.auth.enabled:
+                refused = cross_site(request.headers)
+                if refused is not None:
+                    raise refused
             return await op.handler(api, request)
         except Exception as exc:
             return error_response(translate(exc))
 
     return endpoint
+
+
+def authorize(state: ServiceState, request: Request, scope: str) -> None:
+    """Check the bearer token for ``scope``; a client that sent too many bad ones is refused
+    (429) until its failures age out, whatever it sends meanwhile."""
+    auth = state.auth
+    if not auth.enabled:
+        return
+    client = request.client.host if request.client else ""
+    wait_s = state.throttle.retry_after(client)
+    if wait_s is not None:
+        raise HTTPError(
+            429, "too_many_failures", "too many bad tokens from here", headers=retry_after(wait_s)
+        )
+    authorization = request.headers.get("authorization")
+    try:
+        auth.check(authorization, scope)
+    except HTTPError as exc:
+        if exc.status == 401 and authorization:
+            state.throttle.failed(client)
+        raise
 
 
 def _by_method(endpoints: Mapping[str, Endpoint]) -> Endpoint:

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, JobRecord, JobState, WorkerInfo
+from offload.server.jsonlimits import too_deep
 
 MAX_DELAY_S = 10 * 365 * 24 * 3600.0  # ten years: anything later is a mistake, not a schedule
 NAME_PATTERN = r"^[A-Za-z0-9_.:<>\-]{1,200}$"  # the same rule as offload.task.check_name
@@ -62,6 +63,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     result: Any = None
     error: str | None = None
     errors: list[AttemptErrorOut] = msgspec.field(default_factory=list)
+    unreadable: list[str] = msgspec.field(default_factory=list)
+    """Fields stored in a form that cannot be shown (not JSON, or nested too deep): null here."""
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -129,23 +132,31 @@ def when(epoch_s: float | None) -> datetime | None:
         return None
 
 
+_UNREADABLE = object()
+
+
 def _json_or_none(raw: bytes | None) -> Any:
-    """Stored JSON is untrusted: what does not decode is shown as null, never a 500."""
+    """Stored JSON is untrusted: what does not decode (or nests too deep to encode again) is
+    shown as null and named in ``unreadable``, never a 500."""
     if raw is None:
         return None
+    if too_deep(raw):
+        return _UNREADABLE
     try:
         return msgspec.json.decode(raw)
-    except (msgspec.DecodeError, TypeError):
-        return None
+    except (msgspec.DecodeError, TypeError, RecursionError):
+        return _UNREADABLE
 
 
 def job_out(r: JobRecord) -> JobOut:
+    args, result = _json_or_none(r.args), _json_or_none(r.result)
+    unreadable = [n for n, v in (("args", args), ("result", result)) if v is _UNREADABLE]
     return JobOut(
         id=r.id,
         task=r.task,
         queue=r.queue,
         state=r.state,
-        args=_json_or_none(r.args),
+        args=None if args is _UNREADABLE else args,
         priority=r.priority,
         attempt=r.attempt,
         max_attempts=r.max_attempts,
@@ -155,12 +166,13 @@ def job_out(r: JobRecord) -> JobOut:
         finished_at=when(r.finished_at),
         key=r.key,
         worker_id=r.worker_id,
-        result=_json_or_none(r.result),
+        result=None if result is _UNREADABLE else result,
         error=r.error,
         errors=[
             AttemptErrorOut(attempt=e.attempt, at=when(e.at), error=e.error, worker_id=e.worker_id)
             for e in r.errors
         ],
+        unreadable=unreadable,
     )
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import sys
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -27,7 +26,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 import offload
 from offload.app import App
@@ -35,10 +33,13 @@ from offload.errors import BackendUnavailable, ConfigurationError
 from offload.server.api import Api
 from offload.server.auth import TokenAuth
 from offload.server.batcher import DEFAULT_MAX_BATCH, EnqueueBatcher
+from offload.server.guard import LoopbackOnly, is_loopback
+from offload.server.headerlimit import DEFAULT_MAX_HEADER_BYTES, HeaderLimit
 from offload.server.http import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response
 from offload.server.metrics import Metrics
 from offload.server.openapi import build_openapi
 from offload.server.routes import starlette_routes
+from offload.server.throttle import Throttle
 from offload.server.throughput import Throughput
 from offload.worker import Worker, WorkerConfig
 
@@ -46,6 +47,9 @@ log = logging.getLogger("offload.server")
 
 DEFAULT_MAX_WAIT_S = 60.0  # a request held longer than this is better polled
 DEFAULT_MAX_PAGE = 500
+# Requests held waiting for a job's end at once (Prefer: wait, ?wait=): each holds a
+# connection and a backend waiter; past this an enqueue answers at once, a GET answers 503.
+DEFAULT_MAX_WAITING = 1000
 DEFAULT_SWITCH_INTERVAL_S = 0.0005  # see run_server; measured with benchmarks/http_load.py
 
 
@@ -62,7 +66,11 @@ class ServiceState:
     max_page: int
     title: str
     loopback_only: bool
+    max_waiting: int = DEFAULT_MAX_WAITING
+    waiting: int = 0
+    throttle: Throttle = field(default_factory=Throttle)
     workers: list[Worker] = field(default_factory=list)
+    extra_queues: Mapping[str, frozenset[str]] = field(default_factory=dict)
     throughput: Throughput = field(default_factory=Throughput)
     _openapi: tuple[int, dict[str, Any]] | None = None
 
@@ -77,6 +85,7 @@ class ServiceState:
                 auth=self.auth.enabled,
                 max_wait_s=self.max_wait_s,
                 max_page=self.max_page,
+                extra_queues=self.extra_queues,
             )
             self._openapi = (n, doc)
         return self._openapi[1]
@@ -97,6 +106,9 @@ def create_service(
     title: str = "offload",
     dashboard: bool = True,
     dashboard_secret: bytes | None = None,
+    queues_per_task: Mapping[str, Collection[str]] | None = None,
+    max_waiting: int = DEFAULT_MAX_WAITING,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> Starlette:
     """The HTTP API of ``app`` as an ASGI application (see docs/http.md).
 
@@ -108,12 +120,23 @@ def create_service(
     ``dashboard`` serves the web dashboard at ``/`` with the same tokens (docs/dashboard.md);
     ``dashboard_secret`` signs its sessions (random per process when not given: give every
     process behind one load balancer the same one).
+
+    An HTTP enqueue may name only its task's own queue, or one that ``queues_per_task``
+    (``{task name: [queue, ...]}``) lists for it: an enqueue-scoped client cannot fill the
+    depth limit of a queue that internal producers rely on (docs/security.md).
+
+    ``max_waiting`` bounds the requests waiting for a job's end at once (beyond it an enqueue
+    does not wait and ``GET /v1/jobs/ID?wait=`` answers 503); ``max_header_bytes`` bounds a
+    request's headers (431).
     """
-    if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1:
-        raise ConfigurationError("workers, max_body_bytes, max_wait_s, max_page out of range")
+    if workers < 0 or max_body_bytes < 1 or max_wait_s < 0 or max_page < 1 or max_waiting < 0:
+        raise ConfigurationError(
+            "workers, max_body_bytes, max_wait_s, max_page, max_waiting out of range"
+        )
     auth = TokenAuth.from_mapping(tokens)
+    extra_queues = _queues_per_task(queues_per_task)
     embedded: list[Worker] = []
-    metrics = Metrics(lambda: embedded)
+    metrics = Metrics(lambda: embedded, known_queues=default_queues(app))
     state = ServiceState(
         app=app,
         auth=auth,
@@ -127,6 +150,8 @@ def create_service(
         title=title,
         loopback_only=not auth.enabled and not insecure,
         workers=embedded,
+        extra_queues=extra_queues,
+        max_waiting=max_waiting,
     )
     config = _embedded_config(app, workers, worker_config)
     routes = starlette_routes(Api(state))
@@ -140,16 +165,32 @@ def create_service(
             secret=dashboard_secret,
             title=title,
             throughput=state.throughput,
+            throttle=state.throttle,
         ).routes
 
     service = Starlette(
         routes=routes,
         lifespan=functools.partial(_lifespan, state, config),
-        middleware=[Middleware(LoopbackOnly)] if state.loopback_only else [],
+        middleware=[
+            Middleware(HeaderLimit, max_bytes=max_header_bytes),
+            *([Middleware(LoopbackOnly)] if state.loopback_only else []),
+        ],
         exception_handlers={StarletteHTTPException: _http_exception},  # type: ignore[dict-item]
     )
+    # Starlette's redirect to the path with(out) a trailing slash is absolute, built from the
+    # Host header: a foreign Host would be sent on to itself. A wrong path is a 404 instead.
+    service.router.redirect_slashes = False
     service.state.offload = state
     return service
+
+
+def _queues_per_task(spec: Mapping[str, Collection[str]] | None) -> dict[str, frozenset[str]]:
+    out: dict[str, frozenset[str]] = {}
+    for task, queues in (spec or {}).items():
+        if isinstance(queues, str) or not all(isinstance(q, str) and q for q in queues):
+            raise ConfigurationError("queues_per_task maps a task name to a list of queue names")
+        out[task] = frozenset(queues)
+    return out
 
 
 @asynccontextmanager
@@ -201,32 +242,6 @@ async def _run_worker(worker: Worker) -> None:
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(HTTPError(exc.status_code, code, str(exc.detail), headers=exc.headers))
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("127.0.0.1", "::1", "localhost"):  # the common answers, without parsing
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class LoopbackOnly:
-    """Without tokens, only clients on this machine may use the API (403 to others)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        if scope["type"] == "http" and client and not is_loopback(str(client[0])):
-            response = error_response(
-                HTTPError(403, "forbidden", "this server has no API tokens: loopback clients only")
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def run_server(

@@ -29,11 +29,24 @@ from offload.server.dashboard.security import (
     SESSION_TTL_S,
     Viewer,
     add_security_headers,
-    cookie_path,
+    delete_cookie,
     set_cookie,
 )
+from offload.server.http import retry_after
 
 MAX_QUEUE_NAME = 200
+
+
+def throttled(wait_s: float | None) -> None:
+    """Refuse a login attempt while this client has failed too often (429)."""
+    if wait_s is not None:
+        err = PageError(
+            429,
+            "Too many attempts",
+            f"Too many failed logins from here: try again in {math.ceil(wait_s)} seconds.",
+        )
+        err.headers.update(retry_after(wait_s))
+        raise err
 
 
 def redirect(url: str) -> Response:
@@ -51,13 +64,15 @@ class Actions:
         """GET shows the form; POST checks the CSRF token and the API token."""
         guard = self.core.guard
         nonce, fresh = guard.csrf_nonce(request)
-        page = Page(request, Viewer(frozenset(), False), guard.csrf_token(nonce))
+        page = Page(request, Viewer(frozenset(), False), guard.csrf_token(request, nonce))
         if guard.open:
             return add_security_headers(redirect(page.url("/")))
         failed = False
         try:
             msg = None
             if request.method == "POST":
+                client = request.client.host if request.client else ""
+                throttled(guard.throttle.retry_after(client))
                 form = await form_of(request, ("token", "csrf"))
                 if not guard.csrf_ok(request, form.get("csrf")):
                     raise PageError(403, "Form expired", "Reload the login page and try again.")
@@ -66,6 +81,7 @@ class Actions:
                     response = redirect(page.url("/"))
                     set_cookie(request, response, SESSION_COOKIE, cookie, int(SESSION_TTL_S))
                     return add_security_headers(response)
+                guard.throttle.failed(client)
                 failed = True
             else:
                 msg = message(query_of(request, ("msg",)).get("msg"))
@@ -75,13 +91,14 @@ class Actions:
         except (PageError, BadRequest) as exc:
             err = exc if isinstance(exc, PageError) else PageError(400, "Bad request", str(exc))
             response = self.core.error(page, err)
+            response.headers.update(err.headers)
         if fresh:
             set_cookie(request, response, CSRF_COOKIE, nonce, 30 * 24 * 3600)
         return add_security_headers(response)
 
     async def logout(self, page: Page, form: dict[str, str]) -> Response:
         response = redirect(page.url("/login", {"msg": "logged_out"}))
-        response.delete_cookie(SESSION_COOKIE, path=cookie_path(page.request))
+        delete_cookie(page.request, response, SESSION_COOKIE)
         return response
 
     # -- one job -----------------------------------------------------------------------------

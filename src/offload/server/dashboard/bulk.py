@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from offload.backends.base import Backend
 from offload.errors import InvalidState
 from offload.job import JobFilter, JobRecord, JobState
+from offload.server.dashboard.core import PageError
 
 BULK_MAX = 50_000  # more than this at once is a job for the CLI or a script, not a browser
 _PAGE = 500
@@ -39,8 +40,16 @@ class Action(enum.StrEnum):
         return {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}[self.value]
 
 
-class TooMany(Exception):
-    """More than BULK_MAX jobs match."""
+class TooMany(PageError):
+    """More than BULK_MAX jobs match: a 422 page saying so (not a bare 500)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            422,
+            "Too many jobs",
+            f"More than {limit:,} jobs match this filter. Narrow it (queue, task, state, time) "
+            "or use the CLI or a script for this many jobs.",
+        )
 
 
 async def matching(backend: Backend, flt: JobFilter, action: Action) -> list[JobRecord]:
@@ -66,7 +75,7 @@ async def matching(backend: Backend, flt: JobFilter, action: Action) -> list[Job
             )
             out.extend(page.jobs)
             if len(out) > BULK_MAX:
-                raise TooMany(f"more than {BULK_MAX} jobs match: narrow the filter")
+                raise TooMany(BULK_MAX)
             cursor = page.next_cursor
             if cursor is None:
                 break

@@ -35,6 +35,7 @@ from offload.server.dashboard.security import (
     set_cookie,
 )
 from offload.server.http import HTTPError, json_response, translate
+from offload.server.jsonlimits import MAX_JSON_DEPTH, too_deep
 
 log = logging.getLogger("offload.server.dashboard")
 T = TypeVar("T")
@@ -121,7 +122,8 @@ class Core:
         async def endpoint(request: Request) -> Response:
             viewer = self.guard.viewer(request)
             nonce, fresh = self.guard.csrf_nonce(request)
-            page = Page(request, viewer or Viewer(frozenset(), False), self.guard.csrf_token(nonce))
+            csrf = self.guard.csrf_token(request, nonce)
+            page = Page(request, viewer or Viewer(frozenset(), False), csrf)
             if not self.guard.host_ok(request):
                 response: Response = self.error(page, HOST_ERROR)
             elif viewer is None and json:
@@ -145,7 +147,7 @@ class Core:
         async def endpoint(request: Request) -> Response:
             viewer = self.guard.viewer(request) or Viewer(frozenset(), False)
             nonce, _ = self.guard.csrf_nonce(request)
-            page = Page(request, viewer, self.guard.csrf_token(nonce))
+            page = Page(request, viewer, self.guard.csrf_token(request, nonce))
             response = await self._run(page, self._act(page, viewer, handler, fields))
             return add_security_headers(response)
 
@@ -237,9 +239,11 @@ def fmt_json(raw: bytes | None) -> str:
     """Stored JSON, indented for reading; anything that does not decode is shown as it is."""
     if raw is None:
         return "—"
+    if too_deep(raw):
+        return f"(too deeply nested to show: over {MAX_JSON_DEPTH} levels) " + repr(raw)[:2000]
     try:
         return msgspec.json.format(msgspec.json.encode(msgspec.json.decode(raw)), indent=2).decode()
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return repr(raw)[:5000]
 
 

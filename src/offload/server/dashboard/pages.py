@@ -27,6 +27,7 @@ from offload.server.dashboard.params import (
 )
 from offload.server.dashboard.security import add_security_headers
 from offload.server.http import json_response
+from offload.server.jsonlimits import checked_cursor
 from offload.server.throughput import Throughput
 
 DEAD_SCAN = 2000  # dead jobs grouped at most (the most recent)
@@ -132,9 +133,9 @@ class Pages:
         values = query_of(page.request, (*FILTER_KEYS, "cursor", "limit", "msg"))
         query = JobQuery.parse(values)
         limit = page_size(values.get("limit"))
-        cursor = values.get("cursor") or None
-        flt = query.to_filter(cursor=cursor, limit=limit)
         try:
+            cursor = checked_cursor(values.get("cursor") or None)
+            flt = query.to_filter(cursor=cursor, limit=limit)
             result = await self.core.call(lambda b: b.list_jobs(flt))
         except ValueError:
             raise BadRequest("this page link (cursor) is not valid any more") from None

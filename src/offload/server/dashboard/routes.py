@@ -24,6 +24,7 @@ from offload.server.dashboard.core import Core
 from offload.server.dashboard.pages import Pages
 from offload.server.dashboard.params import BadRequest, query_of
 from offload.server.dashboard.security import Guard, add_security_headers
+from offload.server.throttle import Throttle
 from offload.server.throughput import Throughput
 
 STATIC_TYPES = {
@@ -45,7 +46,8 @@ class Dashboard:
     """The dashboard of one app. ``routes`` can be added to any Starlette router.
 
     ``throughput`` is shared with the HTTP API when both are served together, so both show
-    the same rates (one series of snapshots per service)."""
+    the same rates (one series of snapshots per service); ``throttle`` likewise, so failed
+    logins and bad bearer tokens count against one budget per client."""
 
     def __init__(
         self,
@@ -56,11 +58,12 @@ class Dashboard:
         secret: bytes | None = None,
         title: str = "offload",
         throughput: Throughput | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         banner = None
         if not auth.enabled:
             banner = LOOPBACK_BANNER if loopback_only else INSECURE_BANNER
-        guard = Guard(auth, secret, loopback_only=loopback_only)
+        guard = Guard(auth, secret, loopback_only=loopback_only, throttle=throttle)
         self.core = Core(app, guard, banner=banner, title=title)
         self.pages = Pages(self.core, throughput)
         self.actions = Actions(self.core, self.pages)
@@ -135,16 +138,18 @@ def create_dashboard(
     The app's backend opens on first use; close it yourself (``await app.close()``) when your
     application shuts down.
     """
-    from offload.server.service import LoopbackOnly
+    from offload.server.guard import LoopbackOnly
 
     auth = TokenAuth.from_mapping(tokens)
     loopback_only = not auth.enabled and not insecure
     dashboard = Dashboard(app, auth, loopback_only=loopback_only, secret=secret, title=title)
-    return Starlette(
+    service = Starlette(
         routes=dashboard.routes,
         middleware=[Middleware(LoopbackOnly)] if loopback_only else [],
         exception_handlers={StarletteHTTPException: _not_here},  # type: ignore[dict-item]
     )
+    service.router.redirect_slashes = False  # its redirect follows the Host header
+    return service
 
 
 async def _not_here(request: Request, exc: StarletteHTTPException) -> Response:

@@ -9,11 +9,17 @@ Design (docs/dashboard.md says the same for users):
   configured *now*, so removing a token ends its sessions, and its scopes are the current ones.
   HttpOnly, SameSite=Strict, Secure when the request came over https, Path = the dashboard's
   root. The secret is random per dashboard instance unless given: a restart logs everyone out.
-* **CSRF**: a signed double-submit token. A random nonce lives in the ``offload_csrf`` cookie
-  (HttpOnly, SameSite=Strict); every form carries HMAC(secret, nonce). A page on another site
-  can neither read the cookie nor compute the token, and a cookie planted by a sibling domain
-  fails the signature. A POST whose Sec-Fetch-Site header says another site is refused too (the
-  Origin is not compared with Host: proxies rewrite Host).
+* **Cookie names over https** carry the ``__Host-`` prefix (``__Host-offload_session``,
+  ``__Host-offload_csrf``, Path=/): a browser then refuses them from a sibling domain or over
+  http, so a neighbour cannot plant one. Plain http (the loopback mode) cannot use the prefix.
+* **CSRF**: a signed double-submit token bound to the session. A random nonce lives in the
+  ``offload_csrf`` cookie (HttpOnly, SameSite=Strict); every form carries HMAC(secret, nonce,
+  session cookie). A page on another site can neither read the cookies nor compute the token;
+  a nonce and token pair taken from the login page and planted in a victim's browser fails,
+  since it was made for no session or another one. A POST whose Sec-Fetch-Site header says
+  another site is refused too (the Origin is not compared with Host: proxies rewrite Host).
+* **Throttle**: failed logins count against the client with bad bearer tokens of the API
+  (offload.server.throttle); past the limit the login answers 429.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from offload.server.auth import TokenAuth
-from offload.server.service import is_loopback
+from offload.server.guard import loopback_host
+from offload.server.throttle import Throttle
 
 SESSION_COOKIE = "offload_session"
 CSRF_COOKIE = "offload_csrf"
+HOST_PREFIX = "__Host-"  # over https: Secure, Path=/, no Domain, enforced by the browser
 SESSION_TTL_S = 12 * 3600.0  # a working day; then log in again
 ALL_SCOPES = frozenset({"read", "enqueue", "admin"})
 
@@ -82,9 +90,15 @@ class Guard:
     """Authenticates dashboard requests against the service's tokens."""
 
     def __init__(
-        self, auth: TokenAuth, secret: bytes | None = None, *, loopback_only: bool = False
+        self,
+        auth: TokenAuth,
+        secret: bytes | None = None,
+        *,
+        loopback_only: bool = False,
+        throttle: Throttle | None = None,
     ) -> None:
         self.auth = auth
+        self.throttle = throttle or Throttle()
         self.secret = secret or secrets.token_bytes(32)
         self.loopback_only = loopback_only and not auth.enabled
         # TokenAuth keeps only digests; the fingerprints are derived from those.
@@ -104,9 +118,7 @@ class Guard:
         and could read the dashboard and post its forms."""
         if not self.loopback_only:
             return True
-        host = request.headers.get("host", "")
-        name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-        return name == "localhost" or is_loopback(name)
+        return loopback_host(request.headers.get("host"))
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -123,7 +135,7 @@ class Guard:
         """The viewer of this request; None when a login is needed."""
         if self.open:
             return Viewer(ALL_SCOPES, logged_in=False)
-        value = request.cookies.get(SESSION_COOKIE, "")
+        value = request.cookies.get(cookie_name(request, SESSION_COOKIE), "")
         body, _, sig = value.rpartition(".")
         parts = body.split(".")
         if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
@@ -138,38 +150,61 @@ class Guard:
 
     def csrf_nonce(self, request: Request) -> tuple[str, bool]:
         """This browser's CSRF nonce, and whether it is new (and must be set as a cookie)."""
-        nonce = request.cookies.get(CSRF_COOKIE, "")
+        nonce = request.cookies.get(cookie_name(request, CSRF_COOKIE), "")
         if 16 <= len(nonce) <= 64 and nonce.isascii():
             return nonce, False
         return _b64(secrets.token_bytes(18)), True
 
-    def csrf_token(self, nonce: str) -> str:
-        return _b64(_mac(self.secret, b"csrf", nonce.encode()))
+    def csrf_token(self, request: Request, nonce: str) -> str:
+        """The token of the forms of a page: bound to this browser's nonce and its session."""
+        session = request.cookies.get(cookie_name(request, SESSION_COOKIE), "")
+        return _b64(_mac(self.secret, b"csrf", nonce.encode(), session.encode()))
 
     def csrf_ok(self, request: Request, token: str | None) -> bool:
         """True when a POST carries the token of this browser's nonce and comes from us."""
         if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return False
-        nonce = request.cookies.get(CSRF_COOKIE, "")
+        nonce = request.cookies.get(cookie_name(request, CSRF_COOKIE), "")
         if not nonce or not token:
             return False
-        return hmac.compare_digest(self.csrf_token(nonce), token)
+        return hmac.compare_digest(self.csrf_token(request, nonce), token)
+
+
+def _https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def cookie_name(request: Request, name: str) -> str:
+    """``name`` as this request's cookie: with the ``__Host-`` prefix over https."""
+    return HOST_PREFIX + name if _https(request) else name
 
 
 def cookie_path(request: Request) -> str:
+    if _https(request):
+        return "/"  # the __Host- prefix requires it
     root = str(request.scope.get("root_path", "")).rstrip("/")
     return f"{root}/"
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
-        name,
+        cookie_name(request, name),
         value,
         max_age=max_age,
         path=cookie_path(request),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_https(request),
+    )
+
+
+def delete_cookie(request: Request, response: Response, name: str) -> None:
+    response.delete_cookie(
+        cookie_name(request, name),
+        path=cookie_path(request),
+        secure=_https(request),
+        httponly=True,
+        samesite="strict",
     )
 
 
