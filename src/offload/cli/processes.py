@@ -69,6 +69,13 @@ from offload.worker import Worker, WorkerConfig
     help="Seconds between looks for jobs whose worker was lost (expired leases).",
 )
 @click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or one JSON object per line; both name the job a record is from.",
+)
 @LOG_LEVEL
 @click.pass_obj
 @friendly
@@ -83,10 +90,14 @@ def worker(
     heartbeat: float | None,
     recover: float,
     burst: bool,
+    log_format: str,
     log_level: str,
 ) -> None:
     """Run jobs: claim at most the free slots, retry failures, drain on SIGTERM."""
+    from offload.worker.logs import use_format
+
     setup_logging(log_level)
+    use_format(log_format)
     spec = app_spec or obj.app_spec
     beat = heartbeat if heartbeat is not None else lease / 3
     names = tuple(q.strip() for q in queues.split(",") if q.strip())
@@ -107,7 +118,7 @@ def worker(
         argv += ["worker", str(spec), "--queues", ",".join(names)]
         argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
         argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
-        argv += ["--burst"] if burst else []
+        argv += ["--log-format", log_format] + (["--burst"] if burst else [])
         sys.exit(Supervisor(argv, processes).run())
     asyncio.run(run_worker(app, config))
 
