@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Sequence
 
 import click
 
 from offload.app import App
 from offload.cli.context import LOG_LEVEL, Ctx, friendly, setup_logging
-from offload.worker import Worker, WorkerConfig
+from offload.hooks import Hook
+from offload.worker import Worker, WorkerConfig, WorkerListener
 
 # -- worker ----------------------------------------------------------------------------------
 
@@ -76,6 +79,19 @@ from offload.worker import Worker, WorkerConfig
     show_default=True,
     help="Log lines as text, or one JSON object per line; both name the job a record is from.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (with --processes, one endpoint for all).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface the metrics endpoint listens on.",
+)
+@click.option("--metrics-dir", hidden=True, default=None)  # a supervised child's samples
 @LOG_LEVEL
 @click.pass_obj
 @friendly
@@ -91,6 +107,9 @@ def worker(
     recover: float,
     burst: bool,
     log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_dir: str | None,
     log_level: str,
 ) -> None:
     """Run jobs: claim at most the free slots, retry failures, drain on SIGTERM."""
@@ -112,20 +131,55 @@ def worker(
     )
     app = obj.app(spec)  # import once in the parent too: fail fast on a bad app
     if processes > 1:
-        from offload.worker.supervisor import Supervisor
-
         argv = [sys.executable, "-m", "offload", *(["--url", obj.url] if obj.url else [])]
         argv += ["worker", str(spec), "--queues", ",".join(names)]
         argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
         argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
         argv += ["--log-format", log_format] + (["--burst"] if burst else [])
-        sys.exit(Supervisor(argv, processes).run())
-    asyncio.run(run_worker(app, config))
+        sys.exit(supervise(argv, processes, metrics_host, metrics_port))
+    from offload.worker import metrics
+
+    if metrics_dir is not None or metrics_port is None:
+        # A supervised child writes its samples where its supervisor reads them.
+        hooks = [metrics.job_metrics()] if metrics_dir is not None else []
+        asyncio.run(run_worker(app, config, hooks))
+        return
+    hook = metrics.job_metrics()
+    endpoint = metrics.serve(hook, metrics_host, metrics_port)
+    logging.getLogger("offload.worker").info(
+        "metrics on http://%s:%d/metrics", metrics_host, endpoint.port
+    )
+    try:
+        asyncio.run(run_worker(app, config, [hook]))
+    finally:
+        endpoint.close()
 
 
-async def run_worker(app: App, config: WorkerConfig) -> None:
+def supervise(argv: list[str], processes: int, host: str, port: int | None) -> int:
+    """Run ``processes`` children of ``argv``; with a port, one metrics endpoint for all."""
+    from offload.worker.supervisor import Supervisor
+
+    if port is None:
+        return Supervisor(argv, processes).run()
+    from offload.worker.metrics import Aggregate
+
+    aggregate = Aggregate(host, port)
+    logging.getLogger("offload.worker").info(
+        "metrics of %d processes on http://%s:%d/metrics", processes, host, aggregate.endpoint.port
+    )
+    try:
+        argv = [*argv, "--metrics-dir", aggregate.path]
+        env = aggregate.child_env(os.environ)
+        return Supervisor(argv, processes, env=env, on_exit=aggregate.process_dead).run()
+    finally:
+        aggregate.close()
+
+
+async def run_worker(
+    app: App, config: WorkerConfig, listeners: Sequence[Hook | WorkerListener] = ()
+) -> None:
     """Run one worker until SIGTERM/SIGINT (twice to skip the grace), then close the app."""
-    w = Worker(app, config)
+    w = Worker(app, config, listeners=listeners)
     loop = asyncio.get_running_loop()
     signals = 0
 

@@ -96,7 +96,7 @@ class Worker:
         app: App,
         config: WorkerConfig | None = None,
         *,
-        listeners: Sequence[WorkerListener] = (),
+        listeners: Sequence[WorkerListener | Hook] = (),
         worker_id: str | None = None,
     ) -> None:
         self.app = app
