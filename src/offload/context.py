@@ -45,34 +45,46 @@ class JobContext:
     Jobs carry no headers yet, so there is no ``headers`` field.
     """
 
-    __slots__ = (
-        "_deadline",
-        "_stopped",
-        "attempt",
-        "enqueued_at",
-        "id",
-        "key",
-        "max_attempts",
-        "priority",
-        "queue",
-        "record",
-        "task",
-        "worker_id",
-    )
+    __slots__ = ("_deadline", "_stopped", "record", "worker_id")
 
     def __init__(self, record: JobRecord, worker_id: str) -> None:
+        # Built once per attempt on the worker's hot path: the fields below read the record.
         self.record = record
-        self.id = record.id
-        self.task = record.task
-        self.queue = record.queue
-        self.attempt = record.attempt
-        self.max_attempts = record.max_attempts
-        self.priority = record.priority
-        self.enqueued_at = record.created_at
-        self.key = record.key
         self.worker_id = worker_id
         self._stopped: str | None = None
         self._deadline: float | None = None  # time.monotonic() when the timeout passes
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def task(self) -> str:
+        return self.record.task
+
+    @property
+    def queue(self) -> str:
+        return self.record.queue
+
+    @property
+    def attempt(self) -> int:
+        return self.record.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        return self.record.max_attempts
+
+    @property
+    def priority(self) -> int:
+        return self.record.priority
+
+    @property
+    def enqueued_at(self) -> float:
+        return self.record.created_at
+
+    @property
+    def key(self) -> str | None:
+        return self.record.key
 
     def __repr__(self) -> str:
         return f"<JobContext {self.task} id={self.id} attempt={self.attempt}/{self.max_attempts}>"
