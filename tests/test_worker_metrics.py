@@ -105,6 +105,9 @@ def test_a_worker_serves_its_metrics(tmp_path: Path) -> None:
         assert value(samples, "offload_worker_slots", state="idle") == 3
         assert value(samples, "offload_jobs_total", task="fail", outcome="retried") == 1
         assert value(samples, "offload_job_duration_seconds_count", task="add") == 3
+        assert value(samples, "offload_queue_jobs", queue="default", state="succeeded") == 3
+        assert value(samples, "offload_queue_jobs", queue="default", state="dead") == 1
+        assert value(samples, "offload_backend_up") == 1
     finally:
         assert stop(worker) == 0
 
@@ -137,6 +140,7 @@ def test_two_processes_share_one_endpoint(tmp_path: Path) -> None:
         samples = scrape(port)
         assert value(samples, "offload_job_duration_seconds_count", task="record") == 20
         assert value(samples, "offload_worker_slots", state="busy") == 0
+        assert value(samples, "offload_queue_jobs", state="succeeded") == 20  # read once
         # A child killed outright is restarted; the counts of the dead one are kept.
         victim = children_of(supervisor.pid)[0]
         os.kill(victim, signal.SIGKILL)

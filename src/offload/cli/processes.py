@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import click
 
@@ -136,26 +136,31 @@ def worker(
         argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
         argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
         argv += ["--log-format", log_format] + (["--burst"] if burst else [])
-        sys.exit(supervise(argv, processes, metrics_host, metrics_port))
+        sys.exit(supervise(app, argv, processes, metrics_host, metrics_port))
+    if metrics_port is not None and metrics_dir is None:
+        run_with_metrics(app, config, metrics_host, metrics_port)
+        return
+    from offload.worker.metrics import job_metrics
+
+    # A supervised child writes its samples where its supervisor reads them.
+    asyncio.run(run_worker(app, config, [job_metrics()] if metrics_dir is not None else []))
+
+
+def run_with_metrics(app: App, config: WorkerConfig, host: str, port: int) -> None:
+    """One worker process with its own metrics endpoint."""
     from offload.worker import metrics
 
-    if metrics_dir is not None or metrics_port is None:
-        # A supervised child writes its samples where its supervisor reads them.
-        hooks = [metrics.job_metrics()] if metrics_dir is not None else []
-        asyncio.run(run_worker(app, config, hooks))
-        return
     hook = metrics.job_metrics()
-    endpoint = metrics.serve(hook, metrics_host, metrics_port)
-    logging.getLogger("offload.worker").info(
-        "metrics on http://%s:%d/metrics", metrics_host, endpoint.port
-    )
+    metrics.watch_queues(hook.registry, metrics.depth_reader(app))
+    endpoint = metrics.serve(hook, host, port)
+    logging.getLogger("offload.worker").info("metrics on http://%s:%d/metrics", host, endpoint.port)
     try:
-        asyncio.run(run_worker(app, config, [hook]))
+        asyncio.run(run_worker(app, config, [hook], before_close=endpoint.close))
     finally:
         endpoint.close()
 
 
-def supervise(argv: list[str], processes: int, host: str, port: int | None) -> int:
+def supervise(app: App, argv: list[str], processes: int, host: str, port: int | None) -> int:
     """Run ``processes`` children of ``argv``; with a port, one metrics endpoint for all."""
     from offload.worker.supervisor import Supervisor
 
@@ -163,7 +168,7 @@ def supervise(argv: list[str], processes: int, host: str, port: int | None) -> i
         return Supervisor(argv, processes).run()
     from offload.worker.metrics import Aggregate
 
-    aggregate = Aggregate(host, port)
+    aggregate = Aggregate(host, port, app)
     logging.getLogger("offload.worker").info(
         "metrics of %d processes on http://%s:%d/metrics", processes, host, aggregate.endpoint.port
     )
@@ -173,12 +178,18 @@ def supervise(argv: list[str], processes: int, host: str, port: int | None) -> i
         return Supervisor(argv, processes, env=env, on_exit=aggregate.process_dead).run()
     finally:
         aggregate.close()
+        app.close_sync()  # the connection the queue depth was read through
 
 
 async def run_worker(
-    app: App, config: WorkerConfig, listeners: Sequence[Hook | WorkerListener] = ()
+    app: App,
+    config: WorkerConfig,
+    listeners: Sequence[Hook | WorkerListener] = (),
+    *,
+    before_close: Callable[[], None] | None = None,
 ) -> None:
-    """Run one worker until SIGTERM/SIGINT (twice to skip the grace), then close the app."""
+    """Run one worker until SIGTERM/SIGINT (twice to skip the grace), then close the app
+    (``before_close`` first: what reads through the app must stop before it closes)."""
     w = Worker(app, config, listeners=listeners)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -203,6 +214,8 @@ async def run_worker(
     finally:
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(s)
+        if before_close is not None:
+            await asyncio.to_thread(before_close)
         await app.close()
     log.info("worker %s stopped after %d jobs", w.id, w.jobs_done)
 

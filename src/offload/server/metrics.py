@@ -15,10 +15,12 @@ services in one process, or a test, never share counters).
 - ``offload_worker_slots{state}``: slots of the workers of this process (all the processes of
   a supervised ``--processes N`` worker), ``busy`` or ``idle``.
 
-:class:`Metrics` (``offload serve``) adds: ``offload_jobs_enqueued`` (stored through this
-service), the queue depth by state read from the backend at each scrape (so it covers every
-producer and worker: ``offload_queue_jobs{queue,state}``), ``offload_backend_up``, and its
-older per-outcome counters (``offload_jobs_started``, ``_succeeded``, ``_failed``,
+Both also export, through :class:`QueueDepth`, the queue depth by state read from the backend
+at each scrape (``offload_queue_jobs{queue,state}``: it covers every producer and worker) and
+``offload_backend_up``.
+
+:class:`Metrics` (``offload serve``) adds ``offload_jobs_enqueued`` (stored through this
+service) and its older per-outcome counters (``offload_jobs_started``, ``_succeeded``, ``_failed``,
 ``_retried``, ``_dead``, ``_cancelled``, ``offload_job_wait_seconds``,
 ``offload_job_run_seconds``), kept for existing dashboards; new ones should use the families
 above.
@@ -48,14 +50,26 @@ LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
-class _Snapshot(Collector):
-    """Gauges computed at scrape time: queue depth (set before each scrape)."""
+Counts = Mapping[str, Mapping[JobState, int]]
 
-    def __init__(self) -> None:
-        self.counts: Mapping[str, Mapping[JobState, int]] = {}
+
+class QueueDepth(Collector):
+    """Gauges computed at scrape time: queue depth by state and whether the backend answered.
+
+    ``read`` (called at each scrape, from the scraping thread) returns the counts, or None when
+    the backend could not be read; without it, the owner sets ``counts`` before each scrape.
+    """
+
+    def __init__(self, read: Callable[[], Counts | None] | None = None) -> None:
+        self._read = read
+        self.counts: Counts = {}
         self.backend_up = 1
 
     def collect(self) -> Iterable[Metric]:
+        if self._read is not None:
+            counts = self._read()
+            self.backend_up = 0 if counts is None else 1
+            self.counts = counts or {}
         depth = GaugeMetricFamily(
             "offload_queue_jobs", "Jobs stored, by queue and state.", labels=["queue", "state"]
         )
@@ -183,7 +197,7 @@ class Metrics(JobMetrics):
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self._snapshot = _Snapshot()
+        self._snapshot = QueueDepth()
         self.registry.register(self._snapshot)
 
     # -- the hook, and the WorkerListener it used to be ------------------------------------
@@ -220,7 +234,7 @@ class Metrics(JobMetrics):
 
     # -- scraping --------------------------------------------------------------------------
 
-    def render(self, counts: Mapping[str, Mapping[JobState, int]] | None) -> bytes:
+    def render(self, counts: Counts | None) -> bytes:
         """The exposition text; ``counts`` None means the backend could not be read."""
         self._snapshot.backend_up = 0 if counts is None else 1
         self._snapshot.counts = counts or {}

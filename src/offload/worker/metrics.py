@@ -14,20 +14,28 @@ supervisor sees it exit.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from offload.errors import MissingDependency
+from offload.errors import MissingDependency, OffloadError
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from offload.server.metrics import JobMetrics
+    from prometheus_client import CollectorRegistry
+
+    from offload.app import App
+    from offload.server.metrics import Counts, JobMetrics
+
+log = logging.getLogger("offload.worker")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's name for the directory
+READ_TIMEOUT_S = 2.0  # a scrape must answer even when the backend hangs (as offload serve's)
 
 
 def _require() -> None:
@@ -47,18 +55,42 @@ def job_metrics() -> JobMetrics:
     return JobMetrics(CollectorRegistry(auto_describe=True))
 
 
+def depth_reader(app: App) -> Callable[[], Counts | None]:
+    """Reads the queue depth through the app (from the scraping thread): None on failure."""
+
+    def read() -> Counts | None:
+        try:
+            return app.run_sync(lambda b: asyncio.wait_for(b.counts(), READ_TIMEOUT_S))
+        except (OffloadError, TimeoutError) as exc:
+            log.warning("metrics: could not read the queue depth: %s", exc)
+            return None
+
+    return read
+
+
+def watch_queues(registry: CollectorRegistry, read: Callable[[], Counts | None]) -> None:
+    from offload.server.metrics import QueueDepth
+
+    registry.register(QueueDepth(read))
+
+
 class Endpoint:
     """An HTTP server answering ``GET /metrics`` (any path, as prometheus_client does)."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
+        self._closed = False
 
     @property
     def port(self) -> int:
         return int(self._server.server_port)
 
     def close(self) -> None:
+        """Stop serving (idempotent). A scrape still running finishes in its own thread."""
+        if self._closed:
+            return
+        self._closed = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)
@@ -75,7 +107,7 @@ def serve(metrics: JobMetrics, host: str, port: int) -> Endpoint:
 class Aggregate:
     """The supervisor's side of multiprocess mode: the directory and the one endpoint."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, app: App) -> None:
         _require()
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
@@ -83,6 +115,7 @@ class Aggregate:
         self.path = tempfile.mkdtemp(prefix="offload-metrics-")
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.path)  # type: ignore[no-untyped-call]
+        watch_queues(registry, depth_reader(app))  # the supervisor's own connection
         from prometheus_client import start_http_server
 
         try:
