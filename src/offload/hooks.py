@@ -38,7 +38,7 @@ as hooks after the app's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
@@ -116,7 +116,7 @@ class Hooks:
             raise TypeError(f"a hook must be an offload.hooks.Hook, not {type(hook).__name__}")
         self._set([*self._hooks, hook])
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Hook]:
         return iter(self._hooks)
 
     def __len__(self) -> int:
