@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +16,24 @@ from offload.hooks import Hook
 from offload.job import JobRecord, JobState
 from offload.outcome import Outcome
 from offload.worker import Worker, WorkerConfig
+from tests.services import backend_url
 
 HEARTBEAT_S = 0.3
 FAST = WorkerConfig(concurrency=4, lease_s=3.0, heartbeat_s=HEARTBEAT_S, grace_s=5.0, poll_s=0.05)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[offload.App]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis", "rabbitmq"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every backend: what is tested here sits above the seam."""
+    if request.param == "memory":
+        yield "memory://"
+        return
+    with backend_url(request.param, tmp_path) as isolated:
+        yield isolated
+
+
+@pytest.fixture
+async def app(url: str) -> AsyncIterator[offload.App]:
     a = offload.App(url)
     await a.open()
     yield a

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,15 +15,25 @@ from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, JobState, NewJob
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
 from offload.worker import Worker, WorkerConfig
+from tests.services import backend_url
 
 BURST = WorkerConfig(
     concurrency=4, lease_s=2.0, heartbeat_s=0.1, grace_s=5.0, poll_s=0.05, burst=True
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[offload.App]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis", "rabbitmq"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every backend: what is tested here sits above the seam."""
+    if request.param == "memory":
+        yield "memory://"
+        return
+    with backend_url(request.param, tmp_path) as isolated:
+        yield isolated
+
+
+@pytest.fixture
+async def app(url: str) -> AsyncIterator[offload.App]:
     a = offload.App(url)
     await a.open()
     yield a
