@@ -263,3 +263,26 @@ async def test_a_worker_listener_still_hears_its_jobs(app: offload.App) -> None:
     await asyncio.wait_for(Worker(app, BURST, listeners=[Listener()]).run(), 10)
     assert started == [job.id] and finished == [(job.id, "Succeeded")]
     assert (await app.aget_job(job.id)).state is JobState.SUCCEEDED
+
+
+async def test_a_hook_broken_for_every_job_is_logged_once_then_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class AlwaysBroken(Hook):
+        def before_run(self, job: JobRecord) -> None:
+            raise RuntimeError("broken for every job")
+
+    async with offload.App("memory://") as app:
+        app.add_hook(AlwaysBroken())
+
+        @app.task
+        async def ok(i: int) -> int:
+            return i
+
+        jobs = [await ok.aenqueue(i) for i in range(5)]
+        with caplog.at_level(logging.ERROR, logger="offload.hooks"):
+            await drain(app)
+        assert [await j.aresult(timeout=1) for j in jobs] == list(range(5))
+    lines = [r for r in caplog.records if r.name == "offload.hooks"]
+    assert len(lines) == 1 and "AlwaysBroken.before_run failed" in lines[0].getMessage()
+    assert lines[0].exc_info is not None  # the first one with its traceback

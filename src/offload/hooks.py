@@ -10,9 +10,10 @@ They sit above the Backend seam, so they behave the same on every backend. They 
 (sync) methods called inline: keep them fast and never block in them (hand slow work to a
 thread or a queue of your own).
 
-A hook that raises is logged (logger ``offload.hooks``) and skipped: the job is still stored,
-the attempt still runs and its outcome is still applied. A hook cannot veto an enqueue or a run;
-a task steers its own job with ``Retry``, ``Cancel`` and ``Snooze``.
+A hook that raises is logged (logger ``offload.hooks``; the first failure of each hook method
+with its traceback, then at most one line every 30 seconds with a count) and skipped: the job
+is still stored, the attempt still runs and its outcome is still applied. A hook cannot veto
+an enqueue or a run; a task steers its own job with ``Retry``, ``Cancel`` and ``Snooze``.
 
 Where each event runs:
 
@@ -38,6 +39,7 @@ as hooks after the app's.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -93,11 +95,7 @@ def _listening(hooks: Sequence[Hook], event: _Caller) -> tuple[_Caller, ...]:
     return tuple(getattr(h, name) for h in hooks if getattr(type(h), name) is not event)
 
 
-def _call(fn: Callable[..., None], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("hook %s failed; ignored", getattr(fn, "__qualname__", fn))
+LOG_EVERY_S = 30.0  # a hook broken for every job must not bury the log in tracebacks
 
 
 class Hooks:
@@ -109,6 +107,7 @@ class Hooks:
 
     def __init__(self, hooks: Sequence[Hook] = ()) -> None:
         self._hooks: list[Hook] = []
+        self._failed: dict[str, tuple[float, int]] = {}  # hook method: (last logged, unlogged)
         self._set(list(hooks))
 
     def add(self, hook: Hook) -> None:
@@ -142,23 +141,41 @@ class Hooks:
 
     # -- running the events ----------------------------------------------------------------
 
+    def _call(self, fn: _Caller, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self._log_failure(getattr(fn, "__qualname__", repr(fn)))
+
+    def _log_failure(self, name: str) -> None:
+        """Each hook method's first failure with its traceback, then one line per
+        ``LOG_EVERY_S`` at most, counting the failures in between."""
+        now = time.monotonic()
+        logged_at, unlogged = self._failed.get(name, (float("-inf"), 0))
+        if now - logged_at < LOG_EVERY_S:
+            self._failed[name] = (logged_at, unlogged + 1)
+            return
+        self._failed[name] = (now, 0)
+        more = f" ({unlogged} more failures not logged)" if unlogged else ""
+        log.exception("hook %s failed; ignored%s", name, more)
+
     def enqueueing(self, jobs: Sequence[NewJob]) -> None:
         for fn in self.before_enqueue:
-            _call(fn, jobs)
+            self._call(fn, jobs)
 
     def enqueued(self, jobs: Sequence[Job]) -> None:
         for fn in self.after_enqueue:
-            _call(fn, jobs)
+            self._call(fn, jobs)
 
     def starting(self, job: JobRecord) -> None:
         for fn in self.before_run:
-            _call(fn, job)
+            self._call(fn, job)
 
     def ended(self, job: JobRecord, outcome: Outcome | None, runtime_s: float) -> None:
         if not self._hooks:
             return  # the common case, kept to one check
         for fn in self.after_run:
-            _call(fn, job, outcome, runtime_s)
+            self._call(fn, job, outcome, runtime_s)
         callers: tuple[_Caller, ...] = ()
         if isinstance(outcome, Succeeded):
             callers = self.on_success
@@ -169,8 +186,8 @@ class Hooks:
         elif isinstance(outcome, Cancelled):
             callers = self.on_cancelled
         for fn in callers:
-            _call(fn, job, outcome)
+            self._call(fn, job, outcome)
 
     def worker_event(self, started: bool, worker: Worker) -> None:
         for fn in self.worker_started if started else self.worker_stopped:
-            _call(fn, worker)
+            self._call(fn, worker)
