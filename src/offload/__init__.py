@@ -2,6 +2,7 @@
 
 from offload.app import App
 from offload.backoff import ExponentialBackoff, FixedBackoff
+from offload.context import JobContext, JobInterrupted, current_job
 from offload.control import Cancel, Retry, Snooze
 from offload.errors import (
     BackendUnavailable,
@@ -18,6 +19,7 @@ from offload.errors import (
     UsageError,
     ValidationError,
 )
+from offload.hooks import Hook
 from offload.job import Job, JobRecord, JobState
 from offload.task import Task
 
@@ -31,9 +33,12 @@ __all__ = [
     "ConfigurationError",
     "ExponentialBackoff",
     "FixedBackoff",
+    "Hook",
     "InvalidState",
     "Job",
+    "JobContext",
     "JobFailed",
+    "JobInterrupted",
     "JobNotFound",
     "JobRecord",
     "JobState",
@@ -47,4 +52,5 @@ __all__ = [
     "UnknownTask",
     "UsageError",
     "ValidationError",
+    "current_job",
 ]

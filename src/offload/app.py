@@ -25,6 +25,7 @@ from offload.errors import (
     UnknownTask,
     UsageError,
 )
+from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, NewJob
 from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
 
@@ -61,6 +62,7 @@ class App:
                 raise ConfigurationError(f"queue limit for {queue!r} must be an integer >= 1")
         self.queue_limits: dict[str, int] = dict(queue_limits or {})
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.hooks = Hooks()
         self._bridge = Bridge(at_exit=self._close_at_exit)
         self._home: asyncio.AbstractEventLoop | None = None
         self._home_thread: int | None = None
@@ -146,6 +148,15 @@ class App:
             return self.tasks[name]
         except KeyError:
             raise UnknownTask(name) from None
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def add_hook(self, hook: Hook) -> Hook:
+        """Register a hook (see :mod:`offload.hooks`): ``before_*`` hooks run in the order
+        they were added, ``after_*`` ones in reverse. A worker takes the hooks registered
+        when it starts."""
+        self.hooks.add(hook)
+        return hook
 
     # -- the backend's loop ----------------------------------------------------------------
 
@@ -273,6 +284,7 @@ class App:
         All or nothing: a full queue raises QueueFull and none is stored.
         """
         batch = self._checked(jobs)
+        self.hooks.enqueueing(batch)
         if connection is not None:
             # The caller's connection carries the jobs, but the backend must be open (and, with
             # auto_migrate, its schema up to date) just as the sync form makes sure it is.
@@ -280,16 +292,21 @@ class App:
             records = await self._enqueue_in(connection, batch)
         else:
             records = await self.call(lambda b: b.enqueue(batch, limits=self.queue_limits))
-        return [Job(self, r) for r in records]
+        stored = [Job(self, r) for r in records]
+        self.hooks.enqueued(stored)
+        return stored
 
     def enqueue_many(self, jobs: Iterable[NewJob], *, connection: Any = None) -> list[Job]:
         """``aenqueue_many`` for sync code."""
         batch = self._checked(jobs)
+        self.hooks.enqueueing(batch)
         if connection is not None:
             records = self.run_sync(lambda b: self._enqueue_in(connection, batch))
         else:
             records = self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
-        return [Job(self, r) for r in records]
+        stored = [Job(self, r) for r in records]
+        self.hooks.enqueued(stored)
+        return stored
 
     def _checked(self, jobs: Iterable[NewJob]) -> list[NewJob]:
         batch = list(jobs)

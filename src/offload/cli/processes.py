@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
 
 import click
 
 from offload.app import App
 from offload.cli.context import LOG_LEVEL, Ctx, friendly, setup_logging
-from offload.worker import Worker, WorkerConfig
+from offload.hooks import Hook
+from offload.worker import Worker, WorkerConfig, WorkerListener
 
 # -- worker ----------------------------------------------------------------------------------
 
@@ -69,6 +72,26 @@ from offload.worker import Worker, WorkerConfig
     help="Seconds between looks for jobs whose worker was lost (expired leases).",
 )
 @click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or one JSON object per line; both name the job a record is from.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (with --processes, one endpoint for all).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface the metrics endpoint listens on.",
+)
+@click.option("--metrics-dir", hidden=True, default=None)  # a supervised child's samples
 @LOG_LEVEL
 @click.pass_obj
 @friendly
@@ -83,10 +106,17 @@ def worker(
     heartbeat: float | None,
     recover: float,
     burst: bool,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_dir: str | None,
     log_level: str,
 ) -> None:
     """Run jobs: claim at most the free slots, retry failures, drain on SIGTERM."""
+    from offload.worker.logs import use_format
+
     setup_logging(log_level)
+    use_format(log_format)
     spec = app_spec or obj.app_spec
     beat = heartbeat if heartbeat is not None else lease / 3
     names = tuple(q.strip() for q in queues.split(",") if q.strip())
@@ -101,20 +131,66 @@ def worker(
     )
     app = obj.app(spec)  # import once in the parent too: fail fast on a bad app
     if processes > 1:
-        from offload.worker.supervisor import Supervisor
-
         argv = [sys.executable, "-m", "offload", *(["--url", obj.url] if obj.url else [])]
         argv += ["worker", str(spec), "--queues", ",".join(names)]
         argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
         argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
-        argv += ["--burst"] if burst else []
-        sys.exit(Supervisor(argv, processes).run())
-    asyncio.run(run_worker(app, config))
+        argv += ["--log-format", log_format] + (["--burst"] if burst else [])
+        sys.exit(supervise(app, argv, processes, metrics_host, metrics_port))
+    if metrics_port is not None and metrics_dir is None:
+        run_with_metrics(app, config, metrics_host, metrics_port)
+        return
+    from offload.worker.metrics import job_metrics
+
+    # A supervised child writes its samples where its supervisor reads them.
+    asyncio.run(run_worker(app, config, [job_metrics()] if metrics_dir is not None else []))
 
 
-async def run_worker(app: App, config: WorkerConfig) -> None:
-    """Run one worker until SIGTERM/SIGINT (twice to skip the grace), then close the app."""
-    w = Worker(app, config)
+def run_with_metrics(app: App, config: WorkerConfig, host: str, port: int) -> None:
+    """One worker process with its own metrics endpoint."""
+    from offload.worker import metrics
+
+    hook = metrics.job_metrics()
+    metrics.watch_queues(hook.registry, metrics.depth_reader(app))
+    endpoint = metrics.serve(hook, host, port)
+    logging.getLogger("offload.worker").info("metrics on http://%s:%d/metrics", host, endpoint.port)
+    try:
+        asyncio.run(run_worker(app, config, [hook], before_close=endpoint.close))
+    finally:
+        endpoint.close()
+
+
+def supervise(app: App, argv: list[str], processes: int, host: str, port: int | None) -> int:
+    """Run ``processes`` children of ``argv``; with a port, one metrics endpoint for all."""
+    from offload.worker.supervisor import Supervisor
+
+    if port is None:
+        return Supervisor(argv, processes).run()
+    from offload.worker.metrics import Aggregate
+
+    aggregate = Aggregate(host, port, app)
+    logging.getLogger("offload.worker").info(
+        "metrics of %d processes on http://%s:%d/metrics", processes, host, aggregate.endpoint.port
+    )
+    try:
+        argv = [*argv, "--metrics-dir", aggregate.path]
+        env = aggregate.child_env(os.environ)
+        return Supervisor(argv, processes, env=env, on_exit=aggregate.process_dead).run()
+    finally:
+        aggregate.close()
+        app.close_sync()  # the connection the queue depth was read through
+
+
+async def run_worker(
+    app: App,
+    config: WorkerConfig,
+    listeners: Sequence[Hook | WorkerListener] = (),
+    *,
+    before_close: Callable[[], None] | None = None,
+) -> None:
+    """Run one worker until SIGTERM/SIGINT (twice to skip the grace), then close the app
+    (``before_close`` first: what reads through the app must stop before it closes)."""
+    w = Worker(app, config, listeners=listeners)
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -138,6 +214,8 @@ async def run_worker(app: App, config: WorkerConfig) -> None:
     finally:
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(s)
+        if before_close is not None:
+            await asyncio.to_thread(before_close)
         await app.close()
     log.info("worker %s stopped after %d jobs", w.id, w.jobs_done)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from offload.errors import QueueFull
-from offload.job import JobRecord, NewJob
+from offload.job import Job, JobRecord, NewJob
 
 if TYPE_CHECKING:
     from offload.app import App
@@ -51,7 +51,16 @@ class EnqueueBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def enqueue(self, job: NewJob) -> JobRecord:
-        """Store one job (possibly with others) and return its record (maybe a dedup's)."""
+        """Store one job (possibly with others) and return its record (maybe a dedup's).
+
+        The app's enqueue hooks see each request's job on its own, as a ``task.enqueue``
+        call would show it, whichever batch stores it."""
+        self.app.hooks.enqueueing([job])
+        record = await self._enqueue(job)
+        self.app.hooks.enqueued([Job(self.app, record)])
+        return record
+
+    async def _enqueue(self, job: NewJob) -> JobRecord:
         loop = asyncio.get_running_loop()
         if self._loop is None or self._loop.is_closed():
             self._loop = loop

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from offload.context import JobContext, JobInterrupted
 from offload.control import Cancel, Retry, Snooze
 from offload.errors import ValidationError, describe
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
@@ -27,8 +28,11 @@ if TYPE_CHECKING:
 MAX_ERROR_CHARS = 8000  # a traceback is for a human; a huge one would bloat every row
 
 
-async def execute(app: App, job: JobRecord, pool: TaskThreads) -> Outcome:
-    """Run one attempt of ``job``. Cancellation (shutdown, lost lease) propagates."""
+async def execute(app: App, job: JobRecord, pool: TaskThreads, ctx: JobContext) -> Outcome:
+    """Run one attempt of ``job``. Cancellation (shutdown, lost lease) propagates.
+
+    ``ctx`` is the attempt's context; its timer starts here when the task has a timeout.
+    """
     task = app.tasks.get(job.task)
     if task is None:
         return Dead(error=f"UnknownTask: no task named {job.task!r} is registered in this worker")
@@ -36,6 +40,8 @@ async def execute(app: App, job: JobRecord, pool: TaskThreads) -> Outcome:
         decoded = task.decode_args(job.args)
     except ValidationError as exc:
         return Dead(error=f"undecodable job: {exc}")
+    if task.config.timeout_s is not None:
+        ctx.start_timer(task.config.timeout_s)
     try:
         result = await _call(task, decoded, pool)
     except Retry as exc:
@@ -46,8 +52,14 @@ async def execute(app: App, job: JobRecord, pool: TaskThreads) -> Outcome:
     except Snooze as exc:
         return Snoozed(delay_s=exc.delay)
     except TimeoutError:
-        error = f"TimeoutError: the task ran longer than its timeout of {task.config.timeout_s}s"
-        return _failed(job, error, task.config.retry.delay_s(job.attempt))
+        return _timed_out(task, job)
+    except JobInterrupted as exc:
+        # ctx.check() saw the deadline before the worker's own timer fired. A stop request
+        # (lost lease, stop past the grace) cancels this coroutine at the same moment, so it
+        # rarely lands here; if it does, the attempt is given back, as a stop gives it back.
+        if exc.timed_out:
+            return _timed_out(task, job)
+        return Snoozed(delay_s=0.0)
     except Exception as exc:
         return _failed(job, _format_error(exc), task.config.retry.delay_s(job.attempt))
     try:
@@ -64,6 +76,11 @@ async def _call(task: Task[Any, Any], decoded: msgspec.Struct, pool: TaskThreads
     # A thread cannot be killed: on timeout the attempt fails, the thread finishes on its own.
     async with asyncio.timeout(timeout):
         return await call
+
+
+def _timed_out(task: Task[Any, Any], job: JobRecord) -> Outcome:
+    error = f"TimeoutError: the task ran longer than its timeout of {task.config.timeout_s}s"
+    return _failed(job, error, task.config.retry.delay_s(job.attempt))
 
 
 def _failed(job: JobRecord, error: str, delay_s: float) -> Outcome:

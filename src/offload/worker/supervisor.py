@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 log = logging.getLogger("offload.worker.supervisor")
@@ -35,16 +35,28 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, child_argv: Sequence[str], processes: int) -> None:
+    """``env`` is the children's environment (this process's by default); ``on_exit(pid)`` is
+    called once for each child that has exited (the metrics endpoint forgets its gauges)."""
+
+    def __init__(
+        self,
+        child_argv: Sequence[str],
+        processes: int,
+        *,
+        env: Mapping[str, str] | None = None,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self.child_argv = list(child_argv)
         self.processes = processes
+        self.env = dict(env) if env is not None else None
+        self.on_exit = on_exit
         self.children: list[tuple[subprocess.Popen[bytes], float]] = []
         self.restarts = 0
         self._signals = 0
         self._told: set[int] = set()  # child pids already sent SIGTERM for this stop
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], float]:
-        proc = subprocess.Popen(self.child_argv, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(self.child_argv, preexec_fn=_die_with_parent, env=self.env)
         return proc, time.monotonic()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -58,6 +70,13 @@ class Supervisor:
             self._told.add(proc.pid)
             proc.send_signal(signal.SIGTERM)
 
+    def _exited(self, proc: subprocess.Popen[bytes]) -> None:
+        if self.on_exit is not None:
+            try:
+                self.on_exit(proc.pid)
+            except Exception:
+                log.exception("clean-up after worker process %d failed", proc.pid)
+
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -68,6 +87,7 @@ class Supervisor:
                 for i, (proc, started) in enumerate(self.children):
                     if proc.poll() is None or self._signals:
                         continue
+                    self._exited(proc)
                     lived = time.monotonic() - started
                     pause = min(max(pause * 2, 0.5), MAX_PAUSE_S) if lived < FAST_DEATH_S else 0.0
                     log.warning(
@@ -87,6 +107,7 @@ class Supervisor:
                 self._tell(proc)
             for proc, _ in self.children:
                 proc.wait()
+                self._exited(proc)
             return 0
         finally:
             for s, handler in previous.items():

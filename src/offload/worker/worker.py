@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from offload.backends.base import Backend
+from offload.context import CURRENT, JobContext
 from offload.errors import BackendUnavailable, ConfigurationError
+from offload.hooks import Hook, Hooks
 from offload.job import ClaimRequest, JobRecord, Lease, WorkerInfo
 from offload.outcome import Outcome, Snoozed
 from offload.worker.completer import RETRY_MAX_S, Completer
@@ -42,11 +44,28 @@ log = logging.getLogger("offload.worker")
 
 
 class WorkerListener(Protocol):
-    """Observer of a worker's jobs (metrics, tracing). Called on the worker's loop; keep fast."""
+    """Observer of a worker's jobs (metrics, tracing). Called on the worker's loop; keep fast.
+
+    The older form of a hook (:class:`offload.hooks.Hook`), run as one after the app's hooks:
+    ``job_started`` is ``before_run``; ``job_finished`` is ``after_run`` whenever there is an
+    outcome (not when the lease was lost). A listener that is also a ``Hook`` is run as a hook.
+    """
 
     def job_started(self, job: JobRecord) -> None: ...
 
     def job_finished(self, job: JobRecord, outcome: Outcome, runtime_s: float) -> None: ...
+
+
+class _ListenerHook(Hook):
+    def __init__(self, listener: WorkerListener) -> None:
+        self.listener = listener
+
+    def before_run(self, job: JobRecord) -> None:
+        self.listener.job_started(job)
+
+    def after_run(self, job: JobRecord, outcome: Outcome | None, runtime_s: float) -> None:
+        if outcome is not None:
+            self.listener.job_finished(job, outcome, runtime_s)
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,7 @@ class Worker:
         app: App,
         config: WorkerConfig | None = None,
         *,
-        listeners: Sequence[WorkerListener] = (),
+        listeners: Sequence[WorkerListener | Hook] = (),
         worker_id: str | None = None,
     ) -> None:
         self.app = app
@@ -87,7 +106,8 @@ class Worker:
         self.id = worker_id or f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.host = host
         self.started_at = 0.0
-        self._running: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        self.hooks = Hooks()  # the app's hooks, then the listeners: fixed when run() starts
+        self._running: dict[str, tuple[asyncio.Task[None], Lease, JobContext]] = {}
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -122,7 +142,7 @@ class Worker:
         )
 
     def leases(self) -> list[Lease]:
-        return [lease for _, lease in self._running.values()]
+        return [lease for _, lease, _ in self._running.values()]
 
     # -- control ---------------------------------------------------------------------------
 
@@ -140,6 +160,10 @@ class Worker:
         """Run until stopped. Opens the app's backend on this loop if it is not open."""
         backend, owned = await self.app.backend_here()
         self.started_at = time.time()
+        self.hooks = self.app.hooks.plus(
+            [ear if isinstance(ear, Hook) else _ListenerHook(ear) for ear in self.listeners]
+        )
+        self.hooks.worker_event(True, self)
         pool = TaskThreads(asyncio.get_running_loop(), self.config.concurrency, "offload-task")
         completer = Completer(backend, retry_max_s=min(self.config.heartbeat_s, RETRY_MAX_S))
         completer_task = asyncio.create_task(completer.run(), name="offload-completer")
@@ -161,6 +185,7 @@ class Worker:
             pool.shutdown(wait=not self._force.is_set(), timeout_s=_THREAD_JOIN_S)
             if owned:
                 await backend.close()
+            self.hooks.worker_event(False, self)
             self.stopped.set()
 
     # -- the fetch loop --------------------------------------------------------------------
@@ -226,35 +251,40 @@ class Worker:
 
     def _start(self, job: JobRecord, pool: TaskThreads, completer: Completer) -> None:
         lease = Lease(job_id=job.id, worker_id=self.id, attempt=job.attempt)
-        task = asyncio.create_task(self._run_job(job, lease, pool, completer))
-        self._running[job.id] = (task, lease)
+        ctx = JobContext(job, self.id)
+        task = asyncio.create_task(self._run_job(job, lease, ctx, pool, completer))
+        self._running[job.id] = (task, lease, ctx)
 
     async def _run_job(
-        self, job: JobRecord, lease: Lease, pool: TaskThreads, completer: Completer
+        self,
+        job: JobRecord,
+        lease: Lease,
+        ctx: JobContext,
+        pool: TaskThreads,
+        completer: Completer,
     ) -> None:
-        for listener in self.listeners:
-            listener.job_started(job)
+        CURRENT.set(ctx)  # this asyncio task's own context: the task and its hooks see it
+        hooks = self.hooks
+        hooks.starting(job)
         t0 = time.perf_counter()
+        outcome: Outcome | None = None
         try:
-            outcome = await execute(self.app, job, pool)
+            outcome = await execute(self.app, job, pool, ctx)
         except asyncio.CancelledError:
             # Shutdown past the grace, or the lease was lost: give the job back unless lost.
-            if lease in self._lost:
-                self._lost.discard(lease)  # (the job may come back to this worker: a new lease)
-            else:
-                completer.add(lease, Snoozed(delay_s=0.0))
+            outcome = Snoozed(delay_s=0.0)
             raise
         finally:
             self._running.pop(job.id, None)
             self._slot_freed.set()
-        runtime = time.perf_counter() - t0
-        if lease in self._lost:
-            self._lost.discard(lease)
-            return
-        completer.add(lease, outcome)
-        self.jobs_done += 1
-        for listener in self.listeners:
-            listener.job_finished(job, outcome, runtime)
+            if lease in self._lost:
+                self._lost.discard(lease)  # (the job may come back to this worker: a new lease)
+                outcome = None
+            if outcome is not None:
+                completer.add(lease, outcome)
+            hooks.ended(job, outcome, time.perf_counter() - t0)
+        if outcome is not None:
+            self.jobs_done += 1
 
     def lease_lost(self, job_ids: set[str]) -> None:
         """Called by the heartbeat: these jobs are no longer ours; stop them, drop outcomes."""
@@ -263,6 +293,7 @@ class Worker:
             if entry is not None:
                 log.warning("lease lost for job %s; stopping it", job_id)
                 self._lost.add(entry[1])
+                entry[2].stop("the job was cancelled or its lease was lost")
                 entry[0].cancel()
 
     # -- shutdown --------------------------------------------------------------------------
@@ -281,11 +312,13 @@ class Worker:
             await self._until(self._slot_freed, left, stop=self._force)
 
     async def _cancel_running(self, completer: Completer) -> None:
-        tasks = [t for t, _ in self._running.values()]
-        if tasks:
-            log.warning("releasing %d unfinished jobs back to their queues", len(tasks))
-        for t in tasks:
+        entries = list(self._running.values())
+        if entries:
+            log.warning("releasing %d unfinished jobs back to their queues", len(entries))
+        for t, _, ctx in entries:
+            ctx.stop("the worker is stopping")
             t.cancel()
+        tasks = [t for t, _, _ in entries]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -1,0 +1,112 @@
+"""OpenTelemetry tracing as a hook (``pip install 'offload[otel]'``; the API only: bring the
+SDK and exporter of your choice).
+
+``app.add_hook(TracingHook())`` gives, following the messaging semantic conventions
+(``messaging.system`` = ``offload``):
+
+- a ``create <queue>`` span (kind PRODUCER) for each job enqueued, in the caller's trace,
+  carrying the job's id;
+- a ``process <queue>`` span (kind CONSUMER) around each attempt, current while the task runs
+  (async or sync), so the task's own spans and outgoing calls nest under it. Its status is
+  ERROR for a failed attempt (``RetryAt``, ``Dead``) and for an attempt whose lease was lost.
+
+The consumer span is not yet linked to the producer's: that needs the trace context carried
+in the job's headers, and jobs have no headers yet (the Backend protocol would carry them).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from offload.errors import MissingDependency
+from offload.hooks import Hook
+from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+except ImportError:  # pragma: no cover - depends on what is installed
+    raise MissingDependency("OpenTelemetry tracing", "otel") from None
+
+if TYPE_CHECKING:
+    from offload.job import JobRecord, NewJob
+
+SYSTEM = "offload"
+
+# The attempt's span and the token that made it current, in the job's own context: set by
+# before_run, read by after_run in that same context (the worker runs both in the job's task).
+_Held = tuple[trace.Span, contextvars.Token[otel_context.Context]]
+_ATTEMPT: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
+    "offload_otel_attempt", default=None
+)
+
+
+def _outcome_name(outcome: Outcome | None) -> str:
+    if isinstance(outcome, Succeeded):
+        return "succeeded"
+    if isinstance(outcome, RetryAt):
+        return "retried"
+    if isinstance(outcome, Dead):
+        return "dead"
+    if isinstance(outcome, Cancelled):
+        return "cancelled"
+    if isinstance(outcome, Snoozed):
+        return "snoozed"
+    return "lost"
+
+
+class TracingHook(Hook):
+    """Spans for enqueues and attempts; ``tracer_provider`` defaults to the global one."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("offload", tracer_provider=tracer_provider)
+
+    def before_enqueue(self, jobs: Sequence[NewJob]) -> None:
+        for job in jobs:
+            span = self._tracer.start_span(
+                f"create {job.queue}",
+                kind=trace.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": SYSTEM,
+                    "messaging.operation.type": "create",
+                    "messaging.operation.name": "enqueue",
+                    "messaging.destination.name": job.queue,
+                    "messaging.message.id": job.id,
+                    "offload.task": job.task,
+                },
+            )
+            span.end()
+
+    def before_run(self, job: JobRecord) -> None:
+        span = self._tracer.start_span(
+            f"process {job.queue}",
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "run",
+                "messaging.destination.name": job.queue,
+                "messaging.message.id": job.id,
+                "offload.task": job.task,
+                "offload.job.attempt": job.attempt,
+                "offload.job.max_attempts": job.max_attempts,
+            },
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        _ATTEMPT.set((span, token))
+
+    def after_run(self, job: JobRecord, outcome: Outcome | None, runtime_s: float) -> None:
+        held = _ATTEMPT.get()
+        if held is None:
+            return
+        span, token = held
+        _ATTEMPT.set(None)
+        span.set_attribute("offload.job.outcome", _outcome_name(outcome))
+        if isinstance(outcome, RetryAt | Dead):
+            span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error.splitlines()[0]))
+        elif outcome is None:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "lease lost"))
+        span.end()
+        otel_context.detach(token)
