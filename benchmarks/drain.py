@@ -92,7 +92,8 @@ async def main() -> None:
         "--log-level",
         "warning",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # src too: from a checkout other than the one the venv installed, run this tree's code
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
     worker = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env)
     try:
         await wait_drained(args.jobs, queue, args.timeout)

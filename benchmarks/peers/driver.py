@@ -110,7 +110,8 @@ class Driver:
 
     def start_workers(self, count: int, stats: Path, record_latency: bool) -> None:
         cfg = dataclasses.replace(self.cfg, stats_dir=str(stats), record_latency=record_latency)
-        env = {**os.environ, CONFIG_ENV: cfg.to_env(), "PYTHONPATH": str(ROOT)}
+        path = os.pathsep.join([str(ROOT), str(ROOT / "src")])  # this tree's offload
+        env = {**os.environ, CONFIG_ENV: cfg.to_env(), "PYTHONPATH": path}
         self.workers.start(self.peer.worker_command(), count, env, ROOT)
 
     async def wait_for(self, done: Callable[[], bool]) -> None:
