@@ -1,5 +1,6 @@
 """The Redis backend's connection: options, clients, the scripts and how they are called, and
-where a job id lives (a job id does not name its queue).
+where a job id lives (a job id does not name its queue). A ``redis+cluster://`` URL gives
+cluster clients (see :mod:`offload.backends.redis.cluster`); everything else is the same.
 
 Every state change is one Lua script of ``lua/`` (``_common.lua`` prepended), called by its
 SHA; the scripts are loaded at open and again after a server restart (``NOSCRIPT``).
@@ -18,9 +19,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from offload.backends.common import check_known, masked
+from offload.backends.redis.cluster import (
+    cluster_client,
+    is_cluster_url,
+    parse_cluster_url,
+    slot_groups,
+)
 from offload.backends.redis.codec import translated
 from offload.errors import BackendUnavailable, ConfigurationError
 
@@ -30,7 +38,7 @@ SCRIPTS = (
     "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause maintain "
     "watch worker_report worker_list"
 ).split()
-OPTIONS = ("prefix", "retention", "timeout", "connect_timeout")
+OPTIONS = ("prefix", "retention", "timeout", "connect_timeout", "pool_size")
 
 
 def _load_sources() -> dict[str, str]:
@@ -54,13 +62,20 @@ class RedisConnection:
             self.retention_s = None if retention in (None, "") else float(retention)
             self.timeout_s = float(ours.get("timeout", 5.0))
             self.connect_timeout_s = float(ours.get("connect_timeout", 1.0))
+            pool_size = ours.get("pool_size")
+            self.pool_size = None if pool_size in (None, "") else int(pool_size)
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis backend option in {url!r}: {exc}") from None
         if not self.prefix or any(c in self.prefix for c in "{}* ?[]\\"):
             raise ConfigurationError(f"bad Redis key prefix {self.prefix!r}")
         if (self.retention_s or 0) < 0 or self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigurationError("retention must be >= 0, timeouts > 0")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigurationError("pool_size must be >= 1")
         self._redis_url = urlunsplit(parts._replace(query=urlencode(query)))
+        self._nodes: list[tuple[str, int]] | None = None
+        if is_cluster_url(url):
+            self._redis_url, self._nodes = parse_cluster_url(self._redis_url)
         self._url = masked(url)
         self._global = "{" + self.prefix + "}"
         self._sources = _load_sources()
@@ -68,6 +83,7 @@ class RedisConnection:
         self._client: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._queue_of: dict[str, str] = {}  # job id -> queue, for the jobs this instance holds
+        self._turn = 0  # which slot a cluster claim over several slots asks first
 
     @property
     def url(self) -> str:
@@ -77,22 +93,46 @@ class RedisConnection:
     def _retention_arg(self) -> str:
         return "-1" if self.retention_s is None else repr(self.retention_s)
 
+    @property
+    def cluster(self) -> bool:
+        """Whether this backend talks to a Redis Cluster."""
+        return self._nodes is not None
+
     def base(self, queue: str) -> str:
         """The key prefix (with its hash tag) of every key of ``queue``."""
         return "{" + self.prefix + ":" + queue + "}"
 
+    def slot_groups(self, queues: Sequence[str]) -> list[list[str]]:
+        """``queues`` split so that one script call may touch each group: all of them on a
+        single server, one group per hash slot on a cluster."""
+        if self._nodes is None:
+            return [list(queues)]
+        return slot_groups(queues, self.base)
+
     # -- connections -------------------------------------------------------------------------
 
     def _make_client(self, socket_timeout: float | None) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            self._redis_url,
-            client_name=f"offload:{self.prefix}",
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=self.connect_timeout_s,
+        kwargs: dict[str, Any] = {
+            "client_name": f"offload:{self.prefix}",
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": self.connect_timeout_s,
             # Bounded: an outage surfaces as BackendUnavailable within about a second or two
             # rather than hanging. Every script is safe to run twice (see the scripts).
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+        }
+        if self._nodes is not None:
+            if self.pool_size is not None:
+                kwargs["max_connections"] = self.pool_size
+            return cluster_client(self._redis_url, self._nodes, **kwargs)
+        if self.pool_size is None:
+            return aioredis.Redis.from_url(self._redis_url, **kwargs)
+        # A caller past the bound waits for a free connection (a reply timeout for commands;
+        # a blocking pop waits as long as its own wait) instead of failing.
+        wait = self.timeout_s if socket_timeout is not None else None
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._redis_url, max_connections=self.pool_size, timeout=wait, **kwargs
         )
+        return aioredis.Redis.from_pool(pool)
 
     async def open(self) -> None:
         if self._client is not None:
@@ -117,6 +157,10 @@ class RedisConnection:
                     await c.aclose()
 
     async def _load_scripts(self, client: aioredis.Redis) -> None:
+        if self._nodes is not None:
+            for source in self._sources.values():
+                await client.script_load(source)  # redis-py sends it to every master
+            return
         pipe = client.pipeline(transaction=False)
         for source in self._sources.values():
             pipe.script_load(source)
@@ -190,6 +234,30 @@ class RedisConnection:
         return known
 
     async def _blpop(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
+        """Pop the first of ``keys`` to hold an item, waiting up to ``timeout_s``; return that
+        key's name, or None. On a cluster, keys in several slots wait side by side, one pop
+        per slot, and the first to return ends the others (a token such an ended pop took
+        is lost: that queue's other waiters wake by their own timeout instead)."""
+        if self._nodes is None:
+            return await self._blpop_one(keys, timeout_s)
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key_slot(key.encode()), []).append(key)
+        if len(groups) == 1:
+            return await self._blpop_one(keys, timeout_s)
+        waits = [asyncio.ensure_future(self._blpop_one(g, timeout_s)) for g in groups.values()]
+        try:
+            for next_done in asyncio.as_completed(waits):
+                got = await next_done
+                if got is not None:
+                    return got
+            return None
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _blpop_one(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
         blocking = self._blocking
         if blocking is None:
             raise BackendUnavailable("the Redis backend is not open (call open() first)")

@@ -1,0 +1,150 @@
+"""The redis+cluster:// backend on a real Redis Cluster (three masters, three replicas, on
+loopback ports 7000-7005, started by tests/redis_cluster.sh): the conformance suite, the URL
+form, and work over queues in several slots. Each test works under a key prefix of its own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from redis.crc import key_slot
+
+from offload.backends import from_url
+from offload.backends.base import Backend
+from offload.backends.redis import RedisBackend
+from offload.errors import ConfigurationError, QueueFull
+from offload.job import ClaimRequest, JobState, NewJob, new_job_id
+from offload.outcome import Succeeded
+from offload.testing import BackendConformance, MakeBackend
+from tests.services import (
+    REDIS_CLUSTER_URL,
+    delete_redis_cluster_prefix,
+    require_redis_cluster,
+    unique_name,
+)
+
+Factory = Callable[..., Awaitable[RedisBackend]]
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    require_redis_cluster()
+    name = unique_name("offload_t")
+    yield name
+    delete_redis_cluster_prefix(name)
+
+
+@pytest.fixture
+async def backends(prefix: str) -> AsyncIterator[Factory]:
+    opened: list[RedisBackend] = []
+
+    async def make(**options: object) -> RedisBackend:
+        backend = RedisBackend(f"{REDIS_CLUSTER_URL}/?prefix={prefix}", **options)
+        await backend.open()
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        await backend.close()
+
+
+class TestRedisClusterConformance(BackendConformance):
+    @pytest.fixture
+    async def make_backend(self, backends: Factory) -> MakeBackend:
+        async def make() -> Backend:
+            return await backends()
+
+        return make
+
+
+def job(queue: str, **kw: object) -> NewJob:
+    return NewJob(id=new_job_id(), task="t", queue=queue, args=b"{}", **kw)  # type: ignore[arg-type]
+
+
+def queues_in_distinct_slots(backend: RedisBackend, n: int) -> list[str]:
+    """``n`` queue names whose keys hash to ``n`` different slots under this prefix."""
+    out: dict[int, str] = {}
+    i = 0
+    while len(out) < n:
+        out.setdefault(key_slot(backend.base(f"q{i}").encode()), f"q{i}")
+        i += 1
+    return list(out.values())
+
+
+# -- URL -----------------------------------------------------------------------------------
+
+
+def test_url_forms() -> None:
+    backend = from_url("redis+cluster://u:secret@10.0.0.1:7000,10.0.0.2,[::1]:7002/?prefix=p")
+    assert isinstance(backend, RedisBackend) and backend.cluster
+    assert backend.prefix == "p" and "secret" not in backend.url
+    assert from_url("rediss+cluster://h:7000").cluster  # type: ignore[attr-defined]
+    assert not from_url("redis://h:6379/0").cluster  # type: ignore[attr-defined]
+    for bad in ("redis+cluster://h:7000/3", "redis+cluster://h:x", "redis+cluster:///"):
+        with pytest.raises(ConfigurationError):
+            from_url(bad)
+
+
+async def test_open_on_the_cluster_loads_every_master(backends: Factory) -> None:
+    backend = await backends()
+    assert backend.cluster
+    assert await backend.counts() == {}
+
+
+# -- several slots -------------------------------------------------------------------------
+
+
+async def test_batch_over_several_slots(backends: Factory) -> None:
+    backend = await backends()
+    qs = queues_in_distinct_slots(backend, 3)
+    jobs = [job(q) for q in qs for _ in range(4)]
+    stored = await backend.enqueue(jobs)
+    assert [r.id for r in stored] == [j.id for j in jobs]
+    assert {q: c[JobState.QUEUED] for q, c in (await backend.counts()).items()} == dict.fromkeys(
+        qs, 4
+    )
+    req = ClaimRequest(queues=tuple(qs), limit=5, worker_id="w")
+    first = await backend.claim(req)
+    assert len(first) == 5
+    rest = await backend.claim(ClaimRequest(queues=tuple(qs), limit=50, worker_id="w"))
+    assert len(rest) == 7 and not {j.id for j in first} & {j.id for j in rest}
+    assert await backend.claim(req) == []
+    await backend.complete([(j.lease, Succeeded()) for j in first + rest if j.lease])
+    assert sum(c[JobState.SUCCEEDED] for c in (await backend.counts()).values()) == 12
+
+
+async def test_claims_over_several_slots_take_turns(backends: Factory) -> None:
+    backend = await backends()
+    qs = queues_in_distinct_slots(backend, 2)
+    await backend.enqueue([job(q) for q in qs for _ in range(10)])
+    req = ClaimRequest(queues=tuple(qs), limit=1, worker_id="w")
+    got = [(await backend.claim(req))[0].queue for _ in range(4)]
+    assert sorted(got) == sorted(qs * 2)  # a busy first slot does not starve the second
+
+
+async def test_queue_full_in_one_slot_stores_nothing(backends: Factory) -> None:
+    backend = await backends()
+    a, b, c = queues_in_distinct_slots(backend, 3)
+    limits = {a: 10, b: 1}
+    await backend.enqueue([job(b)], limits=limits)
+    rejected = [job(c), job(a), job(b)]
+    with pytest.raises(QueueFull) as info:
+        await backend.enqueue(rejected, limits=limits)
+    assert info.value.queue == b
+    for j in rejected:  # not the job of the limited slot that fit, nor the unlimited one
+        assert await backend.get(j.id) is None
+
+
+async def test_wait_for_work_wakes_on_any_slot(backends: Factory) -> None:
+    import asyncio
+    import time
+
+    producer, worker = await backends(), await backends()
+    qs = queues_in_distinct_slots(producer, 3)
+    waiting = asyncio.ensure_future(worker.wait_for_work(qs, 10.0))
+    await asyncio.sleep(0.2)  # let the blocking pops start (a miss only makes this slower)
+    t0 = time.monotonic()
+    await producer.enqueue([job(qs[2])])
+    await asyncio.wait_for(waiting, 5.0)
+    assert time.monotonic() - t0 < 2.0
