@@ -47,7 +47,8 @@ def master_of(prefix: str, queue: str) -> tuple[int, int]:
     for port in REDIS_CLUSTER_PORTS:
         client = redis.Redis(host=REDIS_HOST, port=port, socket_timeout=1)
         try:
-            for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            for start, end, master, *_ in slots:
                 if start <= slot <= end:
                     return int(master[1]), slot
         except redis.RedisError:
