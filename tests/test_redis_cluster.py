@@ -17,8 +17,14 @@ from offload.job import ClaimRequest, JobState, NewJob, new_job_id
 from offload.outcome import Succeeded
 from offload.testing import BackendConformance, MakeBackend
 from tests.services import (
+    REDIS_CLUSTER_PORTS,
     REDIS_CLUSTER_URL,
+    REDIS_HOST,
+    REDIS_PORT,
+    REDIS_URL,
     delete_redis_cluster_prefix,
+    delete_redis_prefix,
+    require_port,
     require_redis_cluster,
     unique_name,
 )
@@ -148,3 +154,70 @@ async def test_wait_for_work_wakes_on_any_slot(backends: Factory) -> None:
     await producer.enqueue([job(qs[2])])
     await asyncio.wait_for(waiting, 5.0)
     assert time.monotonic() - t0 < 2.0
+
+
+async def test_scripts_are_loaded_again_after_a_flush(backends: Factory) -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    backend = await backends()
+    qs = queues_in_distinct_slots(backend, 3)
+    admin = RedisCluster.from_url(REDIS_CLUSTER_URL.replace("redis+cluster", "redis").split(",")[0])
+    try:
+        await admin.script_flush()  # every master forgets every script (as after a failover)
+    finally:
+        await admin.aclose()
+    await backend.enqueue([job(q) for q in qs])
+    assert len(await backend.claim(ClaimRequest(queues=tuple(qs), limit=9, worker_id="w"))) == 3
+
+
+# -- connection budgets (pool_size, single server and cluster) -----------------------------
+
+
+async def offload_connections(prefix: str, port: int) -> int:
+    """Connections named by the backend of ``prefix`` on the server at ``port``."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=REDIS_HOST, port=port)
+    try:
+        clients = await client.client_list()
+    finally:
+        await client.aclose()
+    return sum(1 for c in clients if c.get("name") == f"offload:{prefix}")
+
+
+async def test_pool_size_bounds_a_single_server_backend() -> None:
+    import asyncio
+
+    require_port("Redis", REDIS_HOST, REDIS_PORT)
+    prefix = unique_name("offload_t")
+    backend = RedisBackend(f"{REDIS_URL}?prefix={prefix}&pool_size=2")
+    await backend.open()
+    try:
+        (stored,) = await backend.enqueue([job("q")])
+        reads = [backend.get(stored.id) for _ in range(30)]
+        waits = [backend.wait_done(stored.id, 0.2) for _ in range(6)]
+        got = await asyncio.gather(*reads, *waits)
+        assert all(r is not None and r.id == stored.id for r in got)
+        # Two clients (commands, blocking pops), at most two connections each.
+        assert 2 <= await offload_connections(prefix, REDIS_PORT) <= 4
+    finally:
+        await backend.close()
+        delete_redis_prefix(prefix)
+    with pytest.raises(ConfigurationError):
+        RedisBackend(f"{REDIS_URL}?pool_size=0")
+
+
+async def test_pool_size_bounds_each_node_of_a_cluster(backends: Factory, prefix: str) -> None:
+    import asyncio
+
+    backend = await backends(pool_size=2)
+    qs = queues_in_distinct_slots(backend, 3)
+    stored = await backend.enqueue([job(q) for q in qs])
+    # Past the bound, callers wait their turn (redis-py's cluster pool alone would fail them).
+    reads = [backend.get(r.id) for r in stored for _ in range(10)]
+    waits = [backend.wait_for_work(qs[:1], 0.2) for _ in range(3)]
+    done = [backend.wait_done(r.id, 0.2) for r in stored]
+    got = await asyncio.gather(*reads, *done, *waits)
+    assert all(r is not None for r in got[: len(reads) + len(done)])
+    for port in REDIS_CLUSTER_PORTS:  # two clients, two connections each, per node
+        assert await offload_connections(prefix, port) <= 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -84,6 +85,13 @@ class RedisConnection:
         self._blocking: aioredis.Redis | None = None
         self._queue_of: dict[str, str] = {}  # job id -> queue, for the jobs this instance holds
         self._turn = 0  # which slot a cluster claim over several slots asks first
+        # redis-py's cluster pool fails a call past its bound instead of waiting: on a cluster
+        # with pool_size, these make callers wait their turn (commands, blocking pops).
+        self._gate: asyncio.Semaphore | None = None
+        self._blocking_gate: asyncio.Semaphore | None = None
+        if self._nodes is not None and self.pool_size is not None:
+            self._gate = asyncio.Semaphore(self.pool_size)
+            self._blocking_gate = asyncio.Semaphore(self.pool_size)
 
     @property
     def url(self) -> str:
@@ -174,6 +182,21 @@ class RedisConnection:
     async def _run(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``op`` with engine errors translated; reload scripts once on NOSCRIPT (after a
         server restart or SCRIPT FLUSH) and run it again."""
+        gate = self._gate
+        if gate is None:
+            return await self._run_now(op)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await gate.acquire()
+        except TimeoutError:
+            msg = f"no Redis connection free within {self.timeout_s}s (pool_size={self.pool_size})"
+            raise BackendUnavailable(msg) from None
+        try:
+            return await self._run_now(op)
+        finally:
+            gate.release()
+
+    async def _run_now(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         client = self._conn()
         with translated():
             try:
@@ -258,6 +281,23 @@ class RedisConnection:
             await asyncio.gather(*waits, return_exceptions=True)
 
     async def _blpop_one(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
+        gate = self._blocking_gate
+        if gate is None:
+            return await self._blpop_now(keys, timeout_s)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await gate.acquire()
+        except TimeoutError:
+            return None  # waited the whole time for a connection: as good as a timeout
+        try:
+            left = timeout_s - (time.monotonic() - started)
+            # BLPOP's timeout 0 would mean "forever".
+            return None if left < 0.001 else await self._blpop_now(keys, left)
+        finally:
+            gate.release()
+
+    async def _blpop_now(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
         blocking = self._blocking
         if blocking is None:
             raise BackendUnavailable("the Redis backend is not open (call open() first)")
