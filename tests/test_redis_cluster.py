@@ -4,9 +4,12 @@ form, and work over queues in several slots. Each test works under a key prefix 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
 from redis.crc import key_slot
 
 from offload.backends import from_url
@@ -16,6 +19,7 @@ from offload.errors import ConfigurationError, QueueFull
 from offload.job import ClaimRequest, JobState, NewJob, new_job_id
 from offload.outcome import Succeeded
 from offload.testing import BackendConformance, MakeBackend
+from offload.testing.machine import backend_machine
 from tests.services import (
     REDIS_CLUSTER_PORTS,
     REDIS_CLUSTER_URL,
@@ -221,3 +225,31 @@ async def test_pool_size_bounds_each_node_of_a_cluster(backends: Factory, prefix
     assert all(r is not None for r in got[: len(reads) + len(done)])
     for port in REDIS_CLUSTER_PORTS:  # two clients, two connections each, per node
         assert await offload_connections(prefix, port) <= 4
+
+
+# -- the hypothesis state machine (tests/test_state_machine.py's, on the cluster) ----------
+
+
+@contextlib.asynccontextmanager
+async def cluster_storage() -> AsyncIterator[Backend]:
+    prefix = unique_name("offload_t")
+    backend = from_url(f"{REDIS_CLUSTER_URL}/?prefix={prefix}")
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        delete_redis_cluster_prefix(prefix)
+
+
+def test_cluster_agrees_with_the_model() -> None:
+    require_redis_cluster()
+    run_state_machine_as_test(
+        backend_machine(cluster_storage, delivers_at_once=True),
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
