@@ -160,6 +160,44 @@ async def test_wait_for_work_wakes_on_any_slot(backends: Factory) -> None:
     assert time.monotonic() - t0 < 2.0
 
 
+async def client_ids(prefix: str) -> set[tuple[int, str]]:
+    """(port, client id) of every connection the backends of ``prefix`` hold."""
+    import redis.asyncio as aioredis
+
+    out: set[tuple[int, str]] = set()
+    for port in REDIS_CLUSTER_PORTS:
+        client = aioredis.Redis(host=REDIS_HOST, port=port)
+        try:
+            clients = await client.client_list()
+        finally:
+            await client.aclose()
+        out |= {(port, c["id"]) for c in clients if c.get("name") == f"offload:{prefix}"}
+    return out
+
+
+async def test_waits_over_several_slots_keep_their_connections(
+    backends: Factory, prefix: str
+) -> None:
+    import asyncio
+
+    producer, worker = await backends(), await backends()
+    qs = queues_in_distinct_slots(producer, 3)
+
+    async def woken_by(queue: str) -> None:
+        waiting = asyncio.ensure_future(worker.wait_for_work(qs, 10.0))
+        await asyncio.sleep(0.1)  # let the pops start (a miss only returns at once)
+        await producer.enqueue([job(queue)])
+        await asyncio.wait_for(waiting, 5.0)
+        assert await worker.claim(ClaimRequest(queues=(queue,), limit=1, worker_id="w"))
+
+    await woken_by(qs[0])
+    before = await client_ids(prefix)
+    for queue in (qs[1], qs[2], qs[0], qs[2]):
+        await woken_by(queue)
+    # The pops that did not fire were ended by their stop keys, not by closing connections.
+    assert await client_ids(prefix) == before
+
+
 async def test_scripts_are_loaded_again_after_a_flush(backends: Factory) -> None:
     from redis.asyncio.cluster import RedisCluster
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
@@ -259,8 +261,7 @@ class RedisConnection:
     async def _blpop(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
         """Pop the first of ``keys`` to hold an item, waiting up to ``timeout_s``; return that
         key's name, or None. On a cluster, keys in several slots wait side by side, one pop
-        per slot, and the first to return ends the others (a token such an ended pop took
-        is lost: that queue's other waiters wake by their own timeout instead)."""
+        per slot (:meth:`_blpop_slots`)."""
         if self._nodes is None:
             return await self._blpop_one(keys, timeout_s)
         groups: dict[int, list[str]] = {}
@@ -268,17 +269,48 @@ class RedisConnection:
             groups.setdefault(key_slot(key.encode()), []).append(key)
         if len(groups) == 1:
             return await self._blpop_one(keys, timeout_s)
-        waits = [asyncio.ensure_future(self._blpop_one(g, timeout_s)) for g in groups.values()]
+        return await self._blpop_slots(list(groups.values()), timeout_s)
+
+    async def _blpop_slots(self, groups: Sequence[Sequence[str]], timeout_s: float) -> bytes | None:
+        """One pop per slot; the first to return ends the others through a stop key of their
+        slot that only this call knows (cancelling a pop would close its connection)."""
+        token = os.urandom(8).hex()
+        stops = [f"{g[0]}:stop:{token}" for g in groups]
+        waits = [
+            asyncio.ensure_future(self._blpop_one([*g, stop], timeout_s))
+            for g, stop in zip(groups, stops, strict=True)
+        ]
         try:
-            for next_done in asyncio.as_completed(waits):
-                got = await next_done
-                if got is not None:
-                    return got
-            return None
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            ending = [stop for w, stop in zip(waits, stops, strict=True) if not w.done()]
+            if ending:
+                await self._run(functools.partial(self._push_stops, stops=ending))
+            got = await asyncio.gather(*waits, return_exceptions=True)
         finally:
             for w in waits:
-                w.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+                w.cancel()  # only if ending them failed: pops left blocked
+        woken = [g for g in got if isinstance(g, bytes) and g.decode() not in stops]
+        errors = [g for g in got if isinstance(g, BaseException)]
+        if len(woken) > 1:  # a token taken by a pop that was being ended: give it back
+            await self._run(functools.partial(self._push_back, keys=woken[1:]))
+        if not woken and errors:
+            raise errors[0]
+        return woken[0] if woken else None
+
+    @staticmethod
+    async def _push_stops(client: aioredis.Redis, stops: Sequence[str]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for stop in stops:
+            pipe.rpush(stop, 1)
+            pipe.pexpire(stop, 60_000)  # gone soon even if its pop had already ended
+        await pipe.execute()
+
+    @staticmethod
+    async def _push_back(client: aioredis.Redis, keys: Sequence[bytes]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.rpush(key, 1)
+        await pipe.execute()
 
     async def _blpop_one(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
         gate = self._blocking_gate
