@@ -45,9 +45,10 @@ if [ "${known:-1}" -lt "${#PORTS[@]}" ]; then
   for port in "${PORTS[@]}"; do nodes+=("$HOST:$port"); done
   redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log"
 fi
-for _ in $(seq 1 150); do
+for _ in $(seq 1 300); do
   cluster_ok && exit 0
   sleep 0.2
 done
-echo "redis cluster did not reach cluster_state:ok (see $DIR)" >&2
+echo "redis cluster did not reach cluster_state:ok with three replicas (see $DIR):" >&2
+redis-cli -h "$HOST" -p "${PORTS[0]}" cluster nodes >&2 || true
 exit 1
