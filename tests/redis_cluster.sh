@@ -14,7 +14,7 @@ port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 cluster_ok() {
   redis-cli -h "$HOST" -p "${PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' &&
     [ "$(redis-cli -h "$HOST" -p "${PORTS[0]}" cluster nodes 2>/dev/null |
-      grep -v fail | grep -c ' slave ')" -eq 3 ]
+      awk '$3 ~ /slave/ && $3 !~ /fail/ && $8 == "connected"' | wc -l)" -eq 3 ]
 }
 
 if cluster_ok; then
