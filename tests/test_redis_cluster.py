@@ -133,6 +133,16 @@ async def test_claims_over_several_slots_take_turns(backends: Factory) -> None:
     assert sorted(got) == sorted(qs * 2)  # a busy first slot does not starve the second
 
 
+async def test_named_claim_over_several_slots(backends: Factory) -> None:
+    backend = await backends()
+    qs = queues_in_distinct_slots(backend, 3)
+    stored = await backend.enqueue([job(q) for q in qs for _ in range(2)])
+    named = (stored[0].id, stored[3].id, stored[5].id, new_job_id())
+    req = ClaimRequest(queues=tuple(qs), limit=10, worker_id="w", job_ids=named)
+    assert {j.id for j in await backend.claim(req)} == set(named[:3])
+    assert await backend.claim(req) == []  # taken already
+
+
 async def test_queue_full_in_one_slot_stores_nothing(backends: Factory) -> None:
     backend = await backends()
     a, b, c = queues_in_distinct_slots(backend, 3)
