@@ -51,6 +51,7 @@ from offload.outcome import Dead, Outcome
 _log = logging.getLogger("offload.backends.redis")
 
 BATCH = 1000  # jobs one recover or maintenance call handles per queue: keeps scripts short
+_TIME = "return redis.call('TIME')"  # the server's clock, routed by a key on a cluster
 DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
 
 
@@ -337,22 +338,21 @@ class RedisBackend(RedisInspection):
 
         async def probe(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            if not self.cluster:
+            if self.cluster:
+                # A cluster pipeline refuses keyless commands: TIME is asked of the node of
+                # the first queue (the nodes' clocks only shift how long this waits).
+                pipe.execute_command("EVAL", _TIME, 1, f"{self.base(queues[0])}:sched")
+            else:
                 pipe.time()
             for q in queues:
                 pipe.exists(f"{self.base(q)}:paused")
                 pipe.zcard(f"{self.base(q)}:ready")
                 pipe.zrange(f"{self.base(q)}:sched", 0, 0, withscores=True)
-            if not self.cluster:
-                return list(await pipe.execute())
-            # A cluster pipeline refuses keyless commands: TIME (of any node; the nodes'
-            # clocks only shift how long this waits) goes alongside it.
-            clock, replies = await asyncio.gather(client.time(), pipe.execute())
-            return [clock, *replies]
+            return list(await pipe.execute())
 
         reply = await self._run(probe)
         secs, micros = reply[0]
-        now_us = secs * 1_000_000 + micros
+        now_us = int(secs) * 1_000_000 + int(micros)
         for k in range(1, len(reply), 3):
             paused, ready, first_due = reply[k : k + 3]
             if paused:
