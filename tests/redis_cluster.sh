@@ -32,9 +32,11 @@ for port in "${PORTS[@]}"; do
       --dir "$DIR/$port" --logfile "$DIR/$port/redis.log" --pidfile "$DIR/$port/redis.pid"
   fi
 done
+# Up means answering PONG: a restarted node answers LOADING while it reads its append-only file.
+pong() { [ "$(redis-cli -h "$HOST" -p "$1" ping 2>/dev/null)" = "PONG" ]; }
 for port in "${PORTS[@]}"; do
-  for _ in $(seq 1 50); do port_open "$port" && break; sleep 0.1; done
-  port_open "$port" || { echo "redis cluster node $port did not come up" >&2; exit 1; }
+  for _ in $(seq 1 100); do pong "$port" && break; sleep 0.1; done
+  pong "$port" || { echo "redis cluster node $port did not come up" >&2; exit 1; }
 done
 
 # Nodes that already know each other (a restart of this script after a reboot keeps nodes.conf)
