@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from reliability.isolation import REDIS_URL, rabbitmqctl
+from reliability.isolation import REDIS_URL, rabbitmqctl, redis_cluster_masters
 
 
 def kill9(pid: int) -> float:
@@ -37,13 +37,13 @@ def url_option(url: str, name: str) -> str:
     return dict(parse_qsl(urlsplit(url).query)).get(name, "")
 
 
-def kill_redis_clients(url: str) -> int:
-    """``CLIENT KILL`` every normal connection the Redis backend of ``url`` opened (it names
-    them ``offload:<prefix>``); how many were killed."""
+def kill_redis_clients(url: str, server: str = REDIS_URL) -> int:
+    """``CLIENT KILL`` every normal connection the Redis backend of ``url`` opened on
+    ``server`` (it names them ``offload:<prefix>``); how many were killed."""
     import redis
 
     name = f"offload:{url_option(url, 'prefix')}"
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(server)
     try:
         ids = [c["id"] for c in client.client_list(_type="normal") if c.get("name") == name]
         killed = 0
@@ -52,6 +52,14 @@ def kill_redis_clients(url: str) -> int:
         return killed
     finally:
         client.close()
+
+
+def kill_redis_cluster_clients(url: str) -> int:
+    """:func:`kill_redis_clients` on every master of the test cluster."""
+    return sum(
+        kill_redis_clients(url, f"redis://{host}:{port}/0")
+        for host, port in redis_cluster_masters()
+    )
 
 
 def close_rabbitmq_connections(url: str) -> int:

@@ -20,14 +20,28 @@ POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+# The test cluster of tests/redis_cluster.sh (masters 7000-7002 when started).
+REDIS_CLUSTER_PORTS = (7000, 7001, 7002, 7003, 7004, 7005)
+REDIS_CLUSTER_URL = "redis+cluster://" + ",".join(
+    f"{REDIS_HOST}:{p}" for p in REDIS_CLUSTER_PORTS[:3]
+)
 POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
 
 KINDS = ("sqlite", "postgres", "redis", "rabbitmq")
-_MODULE = {"sqlite": "sqlite", "postgres": "postgres", "redis": "redis", "rabbitmq": "rabbitmq"}
+# Run only when named (``--backend redis_cluster``): it needs tests/redis_cluster.sh's cluster.
+EXTRA_KINDS = ("redis_cluster",)
+_MODULE = {
+    "sqlite": "sqlite",
+    "postgres": "postgres",
+    "redis": "redis",
+    "rabbitmq": "rabbitmq",
+    "redis_cluster": "redis",
+}
 _PORT = {
     "postgres": (POSTGRES_HOST, POSTGRES_PORT),
     "redis": (REDIS_HOST, REDIS_PORT),
+    "redis_cluster": (REDIS_HOST, REDIS_CLUSTER_PORTS[0]),
     "rabbitmq": (RABBITMQ_HOST, RABBITMQ_PORT),
 }
 
@@ -43,7 +57,8 @@ def unique_name(prefix: str) -> str:
 def check(kind: str) -> None:
     """Raise :class:`Unavailable` with the reason when ``kind`` cannot run here."""
     if kind not in _MODULE:
-        raise Unavailable(f"unknown backend kind {kind!r} (known: {', '.join(KINDS)})")
+        known = ", ".join(KINDS + EXTRA_KINDS)
+        raise Unavailable(f"unknown backend kind {kind!r} (known: {known})")
     if importlib.util.find_spec(f"offload.backends.{_MODULE[kind]}") is None:
         raise Unavailable(f"the {kind} backend is not part of this build")
     if kind in _PORT:
@@ -71,6 +86,12 @@ def isolated_url(kind: str, workdir: Path) -> Iterator[str]:
             yield f"{REDIS_URL}?prefix={name}"
         finally:
             _delete_redis_prefix(name)
+    elif kind == "redis_cluster":
+        try:
+            yield f"{REDIS_CLUSTER_URL}/?prefix={name}"
+        finally:
+            for host, port in redis_cluster_masters():
+                _delete_redis_prefix(name, f"redis://{host}:{port}/0")
     else:
         try:
             yield f"{RABBITMQ_URL}?prefix={name}&store=sqlite:///{workdir / 'state.db'}"
@@ -85,10 +106,21 @@ def _drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def _delete_redis_prefix(prefix: str) -> None:
+def redis_cluster_masters() -> list[tuple[str, int]]:
+    """(host, port) of each master of the test cluster now."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster(host=REDIS_HOST, port=REDIS_CLUSTER_PORTS[0])
+    try:
+        return [(n.host, n.port) for n in client.get_primaries()]  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+
+
+def _delete_redis_prefix(prefix: str, url: str = REDIS_URL) -> None:
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(url)
     try:
         for pattern in ("{" + prefix + ":*", "{" + prefix + "}*"):
             keys = list(client.scan_iter(match=pattern, count=1000))

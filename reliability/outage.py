@@ -23,6 +23,8 @@ def injector(kind: str, url: str, form: Form) -> tuple[Callable[[], None] | None
     """The fault for a backend kind and its description, or None and why there is none."""
     if kind == "redis":
         return (lambda: _redis_burst(url)), "Redis CLIENT KILL of this run's connections"
+    if kind == "redis_cluster":
+        return (lambda: _redis_burst(url, cluster=True)), "CLIENT KILL on every cluster master"
     if kind == "rabbitmq":
         return (lambda: _rabbitmq_close(url)), "RabbitMQ close_connection of this run's"
     if kind == "postgres":
@@ -32,10 +34,13 @@ def injector(kind: str, url: str, form: Form) -> tuple[Callable[[], None] | None
     return None, "no backend fault for SQLite (an embedded file has no connection to cut)"
 
 
-def _redis_burst(url: str) -> None:
+def _redis_burst(url: str, cluster: bool = False) -> None:
     end = time.monotonic() + BURST_S
     while time.monotonic() < end:
-        faults.kill_redis_clients(url)
+        if cluster:
+            faults.kill_redis_cluster_clients(url)
+        else:
+            faults.kill_redis_clients(url)
         time.sleep(0.05)
 
 

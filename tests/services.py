@@ -18,6 +18,11 @@ POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+# The cluster tests/redis_cluster.sh starts (and .ci/run calls): masters first, then replicas.
+REDIS_CLUSTER_PORTS = (7000, 7001, 7002, 7003, 7004, 7005)
+REDIS_CLUSTER_URL = "redis+cluster://" + ",".join(
+    f"{REDIS_HOST}:{p}" for p in REDIS_CLUSTER_PORTS[:3]
+)
 POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
 
@@ -46,6 +51,42 @@ def require_port(name: str, host: str, port: int) -> None:
         unavailable(f"{name} is not listening on {host}:{port}")
 
 
+def require_redis_cluster() -> None:
+    """The test cluster is up and serves every slot (``cluster_state:ok``)."""
+    import redis
+
+    host, port = REDIS_HOST, REDIS_CLUSTER_PORTS[0]
+    require_port("Redis Cluster (tests/redis_cluster.sh)", host, port)
+    client = redis.Redis(host=host, port=port, socket_timeout=2)
+    try:
+        state = client.cluster("INFO").get("cluster_state")
+    except redis.RedisError as exc:
+        unavailable(f"Redis Cluster on {host}:{port} does not answer CLUSTER INFO: {exc}")
+    finally:
+        client.close()
+    if state != "ok":
+        unavailable(f"Redis Cluster on {host}:{port} is not ready (cluster_state:{state})")
+
+
+def delete_redis_cluster_prefix(prefix: str) -> None:
+    """UNLINK every key under a test's prefix on every master of the test cluster."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(f"redis://{REDIS_HOST}:{REDIS_CLUSTER_PORTS[0]}")
+    try:
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
+            one = redis.Redis(host=node.host, port=node.port)
+            try:
+                for pattern in ("{" + prefix + ":*", "{" + prefix + "}*"):
+                    for key in list(one.scan_iter(match=pattern, count=1000)):
+                        one.unlink(key)
+            finally:
+                one.close()
+    finally:
+        client.close()
+
+
 def unique_name(prefix: str = "t") -> str:
     """A name no other test (or test run) uses: for key prefixes, schemas, queue names."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
@@ -60,9 +101,13 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
     """
     import importlib.util
 
-    module = {"sqlite": "sqlite", "redis": "redis", "postgres": "postgres", "rabbitmq": "rabbitmq"}[
-        kind
-    ]
+    module = {
+        "sqlite": "sqlite",
+        "redis": "redis",
+        "redis_cluster": "redis",
+        "postgres": "postgres",
+        "rabbitmq": "rabbitmq",
+    }[kind]
     if importlib.util.find_spec(f"offload.backends.{module}") is None:
         pytest.skip(f"the {kind} backend is not part of this build yet")
     if kind == "sqlite":
@@ -75,6 +120,14 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
             yield f"{REDIS_URL}?prefix={prefix}"
         finally:
             delete_redis_prefix(prefix)
+        return
+    if kind == "redis_cluster":
+        require_redis_cluster()
+        prefix = unique_name("offload_t")
+        try:
+            yield f"{REDIS_CLUSTER_URL}/?prefix={prefix}"
+        finally:
+            delete_redis_cluster_prefix(prefix)
         return
     if kind == "rabbitmq":
         require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)

@@ -16,6 +16,8 @@ _SCHEMES: dict[str, tuple[str, str, str | None, str | None]] = {
     "sqlite": ("offload.backends.sqlite", "SQLiteBackend", None, None),
     "redis": ("offload.backends.redis", "RedisBackend", "redis", "redis"),
     "rediss": ("offload.backends.redis", "RedisBackend", "redis", "redis"),
+    "redis+cluster": ("offload.backends.redis", "RedisBackend", "redis", "redis"),
+    "rediss+cluster": ("offload.backends.redis", "RedisBackend", "redis", "redis"),
     "postgres": ("offload.backends.postgres", "PostgresBackend", "postgres", "psycopg"),
     "postgresql": ("offload.backends.postgres", "PostgresBackend", "postgres", "psycopg"),
     "amqp": ("offload.backends.rabbitmq", "rabbitmq_backend", "rabbitmq", "aio_pika"),

@@ -18,6 +18,7 @@ the lease it was taken for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ from offload.outcome import Dead, Outcome
 _log = logging.getLogger("offload.backends.redis")
 
 BATCH = 1000  # jobs one recover or maintenance call handles per queue: keeps scripts short
+_TIME = "return redis.call('TIME')"  # the server's clock, routed by a key on a cluster
 DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
 
 
@@ -72,8 +74,26 @@ class RedisBackend(RedisInspection):
         if not jobs:
             return []
         queues = list(dict.fromkeys(j.queue for j in jobs))
-        index = {q: i + 1 for i, q in enumerate(queues)}
         limits = limits or {}
+        groups = self.slot_groups(queues)
+        if len(groups) > 1:
+            return await self._enqueue_slots(jobs, groups, limits)
+        keys, argv = self._enqueue_call(jobs, queues, limits)
+
+        async def op(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.sadd(f"{self._global}:queues", *queues)
+            self._eval(pipe, "enqueue", keys, argv)
+            return list(await pipe.execute())
+
+        _, reply = await self._run(op)
+        return self._enqueued(jobs, queues, reply, limits)
+
+    def _enqueue_call(
+        self, jobs: Sequence[NewJob], queues: Sequence[str], limits: Mapping[str, int]
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and argv of ``enqueue.lua`` for ``jobs`` (all in ``queues``)."""
+        index = {q: i + 1 for i, q in enumerate(queues)}
         fields: list[bytes | str | int] = []
         for j in jobs:
             priority = min(max(j.priority, 0), 9)
@@ -90,15 +110,17 @@ class RedisBackend(RedisInspection):
                 j.key or "",
             ]
         keys = [self.base(q) for q in queues]
-        argv = [frame(fields), *(limits.get(q, -1) for q in queues)]
+        return keys, [frame(fields), *(limits.get(q, -1) for q in queues)]
 
-        async def op(client: aioredis.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            pipe.sadd(f"{self._global}:queues", *queues)
-            self._eval(pipe, "enqueue", keys, argv)
-            return list(await pipe.execute())
-
-        _, reply = await self._run(op)
+    def _enqueued(
+        self,
+        jobs: Sequence[NewJob],
+        queues: Sequence[str],
+        reply: Sequence[Any],
+        limits: Mapping[str, int],
+    ) -> list[JobRecord]:
+        """The records ``enqueue.lua`` stored or found (a duplicate by key); QueueFull when
+        it refused the batch."""
         if reply[0] == 0:
             queue = queues[int(reply[1]) - 1]
             raise QueueFull(queue, limits[queue])
@@ -112,6 +134,56 @@ class RedisBackend(RedisInspection):
             except Undecodable as exc:
                 raise BackendUnavailable(f"cannot read the job the key refers to: {exc}") from None
         return out
+
+    async def _enqueue_slots(
+        self, jobs: Sequence[NewJob], groups: Sequence[Sequence[str]], limits: Mapping[str, int]
+    ) -> list[JobRecord]:
+        """Enqueue a batch whose queues lie in several cluster slots: one script per slot.
+
+        All or nothing for QueueFull: the slots with a depth limit go first, one by one; when
+        one is full, the jobs the earlier ones stored are withdrawn again (a job a worker
+        claimed in that instant stays) and nothing of the unlimited slots is stored. Those
+        cannot refuse, so they go last, together in one round trip.
+        """
+        queues = [q for g in groups for q in g]
+        await self._run(lambda c: c.sadd(f"{self._global}:queues", *queues))
+        limited = [g for g in groups if any(limits.get(q, -1) >= 0 for q in g)]
+        free = [g for g in groups if g not in limited]
+        found: dict[str, JobRecord] = {}
+        stored: list[JobRecord] = []
+        for group in limited:
+            part = [j for j in jobs if j.queue in group]
+            keys, argv = self._enqueue_call(part, group, limits)
+            reply = await self._run(
+                functools.partial(self._eval, name="enqueue", keys=keys, args=argv)
+            )
+            try:
+                recs = self._enqueued(part, group, reply, limits)
+            except QueueFull:
+                await self._withdraw(stored)
+                raise
+            stored += [r for r, j in zip(recs, part, strict=True) if r.id == j.id]
+            found.update({j.id: r for j, r in zip(part, recs, strict=True)})
+
+        async def op(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for group in free:
+                keys, argv = self._enqueue_call([j for j in jobs if j.queue in group], group, {})
+                self._eval(pipe, "enqueue", keys, argv)
+            return list(await pipe.execute())
+
+        for group, reply in zip(free, await self._run(op) if free else [], strict=True):
+            part = [j for j in jobs if j.queue in group]
+            recs = self._enqueued(part, group, reply, {})
+            found.update({j.id: r for j, r in zip(part, recs, strict=True)})
+        return [found[j.id] for j in jobs]
+
+    async def _withdraw(self, records: Sequence[JobRecord]) -> None:
+        """Delete jobs this call stored, unless a worker holds them already."""
+        calls: dict[str, list[str]] = {}
+        for rec in records:
+            calls.setdefault(rec.queue, []).append(rec.id)
+        await self._per_queue("delete", calls)
 
     @staticmethod
     def _fresh(j: NewJob, now_us: int) -> JobRecord:
@@ -135,9 +207,25 @@ class RedisBackend(RedisInspection):
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
         if req.limit <= 0 or not req.queues or req.job_ids == ():
             return []
-        queues = list(dict.fromkeys(req.queues))
+        groups = self.slot_groups(list(dict.fromkeys(req.queues)))
+        if len(groups) == 1:
+            return await self._claim_slot(req, groups[0], req.limit)
+        # On a cluster, one script per slot, taking what is still wanted; the slot asked
+        # first turns with each call so that no queue waits behind a busy one.
+        self._turn = (self._turn + 1) % len(groups)
+        out: list[JobRecord] = []
+        for group in groups[self._turn :] + groups[: self._turn]:
+            out += await self._claim_slot(req, group, req.limit - len(out))
+            if len(out) >= req.limit:
+                break
+        return out
+
+    async def _claim_slot(
+        self, req: ClaimRequest, queues: Sequence[str], limit: int
+    ) -> list[JobRecord]:
+        """Lease up to ``limit`` jobs of ``queues`` (one slot) in one script call."""
         keys = [self.base(q) for q in queues]
-        argv = [req.limit, req.worker_id, max(to_us(req.lease_s), 0), os.urandom(8).hex()]
+        argv = [limit, req.worker_id, max(to_us(req.lease_s), 0), os.urandom(8).hex()]
         if req.job_ids is not None:
             argv += dict.fromkeys(req.job_ids)  # the script takes only these, when due
         raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
@@ -250,7 +338,12 @@ class RedisBackend(RedisInspection):
 
         async def probe(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            pipe.time()
+            if self.cluster:
+                # A cluster pipeline refuses keyless commands: TIME is asked of the node of
+                # the first queue (the nodes' clocks only shift how long this waits).
+                pipe.execute_command("EVAL", _TIME, 1, f"{self.base(queues[0])}:sched")
+            else:
+                pipe.time()
             for q in queues:
                 pipe.exists(f"{self.base(q)}:paused")
                 pipe.zcard(f"{self.base(q)}:ready")
@@ -259,7 +352,7 @@ class RedisBackend(RedisInspection):
 
         reply = await self._run(probe)
         secs, micros = reply[0]
-        now_us = secs * 1_000_000 + micros
+        now_us = int(secs) * 1_000_000 + int(micros)
         for k in range(1, len(reply), 3):
             paused, ready, first_due = reply[k : k + 3]
             if paused:

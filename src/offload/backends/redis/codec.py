@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from offload.backends.common import expired_lease
 from offload.errors import BackendUnavailable, describe
@@ -160,7 +160,7 @@ def translated() -> Iterator[None]:
     effect is safe to repeat); nothing redis-specific escapes."""
     try:
         yield
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise BackendUnavailable(f"Redis: {describe(exc)}") from exc
     except OSError as exc:
         raise BackendUnavailable(f"Redis: {describe(exc)}") from exc

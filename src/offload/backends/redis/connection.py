@@ -1,5 +1,6 @@
 """The Redis backend's connection: options, clients, the scripts and how they are called, and
-where a job id lives (a job id does not name its queue).
+where a job id lives (a job id does not name its queue). A ``redis+cluster://`` URL gives
+cluster clients (see :mod:`offload.backends.redis.cluster`); everything else is the same.
 
 Every state change is one Lua script of ``lua/`` (``_common.lua`` prepended), called by its
 SHA; the scripts are loaded at open and again after a server restart (``NOSCRIPT``).
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -18,9 +22,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from offload.backends.common import check_known, masked
+from offload.backends.redis.cluster import (
+    cluster_client,
+    is_cluster_url,
+    parse_cluster_url,
+    slot_groups,
+)
 from offload.backends.redis.codec import translated
 from offload.errors import BackendUnavailable, ConfigurationError
 
@@ -30,7 +41,7 @@ SCRIPTS = (
     "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause maintain "
     "watch worker_report worker_list"
 ).split()
-OPTIONS = ("prefix", "retention", "timeout", "connect_timeout")
+OPTIONS = ("prefix", "retention", "timeout", "connect_timeout", "pool_size")
 
 
 def _load_sources() -> dict[str, str]:
@@ -54,13 +65,20 @@ class RedisConnection:
             self.retention_s = None if retention in (None, "") else float(retention)
             self.timeout_s = float(ours.get("timeout", 5.0))
             self.connect_timeout_s = float(ours.get("connect_timeout", 1.0))
+            pool_size = ours.get("pool_size")
+            self.pool_size = None if pool_size in (None, "") else int(pool_size)
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis backend option in {url!r}: {exc}") from None
         if not self.prefix or any(c in self.prefix for c in "{}* ?[]\\"):
             raise ConfigurationError(f"bad Redis key prefix {self.prefix!r}")
         if (self.retention_s or 0) < 0 or self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigurationError("retention must be >= 0, timeouts > 0")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigurationError("pool_size must be >= 1")
         self._redis_url = urlunsplit(parts._replace(query=urlencode(query)))
+        self._nodes: list[tuple[str, int]] | None = None
+        if is_cluster_url(url):
+            self._redis_url, self._nodes = parse_cluster_url(self._redis_url)
         self._url = masked(url)
         self._global = "{" + self.prefix + "}"
         self._sources = _load_sources()
@@ -68,6 +86,14 @@ class RedisConnection:
         self._client: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._queue_of: dict[str, str] = {}  # job id -> queue, for the jobs this instance holds
+        self._turn = 0  # which slot a cluster claim over several slots asks first
+        # redis-py's cluster pool fails a call past its bound instead of waiting: on a cluster
+        # with pool_size, these make callers wait their turn (commands, blocking pops).
+        self._gate: asyncio.Semaphore | None = None
+        self._blocking_gate: asyncio.Semaphore | None = None
+        if self._nodes is not None and self.pool_size is not None:
+            self._gate = asyncio.Semaphore(self.pool_size)
+            self._blocking_gate = asyncio.Semaphore(self.pool_size)
 
     @property
     def url(self) -> str:
@@ -77,22 +103,46 @@ class RedisConnection:
     def _retention_arg(self) -> str:
         return "-1" if self.retention_s is None else repr(self.retention_s)
 
+    @property
+    def cluster(self) -> bool:
+        """Whether this backend talks to a Redis Cluster."""
+        return self._nodes is not None
+
     def base(self, queue: str) -> str:
         """The key prefix (with its hash tag) of every key of ``queue``."""
         return "{" + self.prefix + ":" + queue + "}"
 
+    def slot_groups(self, queues: Sequence[str]) -> list[list[str]]:
+        """``queues`` split so that one script call may touch each group: all of them on a
+        single server, one group per hash slot on a cluster."""
+        if self._nodes is None:
+            return [list(queues)]
+        return slot_groups(queues, self.base)
+
     # -- connections -------------------------------------------------------------------------
 
     def _make_client(self, socket_timeout: float | None) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            self._redis_url,
-            client_name=f"offload:{self.prefix}",
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=self.connect_timeout_s,
+        kwargs: dict[str, Any] = {
+            "client_name": f"offload:{self.prefix}",
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": self.connect_timeout_s,
             # Bounded: an outage surfaces as BackendUnavailable within about a second or two
             # rather than hanging. Every script is safe to run twice (see the scripts).
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+        }
+        if self._nodes is not None:
+            if self.pool_size is not None:
+                kwargs["max_connections"] = self.pool_size
+            return cluster_client(self._redis_url, self._nodes, **kwargs)
+        if self.pool_size is None:
+            return aioredis.Redis.from_url(self._redis_url, **kwargs)
+        # A caller past the bound waits for a free connection (a reply timeout for commands;
+        # a blocking pop waits as long as its own wait) instead of failing.
+        wait = self.timeout_s if socket_timeout is not None else None
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._redis_url, max_connections=self.pool_size, timeout=wait, **kwargs
         )
+        return aioredis.Redis.from_pool(pool)
 
     async def open(self) -> None:
         if self._client is not None:
@@ -117,6 +167,10 @@ class RedisConnection:
                     await c.aclose()
 
     async def _load_scripts(self, client: aioredis.Redis) -> None:
+        if self._nodes is not None:
+            for source in self._sources.values():
+                await client.script_load(source)  # redis-py sends it to every master
+            return
         pipe = client.pipeline(transaction=False)
         for source in self._sources.values():
             pipe.script_load(source)
@@ -130,6 +184,21 @@ class RedisConnection:
     async def _run(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``op`` with engine errors translated; reload scripts once on NOSCRIPT (after a
         server restart or SCRIPT FLUSH) and run it again."""
+        gate = self._gate
+        if gate is None:
+            return await self._run_now(op)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await gate.acquire()
+        except TimeoutError:
+            msg = f"no Redis connection free within {self.timeout_s}s (pool_size={self.pool_size})"
+            raise BackendUnavailable(msg) from None
+        try:
+            return await self._run_now(op)
+        finally:
+            gate.release()
+
+    async def _run_now(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         client = self._conn()
         with translated():
             try:
@@ -190,6 +259,77 @@ class RedisConnection:
         return known
 
     async def _blpop(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
+        """Pop the first of ``keys`` to hold an item, waiting up to ``timeout_s``; return that
+        key's name, or None. On a cluster, keys in several slots wait side by side, one pop
+        per slot (:meth:`_blpop_slots`)."""
+        if self._nodes is None:
+            return await self._blpop_one(keys, timeout_s)
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key_slot(key.encode()), []).append(key)
+        if len(groups) == 1:
+            return await self._blpop_one(keys, timeout_s)
+        return await self._blpop_slots(list(groups.values()), timeout_s)
+
+    async def _blpop_slots(self, groups: Sequence[Sequence[str]], timeout_s: float) -> bytes | None:
+        """One pop per slot; the first to return ends the others through a stop key of their
+        slot that only this call knows (cancelling a pop would close its connection)."""
+        token = os.urandom(8).hex()
+        stops = [f"{g[0]}:stop:{token}" for g in groups]
+        waits = [
+            asyncio.ensure_future(self._blpop_one([*g, stop], timeout_s))
+            for g, stop in zip(groups, stops, strict=True)
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            ending = [stop for w, stop in zip(waits, stops, strict=True) if not w.done()]
+            if ending:
+                await self._run(functools.partial(self._push_stops, stops=ending))
+            got = await asyncio.gather(*waits, return_exceptions=True)
+        finally:
+            for w in waits:
+                w.cancel()  # only if ending them failed: pops left blocked
+        woken = [g for g in got if isinstance(g, bytes) and g.decode() not in stops]
+        errors = [g for g in got if isinstance(g, BaseException)]
+        if len(woken) > 1:  # a token taken by a pop that was being ended: give it back
+            await self._run(functools.partial(self._push_back, keys=woken[1:]))
+        if not woken and errors:
+            raise errors[0]
+        return woken[0] if woken else None
+
+    @staticmethod
+    async def _push_stops(client: aioredis.Redis, stops: Sequence[str]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for stop in stops:
+            pipe.rpush(stop, 1)
+            pipe.pexpire(stop, 60_000)  # gone soon even if its pop had already ended
+        await pipe.execute()
+
+    @staticmethod
+    async def _push_back(client: aioredis.Redis, keys: Sequence[bytes]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.rpush(key, 1)
+        await pipe.execute()
+
+    async def _blpop_one(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
+        gate = self._blocking_gate
+        if gate is None:
+            return await self._blpop_now(keys, timeout_s)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await gate.acquire()
+        except TimeoutError:
+            return None  # waited the whole time for a connection: as good as a timeout
+        try:
+            left = timeout_s - (time.monotonic() - started)
+            # BLPOP's timeout 0 would mean "forever".
+            return None if left < 0.001 else await self._blpop_now(keys, left)
+        finally:
+            gate.release()
+
+    async def _blpop_now(self, keys: Sequence[str], timeout_s: float) -> bytes | None:
         blocking = self._blocking
         if blocking is None:
             raise BackendUnavailable("the Redis backend is not open (call open() first)")
