@@ -16,10 +16,12 @@ import pytest
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+BEANSTALKD_HOST, BEANSTALKD_PORT = "127.0.0.1", 11300
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
+BEANSTALKD_URL = f"beanstalk://{BEANSTALKD_HOST}:{BEANSTALKD_PORT}/"
 
 
 def services_required() -> bool:
@@ -44,6 +46,11 @@ def port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
 def require_port(name: str, host: str, port: int) -> None:
     if not port_open(host, port):
         unavailable(f"{name} is not listening on {host}:{port}")
+
+
+def require_beanstalkd() -> None:
+    """Skip (or fail in CI) unless beanstalkd listens on its loopback port."""
+    require_port("beanstalkd", BEANSTALKD_HOST, BEANSTALKD_PORT)
 
 
 def unique_name(prefix: str = "t") -> str:
