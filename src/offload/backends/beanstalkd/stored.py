@@ -60,9 +60,9 @@ def beanstalk_backend(url: str, **options: Any) -> Backend:
     :class:`~offload.backends.beanstalkd.direct.DirectBeanstalkBackend` without."""
     if parse_url(url, options).store:
         return StoredBeanstalkBackend(url, **options)
-    raise ConfigurationError(
-        "beanstalk:// needs ?store=<url> (the store-less form is not built yet)"
-    )
+    from offload.backends.beanstalkd.direct import DirectBeanstalkBackend
+
+    return DirectBeanstalkBackend(url, **options)
 
 
 class _Publisher:
