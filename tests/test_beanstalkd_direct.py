@@ -17,7 +17,7 @@ import offload
 from offload.backends import from_url
 from offload.backends.beanstalkd import protocol
 from offload.backends.beanstalkd.direct import Carried, DirectBeanstalkBackend
-from offload.backends.beanstalkd.options import tube_of
+from offload.backends.beanstalkd.options import CARRIED, tube_of
 from offload.backends.beanstalkd.protocol import Connection
 from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.errors import CapabilityUnavailable, ConfigurationError
@@ -103,7 +103,7 @@ async def buried(prefix: str, queue: str = "q") -> list[bytes]:
     conn = await raw()
     out: list[bytes] = []
     try:
-        await conn.call([protocol.use(tube_of(prefix, queue))])
+        await conn.call([protocol.use(tube_of(prefix, queue, CARRIED))])
         while True:
             (reply,) = await conn.call([protocol.peek(b"peek-buried")])
             if reply.status != b"FOUND":
@@ -117,7 +117,7 @@ async def buried(prefix: str, queue: str = "q") -> list[bytes]:
 async def tube_count(prefix: str, what: str, queue: str = "q") -> int:
     conn = await raw()
     try:
-        stats = await conn.stats_tube(tube_of(prefix, queue))
+        stats = await conn.stats_tube(tube_of(prefix, queue, CARRIED))
     finally:
         await conn.close()
     return int((stats or {}).get(f"current-jobs-{what}", 0))
@@ -228,7 +228,7 @@ async def test_a_kicked_dead_job_runs_again_with_its_attempts_reset(
     await backend.complete([(got.lease, Dead(error="no"))])
     conn = await raw()
     try:
-        await conn.call([protocol.use(tube_of(prefix, "q"))])
+        await conn.call([protocol.use(tube_of(prefix, "q", CARRIED))])
         (peek,) = await conn.call([protocol.peek(b"peek-buried")])
         (kicked,) = await conn.call([protocol.job_command(b"kick-job", int(peek.args[0]))])
         assert kicked.status == b"KICKED"
@@ -292,7 +292,9 @@ async def test_undecodable_bodies_are_buried_and_the_claim_goes_on(make: Make, p
     backend = await make()
     conn = await raw()
     try:
-        await conn.call([protocol.use(tube_of(prefix, "q")), protocol.put(b"nonsense", 0, 0, 30)])
+        await conn.call(
+            [protocol.use(tube_of(prefix, "q", CARRIED)), protocol.put(b"nonsense", 0, 0, 30)]
+        )
     finally:
         await conn.close()
     (good,) = await backend.enqueue([job()])

@@ -3,17 +3,45 @@ state store. Each test uses its own tube prefix and deletes its tubes' jobs afte
 
 from __future__ import annotations
 
+import collections
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+import offload
 from offload.backends import from_url
 from offload.backends.base import Backend
 from offload.backends.beanstalkd import StoredBeanstalkBackend
-from offload.testing import BackendConformance, MakeBackend
-from tests.services import BEANSTALKD_URL, backend_url, require_beanstalkd, unique_name
+from offload.backends.beanstalkd.options import tube_of
+from offload.backends.beanstalkd.protocol import Connection
+from offload.errors import BackendUnavailable
+from offload.job import JobState
+from offload.testing import (
+    QUEUE,
+    BackendConformance,
+    MakeBackend,
+    claim_ids,
+    claim_request,
+    new_job,
+)
+from tests.procs import kill_all, ledger_lines, start_worker, stop, wait_for
+from tests.services import (
+    BEANSTALKD_HOST,
+    BEANSTALKD_PORT,
+    BEANSTALKD_URL,
+    backend_url,
+    port_open,
+    require_beanstalkd,
+    unavailable,
+    unique_name,
+)
 
 Make = Callable[[], Awaitable[StoredBeanstalkBackend]]
 
@@ -74,3 +102,121 @@ class TestBeanstalkPostgresConformance(BackendConformance):
             return await make_stalk_pg()
 
         return make
+
+
+N_JOBS = 1000
+CONCURRENCY = 20
+
+
+def test_kill9_mid_run_loses_nothing(tmp_path: Path) -> None:
+    """tests/test_kill9.py's scenario on beanstalk://?store=: kill -9 a worker in the middle of
+    1,000 jobs, start another; every job succeeds, re-runs only of what the killed one held."""
+    require_beanstalkd()
+    prefix = unique_name("offload_k")
+    url = beanstalk_url(prefix, f"sqlite:///{tmp_path / 'state.db'}")
+    ledger = tmp_path / "ledger.txt"
+    app = offload.App(url)
+
+    @app.task(name="record", max_attempts=5)
+    def record(i: int, ledger: str, sleep_s: float = 0.0) -> int:
+        return i
+
+    app.enqueue_many([record.prepare(i, str(ledger), 0.002) for i in range(N_JOBS)])
+    flags = ["--concurrency", str(CONCURRENCY), "--lease", "2", "--heartbeat", "0.5"]
+    first = start_worker(url, *flags)
+    second = None
+    try:
+        wait_for(lambda: len(ledger_lines(ledger)) >= N_JOBS // 3, 60, "a third of the jobs")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = start_worker(url, *flags)
+
+        def all_done() -> bool:
+            counts = app.run_sync(lambda b: b.counts())
+            return sum(counts.get("default", {}).get(s, 0) for s in JobState if s.final) >= N_JOBS
+
+        wait_for(all_done, 90, "every job to finish after the kill")
+        assert stop(second) == 0
+    finally:
+        kill_all([p for p in (first, second) if p is not None])
+    counts = app.run_sync(lambda b: b.counts())["default"]
+    left = app.run_sync(lambda b: _jobs_in(b, "ready", "reserved", "delayed", "buried"))
+    app.close_sync()
+    starts = collections.Counter(line.split()[0] for line in ledger_lines(ledger))
+    lost = N_JOBS - counts.get(JobState.SUCCEEDED, 0)
+    duplicates = sum(n - 1 for n in starts.values())
+    print(f"\nlost={lost} duplicated={duplicates} (killed worker held up to {CONCURRENCY})")
+    assert lost == 0
+    assert left == 0  # every message deleted once its job was done
+    assert set(starts) == {str(i) for i in range(N_JOBS)}
+    assert duplicates <= 2 * CONCURRENCY
+
+
+async def _jobs_in(backend: Backend, *states: str) -> int:
+    assert isinstance(backend, StoredBeanstalkBackend)
+    conn = await Connection.open(BEANSTALKD_HOST, BEANSTALKD_PORT, 10)
+    try:
+        stats = await conn.stats_tube(tube_of(backend.prefix, "default"))
+    finally:
+        await conn.close()
+    return sum(int((stats or {}).get(f"current-jobs-{s}", 0)) for s in states)
+
+
+# -- a private beanstalkd, restarted ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_beanstalkd(port: int, binlog: Path | None) -> subprocess.Popen[bytes]:
+    exe = shutil.which("beanstalkd")
+    if exe is None:
+        unavailable("beanstalkd is not installed")
+    cmd = [exe, "-l", "127.0.0.1", "-p", str(port)]
+    if binlog is not None:
+        cmd += ["-b", str(binlog), "-f", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: port_open("127.0.0.1", port, 0.2), 10, "beanstalkd to listen")
+    return proc
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("binlog", [True, False], ids=["binlog", "no-binlog"])
+async def test_a_restart_keeps_jobs_only_with_a_binlog(tmp_path: Path, binlog: bool) -> None:
+    """Enqueue, kill -9 beanstalkd, start it again: with ``-b`` (and ``-f 0``) the job is still
+    there and a worker that was connected before the restart runs it; without, it is gone."""
+    port = free_port()
+    log_dir = tmp_path / "binlog" if binlog else None
+    if log_dir is not None:
+        log_dir.mkdir()
+    server = start_beanstalkd(port, log_dir)
+    url = f"beanstalk://127.0.0.1:{port}/?prefix=r&store=sqlite:///{tmp_path / 'state.db'}"
+    backend = from_url(url)
+    assert isinstance(backend, StoredBeanstalkBackend)
+    try:
+        await backend.open()
+        (rec,) = await backend.enqueue([new_job()])
+        assert await claim_ids(backend, "elsewhere") == []  # its connections exist before
+        await backend.wait_for_work(["elsewhere"], 0.05)
+        kill9(server)
+        server = start_beanstalkd(port, log_dir)
+        got: list[str] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            try:
+                got = [j.id for j in await backend.claim(claim_request())]
+            except BackendUnavailable:
+                pass  # the first command after the restart finds its connection gone
+            if not got:
+                await backend.wait_for_work([QUEUE], 0.2)
+        assert got == ([rec.id] if binlog else [])
+    finally:
+        await backend.close()
+        kill9(server)

@@ -52,8 +52,9 @@ class Delivery:
 class Beanstalk:
     """The Beanstalkd side of one backend instance (see the module docstring)."""
 
-    def __init__(self, opts: BeanstalkOptions) -> None:
+    def __init__(self, opts: BeanstalkOptions, form: str) -> None:
         self.opts = opts
+        self.form = form  # options.STORED or options.CARRIED: which tubes this form uses
         self._producer: Connection | None = None
         self._consumer: Connection | None = None
         self._waiter: Connection | None = None
@@ -63,7 +64,7 @@ class Beanstalk:
         self.tubes: set[str] = set()  # tubes this instance used or watched (for cleanup)
 
     def tube(self, queue: str) -> str:
-        return tube_of(self.opts.prefix, queue)
+        return tube_of(self.opts.prefix, queue, self.form)
 
     async def _connect(self, which: str) -> Connection:
         async with self._connecting:

@@ -42,7 +42,7 @@ import msgspec
 from offload.backends.base import Capabilities
 from offload.backends.beanstalkd import protocol
 from offload.backends.beanstalkd.broker import Beanstalk, Delivery, Outgoing
-from offload.backends.beanstalkd.options import delay_of, parse_url, pri_of
+from offload.backends.beanstalkd.options import CARRIED, delay_of, parse_url, pri_of
 from offload.backends.beanstalkd.protocol import BeanstalkError
 from offload.backends.common import expired_lease, masked
 from offload.errors import BackendUnavailable, CapabilityUnavailable, ConfigurationError
@@ -131,7 +131,7 @@ class DirectBeanstalkBackend:
         if opts.store:
             raise ConfigurationError("a URL with ?store= is served by StoredBeanstalkBackend")
         self.prefix = opts.prefix
-        self._bs = Beanstalk(opts)
+        self._bs = Beanstalk(opts, CARRIED)
         self._url = masked(url)
         self.capabilities = Capabilities(
             inspect=False,

@@ -80,13 +80,18 @@ def _seconds(query: dict[str, str], name: str, default: float) -> float:
     return value
 
 
-def tube_of(prefix: str, queue: str) -> str:
-    """The tube of an offload queue: ``<prefix>.<queue>``, unsafe characters as $XX."""
+STORED, CARRIED = "q", "m"  # the forms' tube markers: they never share a tube
+
+
+def tube_of(prefix: str, queue: str, form: str = STORED) -> str:
+    """The tube of an offload queue: ``<prefix>.q.<queue>`` with a store, ``<prefix>.m.<queue>``
+    without one (a worker of one form would bury the other's bodies); unsafe characters as
+    $XX."""
     name = "".join(
         c if c in _TUBE_SAFE and c != "$" else "".join(f"${b:02X}" for b in c.encode())
         for c in queue
     )
-    tube = f"{prefix}.{name}"
+    tube = f"{prefix}.{form}.{name}"
     if len(tube.encode()) > MAX_TUBE:
         raise ConfigurationError(f"queue {queue!r}: its tube name would pass {MAX_TUBE} bytes")
     return tube

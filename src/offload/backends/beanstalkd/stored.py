@@ -1,7 +1,7 @@
 """``beanstalk://host:11300/?store=<url>`` — Beanstalkd carries delivery; a state store keeps
 the jobs.
 
-Each runnable job is one Beanstalkd job in the tube ``<prefix>.<queue>`` whose body names it
+Each runnable job is one Beanstalkd job in the tube ``<prefix>.q.<queue>`` whose body names it
 (``<job id> <priority> <queue>``), put with offload's priority (9 - priority: Beanstalkd's 0
 is the most urgent), the job's delay (whole seconds, rounded down: a job that comes early by
 the fraction waits in the worker that reserved it) and a time-to-run of ``ttr_s``. A worker
@@ -32,7 +32,7 @@ from offload.backends.base import Backend, Capabilities
 from offload.backends.beanstalkd import protocol
 from offload.backends.beanstalkd.broker import Beanstalk, Delivery
 from offload.backends.beanstalkd.claim import Claimer, outgoing_of, parse_body
-from offload.backends.beanstalkd.options import delay_of, parse_url
+from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.common import masked
@@ -94,7 +94,7 @@ class StoredBeanstalkBackend:
 
         self._store: Backend = from_url(opts.store)
         self.prefix = opts.prefix
-        self._bs = Beanstalk(opts)
+        self._bs = Beanstalk(opts, STORED)
         self._url = masked(url)
         sc = self._store.capabilities
         self.capabilities = Capabilities(
