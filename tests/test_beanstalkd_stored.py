@@ -4,16 +4,20 @@ state store. Each test uses its own tube prefix and deletes its tubes' jobs afte
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
 
 import offload
 from offload.backends import from_url
@@ -31,6 +35,7 @@ from offload.testing import (
     claim_request,
     new_job,
 )
+from offload.testing.machine import backend_machine
 from tests.procs import kill_all, ledger_lines, start_worker, stop, wait_for
 from tests.services import (
     BEANSTALKD_HOST,
@@ -220,3 +225,33 @@ async def test_a_restart_keeps_jobs_only_with_a_binlog(tmp_path: Path, binlog: b
     finally:
         await backend.close()
         kill9(server)
+
+
+# -- the hypothesis state machine (offload.testing.machine) ----------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _machine_storage() -> AsyncIterator[Backend]:
+    with tempfile.TemporaryDirectory(prefix="offload_machine_") as tmp:
+        backend = from_url(beanstalk_url(unique_name("offload_m"), f"sqlite:///{tmp}/state.db"))
+        assert isinstance(backend, StoredBeanstalkBackend)
+        await backend.open()
+        try:
+            yield backend
+        finally:
+            tubes = sorted(backend.used_tubes())
+            await backend.delete_tubes(tubes)
+            await backend.close()
+
+
+def test_backend_agrees_with_the_model() -> None:
+    require_beanstalkd()
+    run_state_machine_as_test(
+        backend_machine(_machine_storage, delivers_at_once=False),
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
