@@ -22,6 +22,7 @@ backend of :mod:`offload.backends.beanstalkd.direct` instead.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,10 @@ from offload.outcome import Outcome, RetryAt, Snoozed
 
 __all__ = ["StoredBeanstalkBackend", "beanstalk_backend"]
 
+log = logging.getLogger("offload.backends.beanstalkd")
+
 LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
+RESCUE_SCAN = 500  # running jobs a recovery pass looks at (see recover)
 
 
 def beanstalk_backend(url: str, **options: Any) -> Backend:
@@ -111,6 +115,7 @@ class StoredBeanstalkBackend:
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
         self._claimer = Claimer(self._store, self._bs, self._held, self._expires)
+        self._put_back: dict[str, int] = {}  # jobs the last recovery put back -> their attempt
         self._outbox = Outbox(
             self._store, _Publisher(self._bs), opts.orphan_after_s or ORPHAN_AFTER_S
         )
@@ -224,10 +229,30 @@ class StoredBeanstalkBackend:
         return held
 
     async def recover(self) -> int:
-        """Let the store put back its expired leases, release the reservations this instance
-        holds for leases it stopped extending, and put the jobs of producers that died
-        between storing and putting (the outbox)."""
+        """Let the store put back its expired leases; put a fresh message for each job put
+        back by the previous pass that nobody has started since (below); release the
+        reservations this instance holds for leases it stopped extending; put the jobs of
+        producers that died between storing and putting (the outbox).
+
+        Why a fresh message: the message of a job whose worker froze (SIGSTOP, a hung VM)
+        stays reserved by that worker's open connection until its time-to-run runs out, and
+        beanstalkd 1.12 sometimes never times such a reservation out (a reservation handed
+        over while the connection waited in a reserve, then touched, was seen to stay
+        reserved, ``time-left`` negative, until the worker resumed). A job put back that is
+        still waiting one recovery pass later gets a fresh message and runs elsewhere, as on
+        every other backend; the old message is deleted or parked when it comes back (the
+        store's lease decides). A killed worker's messages come back at once (its connection
+        closed), so its jobs start before the next pass and get no spare."""
+        await self._rescue_stuck()
+        running = await self._running_elsewhere()
         n = await self._store.recover()
+        if n and running:
+            recs = await get_many(self._store, list(running))
+            self._put_back = {
+                r.id: r.attempt
+                for r in recs
+                if r is not None and r.state is JobState.QUEUED and r.attempt == running[r.id]
+            }
         now = time.monotonic()
         silent = [lease for lease, at in self._expires.items() if at <= now]
         if silent:
@@ -237,6 +262,30 @@ class StoredBeanstalkBackend:
         with contextlib.suppress(BackendUnavailable):  # the next pass tries again
             await self._outbox.sweep(f"beanstalk:{self.prefix}")
         return n
+
+    async def _rescue_stuck(self) -> None:
+        """Put a fresh message for each job the previous pass put back that is still queued
+        with the same attempt (see :meth:`recover`)."""
+        put_back, self._put_back = self._put_back, {}
+        if not put_back:
+            return
+        recs = await get_many(self._store, list(put_back))
+        stuck = [
+            r
+            for r in recs
+            if r is not None and r.state is JobState.QUEUED and r.attempt == put_back[r.id]
+        ]
+        if stuck:
+            log.warning("putting a fresh message for %d job(s) nobody started", len(stuck))
+            with contextlib.suppress(BackendUnavailable):  # their old messages remain
+                await self._bs.put([outgoing_of(r) for r in stuck])
+
+    async def _running_elsewhere(self) -> dict[str, int]:
+        """Job id -> attempt of the running jobs (up to RESCUE_SCAN, newest first) that this
+        instance does not hold: those a recovery may put back."""
+        page = await self._store.list_jobs(JobFilter(state=JobState.RUNNING, limit=RESCUE_SCAN))
+        mine = {lease.job_id for lease in self._held}
+        return {j.id: j.attempt for j in page.jobs if j.id not in mine and j.queue != OUTBOX_QUEUE}
 
     def _forget(self, lease: Lease) -> Delivery:
         self._expires.pop(lease, None)
