@@ -36,7 +36,7 @@ from offload.backends.beanstalkd.claim import Claimer, outgoing_of, parse_body
 from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
 from offload.backends.brokered.store import get_many
-from offload.backends.common import masked
+from offload.backends.common import LEASE_EXPIRED_ERROR, masked
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -55,7 +55,8 @@ __all__ = ["StoredBeanstalkBackend", "beanstalk_backend"]
 log = logging.getLogger("offload.backends.beanstalkd")
 
 LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
-RESCUE_SCAN = 500  # running jobs a recovery pass looks at (see recover)
+RESCUE_SCAN = 500  # queued jobs looked at after a recovery put some back (see recover)
+RESCUE_WINDOW_S = 60.0  # "just put back": lease expired this recently (allows for clock skew)
 
 
 def beanstalk_backend(url: str, **options: Any) -> Backend:
@@ -244,15 +245,9 @@ class StoredBeanstalkBackend:
         store's lease decides). A killed worker's messages come back at once (its connection
         closed), so its jobs start before the next pass and get no spare."""
         await self._rescue_stuck()
-        running = await self._running_elsewhere()
         n = await self._store.recover()
-        if n and running:
-            recs = await get_many(self._store, list(running))
-            self._put_back = {
-                r.id: r.attempt
-                for r in recs
-                if r is not None and r.state is JobState.QUEUED and r.attempt == running[r.id]
-            }
+        if n:
+            self._put_back = await self._just_put_back()
         now = time.monotonic()
         silent = [lease for lease, at in self._expires.items() if at <= now]
         if silent:
@@ -280,12 +275,17 @@ class StoredBeanstalkBackend:
             with contextlib.suppress(BackendUnavailable):  # their old messages remain
                 await self._bs.put([outgoing_of(r) for r in stuck])
 
-    async def _running_elsewhere(self) -> dict[str, int]:
-        """Job id -> attempt of the running jobs (up to RESCUE_SCAN, newest first) that this
-        instance does not hold: those a recovery may put back."""
-        page = await self._store.list_jobs(JobFilter(state=JobState.RUNNING, limit=RESCUE_SCAN))
-        mine = {lease.job_id for lease in self._held}
-        return {j.id: j.attempt for j in page.jobs if j.id not in mine and j.queue != OUTBOX_QUEUE}
+    async def _just_put_back(self) -> dict[str, int]:
+        """Job id -> attempt of the queued jobs whose last attempt was lost to an expired lease
+        within RESCUE_WINDOW_S (up to RESCUE_SCAN, newest first). Asked only after a recovery
+        put jobs back (rare: a listing by state can be costly on a large store)."""
+        page = await self._store.list_jobs(JobFilter(state=JobState.QUEUED, limit=RESCUE_SCAN))
+        since = time.time() - RESCUE_WINDOW_S
+        return {
+            j.id: j.attempt
+            for j in page.jobs
+            if j.errors and j.errors[-1].error == LEASE_EXPIRED_ERROR and j.errors[-1].at > since
+        }
 
     def _forget(self, lease: Lease) -> Delivery:
         self._expires.pop(lease, None)
