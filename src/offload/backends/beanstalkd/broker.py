@@ -186,6 +186,7 @@ class Beanstalk:
                 self._wait_round(tubes, min(WAIT_ROUND_S, max(1, math.ceil(timeout_s)))),
                 name="offload-beanstalk-wait",
             )
+            round_.add_done_callback(_retrieve)  # a round that fails after its wait ended
         woken = asyncio.ensure_future(self.wake.wait())
         try:
             await asyncio.wait([round_, woken], timeout=timeout_s, return_when="FIRST_COMPLETED")
@@ -237,3 +238,9 @@ class Beanstalk:
                         await conn.call([protocol.job_command(b"delete", int(reply.args[0]))])
         except BeanstalkError as exc:
             raise BackendUnavailable(str(exc)) from exc
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a finished wait round's exception as seen (the next wait reconnects)."""
+    if not task.cancelled():
+        task.exception()

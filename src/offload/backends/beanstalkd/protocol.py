@@ -100,6 +100,7 @@ class Connection:
         )
         self._error: BeanstalkError | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.used = "default"  # the tube ``put`` goes to, as written so far
         self.watched: set[str] = {"default"}  # the tubes ``reserve`` takes from, as written
 
@@ -184,7 +185,9 @@ class Connection:
                 if stats is not None:
                     await self.call([b"release %d %d 0\r\n" % (job_id, int(stats["pri"]))])
 
-        asyncio.get_running_loop().create_task(release(), name="offload-beanstalk-orphan")
+        task = asyncio.get_running_loop().create_task(release(), name="offload-beanstalk-orphan")
+        self._tasks.add(task)  # (the loop keeps only a weak reference to a task)
+        task.add_done_callback(self._tasks.discard)
 
     def _fail(self, error: BeanstalkError) -> None:
         if self._error is None:
