@@ -3,6 +3,7 @@ state store. Each test uses its own tube prefix and deletes its tubes' jobs afte
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import shutil
@@ -27,12 +28,17 @@ from offload.backends.beanstalkd.options import tube_of
 from offload.backends.beanstalkd.protocol import Connection
 from offload.errors import BackendUnavailable
 from offload.job import JobState
+from offload.outcome import Succeeded
 from offload.testing import (
+    EXPIRY_WAIT_S,
     QUEUE,
+    SHORT_LEASE_S,
     BackendConformance,
     MakeBackend,
     claim_ids,
     claim_request,
+    lease_of,
+    must_get,
     new_job,
 )
 from offload.testing.machine import backend_machine
@@ -263,3 +269,60 @@ def test_backend_agrees_with_the_model() -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# -- messages the store's recovery and the outbox put --------------------------------------
+
+
+async def test_a_job_whose_worker_froze_gets_a_fresh_message(make_stalk: Make) -> None:
+    """A's reservation stays (its connection is open, as a frozen process's is); once A's lease
+    expires, B's recovery puts the job back, and B's next pass puts a fresh message for it."""
+    a, b = await make_stalk(), await make_stalk()
+    (rec,) = await a.enqueue([new_job()])
+    assert await claim_ids(a) == [rec.id]  # leased for 30 s by default: shorten it
+    await a.store.heartbeat([lease_of(await must_get(a, rec.id))], SHORT_LEASE_S)
+    await asyncio.sleep(EXPIRY_WAIT_S)
+    assert await b.recover() == 1
+    assert await claim_ids(b) == []  # its message is still reserved by A
+    await b.recover()  # still waiting with the same attempt: a fresh message
+    (again,) = await b.claim(claim_request())
+    assert (again.id, again.attempt) == (rec.id, 2)
+    await b.complete([(lease_of(again), Succeeded())])
+    await a.close()  # A's reservation comes back: the job is finished, the message deleted
+    assert await claim_ids(b) == []
+    assert await _jobs_in(b, "ready", "reserved", "delayed", "buried") == 0
+
+
+async def test_a_job_started_after_its_recovery_gets_no_spare(make_stalk: Make) -> None:
+    a, b = await make_stalk(), await make_stalk()
+    (rec,) = await a.enqueue([new_job()])
+    (got,) = await a.claim(claim_request(lease_s=SHORT_LEASE_S))
+    await asyncio.sleep(EXPIRY_WAIT_S)
+    await a._bs.close()  # killed: Beanstalkd releases the reservation at once
+    assert await b.recover() == 1
+    (again,) = await b.claim(claim_request())
+    assert (got.id, again.id, again.attempt) == (rec.id, rec.id, 2)
+    await b.recover()  # started meanwhile: nothing more is put
+    assert await _jobs_in(b, "ready", "delayed") == 0
+
+
+async def test_a_producer_that_died_before_its_puts_leaves_no_job_behind(
+    tmp_path: Path,
+) -> None:
+    """The outbox: the store write happened (with its marker), the put did not."""
+    require_beanstalkd()
+    url = beanstalk_url(unique_name("offload_o"), f"sqlite:///{tmp_path / 'state.db'}")
+    backend = from_url(f"{url}&orphan_after_s=0.2")
+    assert isinstance(backend, StoredBeanstalkBackend)
+    await backend.open()
+    try:
+        job = new_job()
+        marker = backend._outbox.marker([job.id])
+        await backend.store.enqueue([job, marker])  # as enqueue does, then "dies"
+        assert await claim_ids(backend) == []  # no message
+        await asyncio.sleep(0.3)
+        await backend.recover()  # the marker came due: the job is put
+        assert await claim_ids(backend) == [job.id]
+    finally:
+        await backend.delete_tubes(sorted(backend.used_tubes()))
+        await backend.close()
