@@ -51,6 +51,8 @@ SYSTEMS: dict[str, tuple[str, str]] = {
     "offload-rabbitmq": ("offload_peer", "offload"),
     "offload-storeless-rabbitmq": ("offload_peer", "offload"),
     "celery-rabbitmq": ("celery_peer", "main"),
+    "offload-beanstalkd": ("offload_peer", "offload"),
+    "offload-storeless-beanstalkd": ("offload_peer", "offload"),
     "offload-sqlite": ("offload_peer", "offload"),
 }
 
@@ -88,6 +90,8 @@ def offload_missing(system: str) -> str | None:
         "postgres": "postgresql://postgres@127.0.0.1:5432/test",
         "rabbitmq": "amqp://guest:guest@127.0.0.1//?store=sqlite:///x.db",
         "storeless-rabbitmq": "amqp://guest:guest@127.0.0.1//",
+        "beanstalkd": "beanstalk://127.0.0.1:11300/?store=sqlite:///x.db",
+        "storeless-beanstalkd": "beanstalk://127.0.0.1:11300/",
     }[kind]
     try:
         from_url(probe)

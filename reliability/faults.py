@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from reliability.isolation import REDIS_URL, rabbitmqctl, redis_cluster_masters
+from reliability.isolation import (
+    REDIS_URL,
+    rabbitmqctl,
+    redis_cluster_masters,
+    start_beanstalkd,
+    stop_beanstalkd,
+)
 
 
 def kill9(pid: int) -> float:
@@ -94,3 +100,9 @@ def restart_postgres() -> tuple[float, float]:
         timeout=120,
     )
     return t0, time.time()
+
+
+def restart_beanstalkd(workdir: Path) -> None:
+    """kill -9 this run's beanstalkd and start it again on the same port and binlog."""
+    port = stop_beanstalkd(workdir, signal.SIGKILL)
+    start_beanstalkd(workdir, port)

@@ -3,14 +3,20 @@
 A small copy of what ``tests/services.py`` does (the harness runs outside pytest and must not
 import from ``tests``): a fresh SQLite file, PostgreSQL schema, Redis key prefix or RabbitMQ
 prefix per run, removed when the run ends. Nothing is removed that the run did not create.
+Beanstalkd runs get a beanstalkd of their own (loopback, a free port, a binlog fsynced at every
+write in the run's directory), so that the backend-fault test can kill and restart it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import shutil
+import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +34,7 @@ REDIS_CLUSTER_URL = "redis+cluster://" + ",".join(
 POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
 
-KINDS = ("sqlite", "postgres", "redis", "rabbitmq")
+KINDS = ("sqlite", "postgres", "redis", "rabbitmq", "beanstalkd")
 # Run only when named (``--backend redis_cluster``): it needs tests/redis_cluster.sh's cluster.
 EXTRA_KINDS = ("redis_cluster",)
 _MODULE = {
@@ -37,6 +43,7 @@ _MODULE = {
     "redis": "redis",
     "rabbitmq": "rabbitmq",
     "redis_cluster": "redis",
+    "beanstalkd": "beanstalkd",
 }
 _PORT = {
     "postgres": (POSTGRES_HOST, POSTGRES_PORT),
@@ -61,6 +68,8 @@ def check(kind: str) -> None:
         raise Unavailable(f"unknown backend kind {kind!r} (known: {known})")
     if importlib.util.find_spec(f"offload.backends.{_MODULE[kind]}") is None:
         raise Unavailable(f"the {kind} backend is not part of this build")
+    if kind == "beanstalkd" and shutil.which("beanstalkd") is None:
+        raise Unavailable("beanstalkd is not installed (apt-get install beanstalkd)")
     if kind in _PORT:
         host, port = _PORT[kind]
         try:
@@ -92,11 +101,52 @@ def isolated_url(kind: str, workdir: Path) -> Iterator[str]:
         finally:
             for host, port in redis_cluster_masters():
                 _delete_redis_prefix(name, f"redis://{host}:{port}/0")
+    elif kind == "beanstalkd":
+        port = start_beanstalkd(workdir)
+        try:
+            store = f"sqlite:///{workdir / 'state.db'}"
+            yield f"beanstalk://127.0.0.1:{port}/?prefix={name}&store={store}"
+        finally:
+            stop_beanstalkd(workdir)
     else:
         try:
             yield f"{RABBITMQ_URL}?prefix={name}&store=sqlite:///{workdir / 'state.db'}"
         finally:
             _delete_rabbitmq_prefix(name)
+
+
+def start_beanstalkd(workdir: Path, port: int = 0) -> int:
+    """Start this run's beanstalkd (on ``port``, or a free one) with its binlog in ``workdir``;
+    its pid goes to ``workdir/beanstalkd.pid``. Returns the port."""
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    binlog = workdir / "beanstalkd-binlog"
+    binlog.mkdir(exist_ok=True)
+    exe = shutil.which("beanstalkd") or "beanstalkd"
+    cmd = [exe, "-l", "127.0.0.1", "-p", str(port), "-b", str(binlog), "-f", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (workdir / "beanstalkd.pid").write_text(f"{proc.pid} {port}")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return port
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise Unavailable(f"beanstalkd did not start on port {port}") from None
+            time.sleep(0.05)
+
+
+def stop_beanstalkd(workdir: Path, sig: int = signal.SIGTERM) -> int:
+    """Stop this run's beanstalkd (SIGKILL: as a crash); the port it listened on."""
+    pid, port = (int(x) for x in (workdir / "beanstalkd.pid").read_text().split())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return port
 
 
 def _drop_schema(schema: str) -> None:

@@ -9,6 +9,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import offload
 from reliability import faults
@@ -19,8 +20,14 @@ SLOTS, WORKERS = 6, 2
 BURST_S = 1.0  # how long Redis connections are killed over and over in one round
 
 
-def injector(kind: str, url: str, form: Form) -> tuple[Callable[[], None] | None, str]:
+def injector(
+    kind: str, url: str, form: Form, workdir: Path | None = None
+) -> tuple[Callable[[], None] | None, str]:
     """The fault for a backend kind and its description, or None and why there is none."""
+    if kind == "beanstalkd" and workdir is not None:
+        return (
+            lambda: faults.restart_beanstalkd(workdir)
+        ), "beanstalkd killed (-9) and restarted on its binlog"
     if kind == "redis":
         return (lambda: _redis_burst(url)), "Redis CLIENT KILL of this run's connections"
     if kind == "redis_cluster":
@@ -53,7 +60,7 @@ def _rabbitmq_close(url: str) -> None:
 
 
 def backend_fault(kind: str, run: Run, result: Result, form: Form) -> None:
-    inject, what = injector(kind, run.url, form)
+    inject, what = injector(kind, run.url, form, run.workdir)
     if inject is None:
         result.skipped = what
         return

@@ -16,6 +16,7 @@ import pytest
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+BEANSTALKD_HOST, BEANSTALKD_PORT = "127.0.0.1", 11300
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 # The cluster tests/redis_cluster.sh starts (and .ci/run calls): masters first, then replicas.
@@ -25,6 +26,7 @@ REDIS_CLUSTER_URL = "redis+cluster://" + ",".join(
 )
 POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
+BEANSTALKD_URL = f"beanstalk://{BEANSTALKD_HOST}:{BEANSTALKD_PORT}/"
 
 
 def services_required() -> bool:
@@ -85,6 +87,11 @@ def delete_redis_cluster_prefix(prefix: str) -> None:
                 one.close()
     finally:
         client.close()
+
+
+def require_beanstalkd() -> None:
+    """Skip (or fail in CI) unless beanstalkd listens on its loopback port."""
+    require_port("beanstalkd", BEANSTALKD_HOST, BEANSTALKD_PORT)
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -1,7 +1,8 @@
 """offload on each of its backends: ``offload-sqlite``, ``offload-redis``,
 ``offload-postgres``, ``offload-rabbitmq`` (RabbitMQ delivery, state in Redis) and
 ``offload-storeless-rabbitmq`` (RabbitMQ alone: the job in its message, no state store, as
-Celery runs without a result backend).
+Celery runs without a result backend), ``offload-beanstalkd`` (Beanstalkd delivery, state in
+Redis, as the RabbitMQ form) and ``offload-storeless-beanstalkd`` (Beanstalkd alone).
 
 One ``offload worker`` process with ``--concurrency`` slots; the task is ``async`` (runs on
 the worker's event loop, like the arq/SAQ/taskiq/procrastinate tasks); ``aenqueue`` one by one
@@ -29,6 +30,8 @@ CONCURRENCY = CFG.concurrency or 100
 KIND = CFG.system.removeprefix("offload-")
 SQLITE_PATH = Path(tempfile.gettempdir()) / f"offload-{CFG.queue}.db"
 REDIS_URL = f"{CFG.redis_url}?prefix={CFG.queue}"
+# the beanstalkd to measure on (a binlog fsynced at every write, or every 200 ms, or none)
+BEANSTALKD_URL = os.environ.get("BENCH_BEANSTALKD_URL", "beanstalk://127.0.0.1:11300/")
 
 
 def backend_url() -> str:
@@ -42,6 +45,10 @@ def backend_url() -> str:
         return f"{CFG.amqp_url}?store={quote(REDIS_URL, safe='')}&prefix={CFG.queue}"
     if KIND == "storeless-rabbitmq":
         return f"{CFG.amqp_url}?prefix={CFG.queue}"
+    if KIND == "beanstalkd":
+        return f"{BEANSTALKD_URL}?store={quote(REDIS_URL, safe='')}&prefix={CFG.queue}"
+    if KIND == "storeless-beanstalkd":
+        return f"{BEANSTALKD_URL}?prefix={CFG.queue}"
     raise SystemExit(f"unknown offload backend {KIND!r}")
 
 
@@ -81,6 +88,11 @@ class OffloadPeer:
             backend = app.backend
             queues = {*backend.declared_queues(), f"{CFG.queue}.q.{CFG.queue}"}  # type: ignore[attr-defined]
             await backend.delete_broker_objects(sorted(queues))  # type: ignore[attr-defined]
+        if KIND.endswith("beanstalkd"):
+            from offload.backends.beanstalkd.options import CARRIED, STORED, tube_of
+
+            form = CARRIED if KIND.startswith("storeless") else STORED
+            await app.backend.delete_tubes([tube_of(CFG.queue, CFG.queue, form)])  # type: ignore[attr-defined]
         await app.close()
 
     async def cleanup(self) -> None:

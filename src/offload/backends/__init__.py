@@ -22,6 +22,7 @@ _SCHEMES: dict[str, tuple[str, str, str | None, str | None]] = {
     "postgresql": ("offload.backends.postgres", "PostgresBackend", "postgres", "psycopg"),
     "amqp": ("offload.backends.rabbitmq", "rabbitmq_backend", "rabbitmq", "aio_pika"),
     "amqps": ("offload.backends.rabbitmq", "rabbitmq_backend", "rabbitmq", "aio_pika"),
+    "beanstalk": ("offload.backends.beanstalkd", "beanstalk_backend", None, None),
 }
 
 

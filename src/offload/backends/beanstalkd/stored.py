@@ -1,0 +1,410 @@
+"""``beanstalk://host:11300/?store=<url>`` — Beanstalkd carries delivery; a state store keeps
+the jobs.
+
+Each runnable job is one Beanstalkd job in the tube ``<prefix>.q.<queue>`` whose body names it
+(``<job id> <priority> <queue>``), put with offload's priority (9 - priority: Beanstalkd's 0
+is the most urgent), the job's delay (whole seconds, rounded down: a job that comes early by
+the fraction waits in the worker that reserved it) and a time-to-run of ``ttr_s``. A worker
+reserves jobs, starts them in the store, touches them at each heartbeat and deletes them once
+the outcome is recorded; a retry or snooze releases the job with its delay.
+
+Job state (status, attempts, results, errors, the dead list, listing, pause, workers) lives in
+the **state store** named by ``?store=``: any other offload backend URL, used only through the
+Backend protocol (:mod:`offload.backends.brokered`). The store's record is the truth and its
+lease is the fencing token; the reservation is how the job travels and how it comes back when
+a worker dies (Beanstalkd releases the jobs of a closed connection at once, and those of a
+silent one after their time-to-run).
+
+Without ``?store=``, :func:`beanstalk_backend` (what ``from_url`` calls) gives the store-less
+backend of :mod:`offload.backends.beanstalkd.direct` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from offload.backends.base import Backend, Capabilities
+from offload.backends.beanstalkd import protocol
+from offload.backends.beanstalkd.broker import Beanstalk, Delivery
+from offload.backends.beanstalkd.claim import Claimer, outgoing_of, parse_body
+from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
+from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
+from offload.backends.brokered.store import get_many
+from offload.backends.common import LEASE_EXPIRED_ERROR, masked
+from offload.errors import BackendUnavailable, ConfigurationError
+from offload.job import (
+    ClaimRequest,
+    JobFilter,
+    JobPage,
+    JobRecord,
+    JobState,
+    Lease,
+    NewJob,
+    WorkerInfo,
+)
+from offload.outcome import Outcome, RetryAt, Snoozed
+
+__all__ = ["StoredBeanstalkBackend", "beanstalk_backend"]
+
+log = logging.getLogger("offload.backends.beanstalkd")
+
+LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
+RESCUE_SCAN = 500  # queued jobs looked at after a recovery put some back (see recover)
+RESCUE_WINDOW_S = 60.0  # "just put back": lease expired this recently (allows for clock skew)
+
+
+def beanstalk_backend(url: str, **options: Any) -> Backend:
+    """The backend of a ``beanstalk://`` URL: :class:`StoredBeanstalkBackend` with
+    ``?store=``, the store-less
+    :class:`~offload.backends.beanstalkd.direct.DirectBeanstalkBackend` without."""
+    if parse_url(url, options).store:
+        return StoredBeanstalkBackend(url, **options)
+    from offload.backends.beanstalkd.direct import DirectBeanstalkBackend
+
+    return DirectBeanstalkBackend(url, **options)
+
+
+class _Publisher:
+    """The outbox's :class:`~offload.backends.brokered.publisher.JobPublisher`."""
+
+    def __init__(self, beanstalk: Beanstalk) -> None:
+        self._bs = beanstalk
+
+    async def publish_jobs(self, jobs: Sequence[JobRecord], now: float | None = None) -> None:
+        await self._bs.put([outgoing_of(r, now) for r in jobs])
+
+    async def notify(self) -> None:
+        """Nothing to do: a put wakes every worker blocked in a reserve of its tube."""
+
+
+class StoredBeanstalkBackend:
+    """Delivery on Beanstalkd, state in the store of ``?store=`` (see the module docstring)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        opts = parse_url(url, options)
+        if not opts.store:
+            raise ConfigurationError(
+                "StoredBeanstalkBackend needs a state store: add ?store=sqlite:///path/jobs.db "
+                "or ?store=postgresql://... to the URL"
+            )
+        if urlsplit(opts.store).scheme.lower() == "beanstalk":
+            raise ConfigurationError("the state store of beanstalk:// cannot be beanstalk://")
+        from offload.backends import from_url
+
+        self._store: Backend = from_url(opts.store)
+        self.prefix = opts.prefix
+        self._bs = Beanstalk(opts, STORED)
+        self._url = masked(url)
+        sc = self._store.capabilities
+        self.capabilities = Capabilities(
+            inspect=sc.inspect,
+            notify=True,
+            transactional=False,
+            priorities=True,
+            delayed=True,
+            unique=sc.unique,
+            results=sc.results,
+            pause=sc.pause,
+            cross_process=sc.cross_process,
+        )
+        self._held: dict[Lease, Delivery] = {}
+        self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
+        self._claimer = Claimer(self._store, self._bs, self._held, self._expires)
+        self._put_back: dict[str, int] = {}  # jobs the last recovery put back -> their attempt
+        self._outbox = Outbox(
+            self._store, _Publisher(self._bs), opts.orphan_after_s or ORPHAN_AFTER_S
+        )
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def store(self) -> Backend:
+        """The state store (for tests and tools; the worker never needs it)."""
+        return self._store
+
+    async def open(self) -> None:
+        self._outbox.start()
+        await self._store.open()
+        await self._bs.ensure()
+
+    async def close(self) -> None:
+        with contextlib.suppress(BackendUnavailable):
+            await self._outbox.close()
+        self._held.clear()
+        self._expires.clear()
+        self._claimer.clear()
+        await self._bs.close()  # (Beanstalkd releases what this instance still held)
+        await self._store.close()
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Store the batch in the state store (dedup and limits happen there) with an outbox
+        marker, then put one Beanstalkd job per newly stored job (one round trip). If a put
+        fails, the new records are deleted again and BackendUnavailable is raised; if this
+        process dies before the puts, the marker has the jobs put later
+        (:mod:`offload.backends.brokered.outbox`)."""
+        if not jobs:
+            return []
+        marker = self._outbox.marker([j.id for j in jobs])
+        recs = (await self._store.enqueue([*jobs, marker], limits=limits))[: len(jobs)]
+        fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+        fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
+        try:
+            await self._bs.put([outgoing_of(r) for r in fresh])
+        except BackendUnavailable:
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.delete([*(r.id for r in fresh), marker.id])
+            raise
+        self._outbox.published(marker.id)
+        self._bs.wake.set()
+        return recs
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def claim(self, req: ClaimRequest) -> list[JobRecord]:
+        """Reserve up to ``req.limit`` jobs from the (unpaused) queues' tubes and start them in
+        the store, leasing exactly the reserved jobs (see
+        :mod:`offload.backends.beanstalkd.claim`)."""
+        return await self._claimer.claim(req)
+
+    async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
+        """Extend the leases in the store and ``touch`` their reservations. A lease the store
+        no longer grants releases its job at once (whoever reserves it sorts it out)."""
+        deadline = time.monotonic() + lease_s
+        held = await self._store.heartbeat(leases, lease_s)
+        commands: list[tuple[Delivery, bytes]] = []
+        for lease in leases:
+            d = self._held.get(lease)
+            if d is None:
+                continue
+            if lease.job_id in held:
+                self._expires[lease] = deadline
+                commands.append((d, protocol.job_command(b"touch", d.bid)))
+            else:
+                commands.append((self._forget(lease), _release(d, 0)))
+        await self._bs.settle(commands)
+        return held
+
+    async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
+        """Record outcomes in the store, then settle each reservation: deleted once the
+        outcome is recorded; RetryAt and Snoozed release it with their delay; a lease lost
+        meanwhile releases it at once."""
+        if not results:
+            return
+        still = await self._still_held([lease for lease, _ in results if lease in self._held])
+        await self._store.complete(results)
+        commands: list[tuple[Delivery, bytes]] = []
+        for lease, outcome in results:
+            if lease not in self._held:
+                continue
+            d = self._forget(lease)
+            delay = _delay_of(outcome)
+            if lease.job_id not in still:
+                commands.append((d, _release(d, 0)))
+            elif delay is None:
+                commands.append((d, protocol.job_command(b"delete", d.bid)))
+            else:
+                commands.append((d, _release(d, delay_of(delay))))
+        await self._bs.settle(commands)
+
+    async def _still_held(self, leases: list[Lease]) -> set[str]:
+        """Ids of ``leases`` the store still grants. Within its local deadline a lease can only
+        have been lost to a cancel (a final state, so the message may go): asking the store
+        is needed only for leases at or past their deadline."""
+        now = time.monotonic()
+        doubtful = [lease for lease in leases if self._expires[lease] - LEASE_MARGIN_S <= now]
+        held = {lease.job_id for lease in leases if self._expires[lease] - LEASE_MARGIN_S > now}
+        if doubtful:
+            held |= await self._store.heartbeat(doubtful, 60.0)
+        return held
+
+    async def recover(self) -> int:
+        """Let the store put back its expired leases; put a fresh message for each job put
+        back by the previous pass that nobody has started since (below); release the
+        reservations this instance holds for leases it stopped extending; put the jobs of
+        producers that died between storing and putting (the outbox).
+
+        Why a fresh message: the message of a job whose worker froze (SIGSTOP, a hung VM)
+        stays reserved by that worker's open connection until its time-to-run runs out, and
+        beanstalkd 1.12 sometimes never times such a reservation out (a reservation handed
+        over while the connection waited in a reserve, then touched, was seen to stay
+        reserved, ``time-left`` negative, until the worker resumed). A job put back that is
+        still waiting one recovery pass later gets a fresh message and runs elsewhere, as on
+        every other backend; the old message is deleted or parked when it comes back (the
+        store's lease decides). A killed worker's messages come back at once (its connection
+        closed), so its jobs start before the next pass and get no spare."""
+        await self._rescue_stuck()
+        n = await self._store.recover()
+        if n:
+            self._put_back = await self._just_put_back()
+        now = time.monotonic()
+        silent = [lease for lease, at in self._expires.items() if at <= now]
+        if silent:
+            recs = await get_many(self._store, [lease.job_id for lease in silent])
+            gone = [lease for lease, rec in zip(silent, recs, strict=True) if _lost(lease, rec)]
+            await self._bs.settle([(d, _release(d, 0)) for d in map(self._forget, gone)])
+        with contextlib.suppress(BackendUnavailable):  # the next pass tries again
+            await self._outbox.sweep(f"beanstalk:{self.prefix}")
+        return n
+
+    async def _rescue_stuck(self) -> None:
+        """Put a fresh message for each job the previous pass put back that is still queued
+        with the same attempt (see :meth:`recover`)."""
+        put_back, self._put_back = self._put_back, {}
+        if not put_back:
+            return
+        recs = await get_many(self._store, list(put_back))
+        stuck = [
+            r
+            for r in recs
+            if r is not None and r.state is JobState.QUEUED and r.attempt == put_back[r.id]
+        ]
+        if stuck:
+            log.warning("putting a fresh message for %d job(s) nobody started", len(stuck))
+            with contextlib.suppress(BackendUnavailable):  # their old messages remain
+                await self._bs.put([outgoing_of(r) for r in stuck])
+
+    async def _just_put_back(self) -> dict[str, int]:
+        """Job id -> attempt of the queued jobs whose last attempt was lost to an expired lease
+        within RESCUE_WINDOW_S (up to RESCUE_SCAN, newest first). Asked only after a recovery
+        put jobs back (rare: a listing by state can be costly on a large store)."""
+        page = await self._store.list_jobs(JobFilter(state=JobState.QUEUED, limit=RESCUE_SCAN))
+        since = time.time() - RESCUE_WINDOW_S
+        return {
+            j.id: j.attempt
+            for j in page.jobs
+            if j.errors and j.errors[-1].error == LEASE_EXPIRED_ERROR and j.errors[-1].at > since
+        }
+
+    def _forget(self, lease: Lease) -> Delivery:
+        self._expires.pop(lease, None)
+        return self._held.pop(lease)
+
+    async def run_maintenance(self) -> int:
+        """The store's housekeeping (retention, expired worker reports)."""
+        return await self._store.run_maintenance()
+
+    async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return when a job of the (unpaused) ``queues`` is ready (delayed ones coming due
+        included), when this instance enqueued, or at ``timeout_s``."""
+        claimer = self._claimer
+        live = [q for q in queues if q not in claimer.paused]
+        due_in = claimer.next_due_in()
+        if due_in <= 0:
+            return
+        await self._bs.wait(live, min(timeout_s, due_in))
+
+    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        return await self._store.wait_done(job_id, timeout_s)
+
+    # -- inspecting and steering: the store's --------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self._store.get(job_id)
+
+    async def list_jobs(self, flt: JobFilter) -> JobPage:
+        """The store's page without outbox markers (so a page may hold fewer than asked)."""
+        page = await self._store.list_jobs(flt)
+        if not any(j.queue == OUTBOX_QUEUE for j in page.jobs):
+            return page
+        jobs = [j for j in page.jobs if j.queue != OUTBOX_QUEUE]
+        return JobPage(jobs=jobs, next_cursor=page.next_cursor)
+
+    async def counts(self) -> dict[str, dict[JobState, int]]:
+        counts = await self._store.counts()
+        counts.pop(OUTBOX_QUEUE, None)
+        return counts
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel in the store; the job's message is deleted when it is next reserved."""
+        return await self._store.cancel(job_id)
+
+    async def requeue(self, job_id: str) -> JobRecord | None:
+        """Queue a dead or cancelled job again in the store and put its message. If the put
+        fails the job is cancelled again (so it can be retried later) and BackendUnavailable
+        is raised. An outbox marker, stored first, covers a crash between the two."""
+        marker = self._outbox.marker([job_id])
+        await self._store.enqueue([marker])
+        try:
+            rec = await self._store.requeue(job_id)
+        except BackendUnavailable:
+            raise  # it may have happened: the marker stays, to put it if it did
+        except BaseException:
+            self._outbox.published(marker.id)
+            raise
+        if rec is None:
+            self._outbox.published(marker.id)
+            return None
+        try:
+            await self._bs.put([outgoing_of(rec)])
+        except BackendUnavailable:
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.cancel(job_id)
+            raise
+        self._outbox.published(marker.id)
+        self._bs.wake.set()
+        return rec
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        return await self._store.delete(job_ids)
+
+    async def purge(
+        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
+    ) -> int:
+        return await self._store.purge(states, older_than_s=older_than_s, queue=queue)
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        await self._store.set_paused(queue, paused)
+        self._claimer.note_paused(queue, paused)
+        if not paused:
+            self._bs.wake.set()
+
+    async def paused_queues(self) -> set[str]:
+        return await self._store.paused_queues()
+
+    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        await self._store.report_worker(info, ttl_s)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._store.remove_worker(worker_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self._store.workers()
+
+    # -- tests and tools -------------------------------------------------------------------
+
+    def used_tubes(self) -> set[str]:
+        """Tubes this instance put to or reserved from (for cleanup in tests)."""
+        return set(self._bs.tubes)
+
+    async def delete_tubes(self, tubes: Sequence[str]) -> None:
+        """Delete every job of these tubes. For tests and teardown tools; not part of the
+        protocol."""
+        await self._bs.delete_tubes(tubes)
+
+
+def _release(d: Delivery, delay_s: int) -> bytes:
+    parsed = parse_body(d.body)
+    return protocol.job_command(b"release", d.bid, parsed[1] if parsed else 0, delay_s)
+
+
+def _delay_of(outcome: Outcome) -> float | None:
+    """The delay before the job runs again; None when it will not run again."""
+    if isinstance(outcome, RetryAt | Snoozed):
+        return outcome.delay_s
+    return None
+
+
+def _lost(lease: Lease, rec: JobRecord | None) -> bool:
+    return rec is None or rec.lease != lease
