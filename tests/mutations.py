@@ -33,8 +33,7 @@ class Mutation:
     name: str
     bug: str  # what the planted code does wrong
     file: str
-    old: str
-    new: str
+    edits: tuple[tuple[str, str], ...]  # (exact text, what replaces it), each found once
     tests: tuple[str, ...]  # pytest arguments selecting the tests that must now fail
 
 
@@ -43,17 +42,40 @@ MUTATIONS = (
         "sqlite-recovery-cancels",
         "SQLite's lease recovery cancels a job instead of putting it back",
         "src/offload/backends/sqlite/recovery.py",
-        '"state": job.fate.state.value,',
-        '"state": "cancelled" if job.fate.state.value == "queued" else job.fate.state.value,',
+        (
+            (
+                '"state": job.fate.state.value,',
+                '"state": "cancelled" if job.fate.state.value == "queued"'
+                " else job.fate.state.value,",
+            ),
+        ),
         ("tests/test_reliability.py", "-k", "sqlite and storm"),
     ),
     Mutation(
         "memory-wait-returns-at-once",
         "the memory backend's wait_for_work returns at once instead of waiting",
         "src/offload/backends/memory/backend.py",
-        "timeout_s: float) -> None:\n        st = self.store\n",
-        "timeout_s: float) -> None:\n        return\n        st = self.store\n",
+        (
+            (
+                "timeout_s: float) -> None:\n        st = self.store\n",
+                "timeout_s: float) -> None:\n        return\n        st = self.store\n",
+            ),
+        ),
         ("tests/test_memory_backend.py", "-k", "wait"),
+    ),
+    Mutation(
+        "rabbitmq-direct-acks-at-claim",
+        "store-less RabbitMQ acks a message when it is claimed, not when its job completes",
+        "src/offload/backends/rabbitmq/direct.py",
+        (
+            (
+                "        await self._broker.settle(settled, [])\n        return out\n",
+                "        acked = [self._held[r.lease].delivery for r in out if r.lease]\n"
+                "        await self._broker.settle(settled + acked, [])\n        return out\n",
+            ),
+            ("        await self._broker.settle([h.delivery for _, h in taken], [])\n", ""),
+        ),
+        ("tests/test_rabbitmq_direct.py", "-k", "kill9"),
     ),
 )
 
@@ -61,9 +83,11 @@ MUTATIONS = (
 def plant(tree: Path, m: Mutation) -> None:
     path = tree / m.file
     text = path.read_text()
-    if text.count(m.old) != 1:
-        raise SystemExit(f"{m.name}: the text to replace occurs {text.count(m.old)} times")
-    path.write_text(text.replace(m.old, m.new))
+    for old, new in m.edits:
+        if text.count(old) != 1:
+            raise SystemExit(f"{m.name}: the text to replace occurs {text.count(old)} times")
+        text = text.replace(old, new)
+    path.write_text(text)
 
 
 def copy_tree(dest: Path) -> Path:
