@@ -30,7 +30,7 @@ def injector(kind: str, url: str, form: Form) -> tuple[Callable[[], None] | None
         return (lambda: _rabbitmq_close(url)), "RabbitMQ close_connection of this run's"
     if kind == "postgres":
         if not form.restart_postgres:
-            return None, "PostgreSQL restart runs in the full form only (it disturbs the host)"
+            return None, "PostgreSQL restart not asked for in this form (it disturbs the host)"
         return _restart_postgres, "PostgreSQL restarted"
     return None, "no backend fault for SQLite (an embedded file has no connection to cut)"
 

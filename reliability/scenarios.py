@@ -38,7 +38,7 @@ class Form:
     min_kills: int
     graceful_jobs: int
     fault_rounds: int
-    restart_postgres: bool
+    restart_postgres: bool  # both forms: pytest runs serially, so nothing else sees it down
     timeout_s: float
     diskfull_s: float  # how long the SQLite disk stays full
     soak_s: float  # the soak's steady load: for how long, after how long a warm-up, how fast
@@ -55,7 +55,7 @@ GRACEFUL_READ_BOUND_S = 5.0
 OUTCOME_LAG_S = 1.0
 
 SHORT = Form(
-    "short", 300, 3, 4, 0.05, 1.0, 2, 40, 2, False, 60.0,
+    "short", 300, 3, 4, 0.05, 1.0, 2, 40, 2, True, 60.0,
     diskfull_s=8.0, soak_s=25.0, soak_warmup_s=8.0, soak_rate=200, soak_kinds=("sqlite", "redis"),
 )  # fmt: skip
 FULL = Form(
