@@ -37,6 +37,10 @@ class Mutation:
     tests: tuple[str, ...]  # pytest arguments selecting the tests that must now fail
 
 
+_DROP_FINAL = (
+    "                drop.append(d)  # cancelled, deleted, finished (or a duplicate of one)\n"
+)
+
 MUTATIONS = (
     Mutation(
         "sqlite-recovery-cancels",
@@ -76,6 +80,20 @@ MUTATIONS = (
             ("        await self._broker.settle([h.delivery for _, h in taken], [])\n", ""),
         ),
         ("tests/test_rabbitmq_direct.py", "-k", "kill9"),
+    ),
+    Mutation(
+        "rabbitmq-parks-cancelled-messages",
+        "RabbitMQ (with a store) parks the message of a cancelled job instead of acking it",
+        "src/offload/backends/rabbitmq/claim.py",
+        ((_DROP_FINAL, _DROP_FINAL.replace("drop.append", "park.append")),),
+        ("tests/test_rabbitmq_backend.py", "-k", "cancelled_job_message"),
+    ),
+    Mutation(
+        "rabbitmq-hands-back-finished-redeliveries",
+        "RabbitMQ (with a store) hands a redelivered message of a finished job back, forever",
+        "src/offload/backends/rabbitmq/claim.py",
+        ((_DROP_FINAL, _DROP_FINAL.replace("drop.append", "back.append")),),
+        ("tests/test_rabbitmq_backend.py", "-k", "lost_connection"),
     ),
 )
 
