@@ -95,6 +95,13 @@ MUTATIONS = (
         ((_DROP_FINAL, _DROP_FINAL.replace("drop.append", "back.append")),),
         ("tests/test_rabbitmq_backend.py", "-k", "lost_connection"),
     ),
+    Mutation(
+        "cli-purge-renamed",
+        "the CLI's `jobs purge` is renamed, so docs/postgres.md's command no longer exists",
+        "src/offload/cli/jobs.py",
+        (('@jobs.command("purge")', '@jobs.command("delete-finished")'),),
+        ("tests/test_docs_shell.py", "-k", "postgres"),
+    ),
 )
 
 
