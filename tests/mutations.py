@@ -56,6 +56,31 @@ MUTATIONS = (
         ("tests/test_reliability.py", "-k", "sqlite and storm"),
     ),
     Mutation(
+        "worker-drops-some-outcomes",
+        "the worker drops about one outcome in 32: those jobs run again, though no worker died",
+        "src/offload/worker/completer.py",
+        (
+            (
+                "        self._pending.append((lease, outcome))\n",
+                "        if not lease.job_id.endswith('0'):\n"
+                "            self._pending.append((lease, outcome))\n",
+            ),
+        ),
+        ("tests/test_reliability.py", "-k", "sqlite and storm"),
+    ),
+    Mutation(
+        "recovery-twenty-times-slower",
+        "a worker looks for expired leases 20 times less often than configured",
+        "src/offload/worker/maintenance.py",
+        (
+            (
+                "cfg.recover_s * random.uniform(0.8, 1.2)",
+                "20 * cfg.recover_s * random.uniform(0.8, 1.2)",
+            ),
+        ),
+        ("tests/test_reliability.py", "-k", "sqlite and stale"),
+    ),
+    Mutation(
         "memory-wait-returns-at-once",
         "the memory backend's wait_for_work returns at once instead of waiting",
         "src/offload/backends/memory/backend.py",
@@ -101,6 +126,13 @@ MUTATIONS = (
         "src/offload/cli/jobs.py",
         (('@jobs.command("purge")', '@jobs.command("delete-finished")'),),
         ("tests/test_docs_shell.py", "-k", "postgres"),
+    ),
+    Mutation(
+        "skip-policy-lets-every-skip-through",
+        "the CI skip policy lets an environmental skip pass",
+        "tests/skip_policy.py",
+        (("    if not_applicable(reason) is None:\n", "    if False:\n"),),
+        ("tests/test_skip_policy.py",),
     ),
 )
 
