@@ -60,7 +60,7 @@ def backend_fault(kind: str, run: Run, result: Result, form: Form) -> None:
     procs = [run.start_worker(SLOTS) for _ in range(WORKERS)]
     run.wait_until(lambda: run.count("F") > 0, form.timeout_s, "the first job to finish")
     refused, unclean, recoveries = 0, [], []
-    windows: list[tuple[float, float]] = []  # (fault injected, work resumed + the margin)
+    windows: list[tuple[float, float]] = []  # (fault began, fault ended + the margin)
     held: set[int] = set()  # what the workers held as each fault began
     for _ in range(form.fault_rounds):
         held |= {i for p in procs for i in run.held_by(p.pid)}
@@ -78,18 +78,20 @@ def backend_fault(kind: str, run: Run, result: Result, form: Form) -> None:
                 unclean.append(f"{type(exc).__name__}: {exc}")
             time.sleep(0.1)
         thread.join()
+        t_end = time.time()
         if errors:
             raise Failure(f"the fault could not be injected: {errors[0]!r}")
         recoveries.append(time_to_resume(run, next(numbers), form.timeout_s))
-        windows.append((t_fault, time.time() + RECONNECT_MARGIN_S))
+        windows.append((t_fault, t_end + RECONNECT_MARGIN_S))
     run.enqueue("record", [next(numbers) for _ in range(50)], sleep_s=0.05)
     run.wait_all_final(form.timeout_s)
     for p in procs:
         run.stop_cleanly(p, result)
     run.tally(result)
     result.recover_s = max(recoveries)
-    # Cut off: a job held when a fault began, or started before work had resumed (and a margin):
-    # its outcome or heartbeat may have met the dead connection.
+    # Cut off: a job held when a fault began, or started while it lasted (and a margin for the
+    # workers' other connections to reconnect): its outcome or heartbeat may have met a dead
+    # connection. A job started later than that runs once.
     first_start: dict[int, float] = {}
     for e in run.events():
         if e.kind == "S":
