@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck pytest chaos bench bench-quick drain clean
+.PHONY: install run test lint typecheck pytest chaos mutate bench bench-quick drain clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ drain: install
 ## backend faults on every backend; prints jobs lost/duplicated and recovery times.
 chaos: install
 	$(PY) -m reliability
+
+## The mutation check: plants each bug the suite was once blind to (issue 25) in a temporary
+## copy of the tree and shows the tests that guard it now fail (needs the local services).
+mutate: install
+	$(PY) tests/mutations.py
 
 ## offload and its peers side by side (peers go into benchmarks/.peers-venv); results in
 ## benchmarks/results/. bench-quick: 2,000 jobs, one run each, a couple of minutes.

@@ -1,6 +1,7 @@
 """Faults the harness injects. Each touches only what this run created (its processes, its
 connections by client name), except the PostgreSQL restart, which restarts the whole local
-cluster and therefore runs only in the full form."""
+cluster: every other client of it sees the server go down (pytest runs one test at a time, so
+in CI nothing else is using it; do not run the harness beside another user of that server)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from reliability.isolation import (
+    POSTGRES_URL,
     REDIS_URL,
     rabbitmqctl,
     redis_cluster_masters,
@@ -91,7 +93,9 @@ def postgres_cluster() -> str:
 
 
 def restart_postgres() -> tuple[float, float]:
-    """Restart the local PostgreSQL cluster (every client is disconnected); (start, end)."""
+    """Restart the local PostgreSQL cluster (every client is disconnected) with the command
+    this machine's cluster is managed by, and wait until it accepts connections again;
+    (start, end)."""
     t0 = time.time()
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", postgres_cluster(), "main", "restart"],
@@ -99,6 +103,7 @@ def restart_postgres() -> tuple[float, float]:
         capture_output=True,
         timeout=120,
     )
+    _wait_accepting(POSTGRES_URL, timeout_s=60.0)
     return t0, time.time()
 
 
@@ -106,3 +111,17 @@ def restart_beanstalkd(workdir: Path) -> None:
     """kill -9 this run's beanstalkd and start it again on the same port and binlog."""
     port = stop_beanstalkd(workdir, signal.SIGKILL)
     start_beanstalkd(workdir, port)
+
+
+def _wait_accepting(url: str, timeout_s: float) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # the server is starting: polled, nothing to wait on instead

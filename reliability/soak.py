@@ -105,7 +105,7 @@ def soak(kind: str, run: Run, result: Result, form: Form) -> None:
     for p in procs:
         _judge(result, p.pid, samples[p.pid], form.soak_warmup_s)
     result.expect(result.lost == 0, f"{result.lost} jobs lost")
-    result.expect(result.duplicated == 0, f"{result.duplicated} jobs ran twice")
+    result.expect_twice_within((), "anyone (nothing is killed here)")
 
 
 def _judge(result: Result, pid: int, samples: list[Sample], warmup_s: float) -> None:

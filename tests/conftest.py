@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 pytest.register_assert_rewrite("offload.testing")
+# Skips that are not on the not-applicable list fail under OFFLOAD_REQUIRE_SERVICES=1.
+pytest_plugins = ["tests.skip_policy"]
 
 import offload  # noqa: E402
 

@@ -122,7 +122,9 @@ async def test_cancelled_job_message_is_dropped(make_rabbit: Make) -> None:
     (rec,) = await backend.enqueue([job()])
     await backend.cancel(rec.id)
     assert await backend.claim(req(5)) == []
-    assert await backend.claim(req(5)) == []  # the message was acked, not parked
+    assert not backend._claimer.parked.get("q"), "the message was parked, not dropped"
+    # Dropped: acked, so the broker holds it neither ready nor unacknowledged.
+    assert await queue_drained(backend), "the cancelled job's message is still in the broker"
 
 
 async def test_a_parked_duplicate_does_not_hold_back_fresh_work(make_rabbit: Make) -> None:
@@ -201,7 +203,10 @@ async def test_a_waiting_worker_is_woken_by_a_delayed_job_coming_back(make_rabbi
 async def claim_eventually(
     backend: RabbitMQBackend, n: int, *, expect: int | None = None, timeout_s: float = 5.0
 ) -> list[JobRecord]:
-    """Claim until ``n`` jobs arrived (or, with ``expect=0``, until the queue stays empty)."""
+    """Claim until ``n`` jobs arrived; with ``expect=0``, until the broker's queue holds no
+    message at all (none ready, none unacknowledged) and none is parked here: any message on
+    its way (a redelivery after a lost connection) has arrived and was dropped, not merely
+    not yet delivered."""
     out: list[JobRecord] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -213,10 +218,29 @@ async def claim_eventually(
             continue
         if len(out) >= n:
             return out
-        if expect == 0 and not backend._claimer.parked.get("q"):
+        if (
+            expect == 0
+            and not backend._claimer.parked.get("q")
+            and await queue_drained(backend, wait_s=0)
+        ):
             return out
         await backend.wait_for_work(["q"], 0.05)
+    assert expect != 0, f"the broker's queue still holds messages after {timeout_s}s"
     return out
+
+
+async def queue_drained(backend: RabbitMQBackend, queue: str = "q", wait_s: float = 5.0) -> bool:
+    """True when the broker's queue for ``queue`` holds no message, ready or unacknowledged,
+    within ``wait_s`` (the broker's counters trail an ack by a moment; 0: one reading)."""
+    (name,) = [n for n in backend.declared_queues() if n.endswith(f".q.{queue}")]
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        listing = await arabbitmqctl("list_queues", "name", "messages")
+        if f"{name}\t0" in listing.splitlines():
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)  # polls the broker's management view: nothing to wait on
 
 
 def rabbitmqctl(*args: str) -> str:

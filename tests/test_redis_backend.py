@@ -206,10 +206,12 @@ async def test_wait_done_wakes_every_waiter(backends: Factory) -> None:
     (rec,) = await worker.enqueue([job()])
     (running,) = await worker.claim(claim())
     waits = [asyncio.create_task(waiter.wait_done(rec.id, 30.0)) for _ in range(3)]
-    await asyncio.sleep(0.1)  # let them block
+    await asyncio.sleep(0.1)  # they must still be waiting after it: this sleep is the check
+    assert not any(w.done() for w in waits), "a waiter returned before the job finished"
     await worker.complete([(lease_of(running), Succeeded(b"7"))])
     done = await asyncio.wait_for(asyncio.gather(*waits), 3.0)
-    assert {(d.state, d.result) for d in done if d is not None} == {(JobState.SUCCEEDED, b"7")}
+    # Every waiter, each with the finished record (a None is a waiter that saw no job at all).
+    assert [(d.state, d.result) if d else None for d in done] == [(JobState.SUCCEEDED, b"7")] * 3
 
 
 # -- untrusted data, retention -----------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The reliability harness, short form: every fault test against every backend that exists.
 
 Real worker processes, real services (skipped locally when a service is down, failed in CI).
-A test fails on any lost job, on more duplicates than the jobs the fault could have taken, or
-on a broken guarantee of its own (poison job not dead after exactly max_attempts, a late
-completion accepted, a job running after its graceful release, an enqueue on a full disk that
-is not StorageFull, a worker log storm, memory or open files growing under a steady load). The
-disk-full test mounts a tmpfs: skipped when that is not permitted. See docs/reliability.md.
-"""
+A test fails on any lost job (every acknowledged job must end succeeded with a finish line,
+but the poison job, dead), on a job run twice that the fault could not have taken (duplicates
+are a set, not a count), on a recovery time past its bound, or on a broken guarantee of its
+own (poison job not dead after exactly max_attempts, a late completion accepted, a job running
+after its graceful release, an enqueue on a full disk that is not StorageFull, a worker log
+storm, memory or open files growing under a steady load). The disk-full test mounts a tmpfs:
+skipped locally when that is not permitted. See docs/reliability.md."""
 
 from __future__ import annotations
 
