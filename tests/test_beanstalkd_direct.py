@@ -375,3 +375,34 @@ def test_kill9_mid_run_loses_nothing_without_a_store(prefix: str, tmp_path: Path
     print(f"\nlost={n - len(starts)} duplicated={duplicates} (killed worker held up to 20)")
     assert set(starts) == {str(i) for i in range(n)}
     assert duplicates <= concurrency  # only what the killed worker was running
+
+
+async def test_a_completion_retried_after_a_failed_put_still_settles(
+    make: Make, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's completer retries a completion whose write failed. A put that fails
+    (the producer connection lost) must leave the batch's leases held, so the retry deletes
+    the succeeded job's reservation instead of skipping it as done (it would run again)."""
+    from offload.errors import BackendUnavailable
+
+    b = await make()
+    retried, done = job(), job()
+    await b.enqueue([retried, done])
+    held = {r.id: r for r in await claim_until(b, 2)}
+    results = [
+        (held[retried.id].lease, RetryAt(delay_s=0, error="again")),
+        (held[done.id].lease, Succeeded(b"1")),
+    ]
+    real_put = b._bs.put
+
+    async def failing_put(*args: object, **kw: object) -> None:
+        raise BackendUnavailable("producer connection lost")
+
+    monkeypatch.setattr(b._bs, "put", failing_put)
+    with pytest.raises(BackendUnavailable):
+        await b.complete(results)  # type: ignore[arg-type]
+    monkeypatch.setattr(b._bs, "put", real_put)
+    await b.complete(results)  # type: ignore[arg-type]
+    assert await tube_count(prefix, "reserved") == 0  # none left held
+    (again,) = await claim_until(b, 1)
+    assert (again.id, again.attempt) == (retried.id, 2)

@@ -95,6 +95,33 @@ async def test_a_job_reserved_for_a_cancelled_caller_is_released(
         await other.close()
 
 
+async def test_every_job_of_a_cancelled_batch_of_reserves_is_released(
+    conn: Connection, tube: str
+) -> None:
+    """Cancelling a caller waiting on several reserves gives up all of them: the second
+    reply (not the one awaited when the cancel came) must not stay reserved either."""
+    await conn.call([protocol.watch(tube), protocol.ignore("default")])
+    waiting = asyncio.ensure_future(conn.call([protocol.reserve(5), protocol.reserve(5)], 10))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    other = await Connection.open(BEANSTALKD_HOST, BEANSTALKD_PORT, 5)
+    try:
+        await other.call([protocol.use(tube)])
+        puts = await other.call([protocol.put(b"a", 7, 0, 30), protocol.put(b"b", 7, 0, 30)])
+        bids = [int(put.args[0]) for put in puts]
+        states: list[tuple[str, str]] = []
+        for _ in range(200):  # the releases are background tasks of ``conn``
+            stats = [await other.stats_job(bid) for bid in bids]
+            states = [(s["state"], s["reserves"]) if s else ("gone", "") for s in stats]
+            if states == [("ready", "1"), ("ready", "1")]:
+                break
+            await asyncio.sleep(0.01)
+        assert states == [("ready", "1"), ("ready", "1")]
+    finally:
+        await empty(other, tube)
+        await other.close()
+
+
 async def test_a_lost_connection_fails_pending_and_later_calls(conn: Connection) -> None:
     pending = asyncio.ensure_future(conn.call([protocol.reserve(5)], 10))
     await asyncio.sleep(0.05)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -326,3 +327,21 @@ async def test_a_producer_that_died_before_its_puts_leaves_no_job_behind(
     finally:
         await backend.delete_tubes(sorted(backend.used_tubes()))
         await backend.close()
+
+
+async def test_a_claim_naming_its_jobs_leaves_held_early_jobs_alone(make_stalk: Make) -> None:
+    """Beanstalkd's delays are whole seconds, so a job due in 0.4 s is delivered at once and
+    held here until due. A later claim naming other jobs must not start it (contract:
+    with job_ids, only those are candidates)."""
+    b = await make_stalk()
+    early = new_job(delay_s=0.4)
+    named = new_job()
+    await b.enqueue([early])
+    assert await b.claim(claim_request()) == []  # reserved, not yet due: held
+    await b.enqueue([named])
+    await asyncio.sleep(0.5)  # the held job is due now: its own delay, not a wait for work
+    req = claim_request(limit=5)
+    got = await b.claim(msgspec.structs.replace(req, job_ids=(named.id,)))
+    assert [r.id for r in got] == [named.id]
+    rest = await b.claim(req)
+    assert [r.id for r in rest] == [early.id]

@@ -251,6 +251,19 @@ async def test_deeply_nested_bodies_are_refused_cleanly(client_for: MakeClient) 
     assert r.status_code == 202
 
 
+async def test_an_unterminated_string_of_escaped_quotes_is_refused_at_once(
+    client_for: MakeClient,
+) -> None:
+    """The nesting check must stay linear on text that is not JSON: an unterminated string
+    of escaped quotes made its string regex retry at every quote (quadratic: an 80 KB body
+    held the event loop 27 s; this 600 KB one would hold it for most of an hour, past the
+    test's timeout)."""
+    c = await client_for()
+    body = b"[" * 70 + b'"' + b'\\"' * 200_000
+    r = await c.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+
+
 async def test_a_deeply_nested_cursor_is_a_clean_422(client_for: MakeClient) -> None:
     import base64
 

@@ -448,3 +448,14 @@ async def test_a_worker_resumes_after_each_cut_and_loses_nothing(prefix: str) ->
         assert time.monotonic() < deadline, await backend.counts()
         await asyncio.sleep(0.05)
     await app.close()
+
+
+def test_recovery_decisions_skip_a_damaged_job() -> None:
+    """Stored data is untrusted: a running job whose hash lost its attempt count (or worker
+    id) is skipped, never an error that stops every recovery pass for every queue."""
+    from offload.backends.redis.codec import expired_argv
+
+    reply = [b"1000000", b"j1", None, b"3", b"w", b"j2", b"1", b"3", b"w", b"j3", b"1", b"3", None]
+    argv = expired_argv(reply)  # type: ignore[arg-type]
+    assert argv[0] == 1_000_000
+    assert argv[1:] == [b"j2", b"w", 1, "queued", "lease expired (worker lost)"]

@@ -17,8 +17,11 @@ from itertools import accumulate, count
 MAX_CURSOR_CHARS = 1024  # ours are under 400: a longer one is not ours
 MAX_JSON_DEPTH = 64  # far deeper than any sensible job argument, far from the recursion limit
 
-# A JSON string, quotes included (the unrolled form: no backtracking on long strings).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string, quotes included (the unrolled form: no backtracking on long strings). The
+# closing quote is optional so that every attempt matches: an unterminated string swallows the
+# rest of the text at once, where a required quote made re.sub retry at every later quote
+# (quadratic: an 80 KB body of escaped quotes held the event loop 27 s).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 # Openers become 2 and closers 0, so that (running sum - position) is the depth at each bracket.
 _WEIGHTS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")

@@ -132,7 +132,11 @@ class Claimer:
         """The held jobs of ``req``'s unpaused queues that are due now."""
         now = time.time()
         wanted = {q for q in req.queues if q not in self.paused}
-        due = [p for at, p in self.early if at <= now and p[3] in wanted][: req.limit]
+        due = [p for at, p in self.early if at <= now and p[3] in wanted]
+        if req.job_ids is not None:  # a claim naming its jobs takes only those
+            named = set(req.job_ids)
+            due = [p for p in due if p[1] in named]
+        due = due[: req.limit]
         if due:
             self.early = [(at, p) for at, p in self.early if p not in due]
         return due

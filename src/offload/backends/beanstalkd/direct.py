@@ -215,6 +215,9 @@ class DirectBeanstalkBackend:
         out: list[JobRecord] = []
         now = time.time()
         due = [h for at, h in self._early if at <= now and h.carried.queue in req.queues]
+        if req.job_ids is not None:  # a claim naming its jobs takes only those
+            named = set(req.job_ids)
+            due = [h for h in due if h.carried.id in named]
         due = due[: req.limit]
         if due:
             self._early = [(at, h) for at, h in self._early if h not in due]
@@ -337,6 +340,7 @@ class DirectBeanstalkBackend:
         now = time.time()
         puts: list[Outgoing] = []
         after: list[tuple[Delivery, bytes]] = []
+        pending: list[tuple[Lease, _Held]] = []  # settled only by the writes below
         for lease, outcome in results:
             h = self._forget(lease)
             if h is None or not h.delivery.conn.alive:
@@ -346,6 +350,7 @@ class DirectBeanstalkBackend:
                 c = _with_error(c, lease.attempt, outcome.error, now, lease.worker_id)
                 await self._bury_as(d, c, outcome.error)
                 continue
+            pending.append((lease, h))
             if isinstance(outcome, Snoozed) and outcome.delay_s <= 0:
                 after.append((d, _release(h, 0)))  # the attempt is given back
                 continue
@@ -359,7 +364,15 @@ class DirectBeanstalkBackend:
                 )
                 puts.append(Outgoing(c.queue, _encode(c), pri_of(c.priority), outcome.delay_s))
             after.append((d, protocol.job_command(b"delete", d.bid)))
-        await self._bs.put(puts)  # before the deletes: a crash in between only duplicates
+        try:
+            await self._bs.put(puts)  # before the deletes: a crash in between only duplicates
+        except BaseException:
+            # Nothing of ``after`` was sent: these leases still hold their reservations, so a
+            # retry of this same completion must find them (else it skips them as done).
+            for lease, h in pending:
+                self._held[lease] = h
+                self._ids[lease.job_id] = lease
+            raise
         await self._bs.settle(after)
 
     def _forget(self, lease: Lease) -> _Held | None:

@@ -160,8 +160,23 @@ class Connection:
         return futures
 
     async def call(self, commands: Sequence[bytes], timeout_s: float | None = None) -> list[Reply]:
-        """Send ``commands`` and wait for all their replies (see :meth:`send`)."""
-        return [await fut for fut in self.send(commands, timeout_s)]
+        """Send ``commands`` and wait for all their replies (see :meth:`send`).
+
+        A caller that gives up (cancelled, or a reply failed) gives up every reply: those
+        still to come are cancelled (a reservation among them is released when it arrives),
+        and reservations that came already are released now, never left held."""
+        futures = self.send(commands, timeout_s)
+        try:
+            return [await fut for fut in futures]
+        except BaseException:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+                elif not fut.cancelled() and fut.exception() is None:
+                    reply = fut.result()
+                    if reply.status == b"RESERVED":
+                        self._release_orphan(int(reply.args[0]))
+            raise
 
     def _timed_out(self) -> None:
         self._fail(BeanstalkError("beanstalkd did not answer in time"))

@@ -8,6 +8,7 @@ history) rather than let a malformed record crash a caller.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 
 import msgspec
@@ -17,6 +18,8 @@ from offload.backends.common import expired_lease
 from offload.errors import BackendUnavailable, describe
 from offload.job import AttemptError, JobFilter, JobRecord, JobState, Lease, WorkerInfo
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
+
+_log = logging.getLogger("offload.backends.redis")
 
 _Blob = tuple[str, bytes, int, int, str | None]  # task, args, priority, max_attempts, key
 BLOB = msgspec.msgpack.Decoder(_Blob)
@@ -128,16 +131,18 @@ def expired_argv(reply: Sequence[bytes]) -> list[bytes | str | int]:
     """The decisions for the jobs ``expired.lua`` found, as ``recover.lua`` takes them: the
     server's time (us), then id, worker id, attempt, fate, error per job. Each fate is
     :func:`~offload.backends.common.expired_lease`'s, at the server's time (never ours).
-    A job whose attempt counts do not read as numbers is left for a reader to meet."""
+    A damaged job (attempt counts that do not read as numbers, or missing, or no worker id)
+    is skipped with a warning, as the SQL engines do: it must not stop every recovery pass."""
     now_us = int(reply[0])
     out: list[bytes | str | int] = [now_us]
     for k in range(1, len(reply), 4):
         raw_id, attempt, max_attempts, worker = reply[k : k + 4]
         try:
-            fate = expired_lease(
-                int(attempt), int(max_attempts), _text(worker) or None, now_us / 1e6
-            )
-        except ValueError:
+            if raw_id is None or worker is None:
+                raise TypeError("no id or worker id")
+            fate = expired_lease(int(attempt), int(max_attempts), _text(worker), now_us / 1e6)
+        except (TypeError, ValueError):
+            _log.warning("job %r: unreadable lease fields; left for an operator", raw_id)
             continue
         out += [raw_id, worker, int(attempt), fate.state.value, fate.error.error]
     return out
