@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 import offload
 from offload.app import App
@@ -156,18 +157,7 @@ def create_service(
     config = _embedded_config(app, workers, worker_config)
     routes = starlette_routes(Api(state))
     if dashboard:
-        from offload.server.dashboard import Dashboard
-
-        routes += Dashboard(
-            app,
-            auth,
-            loopback_only=state.loopback_only,
-            secret=dashboard_secret,
-            title=title,
-            throughput=state.throughput,
-            throttle=state.throttle,
-        ).routes
-
+        routes += _dashboard_routes(state, dashboard_secret)
     service = Starlette(
         routes=routes,
         lifespan=functools.partial(_lifespan, state, config),
@@ -182,6 +172,21 @@ def create_service(
     service.router.redirect_slashes = False
     service.state.offload = state
     return service
+
+
+def _dashboard_routes(state: ServiceState, secret: bytes | None) -> list[BaseRoute]:
+    """The dashboard's routes, sharing the service's tokens, throughput and login throttle."""
+    from offload.server.dashboard import Dashboard
+
+    return Dashboard(
+        state.app,
+        state.auth,
+        loopback_only=state.loopback_only,
+        secret=secret,
+        title=state.title,
+        throughput=state.throughput,
+        throttle=state.throttle,
+    ).routes
 
 
 def _queues_per_task(spec: Mapping[str, Collection[str]] | None) -> dict[str, frozenset[str]]:
