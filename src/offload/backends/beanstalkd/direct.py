@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import msgspec
 
@@ -44,18 +44,16 @@ from offload.backends.beanstalkd import protocol
 from offload.backends.beanstalkd.broker import Beanstalk, Delivery, Outgoing
 from offload.backends.beanstalkd.options import CARRIED, delay_of, parse_url, pri_of
 from offload.backends.beanstalkd.protocol import BeanstalkError
+from offload.backends.brokered.storeless import StoreLess
 from offload.backends.common import expired_lease, masked
-from offload.errors import BackendUnavailable, CapabilityUnavailable, ConfigurationError
+from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     AttemptError,
     ClaimRequest,
-    JobFilter,
-    JobPage,
     JobRecord,
     JobState,
     Lease,
     NewJob,
-    WorkerInfo,
 )
 from offload.outcome import Dead, Outcome, RetryAt, Snoozed
 
@@ -123,8 +121,10 @@ class _Held:
     carried: Carried
 
 
-class DirectBeanstalkBackend:
+class DirectBeanstalkBackend(StoreLess):
     """Delivery on Beanstalkd with no state store (see the module docstring)."""
+
+    STORE_HINT = HINT
 
     def __init__(self, url: str, **options: Any) -> None:
         opts = parse_url(url, options)
@@ -172,9 +172,9 @@ class DirectBeanstalkBackend:
         if some puts fail, BackendUnavailable is raised and those that succeeded still run.
         ``key`` and ``limits`` need a state store (CapabilityUnavailable)."""
         if any(j.key is not None for j in jobs):
-            _unavailable("deduplicating by key")
+            self._unavailable("deduplicating by key")
         if limits:
-            _unavailable("a queue depth limit")
+            self._unavailable("a queue depth limit")
         now = time.time()
         out: list[Outgoing] = []
         recs: list[JobRecord] = []
@@ -397,49 +397,6 @@ class DirectBeanstalkBackend:
             return
         await self._bs.wait(queues, min(timeout_s, due_in))
 
-    # -- what needs a state store ----------------------------------------------------------
-
-    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
-        """Nowhere to keep it: a no-op (``workers()`` says why)."""
-
-    async def remove_worker(self, worker_id: str) -> None:
-        """Nothing was kept: a no-op."""
-
-    async def workers(self) -> list[WorkerInfo]:
-        _unavailable("the list of workers")
-
-    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        _unavailable("waiting for a job's result")
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        _unavailable("a job's status")
-
-    async def list_jobs(self, flt: JobFilter) -> JobPage:
-        _unavailable("listing jobs")
-
-    async def counts(self) -> dict[str, dict[JobState, int]]:
-        _unavailable("counting jobs")
-
-    async def cancel(self, job_id: str) -> JobRecord | None:
-        _unavailable("cancelling a job")
-
-    async def requeue(self, job_id: str) -> JobRecord | None:
-        _unavailable("retrying a job")
-
-    async def delete(self, job_ids: Sequence[str]) -> int:
-        _unavailable("deleting jobs")
-
-    async def purge(
-        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
-    ) -> int:
-        _unavailable("purging jobs")
-
-    async def set_paused(self, queue: str, paused: bool) -> None:
-        _unavailable("pausing a queue")
-
-    async def paused_queues(self) -> set[str]:
-        _unavailable("paused queues")
-
     # -- tests and tools -------------------------------------------------------------------
 
     def used_tubes(self) -> set[str]:
@@ -449,10 +406,6 @@ class DirectBeanstalkBackend:
     async def delete_tubes(self, tubes: Sequence[str]) -> None:
         """Delete every job of these tubes (tests, tools)."""
         await self._bs.delete_tubes(tubes)
-
-
-def _unavailable(what: str) -> NoReturn:
-    raise CapabilityUnavailable(f"{what} needs a state store: {HINT}")
 
 
 async def _stats(got: list[Delivery]) -> list[dict[str, str] | None]:

@@ -34,19 +34,18 @@ from offload.backends.beanstalkd import protocol
 from offload.backends.beanstalkd.broker import Beanstalk, Delivery
 from offload.backends.beanstalkd.claim import Claimer, outgoing_of, parse_body
 from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
-from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
+from offload.backends.brokered.delegation import StoreDelegation
+from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.common import LEASE_EXPIRED_ERROR, masked
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
     JobFilter,
-    JobPage,
     JobRecord,
     JobState,
     Lease,
     NewJob,
-    WorkerInfo,
 )
 from offload.outcome import Outcome, RetryAt, Snoozed
 
@@ -83,7 +82,7 @@ class _Publisher:
         """Nothing to do: a put wakes every worker blocked in a reserve of its tube."""
 
 
-class StoredBeanstalkBackend:
+class StoredBeanstalkBackend(StoreDelegation):
     """Delivery on Beanstalkd, state in the store of ``?store=`` (see the module docstring)."""
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -291,10 +290,6 @@ class StoredBeanstalkBackend:
         self._expires.pop(lease, None)
         return self._held.pop(lease)
 
-    async def run_maintenance(self) -> int:
-        """The store's housekeeping (retention, expired worker reports)."""
-        return await self._store.run_maintenance()
-
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         """Return when a job of the (unpaused) ``queues`` is ready (delayed ones coming due
         included), when this instance enqueued, or at ``timeout_s``."""
@@ -305,30 +300,7 @@ class StoredBeanstalkBackend:
             return
         await self._bs.wait(live, min(timeout_s, due_in))
 
-    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        return await self._store.wait_done(job_id, timeout_s)
-
     # -- inspecting and steering: the store's --------------------------------------------
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        return await self._store.get(job_id)
-
-    async def list_jobs(self, flt: JobFilter) -> JobPage:
-        """The store's page without outbox markers (so a page may hold fewer than asked)."""
-        page = await self._store.list_jobs(flt)
-        if not any(j.queue == OUTBOX_QUEUE for j in page.jobs):
-            return page
-        jobs = [j for j in page.jobs if j.queue != OUTBOX_QUEUE]
-        return JobPage(jobs=jobs, next_cursor=page.next_cursor)
-
-    async def counts(self) -> dict[str, dict[JobState, int]]:
-        counts = await self._store.counts()
-        counts.pop(OUTBOX_QUEUE, None)
-        return counts
-
-    async def cancel(self, job_id: str) -> JobRecord | None:
-        """Cancel in the store; the job's message is deleted when it is next reserved."""
-        return await self._store.cancel(job_id)
 
     async def requeue(self, job_id: str) -> JobRecord | None:
         """Queue a dead or cancelled job again in the store and put its message. If the put
@@ -356,31 +328,11 @@ class StoredBeanstalkBackend:
         self._bs.wake.set()
         return rec
 
-    async def delete(self, job_ids: Sequence[str]) -> int:
-        return await self._store.delete(job_ids)
-
-    async def purge(
-        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
-    ) -> int:
-        return await self._store.purge(states, older_than_s=older_than_s, queue=queue)
-
     async def set_paused(self, queue: str, paused: bool) -> None:
         await self._store.set_paused(queue, paused)
         self._claimer.note_paused(queue, paused)
         if not paused:
             self._bs.wake.set()
-
-    async def paused_queues(self) -> set[str]:
-        return await self._store.paused_queues()
-
-    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
-        await self._store.report_worker(info, ttl_s)
-
-    async def remove_worker(self, worker_id: str) -> None:
-        await self._store.remove_worker(worker_id)
-
-    async def workers(self) -> list[WorkerInfo]:
-        return await self._store.workers()
 
     # -- tests and tools -------------------------------------------------------------------
 

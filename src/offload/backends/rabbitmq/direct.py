@@ -49,11 +49,12 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import msgspec
 
 from offload.backends.base import Capabilities
+from offload.backends.brokered.storeless import StoreLess
 from offload.backends.common import expired_lease, masked
 from offload.backends.rabbitmq.broker import Broker
 from offload.backends.rabbitmq.connection import Outgoing
@@ -64,13 +65,10 @@ from offload.errors import BackendUnavailable, CapabilityUnavailable, Configurat
 from offload.job import (
     AttemptError,
     ClaimRequest,
-    JobFilter,
-    JobPage,
     JobRecord,
     JobState,
     Lease,
     NewJob,
-    WorkerInfo,
 )
 from offload.outcome import Dead, Outcome, RetryAt, Snoozed
 
@@ -127,8 +125,10 @@ class _Held:
     carried: Carried
 
 
-class DirectRabbitMQBackend:
+class DirectRabbitMQBackend(StoreLess):
     """Delivery on RabbitMQ with no state store (see the module docstring)."""
+
+    STORE_HINT = HINT
 
     def __init__(self, url: str, **options: Any) -> None:
         amqp_url, opts = parse_url(url, options)
@@ -379,49 +379,6 @@ class DirectRabbitMQBackend:
             timeout_s = min(timeout_s, PARKED_RETRY_S)
         await self._broker.wait(queues, self._prefetch, timeout_s)
 
-    # -- what needs a state store ----------------------------------------------------------
-
-    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
-        """Nowhere to keep it: a no-op (``workers()`` says why)."""
-
-    async def remove_worker(self, worker_id: str) -> None:
-        """Nothing was kept: a no-op."""
-
-    async def workers(self) -> list[WorkerInfo]:
-        _unavailable("the list of workers")
-
-    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        _unavailable("waiting for a job's result")
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        _unavailable("a job's status")
-
-    async def list_jobs(self, flt: JobFilter) -> JobPage:
-        _unavailable("listing jobs")
-
-    async def counts(self) -> dict[str, dict[JobState, int]]:
-        _unavailable("counting jobs")
-
-    async def cancel(self, job_id: str) -> JobRecord | None:
-        _unavailable("cancelling a job")
-
-    async def requeue(self, job_id: str) -> JobRecord | None:
-        _unavailable("retrying a job")
-
-    async def delete(self, job_ids: Sequence[str]) -> int:
-        _unavailable("deleting jobs")
-
-    async def purge(
-        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
-    ) -> int:
-        _unavailable("purging jobs")
-
-    async def set_paused(self, queue: str, paused: bool) -> None:
-        _unavailable("pausing a queue")
-
-    async def paused_queues(self) -> set[str]:
-        _unavailable("paused queues")
-
     # -- tests and tools -------------------------------------------------------------------
 
     def declared_queues(self) -> set[str]:
@@ -431,10 +388,6 @@ class DirectRabbitMQBackend:
     async def delete_broker_objects(self, queues: Sequence[str]) -> None:
         """Delete these broker queues and the wake exchange of this prefix (tests, tools)."""
         await self._broker.delete_topology(queues)
-
-
-def _unavailable(what: str) -> NoReturn:
-    raise CapabilityUnavailable(f"{what} needs a state store: {HINT}")
 
 
 def _running(d: Delivery, c: Carried, req: ClaimRequest, now: float) -> JobRecord:

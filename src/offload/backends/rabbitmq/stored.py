@@ -36,7 +36,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from offload.backends.base import Backend, Capabilities
-from offload.backends.brokered.outbox import ORPHAN_AFTER_S, OUTBOX_QUEUE, Outbox
+from offload.backends.brokered.delegation import StoreDelegation
+from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.common import masked
 from offload.backends.rabbitmq.broker import Broker
@@ -48,13 +49,10 @@ from offload.backends.rabbitmq.options import HEARTBEAT_S, parse_url
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
-    JobFilter,
-    JobPage,
     JobRecord,
     JobState,
     Lease,
     NewJob,
-    WorkerInfo,
 )
 from offload.outcome import Outcome, RetryAt, Snoozed
 
@@ -81,7 +79,7 @@ def rabbitmq_backend(url: str, **options: Any) -> Backend:
     return DirectRabbitMQBackend(url, **options)
 
 
-class RabbitMQBackend:
+class RabbitMQBackend(StoreDelegation):
     """Delivery on RabbitMQ, state in the store of ``?store=`` (see the module docstring)."""
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -267,10 +265,6 @@ class RabbitMQBackend:
         self._expires.pop(lease, None)
         return self._held.pop(lease)
 
-    async def run_maintenance(self) -> int:
-        """The store's housekeeping (retention, expired worker reports)."""
-        return await self._store.run_maintenance()
-
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         """Consume the (unpaused) ``queues`` while waiting and return when a message arrives
         for one of them (delayed jobs coming back included), when an enqueue anywhere under
@@ -281,30 +275,7 @@ class RabbitMQBackend:
         live = [q for q in queues if q not in claimer.paused]
         await self._broker.wait(live, claimer.prefetch, timeout_s)
 
-    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        return await self._store.wait_done(job_id, timeout_s)
-
     # -- inspecting and steering: the store's --------------------------------------------
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        return await self._store.get(job_id)
-
-    async def list_jobs(self, flt: JobFilter) -> JobPage:
-        """The store's page without outbox markers (so a page may hold fewer than asked)."""
-        page = await self._store.list_jobs(flt)
-        if not any(j.queue == OUTBOX_QUEUE for j in page.jobs):
-            return page
-        jobs = [j for j in page.jobs if j.queue != OUTBOX_QUEUE]
-        return JobPage(jobs=jobs, next_cursor=page.next_cursor)
-
-    async def counts(self) -> dict[str, dict[JobState, int]]:
-        counts = await self._store.counts()
-        counts.pop(OUTBOX_QUEUE, None)
-        return counts
-
-    async def cancel(self, job_id: str) -> JobRecord | None:
-        """Cancel in the store; the job's message is dropped when it is next delivered."""
-        return await self._store.cancel(job_id)
 
     async def requeue(self, job_id: str) -> JobRecord | None:
         """Queue a dead or cancelled job again in the store and publish its message. If the
@@ -333,31 +304,11 @@ class RabbitMQBackend:
         await self._broker.notify()
         return rec
 
-    async def delete(self, job_ids: Sequence[str]) -> int:
-        return await self._store.delete(job_ids)
-
-    async def purge(
-        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
-    ) -> int:
-        return await self._store.purge(states, older_than_s=older_than_s, queue=queue)
-
     async def set_paused(self, queue: str, paused: bool) -> None:
         await self._store.set_paused(queue, paused)
         self._claimer.note_paused(queue, paused)
         if not paused:
             await self._broker.notify()
-
-    async def paused_queues(self) -> set[str]:
-        return await self._store.paused_queues()
-
-    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
-        await self._store.report_worker(info, ttl_s)
-
-    async def remove_worker(self, worker_id: str) -> None:
-        await self._store.remove_worker(worker_id)
-
-    async def workers(self) -> list[WorkerInfo]:
-        return await self._store.workers()
 
     # -- tests and tools -------------------------------------------------------------------
 

@@ -1,0 +1,67 @@
+"""What a broker without a state store cannot do, said once for every such broker.
+
+A store-less form (``amqp://`` or ``beanstalk://`` without ``?store=``) carries each job in its
+message: there is no record to read, list, count, cancel, requeue, delete or purge, no place for
+worker reports or pause flags. :class:`StoreLess` declares each of those Backend methods as
+raising :class:`~offload.errors.CapabilityUnavailable` with the broker's own hint (how to add a
+store), so nothing answers silently; worker reports are accepted and dropped, since a worker
+makes them whether or not anyone can read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, NoReturn
+
+from offload.errors import CapabilityUnavailable
+from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+
+
+class StoreLess:
+    """Mixin for a store-less broker backend; ``STORE_HINT`` names the fix for its URL."""
+
+    STORE_HINT: ClassVar[str]
+
+    def _unavailable(self, what: str) -> NoReturn:
+        raise CapabilityUnavailable(f"{what} needs a state store: {self.STORE_HINT}")
+
+    async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Nowhere to keep it: a no-op (``workers()`` says why)."""
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Nothing was kept: a no-op."""
+
+    async def workers(self) -> list[WorkerInfo]:
+        self._unavailable("the list of workers")
+
+    async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        self._unavailable("waiting for a job's result")
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        self._unavailable("a job's status")
+
+    async def list_jobs(self, flt: JobFilter) -> JobPage:
+        self._unavailable("listing jobs")
+
+    async def counts(self) -> dict[str, dict[JobState, int]]:
+        self._unavailable("counting jobs")
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        self._unavailable("cancelling a job")
+
+    async def requeue(self, job_id: str) -> JobRecord | None:
+        self._unavailable("retrying a job")
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        self._unavailable("deleting jobs")
+
+    async def purge(
+        self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
+    ) -> int:
+        self._unavailable("purging jobs")
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        self._unavailable("pausing a queue")
+
+    async def paused_queues(self) -> set[str]:
+        self._unavailable("paused queues")
