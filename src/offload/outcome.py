@@ -45,3 +45,18 @@ class Snoozed(msgspec.Struct, frozen=True, tag="snoozed"):
 
 
 Outcome = Succeeded | RetryAt | Dead | Cancelled | Snoozed
+
+
+def outcome_name(outcome: Outcome | None) -> str:
+    """How an attempt ended, as one word for metrics and traces; None is a lost lease."""
+    if isinstance(outcome, Succeeded):
+        return "succeeded"
+    if isinstance(outcome, RetryAt):
+        return "retried"
+    if isinstance(outcome, Dead):
+        return "dead"
+    if isinstance(outcome, Cancelled):
+        return "cancelled"
+    if isinstance(outcome, Snoozed):
+        return "snoozed"
+    return "lost"

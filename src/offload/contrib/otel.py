@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from offload.errors import MissingDependency
 from offload.hooks import Hook
-from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
+from offload.outcome import Dead, Outcome, RetryAt, outcome_name
 
 try:
     from opentelemetry import context as otel_context
@@ -41,20 +41,6 @@ _Held = tuple[trace.Span, contextvars.Token[otel_context.Context]]
 _ATTEMPT: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
     "offload_otel_attempt", default=None
 )
-
-
-def _outcome_name(outcome: Outcome | None) -> str:
-    if isinstance(outcome, Succeeded):
-        return "succeeded"
-    if isinstance(outcome, RetryAt):
-        return "retried"
-    if isinstance(outcome, Dead):
-        return "dead"
-    if isinstance(outcome, Cancelled):
-        return "cancelled"
-    if isinstance(outcome, Snoozed):
-        return "snoozed"
-    return "lost"
 
 
 class TracingHook(Hook):
@@ -103,7 +89,7 @@ class TracingHook(Hook):
             return
         span, token = held
         _ATTEMPT.set(None)
-        span.set_attribute("offload.job.outcome", _outcome_name(outcome))
+        span.set_attribute("offload.job.outcome", outcome_name(outcome))
         if isinstance(outcome, RetryAt | Dead):
             span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error.splitlines()[0]))
         elif outcome is None:

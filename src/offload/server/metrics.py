@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 from offload.hooks import Hook
 from offload.job import JobRecord, JobState
-from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
+from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded, outcome_name
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -114,20 +114,6 @@ class QueueDepth(Collector):
         yield up
 
 
-def _outcome_label(outcome: Outcome | None) -> str:
-    if isinstance(outcome, Succeeded):
-        return "succeeded"
-    if isinstance(outcome, RetryAt):
-        return "retried"
-    if isinstance(outcome, Dead):
-        return "dead"
-    if isinstance(outcome, Cancelled):
-        return "cancelled"
-    if isinstance(outcome, Snoozed):
-        return "snoozed"
-    return "lost"
-
-
 class JobMetrics(Hook):
     """The job families (see the module's docstring), kept up to date as a hook.
 
@@ -188,7 +174,7 @@ class JobMetrics(Hook):
         self.idle.inc()
         queue = self.queue_label(job.queue)
         self.duration_s.labels(queue, job.task).observe(runtime_s)
-        self.jobs.labels(queue, job.task, _outcome_label(outcome)).inc()
+        self.jobs.labels(queue, job.task, outcome_name(outcome)).inc()
 
 
 class Metrics(JobMetrics):

@@ -39,12 +39,11 @@ from typing import Any
 
 import msgspec
 
-from offload.backends.base import Capabilities
 from offload.backends.beanstalkd import protocol
 from offload.backends.beanstalkd.broker import Beanstalk, Delivery, Outgoing
 from offload.backends.beanstalkd.options import CARRIED, delay_of, parse_url, pri_of
 from offload.backends.beanstalkd.protocol import BeanstalkError
-from offload.backends.brokered.storeless import StoreLess
+from offload.backends.brokered.storeless import STORE_LESS, StoreLess
 from offload.backends.common import expired_lease, masked
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
@@ -133,17 +132,7 @@ class DirectBeanstalkBackend(StoreLess):
         self.prefix = opts.prefix
         self._bs = Beanstalk(opts, CARRIED)
         self._url = masked(url)
-        self.capabilities = Capabilities(
-            inspect=False,
-            notify=True,
-            transactional=False,
-            priorities=True,
-            delayed=True,
-            unique=False,
-            results=False,
-            pause=False,
-            cross_process=True,
-        )
+        self.capabilities = STORE_LESS
         self._held: dict[Lease, _Held] = {}
         self._ids: dict[str, Lease] = {}  # job id -> its lease here: at most one per job
         self._early: list[tuple[float, _Held]] = []  # (run_at, reservation) held until due

@@ -13,8 +13,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, NoReturn
 
+from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
 from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+
+STORE_LESS = Capabilities(
+    inspect=False,
+    notify=True,
+    transactional=False,
+    priorities=True,
+    delayed=True,
+    unique=False,
+    results=False,
+    pause=False,
+    cross_process=True,
+)
+"""What a store-less broker form offers: delivery, priorities, delays and wake-ups only."""
 
 
 class StoreLess:

@@ -53,8 +53,7 @@ from typing import Any
 
 import msgspec
 
-from offload.backends.base import Capabilities
-from offload.backends.brokered.storeless import StoreLess
+from offload.backends.brokered.storeless import STORE_LESS, StoreLess
 from offload.backends.common import expired_lease, masked
 from offload.backends.rabbitmq.broker import Broker
 from offload.backends.rabbitmq.connection import Outgoing
@@ -139,17 +138,7 @@ class DirectRabbitMQBackend(StoreLess):
         timeout_s = float(opts.get("timeout_s", 10))
         self._broker = Broker(amqp_url, self.prefix, name, timeout_s, copy_back=_hand_back_copy)
         self._url = masked(url)
-        self.capabilities = Capabilities(
-            inspect=False,
-            notify=True,
-            transactional=False,
-            priorities=True,
-            delayed=True,
-            unique=False,
-            results=False,
-            pause=False,
-            cross_process=True,
-        )
+        self.capabilities = STORE_LESS
         self._held: dict[Lease, _Held] = {}
         self._ids: dict[str, Lease] = {}  # job id -> its lease here: at most one per job
         # Deliveries of a job this instance is still running (a copy came back after its
