@@ -133,10 +133,16 @@ class Run:
     # -- worker processes ------------------------------------------------------------------
 
     def start_worker(
-        self, concurrency: int, *, grace_s: float = 5.0, extra: Sequence[str] = ()
+        self,
+        concurrency: int,
+        *,
+        grace_s: float = 5.0,
+        extra: Sequence[str] = (),
+        url: str | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``offload worker`` (short lease, 0.5 s heartbeat, recovery every 0.5 s)."""
-        cmd = [sys.executable, "-m", "offload", "--url", self.url, "worker", APP_SPEC]
+        """Start ``offload worker`` (short lease, 0.5 s heartbeat, recovery every 0.5 s), on
+        the run's URL or on ``url`` (the same backend by another road: a proxy)."""
+        cmd = [sys.executable, "-m", "offload", "--url", url or self.url, "worker", APP_SPEC]
         cmd += ["--log-level", "warning", "--concurrency", str(concurrency)]
         cmd += ["--lease", str(self.lease_s), "--heartbeat", str(HEARTBEAT_S)]
         cmd += ["--recover", str(RECOVER_EVERY_S)]

@@ -67,6 +67,14 @@ def backend_fault(kind: str, run: Run, result: Result, form: Form) -> None:
     if inject is None:
         result.skipped = what
         return
+    fault_rounds(run, result, form, inject, what)
+
+
+def fault_rounds(
+    run: Run, result: Result, form: Form, inject: Callable[[], None], what: str
+) -> None:
+    """Workers drain while ``inject`` runs ``form.fault_rounds`` times and the harness keeps
+    enqueuing; then the checks every backend fault shares."""
     numbers = itertools.count()
     run.enqueue("record", [next(numbers) for _ in range(100)], sleep_s=0.05)
     procs = [run.start_worker(SLOTS) for _ in range(WORKERS)]

@@ -163,8 +163,11 @@ def graceful(run: Run, result: Result, form: Form) -> None:
     run.tally(result)
     result.expect(result.dead == 0, f"{result.dead} jobs dead")
     result.expect(result.lost == 0, f"{result.lost} jobs lost")
-    # Only a job given back (started, released unfinished at the exit) may start again.
-    result.expect_twice_within(set(given_back) & started, "the stopped worker (given back)")
+    # Only a job given back (started by the stopped worker, released unfinished at the exit)
+    # may start again. Its start may fall inside the grace: a job claimed just before the
+    # SIGTERM reaches its thread late on a loaded machine (``late`` bounds that by the grace).
+    started_by_w = {e.i for e in events if e.kind == "S" and e.pid == w.pid}
+    result.expect_twice_within(set(given_back) & started_by_w, "the stopped worker (given back)")
     result.expect_within(
         "reading every job back after the exit took", result.recover_s, GRACEFUL_READ_BOUND_S
     )

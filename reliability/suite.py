@@ -7,10 +7,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reliability.cutoff import cut_off
 from reliability.diskfull import disk_full
 from reliability.harness import Failure, Result, Run
 from reliability.isolation import Unavailable, isolated_url
 from reliability.outage import backend_fault
+from reliability.restarts import server_restart
 from reliability.scenarios import FULL, SHORT, Form, graceful, poison, stale_lease, storm
 from reliability.soak import soak
 
@@ -28,6 +30,8 @@ TESTS: dict[str, KindScenario] = {
     "poison job": _any_kind(poison),
     "stale lease": _any_kind(stale_lease),
     "backend faults": backend_fault,
+    "server restart": server_restart,
+    "worker cut off": cut_off,
     "sqlite disk full": disk_full,
     "soak": soak,
 }

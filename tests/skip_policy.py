@@ -42,6 +42,15 @@ NOT_APPLICABLE: tuple[tuple[str, str], ...] = (
         "(its disk-full test is SQLite's fault)",
     ),
     (
+        r"no server to restart for SQLite \(an embedded file\)",
+        "the harness's server-restart test on SQLite: it has no server",
+    ),
+    (
+        r"server restart: (PostgreSQL|Beanstalkd)'s is in the backend-fault test",
+        "the harness's server-restart test on an engine whose restart the backend-fault test "
+        "already makes (the same fault twice would only cost CI time)",
+    ),
+    (
         r"SQLite only \(an embedded file on a disk that the test can fill\)",
         "the harness's disk-full test on a networked backend: its disk is the server's",
     ),

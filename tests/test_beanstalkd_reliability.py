@@ -11,7 +11,14 @@ from reliability.suite import run_one, table
 
 from tests.services import unavailable
 
-TESTS = ("kill -9 storm", "graceful stop", "poison job", "stale lease", "backend faults")
+TESTS = (
+    "kill -9 storm",
+    "graceful stop",
+    "poison job",
+    "stale lease",
+    "backend faults",
+    "worker cut off",
+)
 
 
 @pytest.mark.timeout(240)

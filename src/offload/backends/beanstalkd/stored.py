@@ -271,8 +271,12 @@ class StoredBeanstalkBackend(StoreDelegation):
         ]
         if stuck:
             log.warning("putting a fresh message for %d job(s) nobody started", len(stuck))
-            with contextlib.suppress(BackendUnavailable):  # their old messages remain
+            try:
                 await self._bs.put([outgoing_of(r) for r in stuck])
+            except BackendUnavailable:
+                # Their old messages may be held by a reservation that never times out (see
+                # recover): try again at the next pass rather than leave them to it.
+                self._put_back.update({r.id: r.attempt for r in stuck})
 
     async def _just_put_back(self) -> dict[str, int]:
         """Job id -> attempt of the queued jobs whose last attempt was lost to an expired lease
