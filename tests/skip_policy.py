@@ -51,6 +51,10 @@ NOT_APPLICABLE: tuple[tuple[str, str], ...] = (
         "already makes (the same fault twice would only cost CI time)",
     ),
     (
+        r"no network for SQLite \(an embedded file\)",
+        "the harness's cut-off test on SQLite: there is no connection to partition",
+    ),
+    (
         r"SQLite only \(an embedded file on a disk that the test can fill\)",
         "the harness's disk-full test on a networked backend: its disk is the server's",
     ),

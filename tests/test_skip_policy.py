@@ -20,6 +20,9 @@ APPLICABLE_EXAMPLES = [
     "SQLite only (an embedded file on a disk that the test can fill)",
     "the short form soaks sqlite, redis only",
     "the doorbell is Linux only",
+    "no server to restart for SQLite (an embedded file)",
+    "server restart: PostgreSQL's is in the backend-fault test",
+    "no network for SQLite (an embedded file)",
 ]
 ENVIRONMENTAL = [
     "mounting a tmpfs needs root",
@@ -30,6 +33,7 @@ ENVIRONMENTAL = [
     "Redis is not listening on 127.0.0.1:6379",
     "the redis backend is not part of this build yet",
     "PostgreSQL restart runs in the full form only (it disturbs the host)",
+    "a private RabbitMQ node needs root (its server runs as rabbitmq)",
 ]
 
 
