@@ -139,6 +139,7 @@ class Run:
         grace_s: float = 5.0,
         extra: Sequence[str] = (),
         url: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``offload worker`` (short lease, 0.5 s heartbeat, recovery every 0.5 s), on
         the run's URL or on ``url`` (the same backend by another road: a proxy)."""
@@ -147,7 +148,7 @@ class Run:
         cmd += ["--lease", str(self.lease_s), "--heartbeat", str(HEARTBEAT_S)]
         cmd += ["--recover", str(RECOVER_EVERY_S)]
         cmd += ["--grace", str(grace_s), *extra]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")} | (env or {})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         self._logs += 1
         path = self.workdir / f"worker{self._logs}.log"
@@ -205,11 +206,17 @@ class Run:
     # -- the backend, as the harness sees it -----------------------------------------------
 
     def enqueue(
-        self, task: str, items: Iterable[int], *, priority: int = 0, **kwargs: Any
+        self,
+        task: str,
+        items: Iterable[int],
+        *,
+        priority: int = 0,
+        delay_s: float = 0.0,
+        **kwargs: Any,
     ) -> list[int]:
         """Enqueue one job per item in one batch; ledger and remember them once acknowledged.
         Raises what the enqueue raises (then nothing is noted)."""
-        t = self.app.get_task(task).options(priority=priority)
+        t = self.app.get_task(task).options(priority=priority, delay=delay_s)
         batch = list(items)
         jobs = self.app.enqueue_many([t.prepare(i, str(self.ledger), **kwargs) for i in batch])
         for i, job in zip(batch, jobs, strict=True):

@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reliability.clock import clock_step
 from reliability.cutoff import cut_off
 from reliability.diskfull import disk_full
 from reliability.harness import Failure, Result, Run
@@ -32,6 +33,7 @@ TESTS: dict[str, KindScenario] = {
     "backend faults": backend_fault,
     "server restart": server_restart,
     "worker cut off": cut_off,
+    "clock steps": clock_step,
     "sqlite disk full": disk_full,
     "soak": soak,
 }

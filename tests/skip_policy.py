@@ -55,6 +55,12 @@ NOT_APPLICABLE: tuple[tuple[str, str], ...] = (
         "the harness's cut-off test on SQLite: there is no connection to partition",
     ),
     (
+        r"one clock for (SQLite: the file and its workers share a machine|the SQLite store of "
+        r"this run: it shares the worker's machine)",
+        "the harness's clock-step test where the backend's clock is the worker machine's own "
+        "(an embedded file): stepping one process's clock apart would fake two machines",
+    ),
+    (
         r"SQLite only \(an embedded file on a disk that the test can fill\)",
         "the harness's disk-full test on a networked backend: its disk is the server's",
     ),

@@ -23,6 +23,8 @@ APPLICABLE_EXAMPLES = [
     "no server to restart for SQLite (an embedded file)",
     "server restart: PostgreSQL's is in the backend-fault test",
     "no network for SQLite (an embedded file)",
+    "one clock for SQLite: the file and its workers share a machine",
+    "one clock for the SQLite store of this run: it shares the worker's machine",
 ]
 ENVIRONMENTAL = [
     "mounting a tmpfs needs root",
