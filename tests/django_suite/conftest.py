@@ -1,0 +1,129 @@
+"""Django set up once for this directory: the example project's apps (examples/django), an
+in-memory SQLite ``default`` database and a PostgreSQL ``pg`` one (connected only when used).
+
+The same tests run on both roads: here with the ``django-tasks`` backport (Python 3.11,
+Django 5.2), and in the Python 3.12 venv with Django 6's ``django.tasks``
+(tests/test_django6.py runs them there). Each test points ``TASKS`` at a store of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import django
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from tests.procs import child_env
+from tests.services import (
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_URL,
+    require_port,
+    unique_name,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "django"
+if str(EXAMPLE) not in sys.path:
+    sys.path.insert(0, str(EXAMPLE))
+
+if not settings.configured:
+    settings.configure(
+        SECRET_KEY="tests",
+        USE_TZ=True,
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF="exampleproject.urls",
+        INSTALLED_APPS=["offload.contrib.django", "shop"],
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+            "pg": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": "test",
+                "USER": "postgres",
+                "HOST": POSTGRES_HOST,
+                "PORT": str(POSTGRES_PORT),
+            },
+        },
+        TASKS={
+            "default": {
+                "BACKEND": "offload.contrib.django.OffloadBackend",
+                "QUEUES": ["default", "emails"],
+                "OPTIONS": {"url": "memory://"},
+            }
+        },
+    )
+    django.setup()
+
+UseTasks = Callable[..., Any]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An offload URL of the test's own: an SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    yield from _postgres_store()
+
+
+@pytest.fixture
+def pg_store() -> Iterator[str]:
+    """A PostgreSQL schema of the test's own, as an offload URL."""
+    yield from _postgres_store()
+
+
+def _postgres_store() -> Iterator[str]:
+    require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    schema = unique_name("dj")
+    yield f"{POSTGRES_URL}?schema={schema}&auto_migrate=true"
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def use_tasks() -> Iterator[UseTasks]:
+    """``use_tasks(url, **options)``: TASKS pointed at ``url`` for the rest of the test."""
+    entered: list[Any] = []
+
+    def use(url: str, queues: list[str] | None = None, **options: Any) -> Any:
+        from offload.contrib.django._compat import task_backends
+
+        tasks = {
+            "default": {
+                "BACKEND": "offload.contrib.django.OffloadBackend",
+                "QUEUES": queues if queues is not None else ["default", "emails"],
+                "OPTIONS": {"url": url, **options},
+            }
+        }
+        override = override_settings(TASKS=tasks)
+        override.enable()
+        entered.append(override)
+        return task_backends()["default"]
+
+    yield use
+    from offload.contrib.django._compat import task_backends
+
+    for override in reversed(entered):
+        task_backends()["default"].app.close_sync()
+        override.disable()
+
+
+def run_worker(url: str, *extra: str, postgres: bool = False) -> None:
+    """``manage.py offload_worker --burst``: a real worker process, until no job is due."""
+    env = child_env()
+    env["EXAMPLE_OFFLOAD_URL"] = url
+    if postgres:
+        env["EXAMPLE_POSTGRES"] = POSTGRES_URL
+    cmd = [sys.executable, "manage.py", "offload_worker", "--burst", "-q", "default,emails"]
+    done = subprocess.run(
+        [*cmd, *extra], cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,150 @@
+"""OffloadBackend against what Django's ``BaseTaskBackend`` promises, with real worker
+processes (``manage.py offload_worker``) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from shop import tasks
+
+from offload.contrib.django import offload_priority
+from offload.contrib.django._compat import (
+    InvalidTask,
+    Task,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+)
+from offload.job import JobState
+from tests.django_suite.conftest import UseTasks, run_worker
+
+
+def test_the_backend_says_what_it_supports(use_tasks: UseTasks, tmp_path: object) -> None:
+    backend = use_tasks("memory://")
+    assert backend.supports_defer and backend.supports_async_task
+    assert backend.supports_get_result and backend.supports_priority
+
+
+def test_priority_bands() -> None:
+    assert [offload_priority(p) for p in (-100, -81, -80, -1, 0, 19, 20, 99, 100)] == [
+        0, 0, 1, 4, 5, 5, 6, 9, 9,
+    ]  # fmt: skip
+
+
+def test_results_come_from_a_real_worker(store: str, use_tasks: UseTasks) -> None:
+    backend = use_tasks(store)
+    added = tasks.add.enqueue(2, 3)
+    shouted = asyncio.run(tasks.shout.aenqueue("hi"))  # an async task, enqueued from async code
+    who = tasks.whoami.enqueue("me")
+    failed = tasks.fail.enqueue("no such thing")
+    assert added.status == TaskResultStatus.READY and added.enqueued_at is not None
+    assert added.args == [2, 3] and shouted.kwargs == {}
+    run_worker(store, postgres=store.startswith("postgres"))
+
+    added.refresh()
+    assert added.status == TaskResultStatus.SUCCESSFUL and added.return_value == 5
+    assert added.attempts == 1 and added.errors == [] and added.finished_at is not None
+    assert tasks.shout.get_result(shouted.id).return_value == "HI"
+    ctx = backend.get_result(who.id).return_value
+    assert ctx == {"label": "me", "attempt": 1, "id": who.id}  # takes_context
+    bad = tasks.fail.get_result(failed.id)
+    assert bad.status == TaskResultStatus.FAILED and bad.attempts == 1
+    (error,) = bad.errors
+    assert error.exception_class is KeyError and "no such thing" in error.traceback
+    with pytest.raises(ValueError, match="failed"):
+        bad.return_value  # noqa: B018  (Django raises for a failed task's value)
+    asyncio.run(failed.arefresh())
+    assert failed.status == TaskResultStatus.FAILED
+
+
+def test_queue_priority_and_run_after_reach_the_job(store: str, use_tasks: UseTasks) -> None:
+    backend = use_tasks(store)
+    later = timezone.now() + timedelta(hours=1)
+    result = tasks.add.using(priority=100, queue_name="emails", run_after=later).enqueue(1, 2)
+    rec = backend.app.get_job(result.id).record
+    assert (rec.queue, rec.priority, rec.state) == ("emails", 9, JobState.SCHEDULED)
+    assert abs(rec.run_at - later.timestamp()) < 0.01
+    run_worker(store, postgres=store.startswith("postgres"))  # not due: it must not run
+    assert tasks.add.get_result(result.id).status == TaskResultStatus.READY
+
+
+def test_validate_task_refuses_what_the_backend_cannot_run(use_tasks: UseTasks) -> None:
+    use_tasks("memory://", queues=["default"])
+    with pytest.raises(InvalidTask, match="not valid"):
+        tasks.add.using(queue_name="emails")
+    with pytest.raises(InvalidTask, match="priority"):
+        tasks.add.using(priority=101)
+    with pytest.raises(InvalidTask, match="aware"):
+        tasks.add.using(run_after=timezone.now().replace(tzinfo=None))
+
+    def local() -> None: ...
+
+    with pytest.raises(InvalidTask, match="module level"):
+        Task(func=local)
+    use_tasks("memory://", queues=[])  # no QUEUES list: any name, but offload's rules hold
+    with pytest.raises(InvalidTask, match="queue"):
+        tasks.add.using(queue_name="no spaces please")
+
+
+def test_arguments_must_be_json_and_nothing_is_stored_otherwise(use_tasks: UseTasks) -> None:
+    backend = use_tasks("memory://")
+    with pytest.raises(TypeError):
+        tasks.add.enqueue(object(), 1)
+    assert backend.app.run_sync(lambda b: b.counts()) == {}
+
+
+def test_unknown_ids_do_not_exist(use_tasks: UseTasks) -> None:
+    backend = use_tasks("memory://")
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result("01nosuchjob00000000000000")
+    native = backend.app.task(name="native")(lambda: None)
+    job = native.enqueue()  # an offload task, not a Django one: no TaskResult for it
+    with pytest.raises(TaskResultDoesNotExist):
+        backend.get_result(job.id)
+    with pytest.raises(TaskResultDoesNotExist):
+        asyncio.run(backend.aget_result(job.id))
+
+
+def test_enqueue_commits_and_rolls_back_with_djangos_transaction(
+    pg_store: str, use_tasks: UseTasks
+) -> None:
+    """The job is written on Django's own PostgreSQL connection, inside its transaction."""
+    store = pg_store
+    backend = use_tasks(store, database="pg")
+    backend.app.run_sync(lambda b: b.counts())  # the schema exists before the transaction
+    with transaction.atomic(using="pg"):
+        kept = tasks.add.enqueue(1, 1)
+        assert backend.app.run_sync(lambda b: b.get(kept.id)) is None  # not committed yet
+    assert tasks.add.get_result(kept.id).status == TaskResultStatus.READY
+    with pytest.raises(RuntimeError), transaction.atomic(using="pg"):
+        lost = tasks.add.enqueue(2, 2)
+        raise RuntimeError("rolled back")
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result(lost.id)
+    run_worker(store, postgres=True)
+    assert tasks.add.get_result(kept.id).return_value == 2
+
+
+def test_enqueue_on_commit_waits_for_the_commit(tmp_path: object, use_tasks: UseTasks) -> None:
+    backend = use_tasks("memory://", enqueue_on_commit=True)
+    with transaction.atomic():
+        pending = tasks.add.enqueue(3, 4)
+        assert pending.status == TaskResultStatus.READY
+        assert backend.app.run_sync(lambda b: b.get(pending.id)) is None
+    assert tasks.add.get_result(pending.id).args == [3, 4]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        dropped = tasks.add.enqueue(5, 6)
+        raise RuntimeError("rolled back")
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result(dropped.id)
+
+
+def test_the_road_matches_the_django_version() -> None:
+    import django
+
+    from offload.contrib.django._compat import SOURCE
+
+    assert SOURCE == ("django.tasks" if django.VERSION >= (6,) else "django_tasks")
