@@ -161,3 +161,20 @@ def test_bad_options_are_named(use_tasks: UseTasks) -> None:
 
     with pytest.raises(ImproperlyConfigured, match="unknown OPTIONS \\['urll'\\]"):
         use_tasks("memory://", urll="memory://")
+
+
+def test_offload_tasks_enqueue_on_djangos_connection(pg_store: str, use_tasks: UseTasks) -> None:
+    """offload's own tasks in Django code: the connection is given per call."""
+    from django.db import connections
+
+    app = use_tasks(pg_store).app
+    native = app.task(name="native.receipt")(lambda order: order)
+    app.run_sync(lambda b: b.counts())  # the schema exists before the transaction
+    with pytest.raises(RuntimeError), transaction.atomic(using="pg"):
+        connections["pg"].ensure_connection()
+        lost = native.options(connection=connections["pg"].connection).enqueue(1)
+        raise RuntimeError("rolled back")
+    with transaction.atomic(using="pg"):
+        kept = native.options(connection=connections["pg"].connection).enqueue(2)
+    assert app.run_sync(lambda b: b.get(lost.id)) is None
+    assert app.run_sync(lambda b: b.get(kept.id)) is not None

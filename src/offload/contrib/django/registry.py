@@ -25,6 +25,7 @@ from offload.contrib.django._compat import (
     task_started,
 )
 from offload.contrib.django.results import to_result
+from offload.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from offload.app import App
@@ -63,9 +64,13 @@ class ResolvingTasks(dict[str, "OffloadTask[Any, Any]"]):
         from offload.contrib.django.backend import OffloadBackend
 
         task = find_django_task(name)
-        if task is None or not isinstance(task.get_backend(), OffloadBackend):
+        try:
+            backend = None if task is None else task.get_backend()
+        except Exception:  # its TASKS alias is not configured in this process
             return None
-        task.get_backend().validate_task(task)  # registers it on its backend's app
+        if not isinstance(backend, OffloadBackend):
+            return None
+        backend.validate_task(task)  # registers it on its backend's app
         return dict.get(self, name)
 
 
@@ -75,7 +80,12 @@ def register(app: App, task: Any, alias: str, max_attempts: int) -> None:
     if dict.get(app.tasks, name) is not None:
         return
     runner = _async_runner(name, alias) if _is_async(task) else _sync_runner(name, alias)
-    app.task(name=name, queue=task.queue_name, max_attempts=max_attempts)(runner)
+    try:
+        app.task(name=name, queue=task.queue_name, max_attempts=max_attempts)(runner)
+    except ConfigurationError:
+        if dict.get(app.tasks, name) is None:
+            raise
+        # another thread's backend (sharing this app) registered it first: the same runner
 
 
 def _is_async(task: Any) -> bool:
