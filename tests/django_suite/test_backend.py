@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import transaction
@@ -178,3 +179,44 @@ def test_offload_tasks_enqueue_on_djangos_connection(pg_store: str, use_tasks: U
         kept = native.options(connection=connections["pg"].connection).enqueue(2)
     assert app.run_sync(lambda b: b.get(lost.id)) is None
     assert app.run_sync(lambda b: b.get(kept.id)) is not None
+
+
+def test_retries_count_attempts_and_errors_and_send_signals(
+    sqlite_url: str, use_tasks: UseTasks
+) -> None:
+    """With ``max_attempts``, a failed attempt is retried (READY in between); the result
+    counts every attempt and keeps each failure. A worker in this process, to hear its
+    task_started/task_finished signals."""
+    from offload.backoff import FixedBackoff
+    from offload.contrib.django._compat import task_finished, task_started
+    from offload.worker import Worker, WorkerConfig
+
+    backend = use_tasks(sqlite_url, max_attempts=3, retry=FixedBackoff(0.0))
+    heard: list[tuple[str, str]] = []
+
+    def started(sender: object, task_result: Any, **_: object) -> None:
+        heard.append(("started", str(task_result.status)))
+
+    def finished(sender: object, task_result: Any, **_: object) -> None:
+        heard.append(("finished", str(task_result.status)))
+
+    task_started.connect(started)
+    task_finished.connect(finished)
+    try:
+        twice = tasks.flaky.enqueue(2)
+        never = tasks.flaky.enqueue(9)
+        asyncio.run(Worker(backend.app, WorkerConfig(burst=True, concurrency=1)).run())
+    finally:
+        task_started.disconnect(started)
+        task_finished.disconnect(finished)
+    ok = tasks.flaky.get_result(twice.id)
+    assert (ok.status, ok.return_value, ok.attempts, len(ok.errors)) == ("SUCCESSFUL", 2, 2, 1)
+    assert ok.errors[0].exception_class is ConnectionError
+    bad = tasks.flaky.get_result(never.id)
+    assert (bad.status, bad.attempts, len(bad.errors)) == ("FAILED", 3, 3)
+    assert len(bad.worker_ids) == 3 and all(bad.worker_ids)
+    assert heard.count(("started", "RUNNING")) == 5  # every attempt
+    assert sorted(e for e in heard if e[0] == "finished") == [
+        ("finished", "FAILED"),
+        ("finished", "SUCCESSFUL"),
+    ]  # once per task, at its end

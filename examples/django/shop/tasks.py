@@ -24,3 +24,11 @@ def whoami(context: TaskContext, label: str) -> dict[str, object]:
 @task()
 def fail(reason: str) -> None:
     raise KeyError(reason)
+
+
+@task(takes_context=True)
+def flaky(context: TaskContext, succeed_on: int) -> int:
+    """Fails until its ``succeed_on``-th attempt (with ``max_attempts`` in OPTIONS)."""
+    if context.attempt < succeed_on:
+        raise ConnectionError(f"attempt {context.attempt} failed")
+    return context.attempt

@@ -11,7 +11,8 @@
 OPTIONS: ``url`` (an offload backend URL: one offload App per backend instance, and Django
 makes one instance per thread) or ``app`` (``module:attr`` of your own ``offload.App``, shared
 by the whole process: prefer it in production); ``max_attempts`` (1, as Django runs a task
-once; more retries a failed task with offload's backoff); ``database`` (a Django database
+once; more retries a failed task); ``retry`` (an ``offload.backoff`` policy for those retries,
+exponential from 1 s by default); ``database`` (a Django database
 alias: inside ``transaction.atomic()`` on it, the job is written on that very connection and
 commits or rolls back with your data; PostgreSQL); ``enqueue_on_commit`` (store the job only
 once the current transaction on ``database`` commits, Django's ``transaction.on_commit``).
@@ -28,6 +29,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from offload.app import App
+from offload.backoff import Backoff
 from offload.contrib.django._compat import (
     BaseTaskBackend,
     InvalidTask,
@@ -42,7 +44,7 @@ from offload.errors import ValidationError
 from offload.job import JobRecord, NewJob
 from offload.task import check_name
 
-_OPTIONS = frozenset({"url", "app", "max_attempts", "database", "enqueue_on_commit"})
+_OPTIONS = frozenset({"url", "app", "max_attempts", "retry", "database", "enqueue_on_commit"})
 
 
 def offload_priority(priority: int) -> int:
@@ -67,6 +69,7 @@ class OffloadBackend(BaseTaskBackend):  # type: ignore[misc]
         if not isinstance(self.app.tasks, ResolvingTasks):
             self.app.tasks = ResolvingTasks(self.app.tasks, self.app)
         self.max_attempts = int(self.options.get("max_attempts", 1))
+        self.retry: Backoff | None = self.options.get("retry")
         self.database: str | None = self.options.get("database")
         self.enqueue_on_commit = bool(self.options.get("enqueue_on_commit", False))
         if self.enqueue_on_commit and self.database is None:
@@ -83,7 +86,7 @@ class OffloadBackend(BaseTaskBackend):  # type: ignore[misc]
             check_name(task.queue_name, "queue")
         except ValidationError as exc:
             raise InvalidTask(str(exc)) from None
-        register(self.app, task, self.alias, self.max_attempts)
+        register(self.app, task, self.alias, self.max_attempts, self.retry)
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:  # type: ignore[type-arg]
         self.validate_task(task)

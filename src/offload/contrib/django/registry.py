@@ -29,6 +29,7 @@ from offload.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from offload.app import App
+    from offload.backoff import Backoff
     from offload.task import Task as OffloadTask
 
 
@@ -74,14 +75,16 @@ class ResolvingTasks(dict[str, "OffloadTask[Any, Any]"]):
         return dict.get(self, name)
 
 
-def register(app: App, task: Any, alias: str, max_attempts: int) -> None:
+def register(
+    app: App, task: Any, alias: str, max_attempts: int, retry: Backoff | None = None
+) -> None:
     """Register the offload task that runs Django task ``task`` (once per name)."""
     name = task.module_path
     if dict.get(app.tasks, name) is not None:
         return
     runner = _async_runner(name, alias) if _is_async(task) else _sync_runner(name, alias)
     try:
-        app.task(name=name, queue=task.queue_name, max_attempts=max_attempts)(runner)
+        app.task(name=name, queue=task.queue_name, max_attempts=max_attempts, retry=retry)(runner)
     except ConfigurationError:
         if dict.get(app.tasks, name) is None:
             raise
