@@ -220,3 +220,14 @@ def test_retries_count_attempts_and_errors_and_send_signals(
         ("finished", "FAILED"),
         ("finished", "SUCCESSFUL"),
     ]  # once per task, at its end
+
+
+def test_eager_mode_runs_django_tasks_inline(use_tasks: UseTasks) -> None:
+    from offload.testing import eager
+
+    backend = use_tasks("memory://")
+    with eager(backend.app):
+        result = tasks.add.enqueue(1, 2)
+        assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 3
+        with pytest.raises(KeyError, match="inline"):
+            tasks.fail.enqueue("inline")
