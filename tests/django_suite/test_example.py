@@ -30,3 +30,25 @@ def test_an_order_and_its_job_commit_together(pg_store: str, use_tasks: UseTasks
     assert placed.status_code == 202
     run_worker(pg_store, postgres=True)
     assert client.get(f"/result/{placed.json()['id']}").json()["value"] == 2
+
+
+def test_offload_worker_runs_until_sigterm(sqlite_url: str, use_tasks: UseTasks) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from shop import tasks
+
+    from tests.django_suite.conftest import EXAMPLE
+    from tests.procs import child_env, stop
+
+    backend = use_tasks(sqlite_url)
+    env = {**child_env(), "EXAMPLE_OFFLOAD_URL": sqlite_url}
+    cmd = [sys.executable, "manage.py", "offload_worker", "--concurrency", "2"]
+    worker = subprocess.Popen(cmd, cwd=EXAMPLE, env=env, text=True)
+    try:
+        result = tasks.add.enqueue(20, 22)
+        assert backend.app.get_job(result.id).result(timeout=30) == 42  # waits on the store
+        assert tasks.add.get_result(result.id).return_value == 42
+    finally:
+        assert stop(worker, signal.SIGTERM) == 0  # drained and exited cleanly
