@@ -162,6 +162,14 @@ def test_bad_options_are_named(use_tasks: UseTasks) -> None:
 
     with pytest.raises(ImproperlyConfigured, match="unknown OPTIONS \\['urll'\\]"):
         use_tasks("memory://", urll="memory://")
+    with pytest.raises(ImproperlyConfigured, match="max_attempts"):
+        use_tasks("memory://", max_attempts=0)
+    with pytest.raises(ImproperlyConfigured, match="retry"):
+        use_tasks("memory://", retry=5)
+    with pytest.raises(ImproperlyConfigured, match="'nope' is not in DATABASES"):
+        use_tasks("memory://", database="nope")
+    with pytest.raises(ImproperlyConfigured, match="'url' or 'app'"):
+        use_tasks("memory://", app="x:y")
 
 
 def test_offload_tasks_enqueue_on_djangos_connection(pg_store: str, use_tasks: UseTasks) -> None:

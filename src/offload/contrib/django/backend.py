@@ -25,6 +25,7 @@ import importlib
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
@@ -65,15 +66,13 @@ class OffloadBackend(BaseTaskBackend):  # type: ignore[misc]
             raise ImproperlyConfigured(
                 f"TASKS[{alias!r}]: unknown OPTIONS {sorted(unknown)}; known: {sorted(_OPTIONS)}"
             )
-        self.app = _app_from(alias, self.options)
-        if not isinstance(self.app.tasks, ResolvingTasks):
-            self.app.tasks = ResolvingTasks(self.app.tasks, self.app)
-        self.max_attempts = int(self.options.get("max_attempts", 1))
-        self.retry: Backoff | None = self.options.get("retry")
-        self.database: str | None = self.options.get("database")
+        self.max_attempts, self.retry, self.database = _checked(alias, self.options)
         self.enqueue_on_commit = bool(self.options.get("enqueue_on_commit", False))
         if self.enqueue_on_commit and self.database is None:
             self.database = DEFAULT_DB_ALIAS
+        self.app = _app_from(alias, self.options)
+        if not isinstance(self.app.tasks, ResolvingTasks):
+            self.app.tasks = ResolvingTasks(self.app.tasks, self.app)
         # Results are read back from the job store: a store-less broker has none.
         self.supports_get_result = self.app.backend.capabilities.results
 
@@ -150,6 +149,23 @@ class OffloadBackend(BaseTaskBackend):  # type: ignore[misc]
         if rec is None or task is None:
             raise TaskResultDoesNotExist(result_id)
         return to_result(task, rec, self.alias)
+
+
+def _checked(alias: str, options: dict[str, Any]) -> tuple[int, Backoff | None, str | None]:
+    """``max_attempts``, ``retry`` and ``database``, or ImproperlyConfigured naming the bad one."""
+    attempts, retry, database = (
+        options.get("max_attempts", 1),
+        options.get("retry"),
+        options.get("database"),
+    )
+    where = f"TASKS[{alias!r}]['OPTIONS']"
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise ImproperlyConfigured(f"{where}: max_attempts must be an integer >= 1")
+    if retry is not None and not callable(getattr(retry, "delay_s", None)):
+        raise ImproperlyConfigured(f"{where}: retry must be a policy of offload.backoff")
+    if database is not None and database not in settings.DATABASES:
+        raise ImproperlyConfigured(f"{where}: database {database!r} is not in DATABASES")
+    return attempts, retry, database
 
 
 def _app_from(alias: str, options: dict[str, Any]) -> App:
