@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import click
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from offload.cli.context import load_app
@@ -35,9 +37,15 @@ class Command(BaseCommand):
         logging.basicConfig(level=logging.WARNING if opts["verbosity"] < 2 else logging.INFO)
         queues = opts["queues"]
         if opts["app"]:
-            app = load_app(opts["app"], None)
+            try:
+                app = load_app(opts["app"], None)
+            except click.ClickException as exc:
+                raise CommandError(exc.format_message()) from None
         else:
-            backend = task_backends()[opts["backend"]]
+            try:
+                backend = task_backends()[opts["backend"]]
+            except ImproperlyConfigured as exc:  # no such alias, or its OPTIONS are wrong
+                raise CommandError(str(exc)) from None
             if not isinstance(backend, OffloadBackend):
                 raise CommandError(f"TASKS[{opts['backend']!r}] is not an OffloadBackend")
             app = backend.app
