@@ -239,3 +239,15 @@ def test_eager_mode_runs_django_tasks_inline(use_tasks: UseTasks) -> None:
         assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 3
         with pytest.raises(KeyError, match="inline"):
             tasks.fail.enqueue("inline")
+
+
+def test_error_class_paths() -> None:
+    from offload.contrib.django.results import error_class_path
+
+    tb = "KeyError: 'x'\nTraceback (most recent call last):\n  ...\nKeyError: 'x'\n"
+    assert error_class_path(tb) == "builtins.KeyError"
+    assert error_class_path("E: m\nTraceback\nshop.errors.Declined: no") == "shop.errors.Declined"
+    cut = "ValueError: big\nTraceback (most recent call last):\n  ...\n...[truncated]"
+    assert error_class_path(cut) == "builtins.ValueError"
+    assert error_class_path("lease expired (worker lost)") == "builtins.Exception"
+    assert error_class_path("") == "builtins.Exception"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,9 @@ class Payload(msgspec.Struct, frozen=True):
     kwargs: dict[str, Any]
 
 
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
 def when(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
 
@@ -37,14 +41,16 @@ def error_class_path(error: str) -> str:
     """The dotted path of the exception class an attempt's error text names.
 
     offload records ``Type: message`` then the traceback, whose last line is the exception as
-    Python prints it: ``module.Class: message``, without a module for builtins.
+    Python prints it: ``module.Class: message``, without a module for builtins. A traceback cut
+    short, or an error offload wrote itself (``lease expired (worker lost)``), names no class
+    there: then the first line's type, else ``Exception``.
     """
     lines = [line for line in error.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else error
-    name = last.split(":", 1)[0].strip()
-    if not name or " " in name:
-        return "builtins.Exception"
-    return name if "." in name else f"builtins.{name}"
+    for line in (lines[-1], lines[0]) if lines else ():
+        name = line.split(":", 1)[0].strip()
+        if _DOTTED.match(name):
+            return name if "." in name else f"builtins.{name}"
+    return "builtins.Exception"
 
 
 def worker_ids(rec: JobRecord) -> list[str]:
