@@ -33,6 +33,8 @@ async def test_enqueue_wait_and_queue_full(example: ModuleType, sqlite_url: str)
     client = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
     async with api.router.lifespan_context(api), client:
         params: dict[str, str | float] = {"image": "cat.jpg", "width": 64, "wait": 0.05}
+        too_long = await client.post("/thumbnails", params={**params, "wait": 3600})
+        assert too_long.status_code == 422  # a request holds its connection 30 s at most
         first = await client.post("/thumbnails", params=params)  # no worker yet: 202
         assert first.status_code == 202 and first.json()["state"] == "queued"
         assert (await client.post("/thumbnails", params=params)).status_code == 202

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 import offload
@@ -36,7 +36,7 @@ Jobs = Annotated[offload.App, Depends(integration.dependency)]
 
 @api.post("/thumbnails", response_model=None)
 async def make_thumbnail(
-    image: str, width: int, wait: float = 2.0
+    image: str, width: int, wait: Annotated[float, Query(ge=0, le=30)] = 2.0
 ) -> dict[str, str] | JSONResponse:
     try:
         job = await thumbnail.aenqueue(image, width)
