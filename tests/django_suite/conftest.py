@@ -24,6 +24,11 @@ from tests.services import (
     POSTGRES_HOST,
     POSTGRES_PORT,
     POSTGRES_URL,
+    REDIS_HOST,
+    REDIS_PORT,
+    REDIS_URL,
+    delete_redis_prefix,
+    drop_postgres_schema,
     require_port,
     unique_name,
 )
@@ -63,13 +68,19 @@ if not settings.configured:
 UseTasks = Callable[..., Any]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An offload URL of the test's own: an SQLite file, or a PostgreSQL schema."""
+    """An offload URL of the test's own: an SQLite file, a PostgreSQL schema, or a Redis key
+    prefix (the Django 6 run, ``make test-django6``, leaves Redis to this one)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    yield from _postgres_store()
+    elif request.param == "postgres":
+        yield from _postgres_store()
+    else:
+        require_port("Redis", REDIS_HOST, REDIS_PORT)
+        prefix = unique_name("dj")
+        yield f"{REDIS_URL}?prefix={prefix}"
+        delete_redis_prefix(prefix)
 
 
 @pytest.fixture
@@ -81,11 +92,10 @@ def pg_store() -> Iterator[str]:
 def _postgres_store() -> Iterator[str]:
     require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
     schema = unique_name("dj")
-    yield f"{POSTGRES_URL}?schema={schema}&auto_migrate=true"
-    import psycopg
-
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    try:
+        yield f"{POSTGRES_URL}?schema={schema}&auto_migrate=true"
+    finally:
+        drop_postgres_schema(schema)
 
 
 @pytest.fixture
