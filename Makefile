@@ -5,6 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint typecheck pytest chaos mutate bench bench-quick drain clean
+.PHONY: venv312 test-django6
+
+# Django 6 (django.tasks) needs Python >= 3.12: a second venv for its tests (make test-django6).
+PYTHON312 ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+VENV312   := .venv312
+STAMP312  := $(VENV312)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +20,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(STAMP312): pyproject.toml
+	$(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install --quiet -e '.[django,postgres]' pytest pytest-timeout pytest-asyncio
+	touch $(STAMP312)
+
+venv312: $(STAMP312)
+
 ## The demo: a few thousand jobs on SQLite with a progress bar, then the HTTP service.
 run: install
 	$(PY) examples/demo.py
 
-## ruff, mypy (strict) and the whole test suite.
-test: lint typecheck pytest
+## ruff, mypy (strict), the Django 6 road in its Python 3.12 venv, and the whole test suite.
+test: lint typecheck test-django6 pytest
+
+## tests/django_suite on Django 6 (django.tasks); the main suite runs it on the backport.
+## (Which engine stores the jobs does not depend on Django's version: Redis runs in the main one.)
+test-django6: venv312
+	$(VENV312)/bin/python -m pytest -p no:cacheprovider tests/django_suite -k "not redis"
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples reliability
@@ -55,4 +73,4 @@ bench-quick: install
 	$(PY) benchmarks/compare.py --quick
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache examples/demo.db* benchmarks/.drain.db*
+	rm -rf $(VENV) $(VENV312) .mypy_cache .ruff_cache .pytest_cache examples/demo.db* benchmarks/.drain.db*

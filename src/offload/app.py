@@ -79,6 +79,15 @@ class App:
         self._given_backend = None
         self._backend = self._build_backend()
 
+    def use_backend(self, backend: Backend) -> None:
+        """Point the app at a backend instance, shared as given (tests: ``offload.testing``'s
+        in-memory and eager backends). Only before first use, as ``use_url``."""
+        if self._home is not None:
+            raise UsageError("the backend cannot change once the app is in use; close it first")
+        self.url = backend.url
+        self._given_backend = backend
+        self._backend = backend
+
     @property
     def backend(self) -> Backend:
         return self._backend

@@ -5,6 +5,9 @@
 - :mod:`offload.testing.conformance`: :class:`BackendConformance`, the contract of the Backend
   protocol as pytest tests, split by area. Importing the name from here loads it (and pytest)
   on first use.
+- For your app's unit tests: :func:`eager` (jobs run inline, errors raised), :func:`in_memory`,
+  :class:`JobRecorder` (``assert_enqueued``) and the pytest plugin
+  :mod:`offload.testing.plugin` (``offload_app``, ``offload_jobs``); see docs/testing.md.
 - :mod:`offload.testing.machine`: a hypothesis state machine that checks a backend against a
   model of the job states (needs hypothesis and pytest).
 """
@@ -29,6 +32,8 @@ from offload.testing.helpers import (
     new_job,
     require,
 )
+from offload.testing.modes import eager, in_memory
+from offload.testing.recorder import JobRecorder
 
 if TYPE_CHECKING:
     from offload.testing.conformance import BackendConformance
@@ -39,12 +44,15 @@ __all__ = [
     "QUEUE",
     "SHORT_LEASE_S",
     "BackendConformance",
+    "JobRecorder",
     "MakeBackend",
     "claim_ids",
     "claim_one",
     "claim_request",
     "drain_order",
+    "eager",
     "finish",
+    "in_memory",
     "lease_of",
     "must_get",
     "new_job",

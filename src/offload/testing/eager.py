@@ -1,0 +1,98 @@
+"""Eager mode for unit tests: each job runs inline when it is enqueued, its error raised.
+
+``EagerBackend`` is the in-memory backend that, on ``enqueue``, runs every new job at once
+(a delay or ``run_at`` is ignored, as Celery's eager mode ignores a countdown): the task's
+exception propagates to the caller of ``enqueue``/``aenqueue`` (the job ends ``dead`` with
+it), and a job that succeeded comes back ``succeeded`` with its result, so ``job.result()``
+returns at once. Jobs a task enqueues run inline too. Sync tasks run in a thread, async ones
+on the caller's loop. The app's ``before_run``/``after_run`` hooks run; there is no retry
+(a task's ``Retry`` is raised like any error), and ``offload.Cancel`` cancels the job.
+
+Use it through :func:`offload.testing.eager` (or the pytest plugin's ``offload_eager`` marker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from offload.backends.memory import MemoryBackend
+from offload.context import CURRENT, JobContext
+from offload.control import Cancel
+from offload.errors import describe
+from offload.job import ClaimRequest, JobRecord, JobState, NewJob
+from offload.outcome import Cancelled, Dead, Outcome, Succeeded
+
+if TYPE_CHECKING:
+    from offload.app import App
+
+EAGER_WORKER = "eager"
+_LEASE_S = 3600.0  # an inline attempt holds its job until it returns
+
+
+class EagerBackend(MemoryBackend):
+    """The memory backend, running each enqueued job inline (see the module's doc)."""
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self.app = app
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        now = [msgspec.structs.replace(j, delay_s=0.0, run_at=None) for j in jobs]
+        records = await super().enqueue(now, limits=limits)
+        for rec in {r.id: r for r in records}.values():
+            if rec.state is JobState.QUEUED:
+                await self._run(rec)
+        return [await self.get(r.id) or r for r in records]
+
+    async def _run(self, rec: JobRecord) -> None:
+        req = ClaimRequest(
+            queues=(rec.queue,),
+            limit=1,
+            worker_id=EAGER_WORKER,
+            lease_s=_LEASE_S,
+            job_ids=(rec.id,),
+        )
+        claimed = await self.claim(req)
+        if not claimed:
+            return  # its queue is paused: it waits, as it would for a worker
+        job = claimed[0]
+        lease = job.lease
+        assert lease is not None
+        hooks = self.app.hooks
+        hooks.starting(job)
+        started = time.monotonic()
+        outcome: Outcome
+        token = CURRENT.set(JobContext(job, EAGER_WORKER))
+        try:
+            value = await self._call(job)
+            outcome = Succeeded(result=None if value is None else msgspec.json.encode(value))
+        except Cancel as exc:
+            outcome = Cancelled(reason=exc.reason)
+        except BaseException as exc:
+            outcome = Dead(error=describe(exc))
+            await self._end(job, outcome, started)
+            raise
+        finally:
+            CURRENT.reset(token)
+        await self._end(job, outcome, started)
+
+    async def _call(self, job: JobRecord) -> Any:
+        task = self.app.get_task(job.task)
+        decoded = task.decode_args(job.args)
+        if task.is_async:
+            return await task.call_with(decoded)
+        # A thread, so that a sync task's own sync enqueue reaches this loop without deadlock;
+        # to_thread carries the job's context (current_job()) along.
+        return await asyncio.to_thread(task.call_with, decoded)
+
+    async def _end(self, job: JobRecord, outcome: Outcome, started: float) -> None:
+        assert job.lease is not None
+        await self.complete([(job.lease, outcome)])
+        self.app.hooks.ended(job, outcome, time.monotonic() - started)
