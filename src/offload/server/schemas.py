@@ -65,6 +65,9 @@ class JobOut(msgspec.Struct, kw_only=True):
     errors: list[AttemptErrorOut] = msgspec.field(default_factory=list)
     unreadable: list[str] = msgspec.field(default_factory=list)
     """Fields stored in a form that cannot be shown (not JSON, or nested too deep): null here."""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    progress: Any = None
+    """The last progress the job reported: ``{"value": 0.4, "note": "..."}``, or null."""
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -150,7 +153,9 @@ def _json_or_none(raw: bytes | None) -> Any:
 
 def job_out(r: JobRecord) -> JobOut:
     args, result = _json_or_none(r.args), _json_or_none(r.result)
-    unreadable = [n for n, v in (("args", args), ("result", result)) if v is _UNREADABLE]
+    progress = _json_or_none(r.progress)
+    shown = (("args", args), ("result", result), ("progress", progress))
+    unreadable = [n for n, v in shown if v is _UNREADABLE]
     return JobOut(
         id=r.id,
         task=r.task,
@@ -173,6 +178,8 @@ def job_out(r: JobRecord) -> JobOut:
             for e in r.errors
         ],
         unreadable=unreadable,
+        headers=r.headers,
+        progress=None if progress is _UNREADABLE else progress,
     )
 
 
