@@ -49,7 +49,7 @@ class JobContext:
     ``headers`` are the job's headers as enqueued (read them, do not change them).
     """
 
-    __slots__ = ("_deadline", "_lease", "_stopped", "_writer", "record", "worker_id")
+    __slots__ = ("_deadline", "_lease", "_stopped", "_writer", "exception", "record", "worker_id")
 
     def __init__(
         self,
@@ -65,6 +65,9 @@ class JobContext:
         self._deadline: float | None = None  # time.monotonic() when the timeout passes
         self._writer = writer  # where progress goes (None: a context built outside a worker)
         self._lease = lease
+        # What the task raised, when the attempt failed by an exception: set before the
+        # after_run/on_retry/on_dead hooks run, for hooks that report it (Sentry).
+        self.exception: BaseException | None = None
 
     @property
     def id(self) -> str:
