@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import offload
 from offload.headers import MAX_HEADERS, MAX_TOTAL_CHARS, MAX_VALUE_CHARS, check_headers
 from offload.hooks import Hook
 from offload.job import NewJob
+from offload.server import create_service
 from offload.worker import Worker, WorkerConfig
 
 
@@ -29,6 +32,7 @@ class Stamp(Hook):
     [
         {"": "v"},
         {"has space": "v"},
+        {"new\n": "v"},
         {"x" * 65: "v"},
         {"k": "v" * (MAX_VALUE_CHARS + 1)},
         {"k": 1},
@@ -84,3 +88,23 @@ async def test_a_hook_that_overfills_the_headers_stores_nothing() -> None:
         with pytest.raises(offload.ValidationError, match="headers hold"):
             await t.aenqueue()
         assert await app.call(lambda b: b.counts()) == {}
+
+
+async def test_headers_over_http(tmp_path: Path) -> None:
+    app = offload.App(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+    @app.task(name="t", expose=True)
+    def t() -> None: ...
+
+    service = create_service(app)
+    async with service.router.lifespan_context(service):
+        transport = httpx.ASGITransport(app=service)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            r = await client.post("/v1/jobs", json={"task": "t", "headers": {"request-id": "r1"}})
+            assert r.status_code == 202 and r.json()["headers"] == {"request-id": "r1"}
+            got = await client.get(f"/v1/jobs/{r.json()['id']}")
+            assert got.json()["headers"] == {"request-id": "r1"}
+            for bad in ({"bad name": "v"}, {"k": "v" * (MAX_VALUE_CHARS + 1)}, {"k": 1}):
+                r = await client.post("/v1/jobs", json={"task": "t", "headers": bad})
+                assert r.status_code in (400, 422), r.text
+            assert len((await client.get("/v1/jobs")).json()["jobs"]) == 1

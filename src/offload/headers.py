@@ -20,7 +20,8 @@ MAX_VALUE_CHARS = 1024
 MAX_TOTAL_CHARS = 4096  # names and values together: a W3C traceparent is 55, tracestate <= 512
 
 # Names as HTTP field names (RFC 9110 tokens), so they can cross any carrier unchanged.
-_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+HEADER_NAME_PATTERN = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
+_NAME = re.compile(HEADER_NAME_PATTERN)
 
 
 def check_headers(headers: object) -> dict[str, str]:
@@ -31,8 +32,7 @@ def check_headers(headers: object) -> dict[str, str]:
         raise ValidationError(f"at most {MAX_HEADERS} headers", argument="headers")
     total = 0
     for name, value in headers.items():
-        good_name = isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and _NAME.match(name)
-        if not good_name:
+        if not (isinstance(name, str) and len(name) <= MAX_NAME_CHARS and _NAME.fullmatch(name)):
             raise ValidationError(
                 f"header name {name!r} must be 1-{MAX_NAME_CHARS} token characters "
                 "(letters, digits, !#$%&'*+-.^_`|~)",
