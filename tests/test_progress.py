@@ -5,6 +5,8 @@ while the job runs."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,3 +145,25 @@ def test_bad_progress_is_a_validation_error(value: Any) -> None:
 def test_small_json_values_are_progress_too() -> None:
     assert encode_progress({"rows": 1200, "of": 5000}) == b'{"value":{"rows":1200,"of":5000}}'
     assert encode_progress(0, note="starting") == b'{"value":0,"note":"starting"}'
+
+
+async def test_a_backend_without_progress_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NoProgress(MemoryBackend):
+        capabilities = dataclasses.replace(MemoryBackend.capabilities, progress=False)
+
+    app = offload.App(backend=NoProgress())
+
+    @app.task(name="chatty")
+    def chatty() -> None:
+        for i in range(100):
+            offload.current_job().progress(i / 100)
+
+    async with app:
+        job = await chatty.aenqueue()
+        with caplog.at_level(logging.WARNING, logger="offload.worker"):
+            await Worker(app, WorkerConfig(burst=True, poll_s=0.05)).run()
+        assert (await job.arefresh()).state is offload.JobState.SUCCEEDED
+    dropped = [r for r in caplog.records if "progress reports are dropped" in r.getMessage()]
+    assert len(dropped) == 1, caplog.text

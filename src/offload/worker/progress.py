@@ -40,13 +40,17 @@ class ProgressWriter:
         self._backend: Backend | None = None  # set by run(): the worker's open backend
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refused = False
+        self._told = False
         self._errors = FailureLog(log, "writing progress")
         self.writes = 0  # set_progress calls made (for tests)
 
     def report(self, lease: Lease, value: bytes) -> None:
         """Remember ``value`` as the job's latest progress; it is written within an interval."""
         loop = self._loop
-        if self._refused or loop is None:
+        if self._refused:
+            self._refuse(None)
+            return
+        if loop is None:
             return
         with self._lock:
             first = not self._pending
@@ -70,6 +74,14 @@ class ProgressWriter:
     async def write_final(self, lease: Lease, value: bytes) -> None:
         await self._write([(lease, value)])
 
+    def _refuse(self, exc: CapabilityUnavailable | None) -> None:
+        """Say once that progress is dropped (a task may report thousands of times)."""
+        if self._told:
+            return
+        self._told = True
+        why = str(exc) if exc is not None else f"{type(self._backend).__name__} keeps no job state"
+        log.warning("progress reports are dropped: %s", why)
+
     async def run(self, backend: Backend) -> None:
         """Write pending values to ``backend``, at most once per interval, until cancelled."""
         self._backend = backend
@@ -92,7 +104,7 @@ class ProgressWriter:
             await self._backend.set_progress(batch)
         except CapabilityUnavailable as exc:
             self._refused = True
-            log.warning("progress is not stored and will be dropped: %s", exc)
+            self._refuse(exc)
         except BackendUnavailable as exc:
             self._errors.failed(exc)
         else:
