@@ -108,3 +108,12 @@ async def test_headers_over_http(tmp_path: Path) -> None:
                 r = await client.post("/v1/jobs", json={"task": "t", "headers": bad})
                 assert r.status_code in (400, 422), r.text
             assert len((await client.get("/v1/jobs")).json()["jobs"]) == 1
+
+
+async def test_a_hand_made_job_with_bad_headers_is_refused() -> None:
+    app = offload.App("memory://")
+    bad = NewJob(id="j1", task="t", queue="default", args=b"{}", headers={"bad name": "v"})
+    async with app:
+        with pytest.raises(offload.ValidationError):
+            await app.aenqueue_many([bad])
+        assert await app.call(lambda b: b.counts()) == {}

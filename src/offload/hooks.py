@@ -163,14 +163,12 @@ class Hooks:
         log.exception("hook %s failed; ignored%s", name, more)
 
     def enqueueing(self, jobs: Sequence[NewJob]) -> None:
-        """Run ``before_enqueue``; then check the headers the hooks may have added (a job
-        over offload.headers' bounds raises ValidationError: it is not stored)."""
-        if not self.before_enqueue:
-            return
+        """Run ``before_enqueue``; then check the jobs' headers, as the hooks left them (a
+        job over offload.headers' bounds raises ValidationError: nothing is stored)."""
         for fn in self.before_enqueue:
             self._call(fn, jobs)
         for job in jobs:
-            if job.headers:
+            if job.headers:  # most jobs have none: one truth test each
                 check_headers(job.headers)
 
     def enqueued(self, jobs: Sequence[Job]) -> None:
