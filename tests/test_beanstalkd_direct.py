@@ -21,7 +21,7 @@ from offload.backends.beanstalkd.options import CARRIED, tube_of
 from offload.backends.beanstalkd.protocol import Connection
 from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.errors import CapabilityUnavailable, ConfigurationError
-from offload.job import ClaimRequest, JobFilter, JobRecord, NewJob, new_job_id
+from offload.job import ClaimRequest, JobFilter, JobRecord, Lease, NewJob, new_job_id
 from offload.outcome import Dead, RetryAt, Snoozed, Succeeded
 from offload.worker import Worker, WorkerConfig
 from tests.procs import kill_all, ledger_lines, start_worker, stop, wait_for
@@ -148,6 +148,7 @@ async def test_inspection_says_how_to_add_a_store(make: Make) -> None:
         backend.paused_queues(),
         backend.workers(),
         backend.wait_done("x", 0.1),
+        backend.set_progress([(Lease("x", "w", 1), b"0.5")]),
     ]
     for call in calls:
         with pytest.raises(CapabilityUnavailable, match=r"\?store="):
@@ -406,3 +407,12 @@ async def test_a_completion_retried_after_a_failed_put_still_settles(
     assert await tube_count(prefix, "reserved") == 0  # none left held
     (again,) = await claim_until(b, 1)
     assert (again.id, again.attempt) == (retried.id, 2)
+
+
+async def test_headers_travel_in_the_message(make: Make) -> None:
+    backend = await make()
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    plain, tagged = await backend.enqueue([job(), job(headers=headers)])
+    assert (plain.headers, tagged.headers) == ({}, headers)
+    got = {r.id: r.headers for r in await claim_until(backend, 2)}
+    assert got == {plain.id: {}, tagged.id: headers}

@@ -181,6 +181,7 @@ async def test_inspection_says_how_to_add_a_store(make: Make) -> None:
         lambda: backend.paused_queues(),
         lambda: backend.workers(),
         lambda: backend.wait_done("x", 0.1),
+        lambda: backend.set_progress([(Lease("x", "w", 1), b"0.5")]),
     ]
     for call in calls:
         with pytest.raises(CapabilityUnavailable, match=r"\?store=sqlite:///"):
@@ -466,3 +467,12 @@ async def test_workers_survive_repeated_connection_closes_without_a_store(prefix
     assert total_messages(work) == 0  # nothing was held (or handed back) when they stopped
     assert await ready(dead) == 0
     print(f"\nduplicated={sum(ran.values()) - n} after {closes} closes")
+
+
+async def test_headers_travel_in_the_message(make: Make) -> None:
+    backend = await make()
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    plain, tagged = await backend.enqueue([job(), job(headers=headers)])
+    assert (plain.headers, tagged.headers) == ({}, headers)
+    got = {r.id: r.headers for r in await claim_until(backend, 2)}
+    assert got == {plain.id: {}, tagged.id: headers}

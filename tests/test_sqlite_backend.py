@@ -18,6 +18,7 @@ import pytest
 
 from offload.backends import from_url
 from offload.backends.sqlite import SQLiteBackend
+from offload.backends.sqlite.queries import SCHEMA_VERSION
 from offload.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -116,6 +117,26 @@ async def test_claim_by_job_ids_past_the_variable_limit(backends: Factory) -> No
     assert [r.id for r in await b.claim(claim())] == [rest.id]
 
 
+async def test_version_2_file_gains_headers_and_progress(backends: Factory, tmp_path: Path) -> None:
+    b = await backends()
+    (old,) = await b.enqueue([job("qa")])
+    await b.close()
+    raw = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    try:  # what version 2 left: no headers or progress columns
+        raw.execute("ALTER TABLE offload_jobs DROP COLUMN headers")
+        raw.execute("ALTER TABLE offload_jobs DROP COLUMN progress")
+        raw.execute("PRAGMA user_version = 2")
+        b = await backends()
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    finally:
+        raw.close()
+    got = await b.get(old.id)
+    assert got is not None and got.headers == {} and got.progress is None
+    new = NewJob(id=new_job_id(), task="t", queue="qa", args=b"{}", headers={"a": "1"})
+    (rec,) = await b.enqueue([new])
+    assert (await b.get(rec.id)) == rec and rec.headers == {"a": "1"}
+
+
 async def test_version_1_file_is_upgraded_to_keys_scoped_by_queue(
     backends: Factory, tmp_path: Path
 ) -> None:
@@ -132,7 +153,7 @@ async def test_version_1_file_is_upgraded_to_keys_scoped_by_queue(
         raw.execute("PRAGMA user_version = 1")
         b = await backends()
         indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         raw.close()
     assert "offload_jobs_active_key" not in indexes and "offload_jobs_active_queue_key" in indexes

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextvars
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from offload.errors import UsageError
+import msgspec
+
+from offload.errors import UsageError, ValidationError
 
 if TYPE_CHECKING:
-    from offload.job import JobRecord
+    from offload.job import JobRecord, Lease
+    from offload.worker.progress import ProgressWriter
 
 
 class JobInterrupted(BaseException):
@@ -39,20 +42,32 @@ class JobInterrupted(BaseException):
 
 
 class JobContext:
-    """What a running attempt knows about its job. Read-only for the task.
+    """What a running attempt knows about its job. Read-only for the task, apart from
+    :meth:`progress`.
 
-    ``enqueued_at`` is the job's ``created_at`` (epoch seconds, the backend's clock).
-    Jobs carry no headers yet, so there is no ``headers`` field.
+    ``enqueued_at`` is the job's ``created_at`` (epoch seconds, the backend's clock);
+    ``headers`` are the job's headers as enqueued (read them, do not change them).
     """
 
-    __slots__ = ("_deadline", "_stopped", "record", "worker_id")
+    __slots__ = ("_deadline", "_lease", "_stopped", "_writer", "exception", "record", "worker_id")
 
-    def __init__(self, record: JobRecord, worker_id: str) -> None:
+    def __init__(
+        self,
+        record: JobRecord,
+        worker_id: str,
+        writer: ProgressWriter | None = None,
+        lease: Lease | None = None,
+    ) -> None:
         # Built once per attempt on the worker's hot path: the fields below read the record.
         self.record = record
         self.worker_id = worker_id
         self._stopped: str | None = None
         self._deadline: float | None = None  # time.monotonic() when the timeout passes
+        self._writer = writer  # where progress goes (None: a context built outside a worker)
+        self._lease = lease
+        # What the task raised, when the attempt failed by an exception: set before the
+        # after_run/on_retry/on_dead hooks run, for hooks that report it (Sentry).
+        self.exception: BaseException | None = None
 
     @property
     def id(self) -> str:
@@ -85,6 +100,24 @@ class JobContext:
     @property
     def key(self) -> str | None:
         return self.record.key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.record.headers
+
+    def progress(self, value: Any, note: str | None = None) -> None:
+        """Report how far the attempt has got: a fraction from 0 to 1 (``0.4``) or another
+        small JSON value (``{"rows": 1200, "of": 5000}``), and an optional ``note``.
+
+        Cheap to call often: the worker keeps the latest value and writes it at most once a
+        second per job, and once more when the attempt ends; it is shown by
+        ``GET /v1/jobs/{id}`` (``progress``), ``offload jobs show`` and the dashboard.
+        Raises :class:`offload.ValidationError` for a value that is not JSON, a number
+        outside 0..1, or a report over ``MAX_PROGRESS_BYTES``.
+        """
+        data = encode_progress(value, note)
+        if self._writer is not None and self._lease is not None:
+            self._writer.report(self._lease, data)
 
     def __repr__(self) -> str:
         return f"<JobContext {self.task} id={self.id} attempt={self.attempt}/{self.max_attempts}>"
@@ -123,6 +156,30 @@ class JobContext:
         """Ask the attempt to stop (from the worker's loop; read from the task's thread)."""
         if self._stopped is None:
             self._stopped = reason
+
+
+MAX_PROGRESS_BYTES = 2048  # a progress report is a status line, not a result
+MAX_NOTE_CHARS = 500
+
+
+def encode_progress(value: Any, note: str | None = None) -> bytes:
+    """The stored form of one progress report: ``{"value": ..., "note": ...}`` as JSON."""
+    if isinstance(value, bool) or (
+        isinstance(value, int | float) and not (0.0 <= value <= 1.0)  # NaN fails this too
+    ):
+        raise ValidationError(f"progress {value!r} must be a fraction from 0 to 1")
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
+        raise ValidationError(f"a progress note must be a string of at most {MAX_NOTE_CHARS}")
+    body: dict[str, Any] = {"value": value}
+    if note is not None:
+        body["note"] = note
+    try:
+        data = msgspec.json.encode(body)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValidationError(f"progress must be JSON-serialisable: {exc}") from None
+    if len(data) > MAX_PROGRESS_BYTES:
+        raise ValidationError(f"a progress report is at most {MAX_PROGRESS_BYTES} bytes of JSON")
+    return data
 
 
 CURRENT: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

@@ -19,7 +19,9 @@ Where each event runs:
 
 - ``before_enqueue(jobs)`` / ``after_enqueue(jobs)``: in the caller of ``task.enqueue``,
   ``task.aenqueue`` or ``app.enqueue_many`` (its thread and its context variables), around one
-  backend call; ``after_enqueue`` only when the jobs were stored.
+  backend call; ``after_enqueue`` only when the jobs were stored. ``before_enqueue`` may add
+  to each job's ``headers`` in place (the trace context does); the result must stay within
+  :mod:`offload.headers`' bounds, or the enqueue raises ``ValidationError``.
 - ``before_run(job)``: on the worker's event loop, in the job's own context, just before the
   attempt starts; :func:`offload.current_job` already answers there, and context variables it
   sets are seen by the task (a sync task's thread too).
@@ -43,6 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from offload.headers import check_headers
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
 
 if TYPE_CHECKING:
@@ -160,8 +163,13 @@ class Hooks:
         log.exception("hook %s failed; ignored%s", name, more)
 
     def enqueueing(self, jobs: Sequence[NewJob]) -> None:
+        """Run ``before_enqueue``; then check the jobs' headers, as the hooks left them (a
+        job over offload.headers' bounds raises ValidationError: nothing is stored)."""
         for fn in self.before_enqueue:
             self._call(fn, jobs)
+        for job in jobs:
+            if job.headers:  # most jobs have none: one truth test each
+                check_headers(job.headers)
 
     def enqueued(self, jobs: Sequence[Job]) -> None:
         for fn in self.after_enqueue:

@@ -78,6 +78,9 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     delay_s: float = 0.0
     run_at: float | None = None
     key: str | None = None
+    # Small text metadata carried with the job (trace context, request ids); see
+    # offload.headers for the bounds. Hooks' before_enqueue may add to it in place.
+    headers: dict[str, str] = {}
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +113,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     result: bytes | None = None  # JSON of the return value once succeeded
     error: str | None = None  # last error (dead), or reason (cancelled)
     errors: tuple[AttemptError, ...] = ()
+    headers: dict[str, str] = {}  # as enqueued (offload.headers)
+    progress: bytes | None = None  # JSON of the last progress a running attempt reported
 
     @property
     def lease(self) -> Lease | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -20,6 +20,7 @@ import msgspec
 
 from offload.backoff import Backoff, ExponentialBackoff
 from offload.errors import ConfigurationError, ValidationError
+from offload.headers import check_headers
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, NewJob, new_job_id
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class EnqueueOptions:
     key: str | None = None
     max_attempts: int | None = None
     connection: Any = None  # a caller's DB connection, for transactional enqueue
+    headers: Mapping[str, str] | None = None  # offload.headers: small metadata for the job
 
     def __post_init__(self) -> None:
         if self.delay is not None and (not isinstance(self.delay, int | float) or self.delay < 0):
@@ -61,6 +63,8 @@ class EnqueueOptions:
             )
         if self.max_attempts is not None:
             check_attempts(self.max_attempts)
+        if self.headers is not None:
+            check_headers(self.headers)
 
     def run_at_epoch(self) -> float | None:
         if isinstance(self.run_at, datetime):
@@ -226,7 +230,8 @@ class Task(Generic[P, R]):
 
     def options(self, **options: Any) -> BoundTask[P, R]:
         """Per-call options: ``delay``, ``run_at``, ``priority``, ``queue``, ``key``,
-        ``max_attempts``, ``connection``. They never mix with the task's own arguments."""
+        ``max_attempts``, ``connection``, ``headers``. They never mix with the task's own
+        arguments."""
         try:
             opts = EnqueueOptions(**options)
         except TypeError as exc:
@@ -272,6 +277,7 @@ class BoundTask(Generic[P, R]):
             delay_s=float(o.delay or 0.0),
             run_at=o.run_at_epoch(),
             key=o.key,
+            headers=dict(o.headers) if o.headers else {},
         )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:

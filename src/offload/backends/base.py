@@ -48,6 +48,7 @@ class Capabilities:
     results: bool = True  # results stored and readable
     pause: bool = True  # queues can be paused
     cross_process: bool = True  # producers and workers may live in different processes
+    progress: bool = True  # set_progress stores a running job's progress
 
 
 @runtime_checkable
@@ -104,6 +105,17 @@ class Backend(Protocol):
 
         A job not in the result has been lost (expired and re-claimed, cancelled, deleted):
         its worker should stop it and drop its outcome.
+        """
+        ...
+
+    async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+        """Store each running job's progress (a JSON document, replacing the last one) while
+        its lease holds; return the ids written. One round trip for the batch.
+
+        An entry whose lease no longer holds (expired and re-claimed, cancelled, finished) is
+        a no-op, never an error. Progress stays on the job after it ends (the last value a
+        running attempt reported) and is read back as ``JobRecord.progress``. A backend that
+        keeps no job state raises :class:`offload.CapabilityUnavailable`.
         """
         ...
 

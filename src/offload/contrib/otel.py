@@ -5,13 +5,18 @@ SDK and exporter of your choice).
 (``messaging.system`` = ``offload``):
 
 - a ``create <queue>`` span (kind PRODUCER) for each job enqueued, in the caller's trace,
-  carrying the job's id;
+  carrying the job's id; its context is injected into the job's headers (``traceparent``,
+  ``tracestate``: the global propagator, W3C Trace Context by default), so it travels with the
+  job through any backend, to a worker in another process or on another machine;
 - a ``process <queue>`` span (kind CONSUMER) around each attempt, current while the task runs
-  (async or sync), so the task's own spans and outgoing calls nest under it. Its status is
-  ERROR for a failed attempt (``RetryAt``, ``Dead``) and for an attempt whose lease was lost.
+  (async or sync), so the task's own spans and outgoing calls nest under it. It is a child of
+  the job's ``create`` span and links to it (the creation context, as the conventions ask),
+  so one trace runs from the request that enqueued the job to the work it did, retries
+  included. Its status is ERROR for a failed attempt (``RetryAt``, ``Dead``) and for an
+  attempt whose lease was lost.
 
-The consumer span is not yet linked to the producer's: that needs the trace context carried
-in the job's headers, and jobs have no headers yet (the Backend protocol would carry them).
+A job enqueued without this hook (or by a producer without tracing) has no trace context in
+its headers: its ``process`` span starts a new trace.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from offload.outcome import Dead, Outcome, RetryAt, outcome_name
 
 try:
     from opentelemetry import context as otel_context
-    from opentelemetry import trace
+    from opentelemetry import propagate, trace
 except ImportError:  # pragma: no cover - depends on what is installed
     raise MissingDependency("OpenTelemetry tracing", "otel") from None
 
@@ -63,11 +68,18 @@ class TracingHook(Hook):
                     "offload.task": job.task,
                 },
             )
+            # The producer's context, into the job's headers (checked for size after the hooks).
+            propagate.inject(job.headers, context=trace.set_span_in_context(span))
             span.end()
 
     def before_run(self, job: JobRecord) -> None:
+        created = propagate.extract(job.headers) if job.headers else None
+        creation = trace.get_current_span(created).get_span_context() if created else None
+        links = [trace.Link(creation)] if creation is not None and creation.is_valid else None
         span = self._tracer.start_span(
             f"process {job.queue}",
+            context=created,
+            links=links,
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "messaging.system": SYSTEM,

@@ -79,6 +79,7 @@ class Api:
             priority=req.priority,
             max_attempts=req.max_attempts,
             key=key,
+            headers=req.headers,
         )
         new = bound.prepare_json(args)
         record = await self.state.batcher.enqueue(new)

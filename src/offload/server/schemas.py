@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from offload.headers import HEADER_NAME_PATTERN, MAX_NAME_CHARS
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, JobRecord, JobState, WorkerInfo
 from offload.server.jsonlimits import too_deep
 
@@ -21,6 +22,18 @@ MAX_DELAY_S = 10 * 365 * 24 * 3600.0  # ten years: anything later is a mistake, 
 NAME_PATTERN = r"^[A-Za-z0-9_.:<>\-]{1,200}$"  # the same rule as offload.task.check_name
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN)]
+
+
+# Job headers over HTTP: a subset of offload.headers' bounds that the schema can state
+# exactly (8 x (64 + 400) characters stay under its 4096 in all), so a request the schema
+# allows is never refused for its headers.
+HttpHeaders = Annotated[
+    dict[
+        Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS, pattern=HEADER_NAME_PATTERN)],
+        Annotated[str, Meta(max_length=400)],
+    ],
+    Meta(max_length=8),
+]
 
 
 class EnqueueRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -34,6 +47,7 @@ class EnqueueRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     priority: Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] | None = None
     max_attempts: Annotated[int, Meta(ge=1, le=1000)] | None = None
     key: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
+    headers: HttpHeaders | None = None  # the job's headers (offload.headers)
 
 
 class AttemptErrorOut(msgspec.Struct, kw_only=True):
@@ -65,6 +79,9 @@ class JobOut(msgspec.Struct, kw_only=True):
     errors: list[AttemptErrorOut] = msgspec.field(default_factory=list)
     unreadable: list[str] = msgspec.field(default_factory=list)
     """Fields stored in a form that cannot be shown (not JSON, or nested too deep): null here."""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    progress: Any = None
+    """The last progress the job reported: ``{"value": 0.4, "note": "..."}``, or null."""
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -150,7 +167,9 @@ def _json_or_none(raw: bytes | None) -> Any:
 
 def job_out(r: JobRecord) -> JobOut:
     args, result = _json_or_none(r.args), _json_or_none(r.result)
-    unreadable = [n for n, v in (("args", args), ("result", result)) if v is _UNREADABLE]
+    progress = _json_or_none(r.progress)
+    shown = (("args", args), ("result", result), ("progress", progress))
+    unreadable = [n for n, v in shown if v is _UNREADABLE]
     return JobOut(
         id=r.id,
         task=r.task,
@@ -173,6 +192,8 @@ def job_out(r: JobRecord) -> JobOut:
             for e in r.errors
         ],
         unreadable=unreadable,
+        headers=r.headers,
+        progress=None if progress is _UNREADABLE else progress,
     )
 
 

@@ -61,6 +61,7 @@ async def execute(app: App, job: JobRecord, pool: TaskThreads, ctx: JobContext) 
             return _timed_out(task, job)
         return Snoozed(delay_s=0.0)
     except Exception as exc:
+        ctx.exception = exc  # for hooks that report the exception itself (offload.contrib.sentry)
         return _failed(job, _format_error(exc), task.config.retry.delay_s(job.attempt))
     try:
         return Succeeded(result=None if result is None else msgspec.json.encode(result))

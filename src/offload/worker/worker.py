@@ -35,6 +35,7 @@ from offload.worker.completer import RETRY_MAX_S, Completer
 from offload.worker.errorlog import FailureLog
 from offload.worker.executor import execute
 from offload.worker.maintenance import Maintenance
+from offload.worker.progress import ProgressWriter
 from offload.worker.threads import TaskThreads
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class Worker:
         self.stopped = asyncio.Event()
         self.jobs_done = 0
         self._lost: set[Lease] = set()  # leases the heartbeat found lost: outcomes dropped
+        self._progress = ProgressWriter()  # ctx.progress(...) of running jobs, coalesced
 
     # -- observable state ------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class Worker:
         pool = TaskThreads(asyncio.get_running_loop(), self.config.concurrency, "offload-task")
         completer = Completer(backend, retry_max_s=min(self.config.heartbeat_s, RETRY_MAX_S))
         completer_task = asyncio.create_task(completer.run(), name="offload-completer")
+        progress_task = asyncio.create_task(self._progress.run(backend), name="offload-progress")
         maintenance = Maintenance(self, backend)
         maint_task = asyncio.create_task(maintenance.run(), name="offload-maintenance")
         self.started.set()
@@ -175,6 +178,8 @@ class Worker:
             await self._drain(completer)
         finally:
             await self._cancel_running(completer)
+            progress_task.cancel()
+            await _wait_quietly(progress_task, timeout_s=1.0)
             completer.close()
             await _wait_quietly(completer_task, timeout_s=10.0)
             maintenance.stop()
@@ -251,7 +256,7 @@ class Worker:
 
     def _start(self, job: JobRecord, pool: TaskThreads, completer: Completer) -> None:
         lease = Lease(job_id=job.id, worker_id=self.id, attempt=job.attempt)
-        ctx = JobContext(job, self.id)
+        ctx = JobContext(job, self.id, self._progress, lease)
         task = asyncio.create_task(self._run_job(job, lease, ctx, pool, completer))
         self._running[job.id] = (task, lease, ctx)
 
@@ -270,9 +275,13 @@ class Worker:
         outcome: Outcome | None = None
         try:
             outcome = await execute(self.app, job, pool, ctx)
+            last = self._progress.take(lease)
+            if last is not None:  # before the outcome: once it is applied the lease is gone
+                await self._progress.write_final(lease, last)
         except asyncio.CancelledError:
             # Shutdown past the grace, or the lease was lost: give the job back unless lost.
             outcome = Snoozed(delay_s=0.0)
+            self._progress.take(lease)
             raise
         finally:
             self._running.pop(job.id, None)

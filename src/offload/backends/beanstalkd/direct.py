@@ -83,6 +83,7 @@ class Carried(msgspec.Struct, frozen=True, kw_only=True):
     errors: tuple[AttemptError, ...] = ()
     run_at: float = 0.0  # not before (epoch s, the producer's clock)
     dead: str | None = None  # why it was dead-lettered (a kicked dead job starts afresh)
+    headers: dict[str, str] = {}  # the job's headers, carried as they were enqueued
 
 
 _encode = msgspec.json.Encoder().encode
@@ -172,7 +173,7 @@ class DirectBeanstalkBackend(StoreLess):
             body = Carried(
                 id=j.id, task=j.task, queue=j.queue, args=msgspec.Raw(j.args),
                 priority=j.priority, max_attempts=j.max_attempts, created_at=now,
-                run_at=run_at if run_at > now else 0.0,
+                run_at=run_at if run_at > now else 0.0, headers=j.headers,
             )  # fmt: skip
             out.append(Outgoing(j.queue, _encode(body), pri_of(j.priority), run_at - now))
             recs.append(
@@ -187,6 +188,7 @@ class DirectBeanstalkBackend(StoreLess):
                     max_attempts=j.max_attempts,
                     run_at=max(run_at, now),
                     created_at=now,
+                    headers=dict(j.headers),
                 )
             )
         await self._bs.put(out)
@@ -268,7 +270,7 @@ class DirectBeanstalkBackend(StoreLess):
             id=c.id, task=c.task, queue=c.queue, args=bytes(c.args), state=JobState.RUNNING,
             priority=c.priority, attempt=c.attempt + 1, max_attempts=c.max_attempts,
             run_at=now, created_at=c.created_at, started_at=now, worker_id=req.worker_id,
-            lease_expires_at=now + req.lease_s, errors=c.errors,
+            lease_expires_at=now + req.lease_s, errors=c.errors, headers=c.headers,
         )  # fmt: skip
         assert rec.lease is not None
         self._held[rec.lease] = h

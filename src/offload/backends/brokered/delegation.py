@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from offload.backends.base import Backend
 from offload.backends.brokered.outbox import OUTBOX_QUEUE
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, WorkerInfo
 
 
 class StoreDelegation:
@@ -28,6 +28,10 @@ class StoreDelegation:
 
     async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
         return await self._store.wait_done(job_id, timeout_s)
+
+    async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+        """In the store, which holds the lease the broker's claim took there."""
+        return await self._store.set_progress(updates)
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._store.get(job_id)

@@ -2,10 +2,10 @@
 
 A store-less form (``amqp://`` or ``beanstalk://`` without ``?store=``) carries each job in its
 message: there is no record to read, list, count, cancel, requeue, delete or purge, no place for
-worker reports or pause flags. :class:`StoreLess` declares each of those Backend methods as
-raising :class:`~offload.errors.CapabilityUnavailable` with the broker's own hint (how to add a
-store), so nothing answers silently; worker reports are accepted and dropped, since a worker
-makes them whether or not anyone can read them.
+worker reports, pause flags or progress. :class:`StoreLess` declares each of those Backend
+methods as raising :class:`~offload.errors.CapabilityUnavailable` with the broker's own hint
+(how to add a store), so nothing answers silently; worker reports are accepted and dropped,
+since a worker makes them whether or not anyone can read them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import ClassVar, NoReturn
 
 from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, WorkerInfo
 
 STORE_LESS = Capabilities(
     inspect=False,
@@ -26,6 +26,7 @@ STORE_LESS = Capabilities(
     unique=False,
     results=False,
     pause=False,
+    progress=False,
     cross_process=True,
 )
 """What a store-less broker form offers: delivery, priorities, delays and wake-ups only."""
@@ -38,6 +39,9 @@ class StoreLess:
 
     def _unavailable(self, what: str) -> NoReturn:
         raise CapabilityUnavailable(f"{what} needs a state store: {self.STORE_HINT}")
+
+    async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+        self._unavailable("progress")
 
     async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         """Nowhere to keep it: a no-op (``workers()`` says why)."""

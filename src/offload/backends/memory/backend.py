@@ -167,6 +167,17 @@ class MemoryBackend:
                     held.add(j.id)
         return held
 
+    async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+        st = self.store
+        written: set[str] = set()
+        with st.lock:
+            for lease, progress in updates:
+                j = self._held(lease)
+                if j is not None:
+                    st.jobs[j.id] = msgspec.structs.replace(j, progress=bytes(progress))
+                    written.add(j.id)
+        return written
+
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         st = self.store
         woken: list[Waiter] = []

@@ -268,6 +268,17 @@ class PostgresBackend(Steering):
         )
         return {row[0] for row in rows}
 
+    async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+        if not updates:
+            return set()
+        params = {
+            "ids": [le.job_id for le, _ in updates],
+            "worker_ids": [le.worker_id for le, _ in updates],
+            "attempts": [le.attempt for le, _ in updates],
+            "progress": [bytes(p) for _, p in updates],
+        }
+        return {row[0] for row in await self._rows("set_progress", params)}
+
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         if not results:
             return

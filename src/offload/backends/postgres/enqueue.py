@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import psycopg
 from psycopg.rows import tuple_row
 
@@ -87,6 +88,7 @@ def _params(batch: Sequence[NewJob], channel: str) -> dict[str, Any]:
         "delays": [float(j.delay_s) for j in batch],
         "run_ats": [j.run_at for j in batch],
         "keys": [j.key for j in batch],
+        "headers": [msgspec.json.encode(j.headers).decode() if j.headers else None for j in batch],
         "channel": channel,
     }
 

@@ -23,9 +23,10 @@ from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
 _NOW = "extract(epoch from statement_timestamp())::float8"
 _COLUMNS = (
     "id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, key, "
-    "started_at, finished_at, worker_id, lease_expires_at, result, error, errors, seq"
+    "started_at, finished_at, worker_id, lease_expires_at, result, error, errors, seq, "
+    "headers, progress"
 )
-N_COLUMNS = 19
+N_COLUMNS = 21
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -157,9 +158,18 @@ def decode_row(row: Sequence[Any]) -> JobRecord | None:
             result=bytes(row[15]) if row[15] is not None else None,
             error=row[16],
             errors=decode_errors(row[17]),
+            headers=decode_headers(row[19]),
+            progress=bytes(row[20]) if row[20] is not None else None,
         )
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+_HEADERS = msgspec.json.Decoder(dict[str, str])
+
+
+def decode_headers(raw: str | None) -> dict[str, str]:
+    return _HEADERS.decode(raw) if raw else {}
 
 
 def claim_order(row: Sequence[Any]) -> tuple[int, float, int]:

@@ -90,6 +90,7 @@ class Carried(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0  # attempts begun before this message was published
     errors: tuple[AttemptError, ...] = ()
     run_at: float = 0.0  # not before (epoch s, the publisher's clock): a delay comes back early
+    headers: dict[str, str] = {}  # the job's headers, carried as they were enqueued
 
 
 _encode = msgspec.json.Encoder().encode
@@ -188,7 +189,7 @@ class DirectRabbitMQBackend(StoreLess):
             delay_s = max(run_at - now, 0.0)
             body = Carried(
                 task=j.task, args=msgspec.Raw(j.args), max_attempts=j.max_attempts,
-                created_at=now, run_at=run_at if delay_s > 0 else 0.0,
+                created_at=now, run_at=run_at if delay_s > 0 else 0.0, headers=j.headers,
             )  # fmt: skip
             out.append(Outgoing(j.id, j.queue, j.priority, ms(delay_s), _encode(body)))
             recs.append(
@@ -203,6 +204,7 @@ class DirectRabbitMQBackend(StoreLess):
                     max_attempts=j.max_attempts,
                     run_at=max(run_at, now),
                     created_at=now,
+                    headers=dict(j.headers),
                 )
             )
         await self._broker.publish(out)
@@ -384,7 +386,7 @@ def _running(d: Delivery, c: Carried, req: ClaimRequest, now: float) -> JobRecor
         id=d.job_id, task=c.task, queue=d.queue, args=bytes(c.args), state=JobState.RUNNING,
         priority=d.priority, attempt=c.attempt + 1, max_attempts=c.max_attempts, run_at=now,
         created_at=c.created_at, started_at=now, worker_id=req.worker_id,
-        lease_expires_at=now + req.lease_s, errors=c.errors,
+        lease_expires_at=now + req.lease_s, errors=c.errors, headers=c.headers,
     )  # fmt: skip
 
 

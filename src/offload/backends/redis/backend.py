@@ -30,11 +30,11 @@ import redis.asyncio as aioredis
 from offload.backends.base import Capabilities
 from offload.backends.redis.codec import (
     BLOB,
-    ENC,
     FINAL_STATE_NAMES,
     PACKED,
     Undecodable,
     attempt_errors,
+    encode_blob,
     expired_argv,
     frame,
     from_hash,
@@ -97,7 +97,7 @@ class RedisBackend(RedisInspection):
         fields: list[bytes | str | int] = []
         for j in jobs:
             priority = min(max(j.priority, 0), 9)
-            blob = ENC.encode((j.task, j.args, priority, j.max_attempts, j.key))
+            blob = encode_blob(j.task, j.args, priority, j.max_attempts, j.key, j.headers)
             run_at = "" if j.run_at is None else to_us(j.run_at)
             fields += [
                 index[j.queue],
@@ -200,6 +200,7 @@ class RedisBackend(RedisInspection):
             run_at=run_at / 1e6,
             created_at=now_us / 1e6,
             key=j.key,
+            headers=dict(j.headers),
         )
 
     # -- consuming ---------------------------------------------------------------------------
@@ -238,19 +239,20 @@ class RedisBackend(RedisInspection):
             job_id, queue = raw_id.decode(), queues[int(qi) - 1]
             self._queue_of[job_id] = queue
             try:
-                task, args, priority, max_attempts, key = BLOB.decode(blob)
+                b = BLOB.decode(blob)
                 rec = JobRecord(
                     id=job_id,
-                    task=task,
+                    task=b.task,
                     queue=queue,
-                    args=args,
+                    args=b.args,
                     state=JobState.RUNNING,
-                    priority=priority,
+                    priority=b.priority,
                     attempt=int(attempt),
-                    max_attempts=max_attempts,
+                    max_attempts=b.max_attempts,
                     run_at=from_us(run_at),
                     created_at=from_us(created),
-                    key=key,
+                    key=b.key,
+                    headers=b.headers,
                     started_at=started,
                     worker_id=req.worker_id,
                     lease_expires_at=expires,
@@ -280,6 +282,17 @@ class RedisBackend(RedisInspection):
             if lease.job_id not in held:
                 self._queue_of.pop(lease.job_id, None)
         return held
+
+    async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+        where = await self._queues_of([lease.job_id for lease, _ in updates])
+        calls: dict[str, list[Any]] = {}
+        for lease, progress in updates:
+            if lease.job_id in where:
+                calls.setdefault(where[lease.job_id], []).extend(
+                    (lease.job_id, lease.worker_id, lease.attempt, bytes(progress))
+                )
+        replies = await self._per_queue("progress", calls)
+        return {i.decode() for ids in replies.values() for i in ids}
 
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         where = await self._queues_of([lease.job_id for lease, _ in results])

@@ -21,9 +21,28 @@ from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeede
 
 _log = logging.getLogger("offload.backends.redis")
 
-_Blob = tuple[str, bytes, int, int, str | None]  # task, args, priority, max_attempts, key
-BLOB = msgspec.msgpack.Decoder(_Blob)
+
+class Blob(msgspec.Struct, array_like=True, frozen=True):
+    """A job's immutable part (hash field ``d``). ``headers`` is written only when there are
+    some, so a job without them has the five items older releases wrote and read."""
+
+    task: str
+    args: bytes
+    priority: int
+    max_attempts: int
+    key: str | None
+    headers: dict[str, str] = {}
+
+
+BLOB = msgspec.msgpack.Decoder(Blob)
 ENC = msgspec.msgpack.Encoder()
+
+
+def encode_blob(task: str, args: bytes, priority: int, max_attempts: int, key: str | None,
+                headers: dict[str, str]) -> bytes:  # fmt: skip
+    if headers:
+        return ENC.encode((task, args, priority, max_attempts, key, headers))
+    return ENC.encode((task, args, priority, max_attempts, key))
 
 
 class RawError(msgspec.Struct, frozen=True):
@@ -70,7 +89,10 @@ def _text(raw: bytes | None) -> str | None:
 def from_hash(job_id: str, queue: str, h: Mapping[bytes, bytes]) -> JobRecord:
     """A record from a job hash; raises Undecodable when it is malformed."""
     try:
-        task, args, priority, max_attempts, key = BLOB.decode(h[b"d"])
+        blob = BLOB.decode(h[b"d"])
+        task, args, priority, max_attempts, key = (
+            blob.task, blob.args, blob.priority, blob.max_attempts, blob.key
+        )  # fmt: skip
         t, f, lease = h.get(b"t"), h.get(b"f"), h.get(b"l")
         return JobRecord(
             id=job_id,
@@ -91,6 +113,8 @@ def from_hash(job_id: str, queue: str, h: Mapping[bytes, bytes]) -> JobRecord:
             result=h.get(b"o"),
             error=_text(h.get(b"e")),
             errors=attempt_errors(h.get(b"x")),
+            headers=blob.headers,
+            progress=h.get(b"g"),
         )
     except (KeyError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Undecodable(f"undecodable job record {job_id}: {exc}") from None

@@ -33,6 +33,7 @@ from offload.backends.sqlite.transactions import (
     list_tx,
     probe_tx,
     requeue_tx,
+    set_progress_tx,
     workers_tx,
 )
 from offload.errors import BackendUnavailable
@@ -213,6 +214,12 @@ class SQLiteBackend:
             return set()
         held: set[str] = await self._write(partial(heartbeat_tx, leases=leases, lease_s=lease_s))
         return held
+
+    async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+        if not updates:
+            return set()
+        written: set[str] = await self._write(partial(set_progress_tx, updates=list(updates)))
+        return written
 
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         if not results:

@@ -296,4 +296,9 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
     lines = [ln for ln in script.splitlines() if not ln.lstrip().startswith("--")]
     for statement in "\n".join(lines).split(";"):
         if statement.strip():
-            conn.execute(statement)
+            try:
+                conn.execute(statement)
+            except sqlite3.OperationalError as exc:
+                # ADD COLUMN has no IF NOT EXISTS: a column already there is the upgrade done.
+                if "duplicate column name" not in str(exc):
+                    raise

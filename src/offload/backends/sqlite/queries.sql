@@ -54,10 +54,21 @@ CREATE TABLE IF NOT EXISTS offload_workers (
 -- by (queue, key), which the old, stricter index cannot have made fail.
 DROP INDEX IF EXISTS offload_jobs_active_key;
 
+-- name: upgrade_7
+-- Job headers (a JSON object, NULL when none) and the last progress a running attempt
+-- reported (JSON). Not in the schema block: a fresh file gets them here too.
+ALTER TABLE offload_jobs ADD COLUMN headers TEXT;
+ALTER TABLE offload_jobs ADD COLUMN progress BLOB;
+
 -- name: insert_job
 INSERT INTO offload_jobs (id, task, queue, args, state, priority, max_attempts, run_at,
-                          created_at, key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+                          created_at, key, headers)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: set_progress
+-- Fenced by the lease, as heartbeat is: a lost lease writes nothing.
+UPDATE offload_jobs SET progress = ?
+WHERE id = ? AND state = 'running' AND worker_id = ? AND attempt = ?;
 
 -- name: active_by_key
 SELECT {cols} FROM offload_jobs

@@ -52,6 +52,9 @@ def _decode(row: Sequence[Any]) -> JobRecord:
         fields = dict(zip(FIELDS[1:18], row[1:18], strict=True))
         errors = row[18]
         fields["errors"] = msgspec.json.decode(errors) if errors else ()
+        if row[19]:
+            fields["headers"] = msgspec.json.decode(row[19])
+        fields["progress"] = row[20]
         return msgspec.convert(fields, JobRecord)
     except (msgspec.ValidationError, msgspec.DecodeError, TypeError, ValueError) as exc:
         raise _Undecodable(f"undecodable job record: {exc}") from None
@@ -95,8 +98,9 @@ def enqueue_tx(
 
 
 def _insert_params(r: JobRecord) -> tuple[Any, ...]:
+    headers = msgspec.json.encode(r.headers).decode() if r.headers else None
     return (r.id, r.task, r.queue, r.args, r.state.value, r.priority, r.max_attempts, r.run_at,
-            r.created_at, r.key)  # fmt: skip
+            r.created_at, r.key, headers)  # fmt: skip
 
 
 def enqueue_on_callers(
@@ -191,6 +195,17 @@ def heartbeat_tx(conn: sqlite3.Connection, leases: Sequence[Lease], lease_s: flo
         if cur.rowcount:
             held.add(lease.job_id)
     return held
+
+
+def set_progress_tx(conn: sqlite3.Connection, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
+    written: set[str] = set()
+    for lease, progress in updates:
+        cur = conn.execute(
+            Q["set_progress"], (progress, lease.job_id, lease.worker_id, lease.attempt)
+        )
+        if cur.rowcount:
+            written.add(lease.job_id)
+    return written
 
 
 def complete_tx(conn: sqlite3.Connection, results: Sequence[tuple[Lease, Outcome]]) -> None:

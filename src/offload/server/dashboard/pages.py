@@ -28,6 +28,7 @@ from offload.server.dashboard.params import (
 from offload.server.dashboard.security import add_security_headers
 from offload.server.http import json_response
 from offload.server.jsonlimits import checked_cursor
+from offload.server.schemas import job_out
 from offload.server.throughput import Throughput
 
 DEAD_SCAN = 2000  # dead jobs grouped at most (the most recent)
@@ -172,6 +173,7 @@ class Pages:
             "job.html",
             nav="jobs",
             job=record,
+            progress=progress_view(job_out(record).progress),
             attempts=_attempts(record),
             msg=message(values.get("msg")),
             can_retry=record.state in bulk.Action.RETRY.states,
@@ -277,3 +279,22 @@ def _attempts(job: JobRecord) -> list[Attempt]:
                 last.number, last.worker_id, job.started_at, last.ended_at, last.outcome, last.error
             )
     return out
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """A job's last progress report as the job page shows it (``fraction`` for a bar)."""
+
+    fraction: float | None
+    value: Any
+    note: str | None
+
+
+def progress_view(progress: Any) -> ProgressView | None:
+    """The stored report (``{"value": ..., "note": ...}``, untrusted) for the template."""
+    if not isinstance(progress, dict) or "value" not in progress:
+        return None if progress is None else ProgressView(None, progress, None)
+    value, note = progress["value"], progress.get("note")
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    fraction = float(value) if is_number and 0 <= value <= 1 else None
+    return ProgressView(fraction, value, note if isinstance(note, str) else None)

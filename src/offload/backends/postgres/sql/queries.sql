@@ -28,15 +28,16 @@ WITH input AS (
     SELECT t.*, coalesce(t.run_at, {now} + t.delay_s) AS at
     FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(args)s::bytea[],
                 %(priorities)s::int2[], %(max_attempts)s::int4[], %(delays)s::float8[],
-                %(run_ats)s::float8[], %(keys)s::text[])
+                %(run_ats)s::float8[], %(keys)s::text[], %(headers)s::text[])
          WITH ORDINALITY AS t(id, task, queue, args, priority, max_attempts, delay_s, run_at,
-                              key, ord)
+                              key, headers, ord)
 ), ins AS (
     INSERT INTO {schema}.jobs
-        (id, task, queue, args, state, priority, max_attempts, run_at, created_at, key)
+        (id, task, queue, args, state, priority, max_attempts, run_at, created_at, key,
+         headers)
     SELECT id, task, queue, args,
            CASE WHEN at <= {now} THEN 'queued' ELSE 'scheduled' END,
-           priority, max_attempts, at, {now}, key
+           priority, max_attempts, at, {now}, key, headers
     FROM input ORDER BY ord
     ON CONFLICT (queue, key)
         WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')
@@ -144,6 +145,15 @@ RETURNING {jcols}
 UPDATE {schema}.jobs j SET lease_expires_at = {now} + %(lease_s)s
 FROM unnest(%(ids)s::text[], %(worker_ids)s::text[], %(attempts)s::int4[])
      AS c(id, worker_id, attempt)
+WHERE j.id = c.id AND j.state = 'running' AND j.worker_id = c.worker_id
+  AND j.attempt = c.attempt
+RETURNING j.id
+
+-- name: set_progress
+-- Fenced by the lease, as heartbeat is: a lost lease writes nothing.
+UPDATE {schema}.jobs j SET progress = c.progress
+FROM unnest(%(ids)s::text[], %(worker_ids)s::text[], %(attempts)s::int4[],
+            %(progress)s::bytea[]) AS c(id, worker_id, attempt, progress)
 WHERE j.id = c.id AND j.state = 'running' AND j.worker_id = c.worker_id
   AND j.attempt = c.attempt
 RETURNING j.id

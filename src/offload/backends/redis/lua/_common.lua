@@ -7,7 +7,8 @@
 -- Job hash fields: d = msgpack blob [task, args, priority, max_attempts, key] (immutable),
 -- p = priority, m = max attempts, k = dedup key, c = created, s = state, a = attempt,
 -- r = run_at, z = member in the ready/scheduled sets, w = worker id, t = started,
--- l = lease expiry, f = finished, e = error, o = result, x = JSON list of attempt errors.
+-- l = lease expiry, f = finished, e = error, o = result, x = JSON list of attempt errors,
+-- g = the last progress reported (JSON). The blob may hold a sixth item, the job's headers.
 
 local function now_us()
   local t = redis.call('TIME')
