@@ -27,6 +27,7 @@ from offload.testing.conformance.enqueue import EnqueueConformance
 from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
+from offload.testing.conformance.retries import RetryPolicyConformance
 from offload.testing.conformance.steering import SteeringConformance
 from offload.testing.conformance.waiting import WaitingConformance
 from offload.testing.helpers import MakeBackend
@@ -38,6 +39,7 @@ __all__ = [
     "InspectionConformance",
     "LeaseConformance",
     "OutcomeConformance",
+    "RetryPolicyConformance",
     "SteeringConformance",
     "WaitingConformance",
 ]
@@ -51,6 +53,7 @@ class BackendConformance(
     SteeringConformance,
     InspectionConformance,
     WaitingConformance,
+    RetryPolicyConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 
