@@ -27,6 +27,7 @@ from offload.testing.conformance.enqueue import EnqueueConformance
 from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
+from offload.testing.conformance.retention import RetentionConformance
 from offload.testing.conformance.retries import RetryPolicyConformance
 from offload.testing.conformance.steering import SteeringConformance
 from offload.testing.conformance.waiting import WaitingConformance
@@ -39,6 +40,7 @@ __all__ = [
     "InspectionConformance",
     "LeaseConformance",
     "OutcomeConformance",
+    "RetentionConformance",
     "RetryPolicyConformance",
     "SteeringConformance",
     "WaitingConformance",
@@ -54,6 +56,7 @@ class BackendConformance(
     InspectionConformance,
     WaitingConformance,
     RetryPolicyConformance,
+    RetentionConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 
