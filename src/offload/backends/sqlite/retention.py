@@ -25,17 +25,15 @@ VACUUM_STEP_PAGES = 256  # 1 MiB of 4 KiB pages per step: a few ms of writer tim
 VACUUM_MAX_STEPS = 256  # per maintenance run; the rest is given back at the next one
 
 
-async def purge_state(
-    write: Write, state: JobState, cutoff: float, queue: str | None, batch: int = PRUNE_BATCH
-) -> int:
+async def purge_state(write: Write, state: JobState, cutoff: float, queue: str | None) -> int:
     """Delete the jobs in ``state`` finished at or before ``cutoff`` (of ``queue`` when
     given), one batch per writer request; return how many."""
-    params = {"state": state.value, "cutoff": cutoff, "queue": queue, "batch": batch}
+    params = {"state": state.value, "cutoff": cutoff, "queue": queue, "batch": PRUNE_BATCH}
     deleted = 0
     while True:
         n: int = await write(lambda conn: int(conn.execute(Q["purge_batch"], params).rowcount))
         deleted += n
-        if n < batch:
+        if n < PRUNE_BATCH:
             return deleted
 
 
