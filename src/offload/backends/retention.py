@@ -20,11 +20,11 @@ so a backlog of millions never holds the SQLite writer, a PostgreSQL lock or Red
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from offload.durations import parse_duration_s
 from offload.errors import ConfigurationError
 from offload.job import JobState
 
@@ -42,8 +42,6 @@ OPTIONS = ("retention", "retention_succeeded", "retention_dead", "retention_canc
 """The URL options :func:`parse_retention` reads (add them to an engine's known options)."""
 
 FOREVER = "forever"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
-_UNITS_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY_S, "w": 7 * DAY_S}
 
 
 @dataclass(frozen=True)
@@ -89,17 +87,12 @@ def parse_retention(opts: Mapping[str, Any]) -> Retention:
 
 
 def _age_s(state: str, value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif str(value).strip().lower() == FOREVER:
+    if isinstance(value, str) and value.strip().lower() == FOREVER:
         return None
-    elif found := _DURATION.fullmatch(str(value).strip().lower()):
-        seconds = float(found.group(1)) * _UNITS_S[found.group(2)]
-    else:
-        seconds = -1.0
-    if not seconds >= 0:
+    try:
+        return parse_duration_s(value)
+    except ValueError:
         raise ConfigurationError(
             f"retention of {state} jobs must be seconds >= 0, a duration like 12h or 3d, "
             f"or {FOREVER!r}; not {value!r}"
-        )
-    return seconds
+        ) from None
