@@ -16,6 +16,7 @@ import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import RECOVER_BATCH, decode_cursor
+from offload.backends.retention import Retention
 from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
 from offload.backends.sqlite.options import parse_url
@@ -96,6 +97,12 @@ class SQLiteBackend:
     def synchronous(self) -> str:
         """The ``PRAGMA synchronous`` level in use: ``FULL`` or ``NORMAL``."""
         return str(self._opts["synchronous"])
+
+    @property
+    def retention(self) -> Retention:
+        """How long finished jobs are kept (``?retention=``, ``?retention_<state>=``)."""
+        policy: Retention = self._opts["retention"]
+        return policy
 
     async def open(self) -> None:
         if self._writer is not None:
