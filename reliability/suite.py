@@ -11,6 +11,7 @@ from reliability.diskfull import disk_full
 from reliability.harness import Failure, Result, Run
 from reliability.isolation import Unavailable, isolated_url
 from reliability.outage import backend_fault
+from reliability.retention import retention_soak
 from reliability.scenarios import FULL, SHORT, Form, graceful, poison, stale_lease, storm
 from reliability.soak import soak
 
@@ -30,6 +31,7 @@ TESTS: dict[str, KindScenario] = {
     "backend faults": backend_fault,
     "sqlite disk full": disk_full,
     "soak": soak,
+    "retention soak": retention_soak,
 }
 FORMS = {"short": SHORT, "full": FULL}
 
