@@ -54,8 +54,7 @@ def test_helpers_and_the_package_import_and_work_without_pytest() -> None:
 def test_public_names_are_importable() -> None:
     for name in offload.testing.__all__:
         assert getattr(offload.testing, name) is not None, name
-    from offload.testing import BackendConformance
-    from offload.testing import conformance
+    from offload.testing import BackendConformance, conformance
     from offload.testing.conformance import BackendConformance as same
 
     assert BackendConformance is same
