@@ -60,6 +60,9 @@ class Sample:
 
 
 def retention_soak(kind: str, run: Run, result: Result, form: Form) -> None:
+    if kind not in form.soak_kinds:  # the soak's rule (CI time), and its skip reason
+        result.skipped = f"the {form.name} form soaks {', '.join(form.soak_kinds)} only"
+        return
     if kind not in KINDS:
         result.skipped = f"the retention soak measures {', '.join(KINDS)} only"
         return
