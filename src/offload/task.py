@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -130,10 +130,11 @@ class TaskConfig:
     retry: Backoff = field(default_factory=ExponentialBackoff)
     timeout_s: float | None = None
     expose: bool = False
-    # Per-exception retry policy (offload.backoff.RetryPolicy); None/empty: every failure retries.
-    retry_on: Any = None
-    give_up_on: Any = ()
-    backoff: Any = None
+    # Per-exception retry policy, checked into Task.retry_policy (offload.backoff.RetryPolicy);
+    # the defaults retry every failure after ``retry``.
+    retry_on: type[Exception] | tuple[type[Exception], ...] | None = None
+    give_up_on: type[Exception] | tuple[type[Exception], ...] = ()
+    backoff: Mapping[type[Exception], Backoff] | None = None
 
 
 class Task(Generic[P, R]):
