@@ -304,7 +304,9 @@ def _incremental_vacuum(conn: sqlite3.Connection) -> None:
 
     That takes a ``VACUUM``: the whole file is rewritten (3.4 s for a 210 MB file here,
     needing that much free disk for the copy), holding the write lock meanwhile. A file that
-    chose FULL auto-vacuum itself is left alone.
+    chose FULL auto-vacuum itself is left alone. Other processes opening the file meanwhile
+    wait for the write lock up to their ``busy_timeout_ms`` (5 s by default): let one process
+    open a big file first (``offload jobs list`` will do) before starting many on it.
     """
     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _AUTO_VACUUM_NONE:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
