@@ -14,6 +14,7 @@ from reliability.harness import Failure, Result, Run
 from reliability.isolation import Unavailable, isolated_url
 from reliability.outage import backend_fault
 from reliability.restarts import server_restart
+from reliability.retention import retention_soak
 from reliability.scenarios import FULL, SHORT, Form, graceful, poison, stale_lease, storm
 from reliability.soak import soak
 
@@ -36,6 +37,7 @@ TESTS: dict[str, KindScenario] = {
     "clock steps": clock_step,
     "sqlite disk full": disk_full,
     "soak": soak,
+    "retention soak": retention_soak,
 }
 FORMS = {"short": SHORT, "full": FULL}
 

@@ -19,6 +19,7 @@ from offload.backends.postgres import PostgresBackend
 from offload.backends.postgres.enqueue import AsyncQueryConn
 from offload.backends.postgres.queries import load_migrations
 from offload.backends.postgres.recovery import Channels, find_expired, write_expired
+from offload.backends.retention import Retention
 from offload.errors import BackendUnavailable, ConfigurationError, InvalidState
 from offload.job import ClaimRequest, JobState
 from offload.outcome import Succeeded
@@ -99,7 +100,7 @@ def test_url_options_are_stripped_and_the_password_masked() -> None:
         backend.url
         == "postgresql://u:***@db:5432/app?schema=jobs&retention=60&sslmode=disable&timeout=2"
     )
-    assert backend.schema == "jobs" and backend.retention_s == 60.0
+    assert backend.schema == "jobs" and backend.retention == Retention(60.0, 60.0, 60.0)
     with pytest.raises(ConfigurationError):
         PostgresBackend("postgresql://db/app?schema=Robert');DROP")
 
@@ -235,8 +236,8 @@ async def test_run_maintenance_deletes_expired_finished_jobs_once(backends: Fact
     assert (await backend.counts())["q"] == {JobState.RUNNING: 1}
 
 
-async def test_run_maintenance_without_retention_keeps_jobs(backends: Factory) -> None:
-    backend = await backends()
+async def test_run_maintenance_keeps_jobs_younger_than_the_retention(backends: Factory) -> None:
+    backend = await backends()  # the default retention: days
     await backend.enqueue([job()])
     await backend.complete([(lease_of(await claim_one(backend, "q")), Succeeded())])
     assert await backend.run_maintenance() == 0

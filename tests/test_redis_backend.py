@@ -21,6 +21,7 @@ from offload.backends import from_url
 from offload.backends.base import Backend
 from offload.backends.common import LEASE_EXPIRED_ERROR
 from offload.backends.redis import RedisBackend
+from offload.backends.retention import Retention
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobState, NewJob, WorkerInfo, new_job_id
 from offload.outcome import RetryAt, Snoozed, Succeeded
@@ -102,9 +103,13 @@ def test_url_options_are_stripped_and_the_password_masked() -> None:
     backend = from_url("redis://u:secret@db:6380/2?prefix=jobs&retention=60&timeout=2&db=2")
     assert isinstance(backend, RedisBackend)
     assert backend.url == "redis://u:***@db:6380/2?prefix=jobs&retention=60&timeout=2&db=2"
-    assert (backend.prefix, backend.retention_s, backend.timeout_s) == ("jobs", 60.0, 2.0)
+    assert (backend.prefix, backend.retention, backend.timeout_s) == (
+        "jobs",
+        Retention(60.0, 60.0, 60.0),
+        2.0,
+    )
     assert RedisBackend("rediss://db", prefix="p").prefix == "p"  # a keyword wins
-    assert RedisBackend("redis://db").retention_s is None  # kept until purged
+    assert RedisBackend("redis://db").retention == Retention()  # the default: days
     for bad in ("redis://db?prefix=a{b}", "redis://db?retention=-1", "redis://db?timeout=x"):
         with pytest.raises(ConfigurationError):
             RedisBackend(bad)
@@ -271,7 +276,7 @@ async def test_run_maintenance_deletes_finished_jobs_past_retention(backends: Fa
     await keeper.enqueue([job() for _ in range(3)])
     jobs = await keeper.claim(claim())
     await keeper.complete([(lease_of(j), Succeeded()) for j in jobs[:2]])
-    assert await keeper.run_maintenance() == 0  # no retention: kept until purged
+    assert await keeper.run_maintenance() == 0  # the default retention: kept for days
     counts = await asyncio.gather(*(sweeper.run_maintenance() for _ in range(3)))
     assert sum(counts) == 2
     assert await keeper.counts() == {"q": {JobState.RUNNING: 1}}

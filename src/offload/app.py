@@ -113,6 +113,9 @@ class App:
         retry: Backoff | None = None,
         timeout: float | None = None,
         expose: bool = False,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
+        give_up_on: type[Exception] | tuple[type[Exception], ...] = (),
+        backoff: Mapping[type[Exception], Backoff] | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -127,11 +130,17 @@ class App:
         retry: Backoff | None = None,
         timeout: float | None = None,
         expose: bool = False,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
+        give_up_on: type[Exception] | tuple[type[Exception], ...] = (),
+        backoff: Mapping[type[Exception], Backoff] | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a sync or async function as a task.
 
         ``name`` defaults to ``module.qualname``; ``timeout`` is in seconds; ``expose=True``
         lets the HTTP API enqueue it (no task is reachable over HTTP otherwise).
+        ``retry_on`` (only these exceptions retry), ``give_up_on`` (these end the job ``dead``
+        at once) and ``backoff`` (a Backoff per exception class) shape retries; see
+        :class:`offload.backoff.RetryPolicy`.
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
@@ -143,6 +152,9 @@ class App:
                 retry=retry or ExponentialBackoff(),
                 timeout_s=timeout,
                 expose=expose,
+                retry_on=retry_on,
+                give_up_on=give_up_on,
+                backoff=backoff,
             )
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already registered")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import msgspec
 
-from offload.backoff import Backoff, ExponentialBackoff
+from offload.backoff import Backoff, ExponentialBackoff, retry_policy
 from offload.errors import ConfigurationError, ValidationError
 from offload.headers import check_headers
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, NewJob, new_job_id
@@ -134,6 +134,11 @@ class TaskConfig:
     retry: Backoff = field(default_factory=ExponentialBackoff)
     timeout_s: float | None = None
     expose: bool = False
+    # Per-exception retry policy, checked into Task.retry_policy (offload.backoff.RetryPolicy);
+    # the defaults retry every failure after ``retry``.
+    retry_on: type[Exception] | tuple[type[Exception], ...] | None = None
+    give_up_on: type[Exception] | tuple[type[Exception], ...] = ()
+    backoff: Mapping[type[Exception], Backoff] | None = None
 
 
 class Task(Generic[P, R]):
@@ -149,6 +154,12 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"task {config.name!r}: {exc}") from None
         if config.timeout_s is not None and config.timeout_s <= 0:
             raise ConfigurationError(f"task {config.name}: timeout must be > 0 seconds")
+        try:
+            self.retry_policy = retry_policy(
+                config.retry, config.retry_on, config.give_up_on, config.backoff
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"task {config.name!r}: {exc}") from None
         self.app = app
         self.fn = fn
         self.config = config

@@ -137,7 +137,10 @@ class Backend(Protocol):
 
     async def run_maintenance(self) -> int:
         """Periodic housekeeping: delete finished jobs older than the backend's retention
-        (``?retention=`` seconds in its URL; none when unset) and forget expired worker reports.
+        (:mod:`offload.backends.retention`: by default 3 days for succeeded jobs, 14 for dead
+        and cancelled ones; ``?retention=`` and ``?retention_<state>=`` in its URL) and forget
+        expired worker reports. Deletes in bounded batches (one short transaction or script
+        each), never one statement over the whole backlog.
 
         Every worker calls it every minute or so; a backend may let one caller at a time do the
         work (others return 0 at once). Returns how many jobs were deleted.
@@ -198,7 +201,8 @@ class Backend(Protocol):
     async def purge(
         self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
     ) -> int:
-        """Delete final-state jobs in ``states`` finished more than ``older_than_s`` ago.
+        """Delete final-state jobs in ``states`` finished more than ``older_than_s`` ago
+        (of ``queue`` only, when given), in bounded batches as :meth:`run_maintenance`.
 
         Non-final states in ``states`` are refused with ValueError. Returns how many.
         """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
@@ -10,6 +9,7 @@ import msgspec
 
 from offload.cli.context import Ctx, friendly
 from offload.cli.output import emit, first_line, job_json, jobs_json, table
+from offload.durations import parse_duration_s
 from offload.errors import ValidationError
 from offload.job import FINAL_STATES, JobFilter, JobRecord, JobState
 
@@ -180,10 +180,6 @@ def queues(obj: Ctx, as_json: bool) -> None:
     )
 
 
-_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
-
-
 class Duration(click.ParamType[float]):
     """Seconds (``3600``) or a number with a unit: ``90s``, ``15m``, ``12h``, ``7d``, ``2w``."""
 
@@ -192,12 +188,10 @@ class Duration(click.ParamType[float]):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        found = _DURATION.fullmatch(str(value).strip().lower())
-        if found is None:
-            self.fail(f"{value!r} is not a duration like 3600, 90s, 15m, 12h or 7d", param, ctx)
-        return float(found.group(1)) * _UNITS_S[found.group(2) or "s"]
+        try:
+            return parse_duration_s(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @jobs.command("purge")

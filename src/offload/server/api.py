@@ -29,9 +29,11 @@ from offload.server.http import (
 )
 from offload.server.jsonlimits import checked_cursor
 from offload.server.metrics import CONTENT_TYPE
+from offload.server.purge import Purge
 from offload.server.schemas import (
     EnqueueRequest,
     JobList,
+    Purged,
     QueueList,
     QueueOut,
     Status,
@@ -166,6 +168,11 @@ class Api:
         if record is None:
             raise JobNotFound(job_id)
         return json_response(job_out(record))
+
+    async def purge_jobs(self, request: Request) -> Response:
+        q = request.query_params
+        purge = Purge.parse(q.getlist("state"), q.get("queue"), q.get("older_than"))
+        return json_response(Purged(deleted=await purge.run(self.app)))
 
     # -- queues and workers ----------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from offload.job import JobState
+from offload.durations import DURATION_PATTERN
+from offload.job import FINAL_STATES, JobState
 from offload.server.api import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, Api
 from offload.server.guard import cross_site
 from offload.server.http import HTTPError, error_response, retry_after, translate
@@ -139,6 +140,32 @@ ROUTES: tuple[Operation, ...] = (
                 "query",
                 lambda lim: {"type": "integer", "minimum": 1, "maximum": lim.max_page},
                 "Page size (default 50)",
+            ),
+        ),
+    ),
+    # Before /v1/jobs/{job_id}: a request on this path with another method then names this
+    # route's methods in its 405 (a GET still goes to the job of id "purge").
+    Operation(
+        "POST",
+        "/v1/jobs/purge",
+        Api.purge_jobs,
+        "admin",
+        "Delete finished jobs for good (dead ones by default)",
+        {200: Reply("How many were deleted", "Purged")},
+        errors=(422, 501, 503),
+        params=(
+            Param(
+                "state",
+                "query",
+                fixed({"type": "string", "enum": sorted(s.value for s in FINAL_STATES)}),
+                "Only jobs in this finished state (repeat for several; default dead)",
+            ),
+            Param("queue", "query", fixed({"type": "string"}), "Only jobs of this queue"),
+            Param(
+                "older_than",
+                "query",
+                fixed({"type": "string", "pattern": DURATION_PATTERN}),
+                "Only jobs that finished longer ago: seconds or 90s, 15m, 12h, 7d, 2w",
             ),
         ),
     ),

@@ -139,6 +139,10 @@ class Status(msgspec.Struct, kw_only=True):
     status: Literal["ok", "ready", "unavailable"]
 
 
+class Purged(msgspec.Struct, kw_only=True):
+    deleted: int
+
+
 def when(epoch_s: float | None) -> datetime | None:
     """An epoch time read from storage as a UTC datetime; None when absent or nonsensical."""
     if epoch_s is None or not isinstance(epoch_s, int | float) or not math.isfinite(epoch_s):
@@ -218,4 +222,5 @@ RESPONSE_TYPES: tuple[Any, ...] = (
     WorkerList,
     ErrorBody,
     Status,
+    Purged,
 )

@@ -62,7 +62,7 @@ async def execute(app: App, job: JobRecord, pool: TaskThreads, ctx: JobContext) 
         return Snoozed(delay_s=0.0)
     except Exception as exc:
         ctx.exception = exc  # for hooks that report the exception itself (offload.contrib.sentry)
-        return _failed(job, _format_error(exc), task.config.retry.delay_s(job.attempt))
+        return _failed(job, _format_error(exc), task.retry_policy.delay_s(type(exc), job.attempt))
     try:
         return Succeeded(result=None if result is None else msgspec.json.encode(result))
     except (TypeError, msgspec.EncodeError) as exc:
@@ -81,11 +81,13 @@ async def _call(task: Task[Any, Any], decoded: msgspec.Struct, pool: TaskThreads
 
 def _timed_out(task: Task[Any, Any], job: JobRecord) -> Outcome:
     error = f"TimeoutError: the task ran longer than its timeout of {task.config.timeout_s}s"
-    return _failed(job, error, task.config.retry.delay_s(job.attempt))
+    return _failed(job, error, task.retry_policy.delay_s(TimeoutError, job.attempt))
 
 
-def _failed(job: JobRecord, error: str, delay_s: float) -> Outcome:
-    if job.attempt >= job.max_attempts:
+def _failed(job: JobRecord, error: str, delay_s: float | None) -> Outcome:
+    """Retry after ``delay_s``; dead when attempts are spent or the task's retry policy
+    gives up on this error (``delay_s`` None)."""
+    if delay_s is None or job.attempt >= job.max_attempts:
         return Dead(error=error)
     return RetryAt(delay_s=delay_s, error=error)
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
+from offload.backends import retention
 from offload.backends.base import Capabilities, check_purge_states
-from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor, new_record
+from offload.backends.common import (
+    check_known,
+    collapse_same_key,
+    decode_cursor,
+    encode_cursor,
+    new_record,
+)
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -22,8 +31,10 @@ from offload.backends.memory.store import (
     expired,
     finish,
     matches,
+    purge_batch,
     released,
 )
+from offload.backends.retention import PRUNE_BATCH
 from offload.errors import InvalidState, QueueFull
 from offload.job import (
     ACTIVE_STATES,
@@ -51,8 +62,14 @@ class MemoryBackend:
         *,
         store: MemoryStore | None = None,
         clock: Callable[[], float] = time.time,
+        **options: Any,
     ) -> None:
+        """``options`` (or the URL's query): the retention of finished jobs."""
         self._url = url
+        opts: dict[str, Any] = dict(parse_qsl(urlsplit(url).query))
+        opts.update(options)
+        check_known("memory", opts, retention.OPTIONS)
+        self.retention = retention.parse_retention(opts)
         self.store = store if store is not None else MemoryStore()
         self._clock = clock
 
@@ -217,9 +234,11 @@ class MemoryBackend:
         return n
 
     async def run_maintenance(self) -> int:
-        """Memory jobs live as long as the process; only expired worker reports go."""
+        """Delete finished jobs past their retention (``memory://?retention=...``, as every
+        engine: :mod:`offload.backends.retention`) and forget expired worker reports."""
         await self.workers()
-        return 0
+        now = self._clock()
+        return sum(self._purge(s, now - age_s, None) for s, age_s in self.retention.pruned())
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         st = self.store
@@ -356,20 +375,17 @@ class MemoryBackend:
         self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
     ) -> int:
         check_purge_states(states)
-        st = self.store
-        with st.lock:
-            cutoff = self._clock() - older_than_s
-            doomed = [
-                j.id
-                for j in st.jobs.values()
-                if j.state in states
-                and (queue is None or j.queue == queue)
-                and (j.finished_at or 0) <= cutoff
-            ]
-            for job_id in doomed:
-                del st.jobs[job_id]
-                st.seq.pop(job_id, None)
-        return len(doomed)
+        cutoff = self._clock() - older_than_s
+        return sum(self._purge(s, cutoff, queue) for s in dict.fromkeys(states))
+
+    def _purge(self, state: JobState, cutoff: float, queue: str | None) -> int:
+        deleted = 0
+        while True:
+            with self.store.lock:
+                n = purge_batch(self.store, state, cutoff, queue, PRUNE_BATCH)
+            deleted += n
+            if n < PRUNE_BATCH:
+                return deleted
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         st = self.store

@@ -110,3 +110,22 @@ def expired(j: JobRecord, now: float) -> JobRecord:
     return msgspec.structs.replace(
         released(j), state=fate.state, run_at=now, errors=(*j.errors, fate.error)
     )
+
+
+def purge_batch(
+    st: MemoryStore, state: JobState, cutoff: float, queue: str | None, limit: int
+) -> int:
+    """Delete at most ``limit`` jobs in ``state`` finished at or before ``cutoff`` (of
+    ``queue`` when given); return how many. The caller holds the lock, for one batch only, so
+    a big purge does not stall the threads that share the store."""
+    doomed = [
+        j.id
+        for j in st.jobs.values()
+        if j.state is state
+        and (queue is None or j.queue == queue)
+        and (j.finished_at or 0) <= cutoff
+    ][:limit]
+    for job_id in doomed:
+        del st.jobs[job_id]
+        st.seq.pop(job_id, None)
+    return len(doomed)

@@ -32,7 +32,6 @@ from offload.job import ClaimRequest, JobRecord, Lease, NewJob
 from offload.outcome import Outcome
 
 OUT_OF_DATE = "database schema is out of date; run: offload migrate"
-_RETENTION_BATCH = 5000
 # While the LISTEN connection is down, idle waits are cut to this so work is still found.
 _POLL_WITHOUT_LISTENER_S = 1.0
 # wait_done re-reads the job this often even when notifications work (a lost one is harmless).
@@ -41,8 +40,9 @@ _DONE_POLL_S = 5.0
 
 class PostgresBackend(Steering):
     """Jobs in one PostgreSQL schema. URL options (also accepted as keywords): ``schema``
-    (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` (seconds finished
-    jobs are kept; see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
+    (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` and
+    ``retention_<state>`` (how long finished jobs are kept, :mod:`offload.backends.retention`;
+    see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
     connect or wait for a pooled connection, 5)."""
 
     capabilities = Capabilities(notify=True, transactional=True)
@@ -50,7 +50,7 @@ class PostgresBackend(Steering):
     def __init__(self, url: str, **options: Any) -> None:
         self._opts = q.parse_url(url, options)
         self.schema = self._opts.schema
-        self.retention_s = self._opts.retention_s
+        self.retention = self._opts.retention
         self._q = q.load_queries(self.schema)
         self._ns = q.lock_namespace(self.schema)
         self._channel = f"offload_{self.schema}"
@@ -384,10 +384,10 @@ class PostgresBackend(Steering):
     # -- upkeep ----------------------------------------------------------------------------
 
     async def run_maintenance(self) -> int:
-        """Delete finished jobs older than the ``retention`` option and forget expired worker
-        reports; return how many jobs were deleted. Guarded by an advisory lock, so when many
-        workers call it only one does the work (the others return 0 at once). Deletes in
-        batches so that no single statement holds locks for long."""
+        """Delete finished jobs past their retention and forget expired worker reports;
+        return how many jobs were deleted. Guarded by an advisory lock, so when many workers
+        call it only one does the work (the others return 0 at once). Deletes in batches so
+        that no single statement holds locks for long."""
         deleted = 0
         async with self._conn() as conn:
             cur = await conn.execute(self._q["try_maintenance_lock"], {"ns": self._ns})
@@ -396,12 +396,8 @@ class PostgresBackend(Steering):
                 return 0
             try:
                 await conn.execute(self._q["prune_workers"])
-                while self.retention_s is not None:
-                    params = {"retention_s": self.retention_s, "batch": _RETENTION_BATCH}
-                    cur = await conn.execute(self._q["purge_retention_batch"], params)
-                    deleted += max(cur.rowcount, 0)
-                    if cur.rowcount < _RETENTION_BATCH:
-                        break
+                for state, age_s in self.retention.pruned():
+                    deleted += await self._purge_state(state, age_s, None)
             finally:
                 await conn.execute(self._q["maintenance_unlock"], {"ns": self._ns})
         return deleted

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from offload.backends.common import check_known, flag, masked
+from offload.backends.retention import OPTIONS as retention_options
+from offload.backends.retention import Retention, parse_retention
 from offload.errors import ConfigurationError
 from offload.job import AttemptError, JobRecord, JobState, Lease
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
@@ -81,12 +83,12 @@ class Options:
     masked_url: str
     schema: str = "offload"
     auto_migrate: bool = False
-    retention_s: float | None = None
+    retention: Retention = field(default_factory=Retention)
     pool_size: int = 10
     timeout_s: float = 5.0
 
 
-_OURS = {"schema", "auto_migrate", "retention", "pool_size", "timeout"}
+_OURS = {"schema", "auto_migrate", "pool_size", "timeout", *retention_options}
 
 
 def parse_url(url: str, overrides: dict[str, Any]) -> Options:
@@ -105,13 +107,12 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
     auto_migrate = flag("auto_migrate", values.get("auto_migrate", False))
     try:
         schema = str(values.get("schema", "offload"))
-        retention = values.get("retention")
         opts = Options(
             conninfo=conninfo,
             masked_url=masked_url,
             schema=schema,
             auto_migrate=auto_migrate,
-            retention_s=float(retention) if retention not in (None, "") else None,
+            retention=parse_retention(values),
             pool_size=int(values.get("pool_size", 10)),
             timeout_s=float(values.get("timeout", 5.0)),
         )

@@ -17,6 +17,7 @@ from offload.backends.common import (
     key_held,
 )
 from offload.backends.postgres import queries as q
+from offload.backends.retention import PRUNE_BATCH, Retention
 from offload.errors import InvalidState
 from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
 
@@ -24,7 +25,7 @@ from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
 class Steering:
     """Mixed into PostgresBackend, which supplies the plumbing declared here."""
 
-    retention_s: float | None
+    retention: Retention
     _ns: int
     _channel: str
     _done_channel: str
@@ -113,14 +114,26 @@ class Steering:
         self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
     ) -> int:
         check_purge_states(states)
-        if not states:
-            return 0
+        deleted = 0
+        for state in dict.fromkeys(states):
+            deleted += await self._purge_state(state, older_than_s, queue)
+        return deleted
+
+    async def _purge_state(self, state: JobState, older_than_s: float, queue: str | None) -> int:
+        """Delete ``state`` jobs finished ``older_than_s`` ago, one bounded batch per
+        statement (each its own transaction); return how many."""
         params = {
-            "states": [s.value for s in states],
+            "state": state.value,
             "older_than_s": float(older_than_s),
             "queue": queue,
+            "batch": PRUNE_BATCH,
         }
-        return await self._count("purge", params)
+        deleted = 0
+        while True:
+            n = await self._count("purge_batch", params)
+            deleted += n
+            if n < PRUNE_BATCH:
+                return deleted
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         if paused:

@@ -50,7 +50,7 @@ from offload.outcome import Dead, Outcome
 
 _log = logging.getLogger("offload.backends.redis")
 
-BATCH = 1000  # jobs one recover or maintenance call handles per queue: keeps scripts short
+BATCH = 1000  # jobs one recover call handles per queue: keeps scripts short
 _TIME = "return redis.call('TIME')"  # the server's clock, routed by a key on a cluster
 DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
 
@@ -59,9 +59,10 @@ class RedisBackend(RedisInspection):
     """Jobs in Redis (or anything speaking its protocol with Lua, 7.0 or later).
 
     Options (URL query or keyword arguments; a keyword wins): ``prefix`` (default
-    ``offload``), ``retention`` (seconds a finished job is kept before :meth:`run_maintenance`
-    deletes it; unset: kept until purged), ``timeout`` (seconds to wait for a reply, default
-    5), ``connect_timeout`` (default 1). Other query parameters go to redis-py as they are.
+    ``offload``), ``retention`` and ``retention_<state>`` (how long a finished job is kept
+    before :meth:`run_maintenance` deletes it: :mod:`offload.backends.retention`),
+    ``timeout`` (seconds to wait for a reply, default 5), ``connect_timeout`` (default 1).
+    Other query parameters go to redis-py as they are.
     """
 
     capabilities = Capabilities(notify=True)
@@ -328,20 +329,11 @@ class RedisBackend(RedisInspection):
         return sum(int(n) for n in (await self._per_queue("recover", calls)).values())
 
     async def run_maintenance(self) -> int:
-        """Delete finished jobs past the retention (none when it is unset) and forget lapsed
-        workers. Concurrent callers share the work: each job is deleted, and counted, once."""
+        """Delete finished jobs past their retention (:mod:`offload.backends.retention`), in
+        bounded script calls, and forget lapsed workers. Concurrent callers share the work:
+        each job is deleted, and counted, once."""
         await self.workers()
-        if self.retention_s is None:
-            return 0
-        deleted = 0
-        pending = await self.known_queues()
-        while pending:
-            replies = await self._per_queue(
-                "maintain", {q: [repr(self.retention_s), BATCH] for q in pending}
-            )
-            deleted += sum(int(n) for n in replies.values())
-            pending = [q for q, n in replies.items() if int(n) >= BATCH]
-        return deleted
+        return await self._purge_batches(await self.known_queues(), self.retention.pruned())
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         queues = list(dict.fromkeys(queues))

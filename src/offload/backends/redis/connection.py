@@ -25,6 +25,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
+from offload.backends import retention
 from offload.backends.common import check_known, masked
 from offload.backends.redis.cluster import (
     cluster_client,
@@ -38,10 +39,10 @@ from offload.errors import BackendUnavailable, ConfigurationError
 T = TypeVar("T")
 
 SCRIPTS = (
-    "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause maintain "
+    "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause "
     "watch worker_report worker_list progress"
 ).split()
-OPTIONS = ("prefix", "retention", "timeout", "connect_timeout", "pool_size")
+OPTIONS = ("prefix", "timeout", "connect_timeout", "pool_size", *retention.OPTIONS)
 
 
 def _load_sources() -> dict[str, str]:
@@ -61,8 +62,7 @@ class RedisConnection:
         ours.update(options)
         try:
             self.prefix = str(ours.get("prefix", "offload"))
-            retention = ours.get("retention")
-            self.retention_s = None if retention in (None, "") else float(retention)
+            self.retention = retention.parse_retention(ours)
             self.timeout_s = float(ours.get("timeout", 5.0))
             self.connect_timeout_s = float(ours.get("connect_timeout", 1.0))
             pool_size = ours.get("pool_size")
@@ -71,8 +71,8 @@ class RedisConnection:
             raise ConfigurationError(f"bad Redis backend option in {url!r}: {exc}") from None
         if not self.prefix or any(c in self.prefix for c in "{}* ?[]\\"):
             raise ConfigurationError(f"bad Redis key prefix {self.prefix!r}")
-        if (self.retention_s or 0) < 0 or self.timeout_s <= 0 or self.connect_timeout_s <= 0:
-            raise ConfigurationError("retention must be >= 0, timeouts > 0")
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ConfigurationError("timeouts must be > 0")
         if self.pool_size is not None and self.pool_size < 1:
             raise ConfigurationError("pool_size must be >= 1")
         self._redis_url = urlunsplit(parts._replace(query=urlencode(query)))
@@ -101,7 +101,10 @@ class RedisConnection:
 
     @property
     def _retention_arg(self) -> str:
-        return "-1" if self.retention_s is None else repr(self.retention_s)
+        # The ttl set on a finished job's hash, a backstop behind the maintenance sweep: the
+        # longest retention of any state, or none (-1) while some state is kept for ever.
+        longest = self.retention.longest_s()
+        return "-1" if longest is None else repr(longest)
 
     @property
     def cluster(self) -> bool:

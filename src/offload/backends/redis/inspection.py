@@ -25,6 +25,7 @@ from offload.backends.redis.codec import (
     to_us,
 )
 from offload.backends.redis.connection import RedisConnection
+from offload.backends.retention import PRUNE_BATCH
 from offload.errors import InvalidState
 from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
 
@@ -186,13 +187,28 @@ class RedisInspection(RedisConnection):
         self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
     ) -> int:
         check_purge_states(states)
-        if not states:
-            return 0
         queues = [queue] if queue is not None else await self.known_queues()
-        argv = [max(to_us(older_than_s), 0), *(s.value for s in states)]
-        return sum(
-            int(n) for n in (await self._per_queue("purge", dict.fromkeys(queues, argv))).values()
-        )
+        ages = [(s, max(older_than_s, 0.0)) for s in dict.fromkeys(states)]
+        return await self._purge_batches(queues, ages)
+
+    async def _purge_batches(
+        self, queues: Sequence[str], ages: Sequence[tuple[JobState, float]]
+    ) -> int:
+        """Delete finished jobs older than their state's age in ``queues``, at most
+        PRUNE_BATCH per queue per script call, calling again for the queues whose batch came
+        back full; return how many. Concurrent callers share the work: each job is deleted,
+        and counted, once."""
+        if not ages:
+            return 0
+        argv: list[Any] = [PRUNE_BATCH]
+        for state, age_s in ages:
+            argv += [state.value, repr(float(age_s))]
+        deleted, pending = 0, list(queues)
+        while pending:
+            replies = await self._per_queue("purge", dict.fromkeys(pending, argv))
+            deleted += sum(int(n) for n in replies.values())
+            pending = [q for q, n in replies.items() if int(n) >= PRUNE_BATCH]
+        return deleted
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         async def op(client: aioredis.Redis) -> None:

@@ -16,11 +16,13 @@ import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import RECOVER_BATCH, decode_cursor
+from offload.backends.retention import Retention
 from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
 from offload.backends.sqlite.recovery import recover_tx
+from offload.backends.sqlite.retention import purge_state, reclaim_space
 from offload.backends.sqlite.transactions import (
     cancel_tx,
     claim_tx,
@@ -96,6 +98,12 @@ class SQLiteBackend:
     def synchronous(self) -> str:
         """The ``PRAGMA synchronous`` level in use: ``FULL`` or ``NORMAL``."""
         return str(self._opts["synchronous"])
+
+    @property
+    def retention(self) -> Retention:
+        """How long finished jobs are kept (``?retention=``, ``?retention_<state>=``)."""
+        policy: Retention = self._opts["retention"]
+        return policy
 
     async def open(self) -> None:
         if self._writer is not None:
@@ -338,32 +346,26 @@ class SQLiteBackend:
         self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
     ) -> int:
         check_purge_states(states)
-        if not states:
-            return 0
-        params: dict[str, Any] = {"queue": queue}
-        for i, state in enumerate(states):
-            params[f"s{i}"] = state.value
-        sql = Q["purge"].replace("{states}", ", ".join(f":s{i}" for i in range(len(states))))
-
-        def tx(conn: sqlite3.Connection) -> int:
-            params["cutoff"] = time.time() - older_than_s
-            return int(conn.execute(sql, params).rowcount)
-
-        n: int = await self._write(tx)
-        return n
+        cutoff = time.time() - older_than_s
+        deleted = 0
+        for state in dict.fromkeys(states):
+            deleted += await purge_state(self._write, state, cutoff, queue)
+        return deleted
 
     async def run_maintenance(self) -> int:
-        """Delete finished jobs older than ``?retention=`` seconds (kept forever when unset).
+        """Delete finished jobs past their retention (:mod:`offload.backends.retention`,
+        ``?retention=`` and ``?retention_<state>=``) in bounded batches, give the freed pages
+        back to the file system, and forget expired worker reports.
 
         Idempotent and cheap when there is nothing to do, so several processes sharing the
         file may all call it; the writer lock serialises them.
         """
         await self._write(lambda conn: conn.execute(Q["forget_expired_workers"], (time.time(),)))
-        retention = self._opts["retention"]
-        if retention is None:
-            return 0
-        final = [JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED]
-        return await self.purge(final, older_than_s=float(retention))
+        deleted = 0
+        for state, age_s in self._opts["retention"].pruned():
+            deleted += await purge_state(self._write, state, time.time() - age_s, None)
+        await reclaim_space(self._write)
+        return deleted
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         name = "pause" if paused else "resume"

@@ -236,10 +236,15 @@ def connect(path: str, opts: Mapping[str, Any], *, write: bool) -> sqlite3.Conne
         if not write:
             conn.execute("PRAGMA query_only = ON")
             return conn
+        # Only takes effect on a file without tables (a new one); an older file is converted
+        # by _incremental_vacuum below. Freed pages then go back to the file system in steps
+        # (offload.backends.sqlite.retention) instead of the file keeping its largest size.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         _use_wal(conn, path, opts["busy_timeout_ms"] / 1000)
         conn.execute(f"PRAGMA synchronous = {opts['synchronous']}")
         conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the hot indexes stay in memory
         _migrate(conn, path)
+        _incremental_vacuum(conn)
         conn.execute("PRAGMA busy_timeout = 0")  # begin_immediate waits for the lock itself
         return conn
     except sqlite3.Error as exc:
@@ -289,6 +294,23 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+_AUTO_VACUUM_NONE = 0
+
+
+def _incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """Convert a file made before schema version 4 to ``auto_vacuum=INCREMENTAL``, once.
+
+    That takes a ``VACUUM``: the whole file is rewritten (3.4 s for a 210 MB file here,
+    needing that much free disk for the copy), holding the write lock meanwhile. A file that
+    chose FULL auto-vacuum itself is left alone. Other processes opening the file meanwhile
+    wait for the write lock up to their ``busy_timeout_ms`` (5 s by default): let one process
+    open a big file first (``offload jobs list`` will do) before starting many on it.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _AUTO_VACUUM_NONE:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

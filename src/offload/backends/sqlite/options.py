@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from offload.backends import retention
 from offload.backends.common import check_known, flag
 from offload.errors import ConfigurationError
 
-_KNOWN = ("synchronous", "busy_timeout_ms", "poll_ms", "retention", "doorbell")
+_KNOWN = ("synchronous", "busy_timeout_ms", "poll_ms", "doorbell", *retention.OPTIONS)
 
 
 def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -34,11 +35,8 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
     try:
         busy_ms = int(opts.get("busy_timeout_ms", 5000))
         poll_ms = int(opts.get("poll_ms", 50))
-        retention = float(opts["retention"]) if opts.get("retention") is not None else None
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"sqlite option is not a number: {exc}") from None
-    if retention is not None and retention < 0:
-        raise ConfigurationError("retention must be >= 0 seconds")
     doorbell = flag("doorbell", opts.get("doorbell", True))
     if busy_ms < 0 or poll_ms <= 0:
         raise ConfigurationError("busy_timeout_ms must be >= 0 and poll_ms > 0")
@@ -46,6 +44,6 @@ def parse_url(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]
         "synchronous": sync,
         "busy_timeout_ms": busy_ms,
         "poll_ms": poll_ms,
-        "retention": retention,
+        "retention": retention.parse_retention(opts),
         "doorbell": doorbell,
     }

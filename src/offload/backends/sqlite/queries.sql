@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS offload_workers (
 -- by (queue, key), which the old, stricter index cannot have made fail.
 DROP INDEX IF EXISTS offload_jobs_active_key;
 
+-- name: upgrade_4
+-- Retention and purge delete the oldest finished jobs of a state, in batches: this index finds
+-- them without a scan. Active jobs (finished_at NULL) stay out of it, so enqueue and claim do
+-- not pay for it; a completion pays one index insert.
+CREATE INDEX IF NOT EXISTS offload_jobs_finished
+    ON offload_jobs (state, finished_at) WHERE finished_at IS NOT NULL;
+
 -- name: upgrade_7
 -- Job headers (a JSON object, NULL when none) and the last progress a running attempt
 -- reported (JSON). Not in the schema block: a fresh file gets them here too.
@@ -211,10 +218,23 @@ RETURNING {cols};
 -- name: delete
 DELETE FROM offload_jobs WHERE id = ? AND state != 'running';
 
--- name: purge
-DELETE FROM offload_jobs
-WHERE state IN ({states}) AND coalesce(finished_at, 0) <= :cutoff
-  AND (:queue IS NULL OR queue = :queue);
+-- name: purge_batch
+-- One bounded batch of a purge or of retention; the caller repeats it until a batch comes back
+-- short, so no single transaction holds the writer for long. The finished index gives the
+-- oldest rows of one state without a scan.
+DELETE FROM offload_jobs WHERE seq IN (
+    SELECT seq FROM offload_jobs
+    WHERE state = :state AND finished_at <= :cutoff AND (:queue IS NULL OR queue = :queue)
+    LIMIT :batch
+);
+
+-- name: free_pages
+PRAGMA freelist_count;
+
+-- name: incremental_vacuum
+-- Gives a free page back to the file system (the file has auto_vacuum=INCREMENTAL); see
+-- offload.backends.sqlite.retention for why it is run once per page.
+PRAGMA incremental_vacuum(1);
 
 -- name: list_jobs
 -- Optional filters are NULL when unused; the cursor is the (created_at, id) of the last row

@@ -33,6 +33,7 @@ from offload.server.dashboard.security import (
     set_cookie,
 )
 from offload.server.http import retry_after
+from offload.server.purge import Purge
 
 MAX_QUEUE_NAME = 200
 
@@ -192,5 +193,14 @@ class Actions:
         await self.core.call(lambda b: b.set_paused(queue, paused == "1"))
         return redirect(page.url("/queues", {"msg": "paused" if paused == "1" else "resumed"}))
 
+    async def purge(self, page: Page, form: dict[str, str]) -> Response:
+        """Delete finished jobs for good: the form's one state, queue (blank: every queue) and
+        age, checked as the API checks them (``offload.server.purge``)."""
+        state = form.get("state", "")
+        purge = Purge.parse([state], form.get("queue") or None, form.get("older_than") or None)
+        await purge.run(self.core.app)
+        return redirect(page.url("/queues", {"msg": "purged"}))
+
 
 BULK_FIELDS = (*FILTER_KEYS, "action", "until", "count")
+PURGE_FIELDS = ("state", "queue", "older_than")

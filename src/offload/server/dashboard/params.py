@@ -28,6 +28,7 @@ MESSAGES = {  # ?msg= values: fixed texts, so nothing a link carries is reflecte
     "deleted": "The job was deleted.",
     "paused": "The queue is paused: workers take no new jobs from it.",
     "resumed": "The queue is resumed.",
+    "purged": "The finished jobs chosen were deleted.",
     "logged_out": "You are logged out.",
 }
 

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from offload.app import App
 from offload.server.auth import TokenAuth
-from offload.server.dashboard.actions import BULK_FIELDS, Actions
+from offload.server.dashboard.actions import BULK_FIELDS, PURGE_FIELDS, Actions
 from offload.server.dashboard.core import Core
 from offload.server.dashboard.pages import Pages
 from offload.server.dashboard.params import BadRequest, query_of
@@ -79,6 +79,7 @@ class Dashboard:
             Route("/overview.json", page(p.overview_json, json=True), methods=["GET"]),
             Route("/queues", page(p.queues), methods=["GET"], name="dashboard_queues"),
             Route("/queues/pause", act(a.pause, ("queue", "paused")), methods=["POST"]),
+            Route("/queues/purge", act(a.purge, PURGE_FIELDS), methods=["POST"]),
             Route("/jobs", page(p.jobs), methods=["GET"], name="dashboard_jobs"),
             Route("/jobs/bulk", page(p.bulk_confirm), methods=["GET"]),
             Route("/jobs/bulk", act(a.bulk_apply, BULK_FIELDS), methods=["POST"]),

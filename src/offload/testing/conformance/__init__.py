@@ -28,6 +28,8 @@ from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
 from offload.testing.conformance.observe import ObserveConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
+from offload.testing.conformance.retention import RetentionConformance
+from offload.testing.conformance.retries import RetryPolicyConformance
 from offload.testing.conformance.steering import SteeringConformance
 from offload.testing.conformance.waiting import WaitingConformance
 from offload.testing.helpers import MakeBackend
@@ -40,6 +42,8 @@ __all__ = [
     "LeaseConformance",
     "ObserveConformance",
     "OutcomeConformance",
+    "RetentionConformance",
+    "RetryPolicyConformance",
     "SteeringConformance",
     "WaitingConformance",
 ]
@@ -54,6 +58,8 @@ class BackendConformance(
     InspectionConformance,
     WaitingConformance,
     ObserveConformance,
+    RetryPolicyConformance,
+    RetentionConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 

@@ -286,16 +286,16 @@ SELECT upd.*, n.n FROM upd, n
 -- name: delete
 DELETE FROM {schema}.jobs WHERE id = ANY(%(ids)s::text[]) AND state <> 'running'
 
--- name: purge
-DELETE FROM {schema}.jobs
-WHERE state = ANY(%(states)s::text[]) AND finished_at <= {now} - %(older_than_s)s
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-
--- name: purge_retention_batch
+-- name: purge_batch
+-- One bounded batch of a purge or of retention (the caller repeats it until a batch comes back
+-- short), so no statement holds its row locks or bloats one transaction for long. The
+-- finished index gives the oldest rows of a state; SKIP LOCKED lets two callers share the work.
 DELETE FROM {schema}.jobs WHERE id IN (
     SELECT id FROM {schema}.jobs
-    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at <= {now} - %(retention_s)s
-    LIMIT %(batch)s)
+    WHERE state = %(state)s AND finished_at <= {now} - %(older_than_s)s
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED)
 
 -- name: prune_workers
 DELETE FROM {schema}.workers WHERE expires_at <= {now}

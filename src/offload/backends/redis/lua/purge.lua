@@ -1,19 +1,22 @@
--- Delete finished jobs of the given states finished at least `age` ago.
--- KEYS[1]: the queue's base. ARGV: age (us), then states. Returns how many.
+-- Delete at most `max` finished jobs (in all, over the states given) older than each state's
+-- age: one bounded batch of a purge or of retention, repeated by the caller while a batch
+-- comes back full, so no script holds Redis for long.
+-- KEYS[1]: the queue's base. ARGV: max, then pairs of (state, age in s). Returns how many.
 local base = KEYS[1]
-local cutoff = now_us() - tonumber(ARGV[1])
+local now = now_us()
+local left = tonumber(ARGV[1])
 local n = 0
-for i = 2, #ARGV do
+for i = 2, #ARGV, 2 do
+  if left <= 0 then break end
   local set = base .. ':' .. ARGV[i]
-  while true do
-    local ids = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', 0, 1000)
-    if #ids == 0 then break end
-    for _, id in ipairs(ids) do
-      redis.call('UNLINK', job_key(base, id))
-      redis.call('ZREM', base .. ':created', id)
-    end
-    redis.call('ZREM', set, unpack(ids))
-    n = n + #ids
+  local cutoff = now - tonumber(ARGV[i + 1]) * 1000000
+  local ids = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', 0, left)
+  for _, id in ipairs(ids) do
+    redis.call('UNLINK', job_key(base, id))
+    redis.call('ZREM', base .. ':created', id)
   end
+  if #ids > 0 then redis.call('ZREM', set, unpack(ids)) end
+  n = n + #ids
+  left = left - #ids
 end
 return n

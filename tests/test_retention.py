@@ -1,0 +1,186 @@
+"""Retention: the policy and its URL options, deletion past a retention on every engine (in
+bounded batches), and the SQLite file giving its space back. What needs no configuration
+(defaults keep fresh jobs, purge) is in the conformance suite."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from offload.backends import from_url
+from offload.backends.base import Backend
+from offload.backends.memory import backend as memory_backend
+from offload.backends.postgres import steering as postgres_steering
+from offload.backends.redis import inspection as redis_inspection
+from offload.backends.retention import DAY_S, Retention, parse_retention
+from offload.backends.sqlite import retention as sqlite_retention
+from offload.errors import ConfigurationError
+from offload.job import JobState
+from offload.outcome import Cancelled, Dead, Succeeded
+from offload.testing.helpers import claim_request, finish, lease_of, must_get, new_job
+from tests.services import backend_url
+
+KINDS = ["memory", "sqlite", "postgres", "redis", "redis_cluster", "rabbitmq"]
+# Succeeded jobs go at once, dead ones after the default (days), cancelled ones never.
+OPTIONS = "retention_succeeded=0&retention_cancelled=forever"
+
+# -- the policy -------------------------------------------------------------------------------
+
+
+def test_defaults_keep_succeeded_jobs_3_days_and_failures_14() -> None:
+    assert parse_retention({}) == Retention(3 * DAY_S, 14 * DAY_S, 14 * DAY_S)
+
+
+def test_one_option_for_all_states_and_one_per_state_wins() -> None:
+    policy = parse_retention({"retention": "12h", "retention_dead": "2w"})
+    assert policy == Retention(12 * 3600.0, 14 * DAY_S, 12 * 3600.0)
+    assert parse_retention({"retention": 90}).pruned() == [
+        (JobState.SUCCEEDED, 90.0),
+        (JobState.DEAD, 90.0),
+        (JobState.CANCELLED, 90.0),
+    ]
+    forever = parse_retention({"retention": "forever", "retention_succeeded": "1.5"})
+    assert forever.pruned() == [(JobState.SUCCEEDED, 1.5)]
+    assert forever.longest_s() is None and Retention().longest_s() == 14 * DAY_S
+
+
+@pytest.mark.parametrize("bad", ["-1", "soon", "3 days", "1e3x", "nan", True])
+def test_a_bad_retention_is_a_configuration_error(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="retention of succeeded jobs"):
+        parse_retention({"retention_succeeded": bad})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://?retention=-5",
+        "memory://?retention_done=1",
+        "sqlite:///x.db?retention_dead=later",
+        "redis://db?retention=-1",
+        "postgresql://db/app?retention_cancelled=x",
+    ],
+)
+def test_every_engine_refuses_a_bad_retention_option(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="retention"):
+        from_url(url)
+
+
+# -- deletion past the retention, every engine ---------------------------------------------------
+
+
+def with_options(url: str, options: str) -> str:
+    """``url`` with retention ``options``; a broker's go to its store, inside ``store=``."""
+    if "&store=" in url:
+        head, store = url.split("&store=", 1)
+        return f"{head}&store={quote(f'{store}?{options}', safe='')}"
+    return f"{url}{'&' if '?' in url else '?'}{options}"
+
+
+@pytest.fixture(params=KINDS)
+def retaining_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each kind's URL with a retention that deletes succeeded jobs at once (its data is
+    removed afterwards, outside the test's event loop)."""
+    if request.param == "memory":
+        yield f"memory://?{OPTIONS}"
+        return
+    with backend_url(request.param, tmp_path) as url:
+        yield with_options(url, OPTIONS)
+
+
+@pytest.fixture
+async def retaining(retaining_url: str) -> AsyncIterator[Backend]:
+    backend = from_url(retaining_url)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Batches of 2 rows, so that a handful of jobs takes several: the loop is exercised."""
+    for module in (memory_backend, sqlite_retention, postgres_steering, redis_inspection):
+        monkeypatch.setattr(module, "PRUNE_BATCH", 2)
+    return 2
+
+
+async def test_run_maintenance_deletes_past_the_retention_in_batches(
+    retaining: Backend, small_batches: int
+) -> None:
+    backend = retaining
+    succeeded = [await finish(backend, Succeeded(b"1")) for _ in range(5)]
+    dead = await finish(backend, Dead("broken"))
+    cancelled = await finish(backend, Cancelled("no"))
+    (running,) = await backend.enqueue([new_job()])
+    await backend.claim(claim_request())
+    assert await backend.run_maintenance() == 5  # 3 batches of at most 2
+    assert [await backend.get(r.id) for r in succeeded] == [None] * 5
+    assert await must_get(backend, dead.id) == dead  # 14 days by default
+    assert await must_get(backend, cancelled.id) == cancelled  # forever
+    assert (await must_get(backend, running.id)).state is JobState.RUNNING
+    assert await backend.run_maintenance() == 0
+
+
+async def test_purge_deletes_across_batches(retaining: Backend, small_batches: int) -> None:
+    backend = retaining
+    dead = [await finish(backend, Dead("x"), new_job(queue="q1")) for _ in range(5)]
+    other = await finish(backend, Dead("x"), new_job(queue="q2"))
+    assert await backend.purge([JobState.DEAD], queue="q1") == 5
+    assert [await backend.get(r.id) for r in dead] == [None] * 5
+    assert await must_get(backend, other.id) == other
+
+
+# -- SQLite gives the space back ------------------------------------------------------------
+
+
+def pragma(path: Path, name: str) -> int:
+    with sqlite3.connect(path) as raw:
+        return int(raw.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+async def fill_and_prune(path: Path, jobs: int) -> int:
+    """Run ``jobs`` 4 KB jobs (and any already queued) to success, prune them all; return
+    the pages the file then has."""
+    backend = from_url(f"sqlite:///{path}?retention_succeeded=0")
+    await backend.open()
+    try:
+        pad = b'{"pad": "' + b"x" * 4000 + b'"}'
+        await backend.enqueue([new_job(args=pad) for _ in range(jobs)])
+        while claimed := await backend.claim(claim_request(limit=200)):
+            await backend.complete([(lease_of(j), Succeeded()) for j in claimed])
+        assert await backend.run_maintenance() >= jobs
+    finally:
+        await backend.close()
+    assert pragma(path, "freelist_count") == 0
+    return pragma(path, "page_count")
+
+
+async def test_a_new_sqlite_file_shrinks_back_after_retention(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    empty = await fill_and_prune(path, 1)
+    assert pragma(path, "auto_vacuum") == 2  # INCREMENTAL, set before the tables existed
+    assert await fill_and_prune(path, 500) <= empty + 8  # not the ~600 pages it held
+
+
+async def test_an_older_sqlite_file_is_converted_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    backend = from_url(f"sqlite:///{path}")
+    await backend.open()
+    (kept,) = await backend.enqueue([new_job()])
+    await backend.close()
+    with sqlite3.connect(path, isolation_level=None) as raw:  # as a version 2 file was made
+        raw.execute("PRAGMA auto_vacuum = NONE")
+        raw.execute("VACUUM")
+        raw.execute("PRAGMA user_version = 2")
+    assert pragma(path, "auto_vacuum") == 0
+    backend = from_url(f"sqlite:///{path}")
+    await backend.open()
+    try:
+        assert (await must_get(backend, kept.id)).state is JobState.QUEUED
+    finally:
+        await backend.close()
+    assert pragma(path, "auto_vacuum") == 2
+    assert await fill_and_prune(path, 300) < 40
