@@ -80,7 +80,7 @@ async def test_migration_2_scopes_the_keys_of_an_existing_schema(schema: str) ->
     backend = PostgresBackend(f"{POSTGRES_URL}?schema={schema}")
     with pytest.raises(ConfigurationError, match="run: offload migrate"):
         await backend.open()
-    assert await backend.migrate() == 1
+    assert await backend.migrate() == len(load_migrations(schema)) - 1  # 2 and any later
     await backend.open()
     try:
         same, other = await backend.enqueue([job("qa", key="k"), job("qb", key="k")])

@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from offload.backends import Backend, from_url
 from offload.backends.base import TransactionalEnqueue
+from offload.backends.unique import outcome_of
 from offload.backoff import Backoff, ExponentialBackoff
 from offload.bridge import Bridge
 from offload.errors import (
@@ -292,7 +293,7 @@ class App:
             records = await self._enqueue_in(connection, batch)
         else:
             records = await self.call(lambda b: b.enqueue(batch, limits=self.queue_limits))
-        stored = [Job(self, r) for r in records]
+        stored = [Job(self, r, outcome_of(n, r)) for n, r in zip(batch, records, strict=True)]
         self.hooks.enqueued(stored)
         return stored
 
@@ -304,7 +305,7 @@ class App:
             records = self.run_sync(lambda b: self._enqueue_in(connection, batch))
         else:
             records = self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
-        stored = [Job(self, r) for r in records]
+        stored = [Job(self, r, outcome_of(n, r)) for n, r in zip(batch, records, strict=True)]
         self.hooks.enqueued(stored)
         return stored
 

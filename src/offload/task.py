@@ -45,6 +45,8 @@ class EnqueueOptions:
     key: str | None = None
     max_attempts: int | None = None
     connection: Any = None  # a caller's DB connection, for transactional enqueue
+    unique_for: float | None = None  # seconds the key stays taken, finished jobs included
+    on_conflict: str = "keep"  # "keep" the job holding the key, or "replace" it (debounce)
 
     def __post_init__(self) -> None:
         if self.delay is not None and (not isinstance(self.delay, int | float) or self.delay < 0):
@@ -61,6 +63,7 @@ class EnqueueOptions:
             )
         if self.max_attempts is not None:
             check_attempts(self.max_attempts)
+        check_unique(self.key, self.unique_for, self.on_conflict)
 
     def run_at_epoch(self) -> float | None:
         if isinstance(self.run_at, datetime):
@@ -68,6 +71,22 @@ class EnqueueOptions:
                 raise ValidationError("run_at must be timezone-aware", argument="run_at")
             return self.run_at.timestamp()
         return None if self.run_at is None else float(self.run_at)
+
+
+def check_unique(key: object, unique_for: object, on_conflict: object) -> None:
+    """``unique_for`` and ``on_conflict`` qualify a ``key``: a window of seconds >= 0, and
+    "keep" or "replace"."""
+    if unique_for is not None and (
+        isinstance(unique_for, bool)
+        or not isinstance(unique_for, int | float)
+        or not 0 <= unique_for < 10**9
+    ):
+        raise ValidationError("unique_for must be a number of seconds >= 0", argument="unique_for")
+    if on_conflict not in ("keep", "replace"):
+        raise ValidationError("on_conflict must be 'keep' or 'replace'", argument="on_conflict")
+    if key is None and (unique_for is not None or on_conflict != "keep"):
+        arg = "unique_for" if unique_for is not None else "on_conflict"
+        raise ValidationError(f"{arg} needs a key (key=...)", argument=arg)
 
 
 def check_priority(priority: object) -> None:
@@ -226,7 +245,8 @@ class Task(Generic[P, R]):
 
     def options(self, **options: Any) -> BoundTask[P, R]:
         """Per-call options: ``delay``, ``run_at``, ``priority``, ``queue``, ``key``,
-        ``max_attempts``, ``connection``. They never mix with the task's own arguments."""
+        ``unique_for``, ``on_conflict``, ``max_attempts``, ``connection``. They never mix with
+        the task's own arguments (see docs/schedules.md for ``unique_for``/``on_conflict``)."""
         try:
             opts = EnqueueOptions(**options)
         except TypeError as exc:
@@ -272,6 +292,8 @@ class BoundTask(Generic[P, R]):
             delay_s=float(o.delay or 0.0),
             run_at=o.run_at_epoch(),
             key=o.key,
+            unique_for=None if o.unique_for is None else float(o.unique_for),
+            on_conflict="replace" if o.on_conflict == "replace" else "keep",
         )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:

@@ -41,6 +41,10 @@ CREATE INDEX IF NOT EXISTS offload_jobs_lease
     ON offload_jobs (lease_expires_at)
     WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (created_at, id);
+-- unique_for: the newest job holding a key, whatever its state, is one index probe.
+CREATE INDEX IF NOT EXISTS offload_jobs_queue_key_created
+    ON offload_jobs (queue, key, created_at)
+    WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS offload_paused (queue TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offload_workers (
     id TEXT PRIMARY KEY,
@@ -62,6 +66,18 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 -- name: active_by_key
 SELECT {cols} FROM offload_jobs
 WHERE queue = ? AND key = ? AND key IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
+
+-- name: newest_by_key
+-- The newest job of any state holding (queue, key): a finished one still blocks the key while
+-- younger than the new job's unique_for window.
+SELECT {cols} FROM offload_jobs
+WHERE queue = ? AND key = ? AND key IS NOT NULL
+ORDER BY created_at DESC, seq DESC LIMIT 1;
+
+-- name: replace_waiting
+-- Debounce: a waiting job takes the new job's arguments and time (it keeps its id and key).
+UPDATE offload_jobs SET args = ?, priority = ?, run_at = ?, state = ?
+WHERE id = ? AND state IN ('scheduled', 'queued');
 
 -- name: waiting_count
 SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('scheduled', 'queued');
