@@ -15,6 +15,7 @@ import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor, new_record
+from offload.backends.memory.schedules import MemorySchedules
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -41,7 +42,7 @@ from offload.job import (
 from offload.outcome import Outcome
 
 
-class MemoryBackend:
+class MemoryBackend(MemorySchedules):
     """In-process backend. ``clock`` is the backend's clock (``time.time`` by default)."""
 
     capabilities = Capabilities(notify=True, cross_process=False)

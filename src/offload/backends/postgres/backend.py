@@ -25,6 +25,7 @@ from offload.backends.postgres.enqueue import (
 from offload.backends.postgres.listener import Listener
 from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.recovery import Channels, recover_batch
+from offload.backends.postgres.schedules import PostgresSchedules
 from offload.backends.postgres.steering import Steering
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
@@ -39,7 +40,7 @@ _POLL_WITHOUT_LISTENER_S = 1.0
 _DONE_POLL_S = 5.0
 
 
-class PostgresBackend(Steering):
+class PostgresBackend(Steering, PostgresSchedules):
     """Jobs in one PostgreSQL schema. URL options (also accepted as keywords): ``schema``
     (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` (seconds finished
     jobs are kept; see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to

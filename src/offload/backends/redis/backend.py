@@ -44,6 +44,7 @@ from offload.backends.redis.codec import (
     to_us,
 )
 from offload.backends.redis.inspection import RedisInspection
+from offload.backends.redis.schedules import RedisSchedules
 from offload.backends.unique import fold_replacements
 from offload.errors import BackendUnavailable, QueueFull
 from offload.job import ClaimRequest, JobRecord, JobState, Lease, NewJob
@@ -56,7 +57,7 @@ _TIME = "return redis.call('TIME')"  # the server's clock, routed by a key on a 
 DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
 
 
-class RedisBackend(RedisInspection):
+class RedisBackend(RedisInspection, RedisSchedules):
     """Jobs in Redis (or anything speaking its protocol with Lua, 7.0 or later).
 
     Options (URL query or keyword arguments; a keyword wins): ``prefix`` (default

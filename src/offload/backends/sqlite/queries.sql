@@ -46,6 +46,14 @@ CREATE INDEX IF NOT EXISTS offload_jobs_queue_key_created
     ON offload_jobs (queue, key, created_at)
     WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS offload_paused (queue TEXT PRIMARY KEY) WITHOUT ROWID;
+-- One row per declared schedule (offload.schedules): the latest tick enqueued or skipped
+-- (never lowered), the job of the latest enqueued one, and the operator's pause flag.
+CREATE TABLE IF NOT EXISTS offload_schedules (
+    name TEXT PRIMARY KEY,
+    last_tick REAL,
+    last_job_id TEXT,
+    paused INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offload_workers (
     id TEXT PRIMARY KEY,
     info BLOB NOT NULL,
@@ -269,3 +277,20 @@ DELETE FROM offload_workers WHERE id = ?;
 
 -- name: workers
 SELECT info, last_seen_at FROM offload_workers WHERE expires_at > ?;
+
+-- name: schedule_records
+SELECT name, last_tick, last_job_id, paused FROM offload_schedules ORDER BY name;
+
+-- name: advance_schedule
+-- last_tick only rises; the job id goes with the tick that rose it.
+INSERT INTO offload_schedules (name, last_tick, last_job_id) VALUES (:name, :tick, :job_id)
+ON CONFLICT (name) DO UPDATE
+SET last_job_id = CASE WHEN last_tick IS NULL OR excluded.last_tick > last_tick
+                       THEN coalesce(excluded.last_job_id, last_job_id)
+                       ELSE last_job_id END,
+    last_tick = CASE WHEN last_tick IS NULL OR excluded.last_tick > last_tick
+                     THEN excluded.last_tick ELSE last_tick END;
+
+-- name: set_schedule_paused
+INSERT INTO offload_schedules (name, paused) VALUES (:name, :paused)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;

@@ -27,6 +27,7 @@ from offload.testing.conformance.enqueue import EnqueueConformance
 from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
+from offload.testing.conformance.schedules import ScheduleConformance
 from offload.testing.conformance.steering import SteeringConformance
 from offload.testing.conformance.unique import UniqueConformance
 from offload.testing.conformance.waiting import WaitingConformance
@@ -39,6 +40,7 @@ __all__ = [
     "InspectionConformance",
     "LeaseConformance",
     "OutcomeConformance",
+    "ScheduleConformance",
     "SteeringConformance",
     "UniqueConformance",
     "WaitingConformance",
@@ -54,6 +56,7 @@ class BackendConformance(
     InspectionConformance,
     WaitingConformance,
     UniqueConformance,
+    ScheduleConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 
