@@ -28,6 +28,7 @@ from offload.errors import (
 )
 from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, NewJob
+from offload.schedules import BoundSchedule, Schedule, bind_all
 from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
 
 P = ParamSpec("P")
@@ -63,6 +64,7 @@ class App:
                 raise ConfigurationError(f"queue limit for {queue!r} must be an integer >= 1")
         self.queue_limits: dict[str, int] = dict(queue_limits or {})
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, BoundSchedule] = {}  # by schedule name (see @app.task)
         self.hooks = Hooks()
         self._bridge = Bridge(at_exit=self._close_at_exit)
         self._home: asyncio.AbstractEventLoop | None = None
@@ -105,6 +107,7 @@ class App:
         retry: Backoff | None = None,
         timeout: float | None = None,
         expose: bool = False,
+        schedule: Schedule | Sequence[Schedule] | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -119,11 +122,14 @@ class App:
         retry: Backoff | None = None,
         timeout: float | None = None,
         expose: bool = False,
+        schedule: Schedule | Sequence[Schedule] | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a sync or async function as a task.
 
         ``name`` defaults to ``module.qualname``; ``timeout`` is in seconds; ``expose=True``
-        lets the HTTP API enqueue it (no task is reachable over HTTP otherwise).
+        lets the HTTP API enqueue it (no task is reachable over HTTP otherwise);
+        ``schedule`` (``offload.Cron(...)``, ``offload.Every(...)`` or a list of them) has
+        every worker enqueue it at each tick, once per tick (see docs/schedules.md).
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
@@ -139,7 +145,9 @@ class App:
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already registered")
             t: Task[P, R] = Task(self, f, config)
+            bound = bind_all(schedule, t, taken=self.schedules)
             self.tasks[config.name] = t
+            self.schedules.update((b.name, b) for b in bound)
             return t
 
         return register(fn) if fn is not None else register

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -181,17 +181,21 @@ class BoundSchedule:
     schedule: Schedule
     args: bytes  # the fixed arguments, validated against the task's signature
 
-    def due(self, last_tick: float, now: float) -> list[float]:
-        """The ticks to enqueue now, given the latest tick already enqueued (or skipped)."""
+    def due(self, last_tick: float, now: float) -> tuple[list[float], float | None]:
+        """The ticks to enqueue now, given the latest tick already enqueued (or skipped), and
+        the latest tick passed (None: none is due); ticks before it not returned are skipped
+        by the ``missed`` policy."""
         s = self.schedule
         ticks = s.ticks_between(last_tick, now, CATCH_UP_MAX + 1)
+        if not ticks:
+            return [], None
         late = now - s.grace
-        missed = len(ticks) > CATCH_UP_MAX or any(t < late for t in ticks)
+        missed = len(ticks) > CATCH_UP_MAX or ticks[0] < late
         if not missed or s.missed == "all":
-            return ticks[-CATCH_UP_MAX:]
+            return ticks[-CATCH_UP_MAX:], ticks[-1]
         if s.missed == "latest":
-            return ticks[-1:]
-        return [t for t in ticks if t >= late]
+            return ticks[-1:], ticks[-1]
+        return [t for t in ticks if t >= late], ticks[-1]
 
     def key(self, tick: float) -> str:
         return f"schedule:{self.name}@{round(tick * 1000)}"
@@ -228,6 +232,26 @@ def bind(schedule: object, task: Task[Any, Any]) -> BoundSchedule:
     if len(name) > 200:
         raise ConfigurationError(f"task {task.name}: schedule name longer than 200 characters")
     return BoundSchedule(name=name, task=task, schedule=schedule, args=args)
+
+
+def bind_all(
+    given: Schedule | Sequence[Schedule] | None,
+    task: Task[Any, Any],
+    *,
+    taken: Mapping[str, BoundSchedule],
+) -> list[BoundSchedule]:
+    """The schedules ``@app.task(schedule=...)`` gives ``task``; names must be unique."""
+    if given is None:
+        return []
+    many = [given] if isinstance(given, Schedule) else list(given)
+    bound = [bind(s, task) for s in many]
+    names = [b.name for b in bound]
+    clash = sorted({n for n in names if n in taken or names.count(n) > 1})
+    if clash:
+        raise ConfigurationError(
+            f"task {task.name}: schedule name {clash[0]!r} is taken; give each schedule a name="
+        )
+    return bound
 
 
 __all__ = ["Cron", "Every", "Schedule", "ScheduleRecord"]
