@@ -6,8 +6,8 @@ widen it (see ``Backend.enqueue``):
 * ``unique_for=W`` (throttle): a job with the key created less than ``W`` seconds ago (the
   backend's clock) blocks the key whatever its state, finished ones included.
 * ``on_conflict="replace"`` (debounce): when the holder is still waiting (scheduled or
-  queued), its args, priority and run_at become the new job's; a running or finished holder
-  is kept as it is.
+  queued) and of the same task, its args, priority and run_at become the new job's; a
+  running or finished holder, or one of another task, is kept as it is.
 
 The decision is made here once; an engine finds the holder and writes what is decided, inside
 the same atomic step as its insert.
@@ -40,7 +40,8 @@ def decide(new: NewJob, holder: JobRecord | None, now: float) -> Decision:
     if holder is None or new.key is None:
         return Decision.INSERT
     if holder.state in ACTIVE_STATES:
-        if new.on_conflict == "replace" and holder.state in WAITING_STATES:
+        replaceable = holder.state in WAITING_STATES and holder.task == new.task
+        if new.on_conflict == "replace" and replaceable:
             return Decision.REPLACE
         return Decision.EXISTING
     if new.unique_for is not None and holder.created_at > now - new.unique_for:
@@ -72,7 +73,7 @@ def fold_replacements(jobs: Sequence[NewJob]) -> list[NewJob]:
         if job.key is None:
             continue
         at = first.setdefault((job.queue, job.key), i)
-        if at != i and job.on_conflict == "replace":
+        if at != i and job.on_conflict == "replace" and out[at].task == job.task:
             out[at] = msgspec.structs.replace(
                 out[at],
                 args=job.args,
@@ -91,7 +92,7 @@ def outcome_of(new: NewJob, stored: JobRecord) -> EnqueueOutcome:
     returned snapshot) waiting."""
     if stored.id == new.id:
         return "created"
-    if new.on_conflict == "replace" and stored.state in WAITING_STATES:
+    if new.on_conflict == "replace" and stored.state in WAITING_STATES and stored.task == new.task:
         return "replaced"
     return "existing"
 

@@ -17,6 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from offload.backends.unique import outcome_of
 from offload.errors import JobNotFound
 from offload.job import JobFilter, JobRecord, JobState
 from offload.server.http import (
@@ -82,6 +83,7 @@ class Api:
         )
         new = bound.prepare_json(args)
         record = await self.state.batcher.enqueue(new)
+        outcome = outcome_of(new, record)
         replayed = record.id != new.id
         if replayed and record.task != new.task:
             # The caller could not have enqueued that job: say no more than that the key is
@@ -104,8 +106,10 @@ class Api:
             metrics.enqueued.labels(record.task, metrics.queue_label(record.queue)).inc()
         # Relative (RFC 9110 allows it) and cheap: url_for costs more than the rest of the route.
         headers = {"Location": f"{request.scope.get('root_path', '')}/v1/jobs/{record.id}"}
-        if replayed:
+        if outcome == "existing":
             headers["Idempotent-Replayed"] = "true"
+        if outcome != "created":
+            headers["Offload-Enqueue-Outcome"] = outcome  # existing, or replaced (debounce)
         wait_s = prefer_wait(request.headers.getlist("prefer"), self.state.max_wait_s)
         # A preference may be ignored (RFC 7240): with every waiter slot taken the job is
         # stored and answered at once; refusing would make the client enqueue it again.

@@ -24,7 +24,7 @@ _STATUS_TEXT = {
     400: "Malformed JSON, or nested more than 64 levels",
     401: "Missing or invalid bearer token",
     403: "The token lacks the scope this route needs",
-    404: "No such job, or no task of that name can be enqueued here",
+    404: "No such job or schedule, or no task of that name can be enqueued here",
     409: "The job's state does not allow this, the Idempotency-Key was used for another "
     "request, or the key is held by a job of another task",
     413: "Body over the size limit",
@@ -32,6 +32,7 @@ _STATUS_TEXT = {
     422: "Invalid input; `argument` names the field when it can",
     429: "The queue is full, or too many bad tokens came from this client; try again after "
     "Retry-After seconds",
+    501: "The backend cannot do this (a broker without a state store has no schedules)",
     503: "The job store is unreachable, or too many requests are waiting; try again after "
     "Retry-After seconds",
 }

@@ -189,6 +189,24 @@ def worker_out(w: WorkerInfo) -> WorkerOut:
     )
 
 
+class ScheduleOut(msgspec.Struct, kw_only=True):
+    """One schedule: declared in the app's code (``task`` null: only a stored record)."""
+
+    name: str
+    task: str | None
+    schedule: str
+    missed: str | None
+    paused: bool
+    next_run_at: datetime | None
+    last_tick_at: datetime | None
+    last_job_id: str | None
+    last_job_state: JobState | None
+
+
+class ScheduleList(msgspec.Struct, kw_only=True):
+    schedules: list[ScheduleOut]
+
+
 RESPONSE_TYPES: tuple[Any, ...] = (
     EnqueueRequest,
     JobOut,
@@ -197,4 +215,5 @@ RESPONSE_TYPES: tuple[Any, ...] = (
     WorkerList,
     ErrorBody,
     Status,
+    ScheduleList,
 )

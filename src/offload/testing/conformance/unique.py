@@ -109,6 +109,15 @@ class UniqueConformance:
         (rec,) = await backend.enqueue([keyed(args=b'{"v": 3}', replace=True, unique_for=60)])
         assert (rec.id, rec.state, rec.args) == (held.id, JobState.SUCCEEDED, b'{"v": 1}')
 
+    async def test_replace_never_touches_another_tasks_job(self, backend: Backend) -> None:
+        require(backend, "unique")
+        (held,) = await backend.enqueue([keyed(args=b'{"v": 1}', delay_s=3600)])
+        other = msgspec.structs.replace(keyed(args=b'{"w": 2}', replace=True), task="other")
+        (rec,) = await backend.enqueue([other])
+        assert (rec.id, rec.task, rec.args) == (held.id, "t", b'{"v": 1}')
+        assert outcome_of(other, rec) == "existing"
+        assert (await must_get(backend, held.id)).args == b'{"v": 1}'
+
     async def test_replace_in_one_batch_keeps_the_last_content(self, backend: Backend) -> None:
         require(backend, "unique")
         jobs = [keyed(args=b'{"v": %d}' % i, replace=True) for i in range(3)]

@@ -19,6 +19,20 @@ local batch_keys = {}
 local replaces = {}
 for qi = 1, nq do fresh_n[qi] = 0 end
 
+-- Debounce replaces only a job of the same task. A blob is a msgpack array whose first item
+-- is the task name: two blobs are of one task when their bytes agree through that string.
+local function same_task(base, held, blob)
+  local old = redis.call('HGET', job_key(base, held), 'd')
+  if not old then return false end
+  local b = string.byte(blob, 2)
+  local stop
+  if b >= 0xa0 and b <= 0xbf then stop = 2 + (b - 0xa0)
+  elseif b == 0xd9 then stop = 3 + string.byte(blob, 3)
+  elseif b == 0xda then stop = 4 + string.byte(blob, 3) * 256 + string.byte(blob, 4)
+  else return false end
+  return string.sub(old, 1, stop) == string.sub(blob, 1, stop)
+end
+
 -- Phase 1: read, dedup and check limits, without writing anything.
 local pos, size, j = 1, #src, 0
 while pos <= size do
@@ -37,7 +51,7 @@ while pos <= size do
       local hs = held and redis.call('HGET', job_key(base, held), 's')
       if hs and is_active(hs) then
         dup = held
-        if conflict == 'r' and hs ~= 'running' then
+        if conflict == 'r' and hs ~= 'running' and same_task(base, held, blob) then
           replaces[#replaces + 1] = {base, held, blob, tonumber(priority), run_at, delay}
         end
       elseif window ~= '' then
