@@ -228,9 +228,13 @@ def bind(schedule: object, task: Task[Any, Any]) -> BoundSchedule:
         args = task.encode_args(**schedule.args)
     except (ValueError, ValidationError) as exc:
         raise ConfigurationError(f"task {task.name}: bad schedule: {exc}") from None
+    from offload.task import check_name
+
     name = schedule.name or task.name
-    if len(name) > 200:
-        raise ConfigurationError(f"task {task.name}: schedule name longer than 200 characters")
+    try:
+        check_name(name, "schedule name")
+    except ValidationError as exc:
+        raise ConfigurationError(f"task {task.name}: {exc}") from None
     return BoundSchedule(name=name, task=task, schedule=schedule, args=args)
 
 

@@ -29,6 +29,8 @@ MESSAGES = {  # ?msg= values: fixed texts, so nothing a link carries is reflecte
     "paused": "The queue is paused: workers take no new jobs from it.",
     "resumed": "The queue is resumed.",
     "logged_out": "You are logged out.",
+    "schedule_paused": "The schedule is paused: its ticks are skipped until it is resumed.",
+    "schedule_resumed": "The schedule is resumed from its next tick.",
 }
 
 
