@@ -211,3 +211,34 @@ async def test_worker_runs_the_scheduler() -> None:
     await worker.stop()
     await task
     assert ran[:2] == [7, 7]
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:5672/", "beanstalk://127.0.0.1/"])
+async def test_store_less_brokers_refuse_schedules_and_windows(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    import msgspec
+
+    from offload.backends import from_url
+    from offload.errors import CapabilityUnavailable
+    from offload.testing.helpers import new_job
+
+    backend = from_url(url)  # nothing here needs a connection: each refuses first
+    for call in (
+        backend.schedule_records(),
+        backend.advance_schedule("s", 1.0, None),
+        backend.set_schedule_paused("s", True),
+    ):
+        with pytest.raises(CapabilityUnavailable, match=r"\?store="):
+            await call
+    windowed = msgspec.structs.replace(new_job(key="k"), unique_for=60.0)
+    with pytest.raises(CapabilityUnavailable, match="store"):
+        await backend.enqueue([windowed])
+    app = offload.App(backend=backend)
+    app.task(name="t", schedule=offload.Every(seconds=1))(lambda: None)
+    scheduler = Scheduler(list(app.schedules.values()), backend)
+    async with asyncio.timeout(5):
+        await scheduler.run(asyncio.Event())  # says why once, and ends
+    assert "schedules cannot run on this backend" in caplog.text
