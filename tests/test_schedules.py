@@ -242,3 +242,37 @@ async def test_store_less_brokers_refuse_schedules_and_windows(
     async with asyncio.timeout(5):
         await scheduler.run(asyncio.Event())  # says why once, and ends
     assert "schedules cannot run on this backend" in caplog.text
+
+
+async def test_ticks_go_through_the_enqueue_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections.abc import Sequence
+
+    from offload.hooks import Hooks
+    from offload.job import Job, NewJob
+
+    seen: list[tuple[str, object]] = []
+
+    class Ear(offload.Hook):
+        def before_enqueue(self, jobs: Sequence[NewJob]) -> None:
+            seen.extend(("before", j.key) for j in jobs)
+
+        def after_enqueue(self, jobs: Sequence[Job]) -> None:
+            seen.extend(("after", j.outcome) for j in jobs)
+
+    clock, backend, _, s = setup(offload.Every(minutes=1), utc(2026, 1, 5, 12))
+    hooks = Hooks()
+    hooks.add(Ear())
+    one, two = (Scheduler([s], backend, clock=clock, hooks=hooks) for _ in range(2))
+    await one.pass_once()
+    stale = await backend.schedule_records()  # what a slower scheduler read
+    clock.now += 60
+    await one.pass_once()
+
+    async def stale_records() -> dict[str, object]:
+        return dict(stale)
+
+    monkeypatch.setattr(backend, "schedule_records", stale_records)
+    await two.pass_once()  # the same tick again: the backend keeps the first
+    key = s.key(utc(2026, 1, 5, 12, 1).timestamp())
+    assert seen == [("before", key), ("after", "created"), ("before", key), ("after", "existing")]
+    assert len(backend.store.jobs) == 1

@@ -46,7 +46,7 @@ class Maintenance:
         # ends when its queues are empty, does not.
         schedules = list(self._worker.app.schedules.values())
         if schedules and not self._worker.config.burst:
-            await Scheduler(schedules, self._backend).run(self._stop)
+            await Scheduler(schedules, self._backend, hooks=self._worker.hooks).run(self._stop)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when it is time to stop."""

@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from offload.backends.base import Backend
+from offload.backends.unique import outcome_of
 from offload.errors import BackendUnavailable, CapabilityUnavailable
-from offload.job import NewJob
+from offload.hooks import Hooks
+from offload.job import Job, JobRecord, NewJob
 from offload.schedules import BoundSchedule, ScheduleRecord
 from offload.worker.errorlog import FailureLog
 
@@ -43,8 +45,10 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        hooks: Hooks | None = None,
     ) -> None:
         self.schedules = list(schedules)
+        self._hooks = hooks
         self._backend = backend
         self._clock = clock
         self._rng = rng
@@ -60,11 +64,24 @@ class Scheduler:
             mark = self._plan(s, records.get(s.name), now, jobs)
             if mark is not None:
                 marks.append(mark)
-        stored = await self._backend.enqueue(jobs) if jobs else []
+        stored = await self._enqueue(jobs) if jobs else []
         for name, tick, at in marks:
             await self._backend.advance_schedule(name, tick, None if at is None else stored[at].id)
         upcoming = [s.schedule.next_after(now) for s in self.schedules]
         return max(0.0, min(upcoming, default=now + MAX_SLEEP_S) - self._clock())
+
+    async def _enqueue(self, jobs: list[NewJob]) -> list[JobRecord]:
+        """Store the ticks' jobs, through the worker's enqueue hooks (tracing, metrics) as an
+        app's enqueue does; ``after_enqueue`` sees ``outcome`` "existing" for a tick another
+        scheduler stored first."""
+        if self._hooks is not None:
+            self._hooks.enqueueing(jobs)
+        stored = await self._backend.enqueue(jobs)
+        if self._hooks is not None:
+            app = self.schedules[0].task.app
+            handles = [Job(app, r, outcome_of(n, r)) for n, r in zip(jobs, stored, strict=True)]
+            self._hooks.enqueued(handles)
+        return stored
 
     def _plan(
         self, s: BoundSchedule, rec: ScheduleRecord | None, now: float, jobs: list[NewJob]
