@@ -20,6 +20,7 @@ schedule's ``missed`` policy; a tick later than ``grace`` seconds is missed:
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -57,7 +58,7 @@ class ScheduleRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Schedule:
+class Schedule(abc.ABC):
     """What Cron and Every share. ``args``: the task's fixed arguments (by name)."""
 
     args: Mapping[str, Any] = field(default_factory=dict)
@@ -66,16 +67,17 @@ class Schedule:
     grace: float = DEFAULT_GRACE_S
     name: str | None = None  # default: the task's name
 
+    @abc.abstractmethod
     def ticks_between(self, after: float, until: float, limit: int) -> list[float]:
         """The latest ``limit`` ticks ``t`` with ``after < t <= until``, oldest first."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def next_after(self, t: float) -> float:
         """The first tick after ``t``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """A short text for people: "cron */5 * * * * (Europe/Paris)", "every 30s"."""
 
     def check(self) -> None:
         """Raise ValueError for a bad definition (the task's declaration names it)."""
