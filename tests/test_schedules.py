@@ -276,3 +276,28 @@ async def test_ticks_go_through_the_enqueue_hooks(monkeypatch: pytest.MonkeyPatc
     key = s.key(utc(2026, 1, 5, 12, 1).timestamp())
     assert seen == [("before", key), ("after", "created"), ("before", key), ("after", "existing")]
     assert len(backend.store.jobs) == 1
+
+
+async def test_a_failing_pass_does_not_end_the_scheduler(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    _clock, backend, scheduler, _ = setup(offload.Every(minutes=1), utc(2026, 1, 5, 12))
+    real = backend.schedule_records
+    calls = 0
+    stop = asyncio.Event()
+
+    async def flaky() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a surprise")
+        stop.set()
+        return await real()
+
+    monkeypatch.setattr(backend, "schedule_records", flaky)
+    async with asyncio.timeout(10):
+        await scheduler.run(stop)  # the second pass (a second later) works, then stops
+    assert calls == 2 and "a surprise" in caplog.text
+    assert "tick" in await real()

@@ -109,6 +109,10 @@ class Scheduler:
             except BackendUnavailable as exc:
                 self._errors.failed(exc)
                 wait = 1.0
+            except Exception as exc:  # never let a surprise end the worker's maintenance
+                log.exception("scheduler pass failed")
+                self._errors.failed(exc)
+                wait = 1.0
             wait = min(wait, MAX_SLEEP_S) + SPREAD_S * self._rng()
             try:
                 await asyncio.wait_for(stop.wait(), wait)
