@@ -28,6 +28,7 @@ from tests.services import (
 )
 
 RUN_S = 20.0
+WAITING = (JobState.QUEUED, JobState.SCHEDULED)
 APP = "tests.apps.scheduled:app"
 FLAGS = ("--concurrency", "2", "--lease", "3", "--heartbeat", "0.5", "--recover", "0.5")
 KINDS = ("sqlite", "postgres", "redis", "redis_cluster", "rabbitmq", "beanstalkd")
@@ -110,22 +111,28 @@ def test_every_tick_runs_once_with_workers_killed(tmp_path: Path) -> None:
                         assert code in (0, -signal.SIGTERM), f"a {kind} worker exited {code}"
         finally:
             kill_all([p for ps in procs.values() for p in ps])
-        report = {kind: check(all_jobs(url), started, ended) for kind, url in urls.items()}
+        report = {kind: check(kind, all_jobs(url), started, ended) for kind, url in urls.items()}
     missing = sorted(set(KINDS) - set(urls))
     print(f"\nticks per backend: {report}; not run (service down): {missing}")
 
 
-def check(jobs: list[JobRecord], started: float, ended: float) -> int:
+def check(kind: str, jobs: list[JobRecord], started: float, ended: float) -> int:
     """Every tick from the first to the last one a scheduler had time to see has exactly one
-    job, and it succeeded. Returns the number of ticks checked."""
+    job, and it succeeded. Returns the number of ticks checked.
+
+    On a broker with a store, a tick stored by a worker SIGKILLed before it published the
+    message waits for the outbox (``brokered/outbox.py``, 30 s): it may still be waiting,
+    never claimed, when the run ends; that is delivery's guarantee, not the schedule's."""
     ticks = Counter(round(int(j.key.rsplit("@", 1)[1].split(":")[0]) / 1000) for j in jobs if j.key)
-    assert ticks, "no tick was enqueued"
+    assert ticks, f"{kind}: no tick was enqueued"
     doubled = {t: n for t, n in ticks.items() if n > 1}
-    assert not doubled, f"ticks enqueued more than once: {doubled}"
+    assert not doubled, f"{kind}: ticks enqueued more than once: {doubled}"
     first, last = min(ticks), int(ended) - 2
     assert first <= started + 1 and last - first >= RUN_S - 4, (first, last, started)
     missing = [t for t in range(first, last + 1) if t not in ticks]
-    assert not missing, f"ticks never enqueued: {missing}"
+    assert not missing, f"{kind}: ticks never enqueued: {missing}"
     unfinished = [j for j in jobs if j.state is not JobState.SUCCEEDED and j.run_at <= last]
-    assert not unfinished, f"tick jobs not succeeded: {unfinished[:3]}"
+    if kind in ("rabbitmq", "beanstalkd"):
+        unfinished = [j for j in unfinished if not (j.state in WAITING and j.attempt == 0)]
+    assert not unfinished, f"{kind}: tick jobs not succeeded: {unfinished[:3]}"
     return last - first + 1

@@ -19,8 +19,9 @@ local batch_keys = {}
 local replaces = {}
 for qi = 1, nq do fresh_n[qi] = 0 end
 
--- Debounce replaces only a job of the same task. A blob is a msgpack array whose first item
--- is the task name: two blobs are of one task when their bytes agree through that string.
+-- Debounce replaces only a job of the same task. A blob is a msgpack array (its length may
+-- differ: optional trailing fields) whose first item is the task name: two blobs are of one
+-- task when their bytes agree from that string's header through its end.
 local function same_task(base, held, blob)
   local old = redis.call('HGET', job_key(base, held), 'd')
   if not old then return false end
@@ -30,7 +31,7 @@ local function same_task(base, held, blob)
   elseif b == 0xd9 then stop = 3 + string.byte(blob, 3)
   elseif b == 0xda then stop = 4 + string.byte(blob, 3) * 256 + string.byte(blob, 4)
   else return false end
-  return string.sub(old, 1, stop) == string.sub(blob, 1, stop)
+  return string.sub(old, 2, stop) == string.sub(blob, 2, stop)
 end
 
 -- Phase 1: read, dedup and check limits, without writing anything.
