@@ -48,3 +48,21 @@ async def test_enqueue_says_when_the_key_was_held(client: httpx.AsyncClient) -> 
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["Offload-Enqueue-Outcome"] == "existing"
     assert again.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_enqueue_with_a_window_and_replace(client: httpx.AsyncClient) -> None:
+    body = {"task": "report", "key": "w", "unique_for": 3600, "args": {"n": 1}, "delay": 60}
+    first = await client.post("/v1/jobs", json=body)
+    assert first.status_code == 202
+    moved = await client.post("/v1/jobs", json={**body, "args": {"n": 2}, "on_conflict": "replace"})
+    assert moved.json()["id"] == first.json()["id"] and moved.json()["args"] == {"n": 2}
+    assert moved.headers["Offload-Enqueue-Outcome"] == "replaced"
+    assert "Idempotent-Replayed" not in moved.headers
+    for bad in ({"unique_for": 5}, {"on_conflict": "replace"}, {"key": "k", "unique_for": -1}):
+        r = await client.post("/v1/jobs", json={"task": "report", **bad})
+        assert r.status_code == 422, bad
+    # The body's own key: an Idempotency-Key does not stand in for it.
+    r = await client.post(
+        "/v1/jobs", json={"task": "report", "unique_for": 5}, headers={"Idempotency-Key": "i1"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["argument"] == "unique_for"

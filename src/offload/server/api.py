@@ -40,6 +40,7 @@ from offload.server.schemas import (
     job_out,
     worker_out,
 )
+from offload.task import check_unique
 
 if TYPE_CHECKING:
     from offload.backends.base import Backend
@@ -72,6 +73,7 @@ class Api:
         req: EnqueueRequest = decode_body(body, EnqueueRequest)
         task = self._exposed(req.task)
         args = task.validate_json(bytes(req.args))
+        check_unique(req.key, req.unique_for, req.on_conflict)  # a key of the body's own
         key, by_idem = self._dedup_key(task, req.key, request.headers.get("idempotency-key"))
         bound = task.options(
             queue=self._queue(task, req.queue),
@@ -80,6 +82,8 @@ class Api:
             priority=req.priority,
             max_attempts=req.max_attempts,
             key=key,
+            unique_for=req.unique_for,
+            on_conflict=req.on_conflict,
         )
         new = bound.prepare_json(args)
         record = await self.state.batcher.enqueue(new)

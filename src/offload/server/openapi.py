@@ -97,6 +97,20 @@ _BOTH_TIMES = {
 }
 
 
+# unique_for (a number) and on_conflict "replace" need the body's own key (a string).
+_KEYED = {"properties": {"key": {"type": "string"}}, "required": ["key"]}
+_NEED_KEY = [
+    {
+        "if": {"properties": {"unique_for": {"type": "number"}}, "required": ["unique_for"]},
+        "then": _KEYED,
+    },
+    {
+        "if": {"properties": {"on_conflict": {"const": "replace"}}, "required": ["on_conflict"]},
+        "then": _KEYED,
+    },
+]
+
+
 def _enqueue_body(
     components: dict[str, Any], tasks: list[tuple[str, str, set[str]]]
 ) -> dict[str, Any]:
@@ -125,6 +139,7 @@ def _enqueue_body(
                 "required": required,
                 "additionalProperties": False,
                 "not": _BOTH_TIMES,
+                "allOf": _NEED_KEY,
             }
         )
     if not variants:

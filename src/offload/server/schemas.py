@@ -34,6 +34,10 @@ class EnqueueRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     priority: Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] | None = None
     max_attempts: Annotated[int, Meta(ge=1, le=1000)] | None = None
     key: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
+    unique_for: Annotated[float, Meta(ge=0, le=MAX_DELAY_S)] | None = None
+    """Needs ``key``: seconds the key stays taken after its job's creation, finished or not."""
+    on_conflict: Literal["keep", "replace"] = "keep"
+    """``replace`` needs ``key``: the waiting job holding it takes these args and time."""
 
 
 class AttemptErrorOut(msgspec.Struct, kw_only=True):
