@@ -22,7 +22,7 @@ from tests.services import (
     BEANSTALKD_HOST,
     BEANSTALKD_PORT,
     backend_url,
-    port_open,
+    require_beanstalkd,
     services_required,
     unique_name,
 )
@@ -38,7 +38,9 @@ KINDS = ("sqlite", "postgres", "redis", "redis_cluster", "rabbitmq", "beanstalkd
 def some_url(kind: str, tmp_path: Path) -> Iterator[str | None]:
     """The isolated URL of ``kind``, or None when its service is not up (and not required)."""
     if kind == "beanstalkd":
-        if not port_open(BEANSTALKD_HOST, BEANSTALKD_PORT):
+        try:
+            require_beanstalkd()
+        except pytest.skip.Exception:
             yield None
             return
         store = f"sqlite:///{tmp_path / 'state.db'}"
