@@ -21,6 +21,7 @@ from offload.errors import (
 )
 from offload.hooks import Hook
 from offload.job import Job, JobRecord, JobState
+from offload.schedules import Cron, Every
 from offload.task import Task
 
 __version__ = "0.1.0"
@@ -31,6 +32,8 @@ __all__ = [
     "Cancel",
     "CapabilityUnavailable",
     "ConfigurationError",
+    "Cron",
+    "Every",
     "ExponentialBackoff",
     "FixedBackoff",
     "Hook",

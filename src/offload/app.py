@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from offload.backends import Backend, from_url
 from offload.backends.base import TransactionalEnqueue
+from offload.backends.unique import outcome_of
 from offload.backoff import Backoff, ExponentialBackoff
 from offload.bridge import Bridge
 from offload.errors import (
@@ -27,6 +28,7 @@ from offload.errors import (
 )
 from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, NewJob
+from offload.schedules import BoundSchedule, Schedule, bind_all
 from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
 
 P = ParamSpec("P")
@@ -62,6 +64,7 @@ class App:
                 raise ConfigurationError(f"queue limit for {queue!r} must be an integer >= 1")
         self.queue_limits: dict[str, int] = dict(queue_limits or {})
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, BoundSchedule] = {}  # by schedule name (see @app.task)
         self.hooks = Hooks()
         self._bridge = Bridge(at_exit=self._close_at_exit)
         self._home: asyncio.AbstractEventLoop | None = None
@@ -116,6 +119,7 @@ class App:
         retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
         give_up_on: type[Exception] | tuple[type[Exception], ...] = (),
         backoff: Mapping[type[Exception], Backoff] | None = None,
+        schedule: Schedule | Sequence[Schedule] | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -133,11 +137,14 @@ class App:
         retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
         give_up_on: type[Exception] | tuple[type[Exception], ...] = (),
         backoff: Mapping[type[Exception], Backoff] | None = None,
+        schedule: Schedule | Sequence[Schedule] | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a sync or async function as a task.
 
         ``name`` defaults to ``module.qualname``; ``timeout`` is in seconds; ``expose=True``
-        lets the HTTP API enqueue it (no task is reachable over HTTP otherwise).
+        lets the HTTP API enqueue it (no task is reachable over HTTP otherwise);
+        ``schedule`` (``offload.Cron(...)``, ``offload.Every(...)`` or a list of them) has
+        every worker enqueue it at each tick, once per tick (see docs/schedules.md).
         ``retry_on`` (only these exceptions retry), ``give_up_on`` (these end the job ``dead``
         at once) and ``backoff`` (a Backoff per exception class) shape retries; see
         :class:`offload.backoff.RetryPolicy`.
@@ -159,7 +166,9 @@ class App:
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already registered")
             t: Task[P, R] = Task(self, f, config)
+            bound = bind_all(schedule, t, taken=self.schedules)
             self.tasks[config.name] = t
+            self.schedules.update((b.name, b) for b in bound)
             return t
 
         return register(fn) if fn is not None else register
@@ -313,7 +322,7 @@ class App:
             records = await self._enqueue_in(connection, batch)
         else:
             records = await self.call(lambda b: b.enqueue(batch, limits=self.queue_limits))
-        stored = [Job(self, r) for r in records]
+        stored = [Job(self, r, outcome_of(n, r)) for n, r in zip(batch, records, strict=True)]
         self.hooks.enqueued(stored)
         return stored
 
@@ -325,7 +334,7 @@ class App:
             records = self.run_sync(lambda b: self._enqueue_in(connection, batch))
         else:
             records = self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
-        stored = [Job(self, r) for r in records]
+        stored = [Job(self, r, outcome_of(n, r)) for n, r in zip(batch, records, strict=True)]
         self.hooks.enqueued(stored)
         return stored
 

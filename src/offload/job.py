@@ -14,7 +14,7 @@ import functools
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -81,6 +81,12 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     # Small text metadata carried with the job (trace context, request ids); see
     # offload.headers for the bounds. Hooks' before_enqueue may add to it in place.
     headers: dict[str, str] = {}
+    # With ``key``: how long (seconds, from the stored job's creation) the key keeps blocking
+    # new jobs after that job finished (throttle); None: only while it is active.
+    unique_for: float | None = None
+    # With ``key``, when the job holding it is still waiting (scheduled or queued): "keep" it
+    # as it is, or "replace" its args, priority and run_at with this job's (debounce).
+    on_conflict: Literal["keep", "replace"] = "keep"
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,12 +192,26 @@ QueueCounts = Mapping[str, Mapping[JobState, int]]
 _WAIT_SLICE_S = 30.0  # a long wait is made of bounded backend waits
 
 
-class Job:
-    """A handle on one stored job. ``record`` is the latest snapshot; ``refresh`` updates it."""
+EnqueueOutcome = Literal["created", "existing", "replaced"]
 
-    def __init__(self, app: App, record: JobRecord) -> None:
+
+class Job:
+    """A handle on one stored job. ``record`` is the latest snapshot; ``refresh`` updates it.
+
+    ``outcome`` tells, on a handle returned by an enqueue, what that enqueue did: ``created``
+    a new job, found an ``existing`` one holding its key, or ``replaced`` a waiting one's
+    arguments (``on_conflict="replace"``). None on a handle from a look-up.
+    """
+
+    def __init__(self, app: App, record: JobRecord, outcome: EnqueueOutcome | None = None) -> None:
         self.app = app
         self.record = record
+        self.outcome = outcome
+
+    @property
+    def created(self) -> bool:
+        """Whether the enqueue that returned this handle stored a new job."""
+        return self.outcome == "created"
 
     @property
     def id(self) -> str:

@@ -47,6 +47,8 @@ class EnqueueOptions:
     max_attempts: int | None = None
     connection: Any = None  # a caller's DB connection, for transactional enqueue
     headers: Mapping[str, str] | None = None  # offload.headers: small metadata for the job
+    unique_for: float | None = None  # seconds the key stays taken, finished jobs included
+    on_conflict: str = "keep"  # "keep" the job holding the key, or "replace" it (debounce)
 
     def __post_init__(self) -> None:
         if self.delay is not None and (not isinstance(self.delay, int | float) or self.delay < 0):
@@ -65,6 +67,7 @@ class EnqueueOptions:
             check_attempts(self.max_attempts)
         if self.headers is not None:
             check_headers(self.headers)
+        check_unique(self.key, self.unique_for, self.on_conflict)
 
     def run_at_epoch(self) -> float | None:
         if isinstance(self.run_at, datetime):
@@ -72,6 +75,22 @@ class EnqueueOptions:
                 raise ValidationError("run_at must be timezone-aware", argument="run_at")
             return self.run_at.timestamp()
         return None if self.run_at is None else float(self.run_at)
+
+
+def check_unique(key: object, unique_for: object, on_conflict: object) -> None:
+    """``unique_for`` and ``on_conflict`` qualify a ``key``: a window of seconds >= 0, and
+    "keep" or "replace"."""
+    if unique_for is not None and (
+        isinstance(unique_for, bool)
+        or not isinstance(unique_for, int | float)
+        or not 0 <= unique_for < 10**9
+    ):
+        raise ValidationError("unique_for must be a number of seconds >= 0", argument="unique_for")
+    if on_conflict not in ("keep", "replace"):
+        raise ValidationError("on_conflict must be 'keep' or 'replace'", argument="on_conflict")
+    if key is None and (unique_for is not None or on_conflict != "keep"):
+        arg = "unique_for" if unique_for is not None else "on_conflict"
+        raise ValidationError(f"{arg} needs a key (key=...)", argument=arg)
 
 
 def check_priority(priority: object) -> None:
@@ -241,8 +260,9 @@ class Task(Generic[P, R]):
 
     def options(self, **options: Any) -> BoundTask[P, R]:
         """Per-call options: ``delay``, ``run_at``, ``priority``, ``queue``, ``key``,
-        ``max_attempts``, ``connection``, ``headers``. They never mix with the task's own
-        arguments."""
+        ``unique_for``, ``on_conflict``, ``max_attempts``, ``connection``, ``headers``. They
+        never mix with the task's own arguments (see docs/schedules.md for
+        ``unique_for``/``on_conflict``)."""
         try:
             opts = EnqueueOptions(**options)
         except TypeError as exc:
@@ -289,6 +309,8 @@ class BoundTask(Generic[P, R]):
             run_at=o.run_at_epoch(),
             key=o.key,
             headers=dict(o.headers) if o.headers else {},
+            unique_for=None if o.unique_for is None else float(o.unique_for),
+            on_conflict="replace" if o.on_conflict == "replace" else "keep",
         )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:

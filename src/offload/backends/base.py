@@ -33,6 +33,7 @@ from offload.job import (
     WorkerInfo,
 )
 from offload.outcome import Outcome
+from offload.schedules import ScheduleRecord
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,27 @@ class Backend(Protocol):
 
     async def workers(self) -> list[WorkerInfo]:
         """Workers seen within their ttl, with ``last_seen_at`` on the backend's clock."""
+        ...
+
+    # -- schedule records (see offload.schedules) -------------------------------------------
+
+    async def schedule_records(self) -> dict[str, ScheduleRecord]:
+        """Every stored schedule record, by name (a schedule no scheduler has seen: absent)."""
+        ...
+
+    async def advance_schedule(self, name: str, tick: float, job_id: str | None) -> None:
+        """Record that schedule ``name`` has enqueued (``job_id``) or skipped (None) ``tick``.
+
+        Creates the record when absent. Otherwise ``last_tick`` only ever rises: a ``tick``
+        not later than the stored one changes nothing; a later one replaces it, and so does
+        its ``job_id`` when given. ``paused`` is untouched. Atomic, and safe from any number of
+        schedulers at once (a late writer never moves the record back).
+        """
+        ...
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> None:
+        """Pause (its scheduler enqueues no tick) or resume schedule ``name``; creates the
+        record (with no ``last_tick``) when absent. Idempotent."""
         ...
 
 

@@ -17,6 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from offload.backends.unique import outcome_of
 from offload.errors import JobNotFound
 from offload.job import JobFilter, JobRecord, JobState
 from offload.server.http import (
@@ -41,6 +42,7 @@ from offload.server.schemas import (
     job_out,
     worker_out,
 )
+from offload.task import check_unique
 
 if TYPE_CHECKING:
     from offload.backends.base import Backend
@@ -73,6 +75,7 @@ class Api:
         req: EnqueueRequest = decode_body(body, EnqueueRequest)
         task = self._exposed(req.task)
         args = task.validate_json(bytes(req.args))
+        check_unique(req.key, req.unique_for, req.on_conflict)  # a key of the body's own
         key, by_idem = self._dedup_key(task, req.key, request.headers.get("idempotency-key"))
         bound = task.options(
             queue=self._queue(task, req.queue),
@@ -82,9 +85,12 @@ class Api:
             max_attempts=req.max_attempts,
             key=key,
             headers=req.headers,
+            unique_for=req.unique_for,
+            on_conflict=req.on_conflict,
         )
         new = bound.prepare_json(args)
         record = await self.state.batcher.enqueue(new)
+        outcome = outcome_of(new, record)
         replayed = record.id != new.id
         if replayed and record.task != new.task:
             # The caller could not have enqueued that job: say no more than that the key is
@@ -107,8 +113,10 @@ class Api:
             metrics.enqueued.labels(record.task, metrics.queue_label(record.queue)).inc()
         # Relative (RFC 9110 allows it) and cheap: url_for costs more than the rest of the route.
         headers = {"Location": f"{request.scope.get('root_path', '')}/v1/jobs/{record.id}"}
-        if replayed:
+        if outcome == "existing":
             headers["Idempotent-Replayed"] = "true"
+        if outcome != "created":
+            headers["Offload-Enqueue-Outcome"] = outcome  # existing, or replaced (debounce)
         wait_s = prefer_wait(request.headers.getlist("prefer"), self.state.max_wait_s)
         # A preference may be ignored (RFC 7240): with every waiter slot taken the job is
         # stored and answered at once; refusing would make the client enqueue it again.

@@ -24,7 +24,7 @@ _STATUS_TEXT = {
     400: "Malformed JSON, or nested more than 64 levels",
     401: "Missing or invalid bearer token",
     403: "The token lacks the scope this route needs",
-    404: "No such job, or no task of that name can be enqueued here",
+    404: "No such job or schedule, or no task of that name can be enqueued here",
     409: "The job's state does not allow this, the Idempotency-Key was used for another "
     "request, or the key is held by a job of another task",
     413: "Body over the size limit",
@@ -97,6 +97,20 @@ _BOTH_TIMES = {
 }
 
 
+# unique_for (a number) and on_conflict "replace" need the body's own key (a string).
+_KEYED = {"properties": {"key": {"type": "string"}}, "required": ["key"]}
+_NEED_KEY = [
+    {
+        "if": {"properties": {"unique_for": {"type": "number"}}, "required": ["unique_for"]},
+        "then": _KEYED,
+    },
+    {
+        "if": {"properties": {"on_conflict": {"const": "replace"}}, "required": ["on_conflict"]},
+        "then": _KEYED,
+    },
+]
+
+
 def _enqueue_body(
     components: dict[str, Any], tasks: list[tuple[str, str, set[str]]]
 ) -> dict[str, Any]:
@@ -125,6 +139,7 @@ def _enqueue_body(
                 "required": required,
                 "additionalProperties": False,
                 "not": _BOTH_TIMES,
+                "allOf": _NEED_KEY,
             }
         )
     if not variants:

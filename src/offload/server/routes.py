@@ -21,6 +21,7 @@ from offload.job import FINAL_STATES, JobState
 from offload.server.api import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, Api
 from offload.server.guard import cross_site
 from offload.server.http import HTTPError, error_response, retry_after, translate
+from offload.server.schedules_api import list_schedules, pause_schedule, resume_schedule
 
 if TYPE_CHECKING:
     from offload.server.service import ServiceState
@@ -85,6 +86,15 @@ _JOB_ID = Param(
     required=True,
 )
 _JOB = {200: Reply("The job", "JobOut")}
+# Offload-Enqueue-Outcome: "existing" (the job holding the key) or "replaced" (debounced).
+_ENQUEUED = ("Location", "Idempotent-Replayed", "Offload-Enqueue-Outcome")
+_SCHEDULE = Param(
+    "name",
+    "path",
+    fixed({"type": "string", "minLength": 1, "maxLength": 200}),
+    "Schedule name",
+    required=True,
+)
 _STATUS = Reply("Status", "Status")
 
 ROUTES: tuple[Operation, ...] = (
@@ -95,8 +105,8 @@ ROUTES: tuple[Operation, ...] = (
         "enqueue",
         "Enqueue a job of an exposed task",
         {
-            200: Reply("Finished within the Prefer: wait time", "JobOut", headers=("Location",)),
-            202: Reply("Stored (and not finished yet)", "JobOut", headers=("Location",)),
+            200: Reply("Finished within the Prefer: wait time", "JobOut", headers=_ENQUEUED),
+            202: Reply("Stored (and not finished yet)", "JobOut", headers=_ENQUEUED),
         },
         errors=(400, 404, 409, 413, 415, 422, 429, 503),
         params=(
@@ -224,6 +234,35 @@ ROUTES: tuple[Operation, ...] = (
         "Live workers",
         {200: Reply("Workers", "WorkerList")},
         errors=(503,),
+    ),
+    Operation(
+        "GET",
+        "/v1/schedules",
+        list_schedules,
+        "read",
+        "Schedules: next and last run, the last job and its state",
+        {200: Reply("Schedules", "ScheduleList")},
+        errors=(501, 503),
+    ),
+    Operation(
+        "POST",
+        "/v1/schedules/{name}/pause",
+        pause_schedule,
+        "admin",
+        "Pause a schedule (its ticks are skipped until it is resumed)",
+        {200: Reply("The schedule", "ScheduleOut")},
+        errors=(404, 501, 503),
+        params=(_SCHEDULE,),
+    ),
+    Operation(
+        "POST",
+        "/v1/schedules/{name}/resume",
+        resume_schedule,
+        "admin",
+        "Resume a schedule from its next tick",
+        {200: Reply("The schedule", "ScheduleOut")},
+        errors=(404, 501, 503),
+        params=(_SCHEDULE,),
     ),
     Operation("GET", "/healthz", Api.healthz, None, "The process is alive", {200: _STATUS}),
     Operation(

@@ -48,6 +48,10 @@ class EnqueueRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_attempts: Annotated[int, Meta(ge=1, le=1000)] | None = None
     key: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
     headers: HttpHeaders | None = None  # the job's headers (offload.headers)
+    unique_for: Annotated[float, Meta(ge=0, le=MAX_DELAY_S)] | None = None
+    """Needs ``key``: seconds the key stays taken after its job's creation, finished or not."""
+    on_conflict: Literal["keep", "replace"] = "keep"
+    """``replace`` needs ``key``: the waiting job holding it takes these args and time."""
 
 
 class AttemptErrorOut(msgspec.Struct, kw_only=True):
@@ -214,6 +218,24 @@ def worker_out(w: WorkerInfo) -> WorkerOut:
     )
 
 
+class ScheduleOut(msgspec.Struct, kw_only=True):
+    """One schedule: declared in the app's code (``task`` null: only a stored record)."""
+
+    name: str
+    task: str | None
+    schedule: str
+    missed: str | None
+    paused: bool
+    next_run_at: datetime | None
+    last_tick_at: datetime | None
+    last_job_id: str | None
+    last_job_state: JobState | None
+
+
+class ScheduleList(msgspec.Struct, kw_only=True):
+    schedules: list[ScheduleOut]
+
+
 RESPONSE_TYPES: tuple[Any, ...] = (
     EnqueueRequest,
     JobOut,
@@ -223,4 +245,5 @@ RESPONSE_TYPES: tuple[Any, ...] = (
     ErrorBody,
     Status,
     Purged,
+    ScheduleList,
 )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from offload.backends.base import Backend
 from offload.errors import BackendUnavailable
 from offload.worker.errorlog import FailureLog
+from offload.worker.schedules import Scheduler
 
 if TYPE_CHECKING:
     from offload.worker.worker import Worker
@@ -33,7 +34,19 @@ class Maintenance:
         self._stop.set()
 
     async def run(self) -> None:
-        await asyncio.gather(self._heartbeat_loop(), self._recover_loop(), self._retention_loop())
+        await asyncio.gather(
+            self._heartbeat_loop(),
+            self._recover_loop(),
+            self._retention_loop(),
+            self._schedules_loop(),
+        )
+
+    async def _schedules_loop(self) -> None:
+        # Every worker runs the scheduler (the tick keys make that safe); a burst worker, which
+        # ends when its queues are empty, does not.
+        schedules = list(self._worker.app.schedules.values())
+        if schedules and not self._worker.config.burst:
+            await Scheduler(schedules, self._backend, hooks=self._worker.hooks).run(self._stop)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when it is time to stop."""

@@ -38,6 +38,7 @@ from offload.backends.brokered.delegation import StoreDelegation
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.common import LEASE_EXPIRED_ERROR, masked
+from offload.backends.unique import replaced_records
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -158,9 +159,10 @@ class StoredBeanstalkBackend(StoreDelegation):
         marker = self._outbox.marker([j.id for j in jobs])
         recs = (await self._store.enqueue([*jobs, marker], limits=limits))[: len(jobs)]
         fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+        moved = replaced_records(jobs, recs)  # debounced: its message goes at its new time
         fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
         try:
-            await self._bs.put([outgoing_of(r) for r in fresh])
+            await self._bs.put([outgoing_of(r) for r in [*fresh, *moved]])
         except BackendUnavailable:
             with contextlib.suppress(BackendUnavailable):
                 await self._store.delete([*(r.id for r in fresh), marker.id])

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from offload.backends.base import Backend
 from offload.backends.brokered.outbox import OUTBOX_QUEUE
 from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, WorkerInfo
+from offload.schedules import ScheduleRecord
 
 
 class StoreDelegation:
@@ -72,3 +73,12 @@ class StoreDelegation:
 
     async def workers(self) -> list[WorkerInfo]:
         return await self._store.workers()
+
+    async def schedule_records(self) -> dict[str, ScheduleRecord]:
+        return await self._store.schedule_records()
+
+    async def advance_schedule(self, name: str, tick: float, job_id: str | None) -> None:
+        await self._store.advance_schedule(name, tick, job_id)
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> None:
+        await self._store.set_schedule_paused(name, paused)

@@ -16,6 +16,7 @@ from typing import ClassVar, NoReturn
 from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
 from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, WorkerInfo
+from offload.schedules import ScheduleRecord
 
 STORE_LESS = Capabilities(
     inspect=False,
@@ -83,3 +84,12 @@ class StoreLess:
 
     async def paused_queues(self) -> set[str]:
         self._unavailable("paused queues")
+
+    async def schedule_records(self) -> dict[str, ScheduleRecord]:
+        self._unavailable("schedules")
+
+    async def advance_schedule(self, name: str, tick: float, job_id: str | None) -> None:
+        self._unavailable("schedules")
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> None:
+        self._unavailable("pausing a schedule")

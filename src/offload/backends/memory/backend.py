@@ -24,6 +24,7 @@ from offload.backends.common import (
     encode_cursor,
     new_record,
 )
+from offload.backends.memory.schedules import MemorySchedules
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -35,6 +36,7 @@ from offload.backends.memory.store import (
     released,
 )
 from offload.backends.retention import PRUNE_BATCH
+from offload.backends.unique import Decision, decide, fold_replacements, replaced
 from offload.errors import InvalidState, QueueFull
 from offload.job import (
     ACTIVE_STATES,
@@ -51,7 +53,7 @@ from offload.job import (
 from offload.outcome import Outcome
 
 
-class MemoryBackend:
+class MemoryBackend(MemorySchedules):
     """In-process backend. ``clock`` is the backend's clock (``time.time`` by default)."""
 
     capabilities = Capabilities(notify=True, cross_process=False)
@@ -94,17 +96,27 @@ class MemoryBackend:
             active_keys = {
                 (j.queue, j.key): j for j in st.jobs.values() if j.key and j.state in ACTIVE_STATES
             }
-            batch, where = collapse_same_key(jobs)
+            batch, where = collapse_same_key(fold_replacements(jobs))
             stands: list[JobRecord] = []
             fresh: list[JobRecord] = []
+            replacing: list[JobRecord] = []
             for new in batch:
                 existing = active_keys.get((new.queue, new.key)) if new.key else None
-                rec = existing if existing is not None else new_record(new, now)
-                if existing is None:
+                if existing is None and new.key is not None and new.unique_for is not None:
+                    existing = self._newest_by_key(new.queue, new.key)
+                decision = decide(new, existing, now)
+                if existing is not None and decision is Decision.REPLACE:
+                    existing = replaced(existing, new, now)
+                    replacing.append(existing)
+                rec = new_record(new, now) if decision is Decision.INSERT else existing
+                assert rec is not None
+                if decision is Decision.INSERT:
                     fresh.append(rec)
                 stands.append(rec)
             out = [stands[i] for i in where]
             self._check_limits(fresh, limits or {})
+            for rec in replacing:
+                st.jobs[rec.id] = rec
             for rec in fresh:
                 st.jobs[rec.id] = rec
                 st.seq[rec.id] = st.next_seq
@@ -112,6 +124,10 @@ class MemoryBackend:
             waiters, st.work_waiters = st.work_waiters, []
         st.wake(waiters)
         return out
+
+    def _newest_by_key(self, queue: str, key: str) -> JobRecord | None:
+        held = [j for j in self.store.jobs.values() if j.key == key and j.queue == queue]
+        return max(held, key=lambda j: (j.created_at, self.store.seq[j.id]), default=None)
 
     def _check_limits(self, fresh: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
         adding: dict[str, int] = {}

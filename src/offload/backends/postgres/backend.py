@@ -25,6 +25,7 @@ from offload.backends.postgres.enqueue import (
 from offload.backends.postgres.listener import Listener
 from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.recovery import Channels, recover_batch
+from offload.backends.postgres.schedules import PostgresSchedules
 from offload.backends.postgres.steering import Steering
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
@@ -38,7 +39,7 @@ _POLL_WITHOUT_LISTENER_S = 1.0
 _DONE_POLL_S = 5.0
 
 
-class PostgresBackend(Steering):
+class PostgresBackend(Steering, PostgresSchedules):
     """Jobs in one PostgreSQL schema. URL options (also accepted as keywords): ``schema``
     (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` and
     ``retention_<state>`` (how long finished jobs are kept, :mod:`offload.backends.retention`;

@@ -22,6 +22,8 @@ from psycopg.rows import tuple_row
 
 from offload.backends.common import collapse_same_key
 from offload.backends.postgres.queries import N_COLUMNS, decode_row
+from offload.backends.postgres.unique import settle_windowed
+from offload.backends.unique import fold_replacements, windowed
 from offload.errors import BackendUnavailable, QueueFull
 from offload.job import JobRecord, NewJob
 
@@ -107,17 +109,25 @@ async def enqueue_batch(
     (atomic on its own); with limits, the queue locks, insert and check share a transaction."""
     if not jobs:
         return []
-    batch, where = collapse_same_key(jobs)
+    batch, where = collapse_same_key(fold_replacements(jobs))
     limited = sorted({j.queue for j in batch if limits and j.queue in limits})
-    scope = qc.atomic() if (limited or always_atomic) else contextlib.nullcontext()
+    windows = any(windowed(j) for j in batch)
+    scope = qc.atomic() if (limited or always_atomic or windows) else contextlib.nullcontext()
+    settled: dict[str, JobRecord] = {}
     async with scope:
         if limited:
             await qc.rows(queries["lock_queues"], {"ns": lock_ns, "queues": limited})
-        inserted = _records(await qc.rows(queries["enqueue"], _params(batch, channel)))
+        if windows:
+            now = (await qc.rows(queries["now"], {}))[0][0]
+            settled = await settle_windowed(
+                qc, queries, batch, lock_ns=lock_ns, channel=channel, now=now
+            )
+        to_insert = [j for j in batch if j.id not in settled]
+        inserted = _records(await qc.rows(queries["enqueue"], _params(to_insert, channel)))
         if limited and limits:
             await _check_limits(qc, queries, inserted, limited, limits)
     existing: dict[tuple[str, str], JobRecord] = {}
-    missing = [j for j in batch if j.id not in inserted and j.key is not None]
+    missing = [j for j in to_insert if j.id not in inserted and j.key is not None]
     if missing:
         params = {"queues": [j.queue for j in missing], "keys": [j.key for j in missing]}
         rows = await qc.rows(queries["active_by_keys"], params)
@@ -125,7 +135,8 @@ async def enqueue_batch(
     out: list[JobRecord] = []
     for i in where:
         new = batch[i]
-        rec = inserted.get(new.id) or (existing.get((new.queue, new.key)) if new.key else None)
+        rec = settled.get(new.id) or inserted.get(new.id)
+        rec = rec or (existing.get((new.queue, new.key)) if new.key else None)
         if rec is None:
             # The active job holding this key finished between our insert and our read.
             raise BackendUnavailable("enqueue raced with a job finishing; try again")

@@ -46,6 +46,7 @@ from offload.backends.rabbitmq.connection import Outgoing
 from offload.backends.rabbitmq.delays import PARKED_RETRY_S, ms
 from offload.backends.rabbitmq.feed import Delivery
 from offload.backends.rabbitmq.options import HEARTBEAT_S, parse_url
+from offload.backends.unique import replaced_records
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -161,9 +162,10 @@ class RabbitMQBackend(StoreDelegation):
         marker = self._outbox.marker([j.id for j in jobs])
         recs = (await self._store.enqueue([*jobs, marker], limits=limits))[: len(jobs)]
         fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+        moved = replaced_records(jobs, recs)  # debounced: its message goes at its new time
         fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
         try:
-            await self._broker.publish([message_of(r) for r in fresh])
+            await self._broker.publish([message_of(r) for r in [*fresh, *moved]])
         except BackendUnavailable:
             with contextlib.suppress(BackendUnavailable):
                 await self._store.delete([*(r.id for r in fresh), marker.id])

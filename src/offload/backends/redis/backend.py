@@ -44,6 +44,8 @@ from offload.backends.redis.codec import (
     to_us,
 )
 from offload.backends.redis.inspection import RedisInspection
+from offload.backends.redis.schedules import RedisSchedules
+from offload.backends.unique import fold_replacements
 from offload.errors import BackendUnavailable, QueueFull
 from offload.job import ClaimRequest, JobRecord, JobState, Lease, NewJob
 from offload.outcome import Dead, Outcome
@@ -55,7 +57,7 @@ _TIME = "return redis.call('TIME')"  # the server's clock, routed by a key on a 
 DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
 
 
-class RedisBackend(RedisInspection):
+class RedisBackend(RedisInspection, RedisSchedules):
     """Jobs in Redis (or anything speaking its protocol with Lua, 7.0 or later).
 
     Options (URL query or keyword arguments; a keyword wins): ``prefix`` (default
@@ -74,6 +76,7 @@ class RedisBackend(RedisInspection):
     ) -> list[JobRecord]:
         if not jobs:
             return []
+        jobs = fold_replacements(jobs)
         queues = list(dict.fromkeys(j.queue for j in jobs))
         limits = limits or {}
         groups = self.slot_groups(queues)
@@ -109,6 +112,8 @@ class RedisBackend(RedisInspection):
                 run_at,
                 max(to_us(j.delay_s), 0),
                 j.key or "",
+                "" if j.unique_for is None else max(to_us(j.unique_for), 1),
+                "r" if j.on_conflict == "replace" else "",
             ]
         keys = [self.base(q) for q in queues]
         return keys, [frame(fields), *(limits.get(q, -1) for q in queues)]

@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 SCRIPTS = (
     "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause "
-    "watch worker_report worker_list progress"
+    "watch worker_report worker_list progress schedule"
 ).split()
 OPTIONS = ("prefix", "timeout", "connect_timeout", "pool_size", *retention.OPTIONS)
 

@@ -23,6 +23,7 @@ from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
 from offload.backends.sqlite.recovery import recover_tx
 from offload.backends.sqlite.retention import purge_state, reclaim_space
+from offload.backends.sqlite.schedules import SQLiteSchedules
 from offload.backends.sqlite.transactions import (
     cancel_tx,
     claim_tx,
@@ -64,7 +65,7 @@ def _wake(waiters: Sequence[_Waiter]) -> None:
             pass
 
 
-class SQLiteBackend:
+class SQLiteBackend(SQLiteSchedules):
     """The ``sqlite:///path`` backend (see the package docstring for options and guarantees)."""
 
     # notify: an enqueue by this instance wakes its waiters at once; one by another instance or

@@ -5,8 +5,8 @@ from __future__ import annotations
 from importlib import resources
 
 # PRAGMA user_version of the file. Bump it with an ``upgrade_N`` query that brings a version
-# N-1 file to N (2: dedup keys scoped by queue; 4: the finished index, incremental vacuum;
-# 7: job headers and progress).
+# N-1 file to N (2: dedup keys scoped by queue; 3: unique_for index, schedules table; 4: the
+# finished index, incremental vacuum; 7: job headers and progress).
 SCHEMA_VERSION = 7
 
 COLS = (

@@ -41,7 +41,19 @@ CREATE INDEX IF NOT EXISTS offload_jobs_lease
     ON offload_jobs (lease_expires_at)
     WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (created_at, id);
+-- unique_for: the newest job holding a key, whatever its state, is one index probe.
+CREATE INDEX IF NOT EXISTS offload_jobs_queue_key_created
+    ON offload_jobs (queue, key, created_at)
+    WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS offload_paused (queue TEXT PRIMARY KEY) WITHOUT ROWID;
+-- One row per declared schedule (offload.schedules): the latest tick enqueued or skipped
+-- (never lowered), the job of the latest enqueued one, and the operator's pause flag.
+CREATE TABLE IF NOT EXISTS offload_schedules (
+    name TEXT PRIMARY KEY,
+    last_tick REAL,
+    last_job_id TEXT,
+    paused INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offload_workers (
     id TEXT PRIMARY KEY,
     info BLOB NOT NULL,
@@ -80,6 +92,18 @@ WHERE id = ? AND state = 'running' AND worker_id = ? AND attempt = ?;
 -- name: active_by_key
 SELECT {cols} FROM offload_jobs
 WHERE queue = ? AND key = ? AND key IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
+
+-- name: newest_by_key
+-- The newest job of any state holding (queue, key): a finished one still blocks the key while
+-- younger than the new job's unique_for window.
+SELECT {cols} FROM offload_jobs
+WHERE queue = ? AND key = ? AND key IS NOT NULL
+ORDER BY created_at DESC, seq DESC LIMIT 1;
+
+-- name: replace_waiting
+-- Debounce: a waiting job takes the new job's arguments and time (it keeps its id and key).
+UPDATE offload_jobs SET args = ?, priority = ?, run_at = ?, state = ?
+WHERE id = ? AND state IN ('scheduled', 'queued');
 
 -- name: waiting_count
 SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('scheduled', 'queued');
@@ -284,3 +308,20 @@ DELETE FROM offload_workers WHERE id = ?;
 
 -- name: workers
 SELECT info, last_seen_at FROM offload_workers WHERE expires_at > ?;
+
+-- name: schedule_records
+SELECT name, last_tick, last_job_id, paused FROM offload_schedules ORDER BY name;
+
+-- name: advance_schedule
+-- last_tick only rises; the job id goes with the tick that rose it.
+INSERT INTO offload_schedules (name, last_tick, last_job_id) VALUES (:name, :tick, :job_id)
+ON CONFLICT (name) DO UPDATE
+SET last_job_id = CASE WHEN last_tick IS NULL OR excluded.last_tick > last_tick
+                       THEN coalesce(excluded.last_job_id, last_job_id)
+                       ELSE last_job_id END,
+    last_tick = CASE WHEN last_tick IS NULL OR excluded.last_tick > last_tick
+                     THEN excluded.last_tick ELSE last_tick END;
+
+-- name: set_schedule_paused
+INSERT INTO offload_schedules (name, paused) VALUES (:name, :paused)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;

@@ -26,6 +26,7 @@ from offload.backends.common import (
 )
 from offload.backends.sqlite.connection import translate
 from offload.backends.sqlite.queries import FIELDS, Q
+from offload.backends.unique import Decision, decide, fold_replacements, replaced, windowed
 from offload.errors import InvalidState, QueueFull, UsageError, ValidationError
 from offload.job import (
     ClaimRequest,
@@ -80,11 +81,13 @@ def enqueue_tx(
     conn: sqlite3.Connection, jobs: Sequence[NewJob], limits: Mapping[str, int]
 ) -> list[JobRecord]:
     now = time.time()
-    batch, where = collapse_same_key(jobs)
+    batch, where = collapse_same_key(fold_replacements(jobs))
     stored: list[JobRecord] = []
     fresh: list[JobRecord] = []
     for new in batch:
         existing = _active_by_key(conn, new.queue, new.key) if new.key is not None else None
+        if windowed(new):
+            existing = _windowed(conn, new, existing, now)
         if existing is not None:
             stored.append(existing)
             continue
@@ -95,6 +98,27 @@ def enqueue_tx(
         _check_limits(conn, fresh, limits)
     conn.executemany(Q["insert_job"], map(_insert_params, fresh))
     return [stored[i] for i in where]
+
+
+def _windowed(
+    conn: sqlite3.Connection, new: NewJob, active: JobRecord | None, now: float
+) -> JobRecord | None:
+    """The record that stands for ``new`` under its window and conflict rule (see
+    ``backends/unique.py``), written if replaced; None when ``new`` is to be inserted."""
+    holder = active
+    if holder is None and new.unique_for is not None:
+        row = conn.execute(Q["newest_by_key"], (new.queue, new.key)).fetchone()
+        holder = decode_or_warn(row) if row is not None else None
+    decision = decide(new, holder, now)
+    if holder is None or decision is Decision.INSERT:
+        return None
+    if decision is Decision.REPLACE:
+        holder = replaced(holder, new, now)
+        conn.execute(
+            Q["replace_waiting"],
+            (holder.args, holder.priority, holder.run_at, holder.state.value, holder.id),
+        )
+    return holder
 
 
 def _insert_params(r: JobRecord) -> tuple[Any, ...]:

@@ -30,6 +30,8 @@ MESSAGES = {  # ?msg= values: fixed texts, so nothing a link carries is reflecte
     "resumed": "The queue is resumed.",
     "purged": "The finished jobs chosen were deleted.",
     "logged_out": "You are logged out.",
+    "schedule_paused": "The schedule is paused: its ticks are skipped until it is resumed.",
+    "schedule_resumed": "The schedule is resumed from its next tick.",
 }
 
 

@@ -23,6 +23,7 @@ from offload.server.dashboard.actions import BULK_FIELDS, PURGE_FIELDS, Actions
 from offload.server.dashboard.core import Core
 from offload.server.dashboard.pages import Pages
 from offload.server.dashboard.params import BadRequest, query_of
+from offload.server.dashboard.schedules import SchedulePages
 from offload.server.dashboard.security import Guard, add_security_headers
 from offload.server.throttle import Throttle
 from offload.server.throughput import Throughput
@@ -74,6 +75,7 @@ class Dashboard:
     @property
     def routes(self) -> list[BaseRoute]:
         page, act, p, a = self.core.page, self.core.action, self.pages, self.actions
+        sp = SchedulePages(self.core)
         return [
             Route("/", page(p.overview), methods=["GET"], name="dashboard_overview"),
             Route("/overview.json", page(p.overview_json, json=True), methods=["GET"]),
@@ -92,6 +94,8 @@ class Dashboard:
                 methods=["POST"],
             ),
             Route("/workers", page(p.workers), methods=["GET"], name="dashboard_workers"),
+            Route("/schedules", page(sp.schedules), methods=["GET"], name="dashboard_schedules"),
+            Route("/schedules/pause", act(sp.pause, ("name", "paused")), methods=["POST"]),
             Route("/login", a.login, methods=["GET", "POST"], name="dashboard_login"),
             Route("/logout", act(a.logout, ()), methods=["POST"]),
             Route("/static/{name}", self.static, methods=["GET"]),

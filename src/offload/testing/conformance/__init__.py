@@ -30,7 +30,9 @@ from offload.testing.conformance.observe import ObserveConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
 from offload.testing.conformance.retention import RetentionConformance
 from offload.testing.conformance.retries import RetryPolicyConformance
+from offload.testing.conformance.schedules import ScheduleConformance
 from offload.testing.conformance.steering import SteeringConformance
+from offload.testing.conformance.unique import UniqueConformance
 from offload.testing.conformance.waiting import WaitingConformance
 from offload.testing.helpers import MakeBackend
 
@@ -44,7 +46,9 @@ __all__ = [
     "OutcomeConformance",
     "RetentionConformance",
     "RetryPolicyConformance",
+    "ScheduleConformance",
     "SteeringConformance",
+    "UniqueConformance",
     "WaitingConformance",
 ]
 
@@ -60,6 +64,8 @@ class BackendConformance(
     ObserveConformance,
     RetryPolicyConformance,
     RetentionConformance,
+    UniqueConformance,
+    ScheduleConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 

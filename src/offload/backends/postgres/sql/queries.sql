@@ -55,6 +55,52 @@ JOIN unnest(%(queues)s::text[], %(keys)s::text[]) AS k(queue, key)
   ON j.queue = k.queue AND j.key = k.key
 WHERE j.state IN ('scheduled', 'queued', 'running')
 
+-- name: now
+SELECT {now}
+
+-- name: lock_key
+-- unique_for and replace-on-conflict decide on what they read: one decision per (queue, key)
+-- at a time, until the transaction ends.
+SELECT pg_advisory_xact_lock(%(ns)s, hashtext(%(queue)s || chr(1) || %(key)s))
+
+-- name: holder_by_key
+-- The active job holding (queue, key), else the newest job with it, of any state.
+SELECT {jcols} FROM {schema}.jobs j
+WHERE j.queue = %(queue)s AND j.key = %(key)s
+ORDER BY (j.state IN ('scheduled', 'queued', 'running')) DESC, j.created_at DESC, j.seq DESC
+LIMIT 1
+
+-- name: replace_waiting
+-- Debounce: a waiting job takes the new job's arguments and time (it keeps its id and key).
+WITH upd AS (
+    UPDATE {schema}.jobs
+    SET args = %(args)s, priority = %(priority)s,
+        run_at = coalesce(%(run_at)s::float8, {now} + %(delay_s)s::float8),
+        state = CASE WHEN coalesce(%(run_at)s::float8, {now} + %(delay_s)s::float8) <= {now}
+                     THEN 'queued' ELSE 'scheduled' END
+    WHERE id = %(id)s AND state IN ('scheduled', 'queued')
+    RETURNING {cols}
+), woke AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n FROM upd
+)
+SELECT upd.*, woke.n FROM upd, woke
+
+-- name: schedule_records
+SELECT name, last_tick, last_job_id, paused FROM {schema}.schedules ORDER BY name
+
+-- name: advance_schedule
+INSERT INTO {schema}.schedules AS s (name, last_tick, last_job_id)
+VALUES (%(name)s, %(tick)s, %(job_id)s)
+ON CONFLICT (name) DO UPDATE
+SET last_job_id = CASE WHEN s.last_tick IS NULL OR excluded.last_tick > s.last_tick
+                       THEN coalesce(excluded.last_job_id, s.last_job_id)
+                       ELSE s.last_job_id END,
+    last_tick = greatest(s.last_tick, excluded.last_tick)
+
+-- name: set_schedule_paused
+INSERT INTO {schema}.schedules AS s (name, paused) VALUES (%(name)s, %(paused)s)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+
 -- name: lock_queues
 -- Serialises enqueues into depth-limited queues, so that check-then-commit is race-free.
 SELECT count(pg_advisory_xact_lock(%(ns)s, hashtext(q)))

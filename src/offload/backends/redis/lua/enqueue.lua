@@ -1,6 +1,9 @@
 -- Store a batch of new jobs, all or none.
--- KEYS: the base of each queue in the batch. ARGV[1]: the jobs, framed, 8 fields each:
---   queue index, id, blob, priority, max attempts, run_at (us, or ''), delay (us), key (or '').
+-- KEYS: the base of each queue in the batch. ARGV[1]: the jobs, framed, 10 fields each:
+--   queue index, id, blob, priority, max attempts, run_at (us, or ''), delay (us), key (or ''),
+--   unique_for (us, or ''), on_conflict ('r': replace a waiting holder, '': keep it).
+-- unique_for: the key of a job stored with one is also held by base:u:<key> (its id), which
+-- expires with the window, so a finished job blocks its key until then.
 -- ARGV[2...]: one depth limit per queue (-1: none).
 -- Returns {0, queue index} when a queue would go over its limit (nothing stored), else
 -- {now, dup...} where dup is, per job not stored, its index (0-based), the id of the job it
@@ -13,14 +16,30 @@ local jobs = {}
 local dups = {}
 local fresh_n = {}
 local batch_keys = {}
+local replaces = {}
 for qi = 1, nq do fresh_n[qi] = 0 end
+
+-- Debounce replaces only a job of the same task. A blob is a msgpack array (its length may
+-- differ: optional trailing fields) whose first item is the task name: two blobs are of one
+-- task when their bytes agree from that string's header through its end.
+local function same_task(base, held, blob)
+  local old = redis.call('HGET', job_key(base, held), 'd')
+  if not old then return false end
+  local b = string.byte(blob, 2)
+  local stop
+  if b >= 0xa0 and b <= 0xbf then stop = 2 + (b - 0xa0)
+  elseif b == 0xd9 then stop = 3 + string.byte(blob, 3)
+  elseif b == 0xda then stop = 4 + string.byte(blob, 3) * 256 + string.byte(blob, 4)
+  else return false end
+  return string.sub(old, 2, stop) == string.sub(blob, 2, stop)
+end
 
 -- Phase 1: read, dedup and check limits, without writing anything.
 local pos, size, j = 1, #src, 0
 while pos <= size do
-  local qi, id, blob, priority, max_attempts, run_at, delay, key
-  qi, id, blob, priority, max_attempts, run_at, delay, key, pos =
-    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', src, pos)
+  local qi, id, blob, priority, max_attempts, run_at, delay, key, window, conflict
+  qi, id, blob, priority, max_attempts, run_at, delay, key, window, conflict, pos =
+    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', src, pos)
   qi = tonumber(qi)
   local base = KEYS[qi]
   local dup = nil
@@ -30,14 +49,24 @@ while pos <= size do
     dup = batch_keys[qi .. ':' .. key]
     if not dup then
       local held = redis.call('HGET', base .. ':keys', key)
-      if held and is_active(redis.call('HGET', job_key(base, held), 's')) then dup = held end
+      local hs = held and redis.call('HGET', job_key(base, held), 's')
+      if hs and is_active(hs) then
+        dup = held
+        if conflict == 'r' and hs ~= 'running' and same_task(base, held, blob) then
+          replaces[#replaces + 1] = {base, held, blob, tonumber(priority), run_at, delay}
+        end
+      elseif window ~= '' then
+        local recent = redis.call('GET', base .. ':u:' .. key)
+        if recent and redis.call('EXISTS', job_key(base, recent)) == 1 then dup = recent end
+      end
     end
     if not dup then batch_keys[qi .. ':' .. key] = id end
   end
   if dup then
     dups[#dups + 1] = {j, dup, base}
   else
-    jobs[#jobs + 1] = {qi, id, blob, tonumber(priority), max_attempts, run_at, delay, key}
+    jobs[#jobs + 1] = {qi, id, blob, tonumber(priority), max_attempts, run_at, delay, key,
+      window}
     fresh_n[qi] = fresh_n[qi] + 1
   end
   j = j + 1
@@ -60,7 +89,7 @@ for qi = 1, nq do
   end
 end
 for _, job in ipairs(jobs) do
-  local qi, id, blob, priority, max_attempts, run_at, delay, key = unpack(job)
+  local qi, id, blob, priority, max_attempts, run_at, delay, key, window = unpack(job)
   local base = KEYS[qi]
   if run_at == '' then run_at = now + tonumber(delay) else run_at = tonumber(run_at) end
   seq[qi] = seq[qi] + 1
@@ -87,7 +116,24 @@ for _, job in ipairs(jobs) do
     redis.call('HSET', jk, 'd', blob, 'p', priority, 'm', max_attempts, 'c', created,
       'a', 0, 'z', member, 's', state, 'r', fmt(run_at), 'k', key)
     redis.call('HSET', base .. ':keys', key, id)
+    if window ~= '' then
+      redis.call('SET', base .. ':u:' .. key, id, 'PX', math.max(1, math.ceil(window / 1000)))
+    end
   end
+end
+
+-- Debounce: a waiting holder takes the new job's content and time (same id, key and seq).
+for _, r in ipairs(replaces) do
+  local base, held, blob, priority, run_at, delay = unpack(r)
+  local jk = job_key(base, held)
+  local member = redis.call('HGET', jk, 'z')
+  redis.call('ZREM', base .. ':ready', member)
+  redis.call('ZREM', base .. ':sched', member)
+  member = string.sub(member, 1, 12) .. priority .. held
+  if run_at == '' then run_at = now + tonumber(delay) else run_at = tonumber(run_at) end
+  redis.call('HSET', jk, 'd', blob, 'p', priority, 'z', member)
+  place(base, jk, member, priority, run_at, now)
+  wake(base)
 end
 for qi = 1, nq do
   if fresh_n[qi] > 0 then
