@@ -125,8 +125,10 @@ class Feed:
     async def settle(
         self, acks: list[Delivery], requeues: list[Delivery], *, current: bool
     ) -> None:
-        """Ack and requeue on this channel. Acks below the lowest tag still held go out as one
-        ``multiple`` ack: one frame for a whole batch of finished jobs."""
+        """Ack and requeue on this channel. Acks below the lowest tag still held or handed
+        back here go out as one ``multiple`` ack: one frame for a whole batch of finished
+        jobs. (A multiple ack over a tag nacked just after would ack it first, and the nack of
+        an acked tag is a channel error: "unknown delivery tag".)"""
         for d in (*acks, *requeues):
             self._unsettled.discard(d.tag)
             if d.consumer is not None and d.consumer == self._tag:
@@ -134,7 +136,9 @@ class Feed:
         if not current:
             return
         tags = sorted(d.tag for d in acks)
-        floor = min(self._unsettled, default=tags[-1] + 1 if tags else 0)
+        floor = min(
+            self._unsettled | {d.tag for d in requeues}, default=tags[-1] + 1 if tags else 0
+        )
         below = [t for t in tags if t < floor]
         with contextlib.suppress(*SETTLE_ERRORS):
             if below:
