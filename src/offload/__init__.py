@@ -21,6 +21,7 @@ from offload.errors import (
 )
 from offload.hooks import Hook
 from offload.job import Job, JobRecord, JobState
+from offload.limits import RateLimit
 from offload.task import Task
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __all__ = [
     "MissingDependency",
     "OffloadError",
     "QueueFull",
+    "RateLimit",
     "Retry",
     "Snooze",
     "StorageFull",

@@ -27,6 +27,7 @@ from offload.errors import (
 )
 from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, NewJob
+from offload.limits import QueueLimits, RateLimit
 from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
 
 P = ParamSpec("P")
@@ -62,6 +63,7 @@ class App:
                 raise ConfigurationError(f"queue limit for {queue!r} must be an integer >= 1")
         self.queue_limits: dict[str, int] = dict(queue_limits or {})
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.queue_rules: dict[str, QueueLimits] = {}
         self.hooks = Hooks()
         self._bridge = Bridge(at_exit=self._close_at_exit)
         self._home: asyncio.AbstractEventLoop | None = None
@@ -104,6 +106,9 @@ class App:
         retry: Backoff | None = None,
         timeout: float | None = None,
         expose: bool = False,
+        rate_limit: str | RateLimit | None = None,
+        concurrency_key: str | None = None,
+        max_per_key: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -118,11 +123,16 @@ class App:
         retry: Backoff | None = None,
         timeout: float | None = None,
         expose: bool = False,
+        rate_limit: str | RateLimit | None = None,
+        concurrency_key: str | None = None,
+        max_per_key: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a sync or async function as a task.
 
         ``name`` defaults to ``module.qualname``; ``timeout`` is in seconds; ``expose=True``
         lets the HTTP API enqueue it (no task is reachable over HTTP otherwise).
+        ``rate_limit`` (``"100/s"`` or :class:`offload.RateLimit`), ``concurrency_key`` and
+        ``max_per_key`` limit when its jobs start (see docs/limits.md).
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
@@ -134,6 +144,9 @@ class App:
                 retry=retry or ExponentialBackoff(),
                 timeout_s=timeout,
                 expose=expose,
+                rate_limit=rate_limit,
+                concurrency_key=concurrency_key,
+                max_per_key=max_per_key,
             )
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already registered")
@@ -142,6 +155,17 @@ class App:
             return t
 
         return register(fn) if fn is not None else register
+
+    def limit_queue(
+        self,
+        queue: str,
+        *,
+        max_running: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+    ) -> None:
+        """Limit a queue across every worker: at most ``max_running`` of its jobs at once, at
+        most ``rate_limit`` (``"20/s"``) starts. Jobs enqueued from now on carry the limits."""
+        self.queue_rules[queue] = QueueLimits.declare(queue, max_running, rate_limit)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
@@ -313,6 +337,11 @@ class App:
         for job in batch:
             if not isinstance(job, NewJob):
                 raise UsageError("enqueue_many takes jobs made by task.prepare(...)")
+            if job.limits and not self._backend.capabilities.limits:
+                raise CapabilityUnavailable(
+                    f"{type(self._backend).__name__} cannot enforce rate or concurrency limits "
+                    f"(task {job.task}); use a backend with a job store (see docs/limits.md)"
+                )
         return batch
 
     async def _enqueue_in(self, connection: Any, batch: Sequence[NewJob]) -> list[JobRecord]:

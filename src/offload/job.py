@@ -78,6 +78,7 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     delay_s: float = 0.0
     run_at: float | None = None
     key: str | None = None
+    limits: tuple[str, ...] = ()  # rate/concurrency buckets (offload.backends.limits)
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +111,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     result: bytes | None = None  # JSON of the return value once succeeded
     error: str | None = None  # last error (dead), or reason (cancelled)
     errors: tuple[AttemptError, ...] = ()
+    limits: tuple[str, ...] = ()  # rate/concurrency buckets, checked at claim
 
     @property
     def lease(self) -> Lease | None:

@@ -21,6 +21,7 @@ import msgspec
 from offload.backoff import Backoff, ExponentialBackoff
 from offload.errors import ConfigurationError, ValidationError
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, NewJob, new_job_id
+from offload.limits import RateLimit, TaskLimits
 
 if TYPE_CHECKING:
     from offload.app import App
@@ -130,6 +131,9 @@ class TaskConfig:
     retry: Backoff = field(default_factory=ExponentialBackoff)
     timeout_s: float | None = None
     expose: bool = False
+    rate_limit: str | RateLimit | None = None
+    concurrency_key: str | None = None
+    max_per_key: int | None = None
 
 
 class Task(Generic[P, R]):
@@ -151,6 +155,13 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.args_type, self._positional_only = _arguments_type(fn, config.name)
         self._signature = inspect.signature(fn)
+        self.limits = TaskLimits.declare(
+            config.name,
+            list(self._signature.parameters),
+            config.rate_limit,
+            config.concurrency_key,
+            config.max_per_key,
+        )
         self._decoder = msgspec.json.Decoder(self.args_type)
         self._return_type: Any = typing.get_type_hints(fn).get("return", Any)
         self.__doc__ = fn.__doc__
@@ -217,6 +228,12 @@ class Task(Generic[P, R]):
         except msgspec.MsgspecError:
             return msgspec.json.decode(raw)
 
+    def limit_buckets(self, args: bytes, queue: str) -> tuple[str, ...]:
+        """The limits a job of this task with these arguments carries, in ``queue``."""
+        own = self.limits.buckets(args) if self.limits is not None else []
+        rules = self.app.queue_rules.get(queue)
+        return (*own, *rules.buckets) if rules is not None else tuple(own)
+
     def args_schema(self) -> dict[str, Any]:
         """The JSON Schema of this task's arguments (an object, one property per parameter)."""
         schema: dict[str, Any] = msgspec.json.schema(self.args_type)
@@ -262,16 +279,18 @@ class BoundTask(Generic[P, R]):
     def prepare_json(self, args: bytes) -> NewJob:
         """A job from already-validated JSON arguments."""
         cfg, o = self.task.config, self.opts
+        queue = o.queue or cfg.queue
         return NewJob(
             id=new_job_id(),
             task=cfg.name,
-            queue=o.queue or cfg.queue,
+            queue=queue,
             args=args,
             priority=cfg.priority if o.priority is None else o.priority,
             max_attempts=o.max_attempts or cfg.max_attempts,
             delay_s=float(o.delay or 0.0),
             run_at=o.run_at_epoch(),
             key=o.key,
+            limits=self.task.limit_buckets(args, queue),
         )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:

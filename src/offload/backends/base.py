@@ -48,6 +48,7 @@ class Capabilities:
     results: bool = True  # results stored and readable
     pause: bool = True  # queues can be paused
     cross_process: bool = True  # producers and workers may live in different processes
+    limits: bool = False  # rate and concurrency limits (NewJob.limits) enforced at claim
 
 
 @runtime_checkable

@@ -135,6 +135,7 @@ def new_record(new: NewJob, now: float) -> JobRecord:
         run_at=run_at,
         created_at=now,
         key=new.key,
+        limits=new.limits,
     )
 
 

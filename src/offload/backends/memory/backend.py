@@ -15,6 +15,7 @@ import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor, new_record
+from offload.backends.memory.limits import log_rates, memory_gate, next_claimable
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -43,7 +44,7 @@ from offload.outcome import Outcome
 class MemoryBackend:
     """In-process backend. ``clock`` is the backend's clock (``time.time`` by default)."""
 
-    capabilities = Capabilities(notify=True, cross_process=False)
+    capabilities = Capabilities(notify=True, cross_process=False, limits=True)
 
     def __init__(
         self,
@@ -130,8 +131,14 @@ class MemoryBackend:
                 if j.queue in queues and j.state in WAITING_STATES and j.run_at <= now
             ]
             due.sort(key=lambda j: (-j.priority, j.run_at, st.seq[j.id]))
-            out = []
-            for j in due[: max(req.limit, 0)]:
+            out: list[JobRecord] = []
+            gate = memory_gate(st, now)
+            for j in due:
+                if len(out) >= req.limit:
+                    break
+                if j.limits and not gate.admit(j.limits):
+                    continue
+                log_rates(st, j.limits, now)
                 rec = msgspec.structs.replace(
                     j,
                     state=JobState.RUNNING,
@@ -178,6 +185,9 @@ class MemoryBackend:
                     continue
                 rec = apply_outcome(j, outcome, now)
                 st.jobs[j.id] = rec
+                if j.limits:  # its slot is free: jobs it held back may start
+                    woken.extend(st.work_waiters)
+                    st.work_waiters = []
                 if rec.state.final:
                     woken.extend(st.done_waiters.pop(j.id, []))
                 elif rec.state in WAITING_STATES:
@@ -217,14 +227,7 @@ class MemoryBackend:
         with st.lock:
             now = self._clock()
             wanted = set(queues) - st.paused
-            next_due = min(
-                (
-                    j.run_at
-                    for j in st.jobs.values()
-                    if j.queue in wanted and j.state in WAITING_STATES
-                ),
-                default=None,
-            )
+            next_due = next_claimable(st, wanted, now)
             if next_due is not None and next_due <= now:
                 return
             if next_due is not None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from importlib import resources
 
 # PRAGMA user_version of the file. Bump it with an ``upgrade_N`` query that brings a version
-# N-1 file to N (2: dedup keys scoped by queue).
-SCHEMA_VERSION = 2
+# N-1 file to N (2: dedup keys scoped by queue; 5: limits).
+SCHEMA_VERSION = 5
 
 COLS = (
     "seq, id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, "
-    "key, started_at, finished_at, worker_id, lease_expires_at, result, error, errors"
+    "key, started_at, finished_at, worker_id, lease_expires_at, result, error, errors, limits"
 )
 FIELDS = tuple(COLS.split(", "))
 

@@ -26,6 +26,7 @@ from offload.testing.conformance.claim import ClaimConformance
 from offload.testing.conformance.enqueue import EnqueueConformance
 from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
+from offload.testing.conformance.limits import LimitConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
 from offload.testing.conformance.steering import SteeringConformance
 from offload.testing.conformance.waiting import WaitingConformance
@@ -37,6 +38,7 @@ __all__ = [
     "EnqueueConformance",
     "InspectionConformance",
     "LeaseConformance",
+    "LimitConformance",
     "OutcomeConformance",
     "SteeringConformance",
     "WaitingConformance",
@@ -51,6 +53,7 @@ class BackendConformance(
     SteeringConformance,
     InspectionConformance,
     WaitingConformance,
+    LimitConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 
