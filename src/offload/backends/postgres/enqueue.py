@@ -87,6 +87,7 @@ def _params(batch: Sequence[NewJob], channel: str) -> dict[str, Any]:
         "delays": [float(j.delay_s) for j in batch],
         "run_ats": [j.run_at for j in batch],
         "keys": [j.key for j in batch],
+        "limits": ["\n".join(j.limits) if j.limits else None for j in batch],
         "channel": channel,
     }
 

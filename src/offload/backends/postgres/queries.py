@@ -23,9 +23,9 @@ from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
 _NOW = "extract(epoch from statement_timestamp())::float8"
 _COLUMNS = (
     "id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, key, "
-    "started_at, finished_at, worker_id, lease_expires_at, result, error, errors, seq"
+    "started_at, finished_at, worker_id, lease_expires_at, result, error, errors, seq, limits"
 )
-N_COLUMNS = 19
+N_COLUMNS = 20
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -157,6 +157,7 @@ def decode_row(row: Sequence[Any]) -> JobRecord | None:
             result=bytes(row[15]) if row[15] is not None else None,
             error=row[16],
             errors=decode_errors(row[17]),
+            limits=tuple(row[19] or ()) if len(row) > 19 else (),
         )
     except (TypeError, ValueError, IndexError):
         return None

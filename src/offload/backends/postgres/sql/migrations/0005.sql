@@ -1,0 +1,109 @@
+-- offload PostgreSQL schema, version 5: rate and concurrency limits at claim (docs/limits.md).
+-- A job carries its limits as buckets ('<cap>/<period_ms>/<scope>'; period 0: concurrency),
+-- NULL for none. The ordinary claim takes only jobs without limits; jobs with limits are
+-- claimed by gate_claim, one gated claim at a time (an advisory transaction lock), which
+-- counts the running holders of each bucket and the claims within each rate window and passes
+-- over held jobs: nothing is claimed and given back, and a held job uses no attempt.
+
+ALTER TABLE {schema}.jobs ADD COLUMN limits text[];
+
+-- Waiting limited jobs in claim order: the gated claim walks it; the ordinary claim probes it.
+CREATE INDEX jobs_limited_claim_idx ON {schema}.jobs (queue, priority DESC, run_at, seq)
+    WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued');
+
+-- Running limited jobs: the concurrency counts are taken from them, so a slot is free the
+-- moment its job leaves running by any path (completion, cancel, recovery of a lost lease).
+CREATE INDEX jobs_limited_running_idx ON {schema}.jobs (seq)
+    WHERE limits IS NOT NULL AND state = 'running';
+
+-- Claim times within each rate bucket's window.
+CREATE TABLE {schema}.rate_log (
+    bucket text NOT NULL,
+    at     float8 NOT NULL
+);
+CREATE INDEX rate_log_bucket_idx ON {schema}.rate_log (bucket, at);
+
+-- The ids to lease (at most p_limit, in claim order) and, when jobs were held, the earliest
+-- time a rate lets one go ('infinity': only a completion frees them; NULL: none held).
+CREATE FUNCTION {schema}.gate_claim(
+    p_queues text[], p_ids text[], p_limit int, p_now float8, p_lock_ns int
+) RETURNS TABLE (ids text[], held_until float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    used jsonb := '{}';
+    free_at jsonb := '{}';
+    chosen text[] := '{}';
+    logged text[] := '{}';
+    cand record;
+    b text;
+    cap int;
+    period float8;
+    n int;
+    t float8;
+    ok boolean;
+    until float8 := NULL;
+BEGIN
+    -- One gated claim at a time per schema; each statement below then sees the commits of
+    -- the previous ones (READ COMMITTED takes a snapshot per statement).
+    PERFORM pg_advisory_xact_lock(p_lock_ns, 5);
+    FOR b, n IN
+        SELECT x, count(*) FROM {schema}.jobs j, unnest(j.limits) x
+        WHERE j.limits IS NOT NULL AND j.state = 'running' GROUP BY x
+    LOOP
+        used := used || jsonb_build_object(b, n);
+    END LOOP;
+    FOR cand IN
+        SELECT j.id, j.limits FROM {schema}.jobs j
+        WHERE j.queue = ANY(p_queues) AND j.state IN ('scheduled', 'queued')
+          AND j.run_at <= p_now AND (p_ids IS NULL OR j.id = ANY(p_ids))
+          AND j.queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
+        ORDER BY j.priority DESC, j.run_at, j.seq
+    LOOP
+        EXIT WHEN cardinality(chosen) >= p_limit;
+        ok := true;
+        FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
+            cap := split_part(b, '/', 1)::int;
+            period := split_part(b, '/', 2)::float8 / 1000;
+            IF period > 0 AND NOT (free_at ? b) AND NOT (b = ANY(logged)) THEN
+                DELETE FROM {schema}.rate_log WHERE bucket = b AND at <= p_now - period;
+                -- Full, the window frees a slot when the oldest of its last cap claims leaves.
+                SELECT count(*), coalesce(min(at), p_now) INTO n, t
+                FROM (SELECT at FROM {schema}.rate_log WHERE bucket = b
+                      ORDER BY at DESC LIMIT cap) s;
+                used := used || jsonb_build_object(b, n);
+                free_at := free_at || jsonb_build_object(b, t + period);
+                logged := logged || b;
+            END IF;
+            IF coalesce((used ->> b)::int, 0) >= cap THEN
+                ok := false;
+                IF period > 0 THEN
+                    until := least(coalesce(until, 'infinity'), (free_at ->> b)::float8);
+                ELSE
+                    until := coalesce(until, 'infinity');
+                END IF;
+                EXIT;
+            END IF;
+        END LOOP;
+        CONTINUE WHEN NOT ok;
+        FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
+            used := used || jsonb_build_object(b, coalesce((used ->> b)::int, 0) + 1);
+            IF split_part(b, '/', 2)::int > 0 THEN
+                INSERT INTO {schema}.rate_log (bucket, at) VALUES (b, p_now);
+            END IF;
+        END LOOP;
+        chosen := chosen || cand.id;
+    END LOOP;
+    RETURN QUERY SELECT chosen, until;
+END;
+$$;
+
+-- Whether a limited job is due in these queues (the ordinary claim asks, to hand over to
+-- gate_claim); one probe of jobs_limited_claim_idx per queue.
+CREATE FUNCTION {schema}.limited_due(p_queues text[], p_now float8) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM unnest(p_queues) AS w(q),
+                   LATERAL (SELECT 1 FROM {schema}.jobs
+                            WHERE queue = w.q AND limits IS NOT NULL
+                              AND state IN ('scheduled', 'queued') AND run_at <= p_now
+                            LIMIT 1) d)
+$$;
