@@ -180,6 +180,16 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
 QueueCounts = Mapping[str, Mapping[JobState, int]]
 
 
+class LimitUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One limit bucket of a queue (``"<cap>/<period_ms>/<scope>"``, see docs/limits.md): how
+    many of its jobs run (hold it) and how many wait (scheduled or queued)."""
+
+    queue: str
+    limit: str
+    running: int
+    waiting: int
+
+
 _WAIT_SLICE_S = 30.0  # a long wait is made of bounded backend waits
 
 

@@ -29,6 +29,7 @@ from offload.job import (
     JobRecord,
     JobState,
     Lease,
+    LimitUsage,
     NewJob,
     WorkerInfo,
 )
@@ -161,6 +162,15 @@ class Backend(Protocol):
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         """Number of jobs by queue and state (states with zero may be omitted)."""
+        ...
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        """Per queue and limit bucket carried by active jobs: how many run and how many wait.
+
+        Empty when no active job carries a limit (always, on a backend that declares
+        ``capabilities.limits`` False: it stores none). A form with no job store raises
+        CapabilityUnavailable.
+        """
         ...
 
     async def cancel(self, job_id: str) -> JobRecord | None:

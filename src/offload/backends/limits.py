@@ -13,8 +13,10 @@ only if every bucket of it has room, counting the jobs it has already taken in t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+from offload.job import LimitUsage
 
 INF = float("inf")
 
@@ -104,3 +106,16 @@ class Gate:
 def window_start(text: str, now: float) -> float:
     """Claims at or before this time no longer count in a rate bucket's window."""
     return now - parse_bucket(text).period_s
+
+
+def usage(jobs: Iterable[tuple[str, bool, Sequence[str]]]) -> list[LimitUsage]:
+    """``Backend.limit_usage`` from (queue, running?, buckets) of each active limited job."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for queue, running, buckets in jobs:
+        for b in buckets:
+            c = counts.setdefault((queue, b), [0, 0])
+            c[0 if running else 1] += 1
+    return [
+        LimitUsage(queue=q, limit=b, running=r, waiting=w)
+        for (q, b), (r, w) in sorted(counts.items())
+    ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from offload.backends.base import Backend
 from offload.backends.brokered.outbox import OUTBOX_QUEUE
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, LimitUsage, WorkerInfo
 
 
 class StoreDelegation:
@@ -44,6 +44,9 @@ class StoreDelegation:
         counts = await self._store.counts()
         counts.pop(OUTBOX_QUEUE, None)
         return counts
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        return await self._store.limit_usage()
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel in the store; the job's message is dropped when it is next delivered."""

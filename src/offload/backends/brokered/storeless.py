@@ -15,7 +15,7 @@ from typing import ClassVar, NoReturn
 
 from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, LimitUsage, WorkerInfo
 
 STORE_LESS = Capabilities(
     inspect=False,
@@ -59,6 +59,9 @@ class StoreLess:
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         self._unavailable("counting jobs")
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        self._unavailable("counting jobs held by limits")
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         self._unavailable("cancelling a job")

@@ -26,7 +26,7 @@ from offload.backends.redis.codec import (
 )
 from offload.backends.redis.connection import RedisConnection
 from offload.errors import InvalidState
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, LimitUsage, WorkerInfo
 
 _log = logging.getLogger("offload.backends.redis")
 
@@ -117,6 +117,10 @@ class RedisInspection(RedisConnection):
             if len(entries) < chunk:
                 break
         return out[:want]
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        """Redis declares no limits (see docs/limits.md): it stores no limited job."""
+        return []
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         queues = await self.known_queues()

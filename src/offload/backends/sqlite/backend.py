@@ -18,7 +18,7 @@ from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import RECOVER_BATCH, decode_cursor
 from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
-from offload.backends.sqlite.limits import HeldHint, held_due
+from offload.backends.sqlite.limits import HeldHint, held_due, limit_usage_tx
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
 from offload.backends.sqlite.recovery import recover_tx
@@ -44,6 +44,7 @@ from offload.job import (
     JobRecord,
     JobState,
     Lease,
+    LimitUsage,
     NewJob,
     WorkerInfo,
 )
@@ -317,6 +318,10 @@ class SQLiteBackend:
     async def counts(self) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = await self._read(counts_tx)
         return out
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        result: list[LimitUsage] = await self._read(limit_usage_tx)
+        return result
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         rec: JobRecord | None = await self._write(partial(cancel_tx, job_id=job_id))

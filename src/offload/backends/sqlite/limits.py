@@ -18,9 +18,9 @@ from typing import Any
 
 import msgspec
 
-from offload.backends.limits import INF, Gate, parse_bucket, window_start
+from offload.backends.limits import INF, Gate, parse_bucket, usage, window_start
 from offload.backends.sqlite.queries import Q
-from offload.job import ClaimRequest
+from offload.job import ClaimRequest, LimitUsage
 
 _log = logging.getLogger("offload.sqlite")
 
@@ -108,6 +108,11 @@ def claim_gated(
     conn.executemany(Q["rate_log"], rates)
     params["seqs"] = msgspec.json.encode(chosen).decode()
     return conn.execute(Q["claim_seqs"], params).fetchall()
+
+
+def limit_usage_tx(conn: sqlite3.Connection) -> list[LimitUsage]:
+    rows = conn.execute(Q["limit_usage"]).fetchall()
+    return usage((queue, state == "running", _buckets(text)) for queue, state, text in rows)
 
 
 __all__ = ["INF", "HeldHint", "any_limited_due", "claim_gated"]

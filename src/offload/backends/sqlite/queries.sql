@@ -305,3 +305,7 @@ SELECT at FROM offload_rate_log WHERE bucket = ?;
 
 -- name: rate_log
 INSERT INTO offload_rate_log (bucket, at) VALUES (?, ?);
+
+-- name: limit_usage
+SELECT queue, state, limits FROM offload_jobs
+WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued', 'running');

@@ -182,3 +182,11 @@ class LimitConformance:
         assert await claim(backend, 5) == []
         req = ClaimRequest(queues=(QUEUE,), limit=5, worker_id="w2")
         assert await backend.claim(req) == []
+
+    async def test_limit_usage_counts_running_and_waiting(self, backend: Backend) -> None:
+        require(backend, "limits")
+        await backend.enqueue([limited(per_key("a")) for _ in range(3)])
+        await backend.enqueue([limited(per_key("b"), queue="other")])
+        await claim(backend, 5)
+        usage = {(u.queue, u.limit): (u.running, u.waiting) for u in await backend.limit_usage()}
+        assert usage == {(QUEUE, per_key("a")): (1, 2), ("other", per_key("b")): (0, 1)}

@@ -346,9 +346,9 @@ SELECT claimed.*, g.held_until - {now} FROM g LEFT JOIN claimed ON true, no_flus
 SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q
 
 -- name: limit_usage
--- Per bucket of waiting or running limited jobs: how many run, how many wait.
-SELECT x, count(*) FILTER (WHERE j.state = 'running'),
+-- Per queue and bucket of waiting or running limited jobs: how many run, how many wait.
+SELECT j.queue, x, count(*) FILTER (WHERE j.state = 'running'),
        count(*) FILTER (WHERE j.state IN ('scheduled', 'queued'))
 FROM {schema}.jobs j, unnest(j.limits) x
 WHERE j.limits IS NOT NULL AND j.state IN ('scheduled', 'queued', 'running')
-GROUP BY x
+GROUP BY j.queue, x ORDER BY j.queue, x
