@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from offload.backends.limits import bucket_text
+from offload.backends.limits import bucket_text, parse_bucket
 from offload.errors import ConfigurationError, ValidationError
 
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -153,3 +153,24 @@ class QueueLimits:
         if not out:
             raise ConfigurationError(f"{owner}: give max_running, rate_limit or both")
         return cls(queue, tuple(out))
+
+
+def describe(text: str) -> str:
+    """A bucket for people: ``at most 1 running · task:key:send:account=42`` or
+    ``at most 100 per 1s · queue:rate:images``."""
+    try:
+        b = parse_bucket(text)
+    except ValueError:
+        return text
+    if not b.is_rate:
+        return f"at most {b.cap} running · {b.scope}"
+    period = f"{b.period_s:g}s"
+    return f"at most {b.cap} per {period} · {b.scope}"
+
+
+def family(text: str) -> str:
+    """A bucket without its key value (``task:key:send:account``), a label of bounded
+    cardinality for metrics."""
+    scope = text.split("/", 2)[-1]
+    head, sep, _ = scope.partition("=")
+    return head if sep else scope
