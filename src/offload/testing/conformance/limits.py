@@ -74,8 +74,9 @@ class LimitConformance:
     ) -> None:
         backends = [await make_backend() for _ in range(4)]
         require(backends[0], "limits")
-        keys = ["k0", "k1", "k2"]
-        await backends[0].enqueue([limited(per_key(k)) for _ in range(12) for k in keys])
+        keys = ["k0", "k1", "k2", "k3"]
+        total = 30 * len(keys)
+        await backends[0].enqueue([limited(per_key(k)) for _ in range(30) for k in keys])
         holder: dict[str, str] = {}  # key -> id of the job claimed and not yet completing
         violations: list[str] = []
         done = 0
@@ -83,7 +84,7 @@ class LimitConformance:
         async def claimer(b: Backend, n: int) -> None:
             nonlocal done
             idle = 0
-            while done < 36 and idle < 200:
+            while done < total and idle < 200:
                 got = await b.claim(claim_request(QUEUE, 3, worker_id=f"w{n}"))
                 idle = 0 if got else idle + 1
                 for j in got:
@@ -99,7 +100,7 @@ class LimitConformance:
 
         await asyncio.gather(*(claimer(b, n) for n, b in enumerate(backends)))
         assert violations == []
-        assert done == 36
+        assert done == total
 
     async def test_rate_holds_over_a_window(self, make_backend: MakeBackend) -> None:
         backends = [await make_backend() for _ in range(4)]
