@@ -11,6 +11,11 @@ ALTER TABLE {schema}.jobs ADD COLUMN limits text[];
 CREATE INDEX jobs_limited_claim_idx ON {schema}.jobs (queue, priority DESC, run_at, seq)
     WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued');
 
+-- The ordinary claim's order over jobs without limits: it filters limits IS NULL, and on the
+-- claim index alone it would step over every waiting limited job of the queue on each claim.
+CREATE INDEX jobs_claim_unlimited_idx ON {schema}.jobs (queue, priority DESC, run_at, seq)
+    WHERE limits IS NULL AND state IN ('scheduled', 'queued');
+
 -- Running limited jobs: the concurrency counts are taken from them, so a slot is free the
 -- moment its job leaves running by any path (completion, cancel, recovery of a lost lease).
 CREATE INDEX jobs_limited_running_idx ON {schema}.jobs (seq)
@@ -28,12 +33,15 @@ CREATE INDEX rate_log_bucket_idx ON {schema}.rate_log (bucket, at);
 CREATE FUNCTION {schema}.gate_claim(
     p_queues text[], p_ids text[], p_limit int, p_now float8, p_lock_ns int
 ) RETURNS TABLE (ids text[], held_until float8)
-LANGUAGE plpgsql VOLATILE AS $$
+-- The walk usually stops after a few rows: plan its cursor for the first rows (an ordered
+-- index scan), not for reading them all (a sort of every waiting job of the queue).
+LANGUAGE plpgsql VOLATILE SET cursor_tuple_fraction = 0.001 AS $$
 DECLARE
     used jsonb := '{}';
     free_at jsonb := '{}';
     chosen text[] := '{}';
     logged text[] := '{}';
+    cands refcursor;
     cand record;
     b text;
     cap int;
@@ -46,20 +54,31 @@ BEGIN
     -- One gated claim at a time per schema; each statement below then sees the commits of
     -- the previous ones (READ COMMITTED takes a snapshot per statement).
     PERFORM pg_advisory_xact_lock(p_lock_ns, 5);
-    FOR b, n IN
-        SELECT x, count(*) FROM {schema}.jobs j, unnest(j.limits) x
-        WHERE j.limits IS NOT NULL AND j.state = 'running' GROUP BY x
+    SELECT coalesce(jsonb_object_agg(x, c), '{}') INTO used
+    FROM (SELECT x, count(*) AS c FROM {schema}.jobs j, unnest(j.limits) x
+          WHERE j.limits IS NOT NULL AND j.state = 'running' GROUP BY x) s;
+    -- The ordinary claim has taken the jobs without limits. One queue (the usual case) is
+    -- walked down its index in order; with several, queue = ANY() makes PostgreSQL sort them.
+    IF cardinality(p_queues) = 1 THEN
+        OPEN cands FOR
+            SELECT j.id, j.limits FROM {schema}.jobs j
+            WHERE j.queue = p_queues[1] AND j.limits IS NOT NULL
+              AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
+              AND (p_ids IS NULL OR j.id = ANY(p_ids))
+              AND j.queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
+            ORDER BY j.priority DESC, j.run_at, j.seq;
+    ELSE
+        OPEN cands FOR
+            SELECT j.id, j.limits FROM {schema}.jobs j
+            WHERE j.queue = ANY(p_queues) AND j.limits IS NOT NULL
+              AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
+              AND (p_ids IS NULL OR j.id = ANY(p_ids))
+              AND j.queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
+            ORDER BY j.priority DESC, j.run_at, j.seq;
+    END IF;
     LOOP
-        used := used || jsonb_build_object(b, n);
-    END LOOP;
-    FOR cand IN
-        SELECT j.id, j.limits FROM {schema}.jobs j
-        WHERE j.queue = ANY(p_queues) AND j.state IN ('scheduled', 'queued')
-          AND j.run_at <= p_now AND (p_ids IS NULL OR j.id = ANY(p_ids))
-          AND j.queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
-        ORDER BY j.priority DESC, j.run_at, j.seq
-    LOOP
-        EXIT WHEN cardinality(chosen) >= p_limit;
+        FETCH cands INTO cand;
+        EXIT WHEN NOT FOUND OR cardinality(chosen) >= p_limit;
         ok := true;
         FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
             cap := split_part(b, '/', 1)::int;
@@ -93,6 +112,7 @@ BEGIN
         END LOOP;
         chosen := chosen || cand.id;
     END LOOP;
+    CLOSE cands;
     RETURN QUERY SELECT chosen, until;
 END;
 $$;
