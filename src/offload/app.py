@@ -167,6 +167,14 @@ class App:
         most ``rate_limit`` (``"20/s"``) starts. Jobs enqueued from now on carry the limits."""
         self.queue_rules[queue] = QueueLimits.declare(queue, max_running, rate_limit)
 
+    def check_limits_supported(self, task: str) -> None:
+        """Refuse a limited job on a backend that cannot enforce limits at claim."""
+        if not self._backend.capabilities.limits:
+            raise CapabilityUnavailable(
+                f"{type(self._backend).__name__} cannot enforce rate or concurrency limits "
+                f"(task {task}); use sqlite://, postgresql:// or memory:// (see docs/limits.md)"
+            )
+
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
             return self.tasks[name]
@@ -337,11 +345,8 @@ class App:
         for job in batch:
             if not isinstance(job, NewJob):
                 raise UsageError("enqueue_many takes jobs made by task.prepare(...)")
-            if job.limits and not self._backend.capabilities.limits:
-                raise CapabilityUnavailable(
-                    f"{type(self._backend).__name__} cannot enforce rate or concurrency limits "
-                    f"(task {job.task}); use a backend with a job store (see docs/limits.md)"
-                )
+            if job.limits:
+                self.check_limits_supported(job.task)
         return batch
 
     async def _enqueue_in(self, connection: Any, batch: Sequence[NewJob]) -> list[JobRecord]:

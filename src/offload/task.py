@@ -232,7 +232,10 @@ class Task(Generic[P, R]):
         """The limits a job of this task with these arguments carries, in ``queue``."""
         own = self.limits.buckets(args) if self.limits is not None else []
         rules = self.app.queue_rules.get(queue)
-        return (*own, *rules.buckets) if rules is not None else tuple(own)
+        buckets = (*own, *rules.buckets) if rules is not None else tuple(own)
+        if buckets:
+            self.app.check_limits_supported(self.name)  # here, so HTTP enqueues refuse too
+        return buckets
 
     def args_schema(self) -> dict[str, Any]:
         """The JSON Schema of this task's arguments (an object, one property per parameter)."""
