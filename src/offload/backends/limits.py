@@ -92,14 +92,14 @@ class Gate:
             if bucket.is_rate:
                 times = sorted(self.recent(text, self.now))
                 used = len(times)
-                # When full, the window slides past its oldest claim at oldest + period.
-                if used >= bucket.cap:
-                    self.free_at[text] = times[used - bucket.cap] + bucket.period_s
+                # Once full (now, or by this claim's own takes), a slot frees when the oldest
+                # of the window's last `cap` claims leaves it.
+                first = max(used - bucket.cap, 0)
+                oldest = times[first] if times else self.now
+                self.free_at[text] = oldest + bucket.period_s
             else:
                 used = self.running(text)
             self.used[text] = used
-        if bucket.is_rate and used >= bucket.cap and text not in self.free_at:
-            self.free_at[text] = self.now + bucket.period_s  # filled by this very claim
         return bucket.cap - used
 
 

@@ -91,9 +91,15 @@ def from_hash(job_id: str, queue: str, h: Mapping[bytes, bytes]) -> JobRecord:
             result=h.get(b"o"),
             error=_text(h.get(b"e")),
             errors=attempt_errors(h.get(b"x")),
+            limits=split_limits(h.get(b"b")),
         )
     except (KeyError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Undecodable(f"undecodable job record {job_id}: {exc}") from None
+
+
+def split_limits(raw: bytes | None) -> tuple[str, ...]:
+    """A job's limit buckets, kept newline-joined in its hash field ``b`` (absent: none)."""
+    return tuple(raw.decode().split("\n")) if raw else ()
 
 
 def pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:

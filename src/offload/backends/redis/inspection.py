@@ -25,6 +25,7 @@ from offload.backends.redis.codec import (
     to_us,
 )
 from offload.backends.redis.connection import RedisConnection
+from offload.backends.redis.limits import limit_usage as redis_limit_usage
 from offload.errors import InvalidState
 from offload.job import JobFilter, JobPage, JobRecord, JobState, LimitUsage, WorkerInfo
 
@@ -119,8 +120,8 @@ class RedisInspection(RedisConnection):
         return out[:want]
 
     async def limit_usage(self) -> list[LimitUsage]:
-        """Redis declares no limits (see docs/limits.md): it stores no limited job."""
-        return []
+        queues = await self.known_queues()
+        return await redis_limit_usage(self._run, {q: self.base(q) for q in queues})
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         queues = await self.known_queues()

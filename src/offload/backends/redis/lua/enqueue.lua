@@ -1,6 +1,7 @@
 -- Store a batch of new jobs, all or none.
--- KEYS: the base of each queue in the batch. ARGV[1]: the jobs, framed, 8 fields each:
---   queue index, id, blob, priority, max attempts, run_at (us, or ''), delay (us), key (or '').
+-- KEYS: the base of each queue in the batch. ARGV[1]: the jobs, framed, 9 fields each:
+--   queue index, id, blob, priority, max attempts, run_at (us, or ''), delay (us), key (or ''),
+--   limit buckets (newline-joined, or ''; see docs/limits.md).
 -- ARGV[2...]: one depth limit per queue (-1: none).
 -- Returns {0, queue index} when a queue would go over its limit (nothing stored), else
 -- {now, dup...} where dup is, per job not stored, its index (0-based), the id of the job it
@@ -18,9 +19,9 @@ for qi = 1, nq do fresh_n[qi] = 0 end
 -- Phase 1: read, dedup and check limits, without writing anything.
 local pos, size, j = 1, #src, 0
 while pos <= size do
-  local qi, id, blob, priority, max_attempts, run_at, delay, key
-  qi, id, blob, priority, max_attempts, run_at, delay, key, pos =
-    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', src, pos)
+  local qi, id, blob, priority, max_attempts, run_at, delay, key, limits
+  qi, id, blob, priority, max_attempts, run_at, delay, key, limits, pos =
+    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', src, pos)
   qi = tonumber(qi)
   local base = KEYS[qi]
   local dup = nil
@@ -37,7 +38,7 @@ while pos <= size do
   if dup then
     dups[#dups + 1] = {j, dup, base}
   else
-    jobs[#jobs + 1] = {qi, id, blob, tonumber(priority), max_attempts, run_at, delay, key}
+    jobs[#jobs + 1] = {qi, id, blob, tonumber(priority), max_attempts, run_at, delay, key, limits}
     fresh_n[qi] = fresh_n[qi] + 1
   end
   j = j + 1
@@ -60,7 +61,7 @@ for qi = 1, nq do
   end
 end
 for _, job in ipairs(jobs) do
-  local qi, id, blob, priority, max_attempts, run_at, delay, key = unpack(job)
+  local qi, id, blob, priority, max_attempts, run_at, delay, key, limits = unpack(job)
   local base = KEYS[qi]
   if run_at == '' then run_at = now + tonumber(delay) else run_at = tonumber(run_at) end
   seq[qi] = seq[qi] + 1
@@ -87,6 +88,11 @@ for _, job in ipairs(jobs) do
     redis.call('HSET', jk, 'd', blob, 'p', priority, 'm', max_attempts, 'c', created,
       'a', 0, 'z', member, 's', state, 'r', fmt(run_at), 'k', key)
     redis.call('HSET', base .. ':keys', key, id)
+  end
+  if limits ~= '' then
+    -- The queue's claims take the gated path from now on (claim.lua).
+    redis.call('HSET', jk, 'b', limits)
+    redis.call('SET', base .. ':limited', '1')
   end
 end
 for qi = 1, nq do
