@@ -222,3 +222,29 @@ async def test_dashboard_queue_page_shows_the_limits(browser_for: MakeBrowser) -
     assert r.status_code == 200
     assert "at most 1 running · task:key:t:a=1" in r.text
     assert re.search(r'data-label="Waiting" class="num">3<', r.text)
+
+
+async def test_http_enqueue_without_the_key_is_422_and_stores_nothing() -> None:
+    import httpx
+
+    from offload.server import create_service
+
+    app = offload.App("memory://")
+
+    @app.task(name="charge", concurrency_key="account", expose=True)
+    def charge(account: str | None = None, cents: int = 0) -> None: ...
+
+    service = create_service(app)
+    lifespan = service.router.lifespan_context(service)
+    await lifespan.__aenter__()
+    transport = httpx.ASGITransport(app=service)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            r = await client.post("/v1/jobs", json={"task": "charge", "args": {"cents": 5}})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["argument"] == "account"
+            ok = await client.post("/v1/jobs", json={"task": "charge", "args": {"account": "a"}})
+            assert ok.status_code == 202, ok.text
+        assert sum(by.get(JobState.QUEUED, 0) for by in (await app.backend.counts()).values()) == 1
+    finally:
+        await lifespan.__aexit__(None, None, None)

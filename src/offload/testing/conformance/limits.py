@@ -167,6 +167,9 @@ class LimitConformance:
             await backend.wait_for_work([QUEUE], 0.3)
             rounds += 1
         assert rounds <= 8, rounds
+        if not backend.capabilities.notify:
+            return  # a polling backend learns of the completion at its next poll
+        # A completion of a limited job is news: it wakes a waiter at once.
         waiter = asyncio.create_task(backend.wait_for_work([QUEUE], 5.0))
         await asyncio.sleep(0.05)
         started = time.monotonic()
