@@ -172,7 +172,8 @@ class App:
         if not self._backend.capabilities.limits:
             raise CapabilityUnavailable(
                 f"{type(self._backend).__name__} cannot enforce rate or concurrency limits "
-                f"(task {task}); use sqlite://, postgresql://, redis:// or memory:// (see docs/limits.md)"
+                f"(task {task}); use sqlite://, postgresql://, redis:// or memory:// "
+                "(see docs/limits.md)"
             )
 
     def get_task(self, name: str) -> Task[Any, Any]:
