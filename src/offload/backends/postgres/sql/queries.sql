@@ -336,7 +336,8 @@ WITH no_flush_wait AS (
     UPDATE {schema}.jobs j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
         started_at = {now}, lease_expires_at = {now} + %(lease_s)s
-    FROM g WHERE j.id = ANY(g.ids) AND j.state IN ('scheduled', 'queued')
+    FROM (SELECT unnest(g.ids) AS id FROM g) c  -- a join: one primary key probe per id
+    WHERE j.id = c.id AND j.state IN ('scheduled', 'queued')
     RETURNING {jcols}
 )
 SELECT claimed.*, g.held_until - {now} FROM g LEFT JOIN claimed ON true, no_flush_wait

@@ -37,13 +37,16 @@ CREATE FUNCTION {schema}.gate_claim(
 -- index scan), not for reading them all (a sort of every waiting job of the queue).
 LANGUAGE plpgsql VOLATILE SET cursor_tuple_fraction = 0.001 AS $$
 DECLARE
-    used jsonb := '{}';
-    free_at jsonb := '{}';
+    -- Buckets seen by this claim, with their use (running, or claims in the window) and, for
+    -- rates, when a slot frees: parallel arrays (array_position is C; jsonb updates copy).
+    ub text[];
+    uc int[];
+    uf float8[];
     chosen text[] := '{}';
-    logged text[] := '{}';
     cands refcursor;
     cand record;
     b text;
+    i int;
     cap int;
     period float8;
     n int;
@@ -54,8 +57,10 @@ BEGIN
     -- One gated claim at a time per schema; each statement below then sees the commits of
     -- the previous ones (READ COMMITTED takes a snapshot per statement).
     PERFORM pg_advisory_xact_lock(p_lock_ns, 5);
-    SELECT coalesce(jsonb_object_agg(x, c), '{}') INTO used
-    FROM (SELECT x, count(*) AS c FROM {schema}.jobs j, unnest(j.limits) x
+    SELECT coalesce(array_agg(x), '{}'), coalesce(array_agg(c), '{}'),
+           coalesce(array_agg(NULL::float8), '{}')
+    INTO ub, uc, uf
+    FROM (SELECT x, count(*)::int AS c FROM {schema}.jobs j, unnest(j.limits) x
           WHERE j.limits IS NOT NULL AND j.state = 'running' GROUP BY x) s;
     -- The ordinary claim has taken the jobs without limits. One queue (the usual case) is
     -- walked down its index in order; with several, queue = ANY() makes PostgreSQL sort them.
@@ -83,29 +88,37 @@ BEGIN
         FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
             cap := split_part(b, '/', 1)::int;
             period := split_part(b, '/', 2)::float8 / 1000;
-            IF period > 0 AND NOT (free_at ? b) AND NOT (b = ANY(logged)) THEN
-                DELETE FROM {schema}.rate_log WHERE bucket = b AND at <= p_now - period;
-                -- Full, the window frees a slot when the oldest of its last cap claims leaves.
-                SELECT count(*), coalesce(min(at), p_now) INTO n, t
-                FROM (SELECT at FROM {schema}.rate_log WHERE bucket = b
-                      ORDER BY at DESC LIMIT cap) s;
-                used := used || jsonb_build_object(b, n);
-                free_at := free_at || jsonb_build_object(b, t + period);
-                logged := logged || b;
-            END IF;
-            IF coalesce((used ->> b)::int, 0) >= cap THEN
-                ok := false;
+            i := array_position(ub, b);
+            IF i IS NULL OR (period > 0 AND uf[i] IS NULL) THEN
+                n := 0;
+                t := NULL;
                 IF period > 0 THEN
-                    until := least(coalesce(until, 'infinity'), (free_at ->> b)::float8);
-                ELSE
-                    until := coalesce(until, 'infinity');
+                    DELETE FROM {schema}.rate_log WHERE bucket = b AND at <= p_now - period;
+                    -- Once full, a slot frees when the oldest of the last cap claims leaves.
+                    SELECT count(*), coalesce(min(at), p_now) + period INTO n, t
+                    FROM (SELECT at FROM {schema}.rate_log WHERE bucket = b
+                          ORDER BY at DESC LIMIT cap) s;
                 END IF;
+                IF i IS NULL THEN
+                    ub := ub || b;
+                    uc := uc || n;
+                    uf := uf || t;
+                    i := cardinality(ub);
+                ELSE
+                    uc[i] := n;
+                    uf[i] := t;
+                END IF;
+            END IF;
+            IF uc[i] >= cap THEN
+                ok := false;
+                until := least(coalesce(until, 'infinity'), coalesce(uf[i], 'infinity'));
                 EXIT;
             END IF;
         END LOOP;
         CONTINUE WHEN NOT ok;
         FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
-            used := used || jsonb_build_object(b, coalesce((used ->> b)::int, 0) + 1);
+            i := array_position(ub, b);
+            uc[i] := uc[i] + 1;
             IF split_part(b, '/', 2)::int > 0 THEN
                 INSERT INTO {schema}.rate_log (bucket, at) VALUES (b, p_now);
             END IF;
