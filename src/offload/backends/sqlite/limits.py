@@ -91,7 +91,8 @@ def claim_gated(
     gate = _gate(conn, now)
     chosen: list[int] = []
     rates: list[tuple[str, float]] = []
-    for seq, text in conn.execute(sql, params).fetchall():
+    cur = conn.execute(sql, params)  # read lazily: the walk usually stops early
+    for seq, text in cur:
         if len(chosen) >= req.limit:
             break
         buckets = _buckets(text)
@@ -99,6 +100,7 @@ def claim_gated(
             continue
         chosen.append(seq)
         rates.extend((b, now) for b in buckets if parse_bucket(b).is_rate)
+    cur.close()
     if hint is not None:
         hint.until = gate.held_until if gate.held else None
     if gate.held:
