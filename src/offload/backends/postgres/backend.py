@@ -246,17 +246,19 @@ class PostgresBackend(Steering):
         listener = self._work_listener
         listening = listener is not None and listener.ready.is_set()
         epoch, heard = self._work.epoch, self._work.heard(req.queues)
-        rows = await self._rows(name, params)
-        # Every row carries the next scheduled job's distance and whether jobs with limits are
-        # due (the gated claim takes those); with nothing claimed there is one row of NULL job
-        # columns to carry them.
-        jobs = q.claimed_records([row for row in rows if row[0] is not None])
-        held = None
-        if rows and rows[0][q.N_COLUMNS + 1] and len(jobs) < req.limit:
-            gated, held = await self._limits.claim(req, req.limit - len(jobs))
-            jobs.extend(gated)
+        if frozenset(req.queues) in self._limits.gated:
+            jobs, held, next_in = await self._limits.claim(req, req.limit)
+        else:
+            rows = await self._rows(name, params)
+            # Every row carries the next scheduled job's distance and whether jobs with limits
+            # are due (the gate takes those); with nothing claimed there is one row of NULL
+            # job columns to carry them.
+            jobs = q.claimed_records([row for row in rows if row[0] is not None])
+            held, next_in = None, (rows[0][q.N_COLUMNS] if rows else None)
+            if rows and rows[0][q.N_COLUMNS + 1] and len(jobs) < req.limit:
+                gated, held, _ = await self._limits.claim(req, req.limit - len(jobs))
+                jobs.extend(gated)
         if listening:
-            next_in = rows[0][q.N_COLUMNS] if rows else None
             loop_now = asyncio.get_running_loop().time()
             next_at = limits_next_at(next_in, held, loop_now)
             full = len(jobs) >= req.limit

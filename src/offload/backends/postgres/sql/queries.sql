@@ -323,10 +323,11 @@ DELETE FROM {schema}.workers WHERE id = %(id)s
 SELECT info, last_seen_at FROM {schema}.workers WHERE expires_at > {now}
 
 -- name: claim_gated
--- Jobs with limits (and those without, in claim order among them): gate_claim picks them
--- under its lock; the UPDATE re-checks each row's state, so a job an ordinary claim or a
--- cancel took meanwhile is left alone. The last column is the seconds until a rate lets a
--- held job go ('infinity': a completion will; NULL: none held).
+-- Jobs with limits and those without, in claim order: gate_claim picks them under its lock;
+-- the UPDATE re-checks each row's state, so a job an ordinary claim or a cancel took meanwhile
+-- is left alone. The last columns: seconds until a rate lets a held job go ('infinity': a
+-- completion will; NULL: none held), whether any job with limits was met, and the next
+-- scheduled job's distance (as claim_many_queues).
 WITH no_flush_wait AS (
     SELECT set_config('synchronous_commit', 'off', true)
 ), g AS (
@@ -339,8 +340,16 @@ WITH no_flush_wait AS (
     FROM (SELECT unnest(g.ids) AS id FROM g) c  -- a join: one primary key probe per id
     WHERE j.id = c.id AND j.state IN ('scheduled', 'queued')
     RETURNING {jcols}
+), next AS (
+    SELECT min(s.run_at) - {now} AS next_in
+    FROM unnest(%(queues)s::text[]) AS w(q),
+         LATERAL (SELECT run_at FROM {schema}.jobs
+                  WHERE queue = w.q AND state = 'scheduled' AND run_at > {now}
+                  ORDER BY run_at LIMIT 1) s
+    WHERE w.q <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
 )
-SELECT claimed.*, g.held_until - {now} FROM g LEFT JOIN claimed ON true, no_flush_wait
+SELECT claimed.*, g.held_until - {now}, g.limited, next.next_in
+FROM g CROSS JOIN next LEFT JOIN claimed ON true, no_flush_wait
 
 -- name: notify_queues
 -- A limited job finished: jobs its slot held back may start now, in any process.

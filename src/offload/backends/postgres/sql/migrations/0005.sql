@@ -7,7 +7,7 @@
 
 ALTER TABLE {schema}.jobs ADD COLUMN limits text[];
 
--- Waiting limited jobs in claim order: the gated claim walks it; the ordinary claim probes it.
+-- Waiting limited jobs in claim order: the ordinary claim probes it (limited_due).
 CREATE INDEX jobs_limited_claim_idx ON {schema}.jobs (queue, priority DESC, run_at, seq)
     WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued');
 
@@ -28,11 +28,12 @@ CREATE TABLE {schema}.rate_log (
 );
 CREATE INDEX rate_log_bucket_idx ON {schema}.rate_log (bucket, at);
 
--- The ids to lease (at most p_limit, in claim order) and, when jobs were held, the earliest
--- time a rate lets one go ('infinity': only a completion frees them; NULL: none held).
+-- The ids to lease (at most p_limit, in claim order, jobs with and without limits), when jobs
+-- were held the earliest time a rate lets one go ('infinity': only a completion frees them;
+-- NULL: none held), and whether the walk met any job with limits.
 CREATE FUNCTION {schema}.gate_claim(
     p_queues text[], p_ids text[], p_limit int, p_now float8, p_lock_ns int
-) RETURNS TABLE (ids text[], held_until float8)
+) RETURNS TABLE (ids text[], held_until float8, limited boolean)
 -- The walk usually stops after a few rows: plan its cursor for the first rows (an ordered
 -- index scan), not for reading them all (a sort of every waiting job of the queue).
 LANGUAGE plpgsql VOLATILE SET cursor_tuple_fraction = 0.001 AS $$
@@ -53,6 +54,7 @@ DECLARE
     t float8;
     ok boolean;
     until float8 := NULL;
+    seen boolean := false;
 BEGIN
     -- One gated claim at a time per schema; each statement below then sees the commits of
     -- the previous ones (READ COMMITTED takes a snapshot per statement).
@@ -62,12 +64,12 @@ BEGIN
     INTO ub, uc, uf
     FROM (SELECT x, count(*)::int AS c FROM {schema}.jobs j, unnest(j.limits) x
           WHERE j.limits IS NOT NULL AND j.state = 'running' GROUP BY x) s;
-    -- The ordinary claim has taken the jobs without limits. One queue (the usual case) is
-    -- walked down its index in order; with several, queue = ANY() makes PostgreSQL sort them.
+    -- One queue (the usual case) is walked down its claim index in order; with several,
+    -- queue = ANY() makes PostgreSQL sort them.
     IF cardinality(p_queues) = 1 THEN
         OPEN cands FOR
             SELECT j.id, j.limits FROM {schema}.jobs j
-            WHERE j.queue = p_queues[1] AND j.limits IS NOT NULL
+            WHERE j.queue = p_queues[1]
               AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
               AND (p_ids IS NULL OR j.id = ANY(p_ids))
               AND j.queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
@@ -75,7 +77,7 @@ BEGIN
     ELSE
         OPEN cands FOR
             SELECT j.id, j.limits FROM {schema}.jobs j
-            WHERE j.queue = ANY(p_queues) AND j.limits IS NOT NULL
+            WHERE j.queue = ANY(p_queues)
               AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
               AND (p_ids IS NULL OR j.id = ANY(p_ids))
               AND j.queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
@@ -85,6 +87,7 @@ BEGIN
         FETCH cands INTO cand;
         EXIT WHEN NOT FOUND OR cardinality(chosen) >= p_limit;
         ok := true;
+        seen := seen OR cand.limits IS NOT NULL;
         FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
             cap := split_part(b, '/', 1)::int;
             period := split_part(b, '/', 2)::float8 / 1000;
@@ -126,7 +129,7 @@ BEGIN
         chosen := chosen || cand.id;
     END LOOP;
     CLOSE cands;
-    RETURN QUERY SELECT chosen, until;
+    RETURN QUERY SELECT chosen, until, seen;
 END;
 $$;
 
