@@ -137,7 +137,7 @@ def test_rate_holds_across_four_worker_processes(kind: str, tmp_path: Path) -> N
         try:
             app.enqueue_many([rated.prepare(i) for i in range(int(RATE_PER_S * window_s * 2))])
             workers = [
-                start_worker(where, "--concurrency", "4", app="tests.apps.limited:app")
+                start_worker(where, "--concurrency", "8", app="tests.apps.limited:app")
                 for _ in range(4)
             ]
 
