@@ -15,8 +15,7 @@ import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor, new_record
-from offload.backends.limits import usage
-from offload.backends.memory.limits import log_rates, memory_gate, next_claimable
+from offload.backends.memory.limits import log_rates, memory_gate, memory_usage, next_claimable
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -294,11 +293,7 @@ class MemoryBackend:
 
     async def limit_usage(self) -> list[LimitUsage]:
         with self.store.lock:
-            return usage(
-                (j.queue, j.state is JobState.RUNNING, j.limits)
-                for j in self.store.jobs.values()
-                if j.limits and j.state in ACTIVE_STATES
-            )
+            return memory_usage(self.store)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         st = self.store

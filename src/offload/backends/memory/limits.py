@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from offload.backends.limits import INF, Gate, parse_bucket, window_start
+from offload.backends.limits import INF, Gate, parse_bucket, usage, window_start
 from offload.backends.memory.store import MemoryStore
-from offload.job import WAITING_STATES, JobState
+from offload.job import ACTIVE_STATES, WAITING_STATES, JobState, LimitUsage
 
 
 def memory_gate(st: MemoryStore, now: float) -> Gate:
@@ -57,3 +57,12 @@ def next_claimable(st: MemoryStore, queues: Collection[str], now: float) -> floa
         if at != INF and (best is None or at < best):
             best = at
     return best
+
+
+def memory_usage(st: MemoryStore) -> list[LimitUsage]:
+    """``Backend.limit_usage`` over the store's active jobs."""
+    return usage(
+        (j.queue, j.state is JobState.RUNNING, j.limits)
+        for j in st.jobs.values()
+        if j.limits and j.state in ACTIVE_STATES
+    )
