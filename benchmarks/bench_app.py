@@ -16,3 +16,8 @@ def noop(i: int) -> None:
 @app.task(name="anoop")
 async def anoop(i: int) -> None:
     """An async no-op: runs on the worker's event loop."""
+
+
+@app.task(name="akeyed", concurrency_key="key", max_per_key=1)
+async def akeyed(key: int, i: int) -> None:
+    """``anoop`` under a per-key concurrency limit of 1 (benchmarks/limits.py)."""

@@ -17,7 +17,7 @@ import pytest
 
 from offload.backends.base import Backend
 from offload.backends.memory import MemoryBackend, MemoryStore
-from offload.job import WAITING_STATES
+from offload.backends.memory.limits import next_claimable
 from offload.testing import BackendConformance, MakeBackend
 
 
@@ -27,17 +27,14 @@ class PollingMemoryBackend(MemoryBackend):
     capabilities = dataclasses.replace(MemoryBackend.capabilities, notify=False)
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
-        """Sleep until the earliest waiting job in ``queues`` is due, or ``timeout_s``."""
+        """Sleep until the earliest waiting job in ``queues`` is due (and its limits let it
+        go), or ``timeout_s``."""
         st = self.store
         with st.lock:
             wanted = set(queues) - st.paused
-            due = [
-                j.run_at
-                for j in st.jobs.values()
-                if j.queue in wanted and j.state in WAITING_STATES
-            ]
             now = self._clock()
-        delay = min([timeout_s, *(at - now for at in due)])
+            at = next_claimable(st, wanted, now)
+        delay = min(timeout_s, at - now) if at is not None else timeout_s
         await asyncio.sleep(max(delay, 0.0))
 
 

@@ -428,3 +428,37 @@ async def test_jobs_survive_a_database_restart(backends: Factory) -> None:
     counts = await backend.counts()
     assert counts["q"] == {JobState.SUCCEEDED: total}
     assert resumed_after is not None and resumed_after < 10
+
+
+async def test_gated_claims_are_serialised_across_queues(backends: Factory) -> None:
+    """A limit may span queues (a task's rate, enqueued to two queues): while one gated claim
+    is uncommitted, another (of another queue) waits for it, then sees its job running. Without
+    the advisory lock the second would take the bucket's other job at once."""
+    from offload.backends.postgres.enqueue import AsyncQueryConn
+    from offload.backends.postgres.queries import lock_namespace
+    from offload.job import NewJob, new_job_id
+
+    b = await backends()
+    shared = ("1/0/test:shared",)
+    await b.enqueue(
+        [
+            NewJob(id=new_job_id(), task="t", queue=q, args=b"{}", limits=shared)
+            for q in ("qa", "qb")
+        ]
+    )
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as first:
+        params = {
+            "queues": ["qa"],
+            "ids": None,
+            "limit": 5,
+            "ns": lock_namespace(b.schema),
+            "worker_id": "w1",
+            "lease_s": 30.0,
+        }
+        rows = await AsyncQueryConn(first).rows(b._q["claim_gated"], params)  # not committed
+        assert [r[2] for r in rows if r[0] is not None] == ["qa"]
+        second = asyncio.create_task(b.claim(ClaimRequest(queues=("qb",), limit=5, worker_id="w2")))
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waiting for the first gated claim to end
+        await first.commit()
+    assert await asyncio.wait_for(second, 10) == []  # the bucket is held by qa's job

@@ -150,6 +150,9 @@ async def test_version_1_file_is_upgraded_to_keys_scoped_by_queue(
             "CREATE UNIQUE INDEX offload_jobs_active_key ON offload_jobs (key)"
             " WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')"
         )
+        for index in ("offload_jobs_limited_waiting", "offload_jobs_limited_running"):
+            raw.execute(f"DROP INDEX {index}")  # nor had it the limits of version 5
+        raw.execute("ALTER TABLE offload_jobs DROP COLUMN limits")
         raw.execute("PRAGMA user_version = 1")
         b = await backends()
         indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}

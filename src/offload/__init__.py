@@ -21,6 +21,7 @@ from offload.errors import (
 )
 from offload.hooks import Hook
 from offload.job import Job, JobRecord, JobState
+from offload.limits import RateLimit
 from offload.schedules import Cron, Every
 from offload.task import Task
 
@@ -48,6 +49,7 @@ __all__ = [
     "MissingDependency",
     "OffloadError",
     "QueueFull",
+    "RateLimit",
     "Retry",
     "Snooze",
     "StorageFull",

@@ -28,6 +28,7 @@ from offload.errors import (
 )
 from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, NewJob
+from offload.limits import QueueLimits, RateLimit
 from offload.schedules import BoundSchedule, Schedule, bind_all
 from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
 
@@ -65,6 +66,7 @@ class App:
         self.queue_limits: dict[str, int] = dict(queue_limits or {})
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, BoundSchedule] = {}  # by schedule name (see @app.task)
+        self.queue_rules: dict[str, QueueLimits] = {}
         self.hooks = Hooks()
         self._bridge = Bridge(at_exit=self._close_at_exit)
         self._home: asyncio.AbstractEventLoop | None = None
@@ -120,6 +122,9 @@ class App:
         give_up_on: type[Exception] | tuple[type[Exception], ...] = (),
         backoff: Mapping[type[Exception], Backoff] | None = None,
         schedule: Schedule | Sequence[Schedule] | None = None,
+        rate_limit: str | RateLimit | None = None,
+        concurrency_key: str | None = None,
+        max_per_key: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -138,6 +143,9 @@ class App:
         give_up_on: type[Exception] | tuple[type[Exception], ...] = (),
         backoff: Mapping[type[Exception], Backoff] | None = None,
         schedule: Schedule | Sequence[Schedule] | None = None,
+        rate_limit: str | RateLimit | None = None,
+        concurrency_key: str | None = None,
+        max_per_key: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a sync or async function as a task.
 
@@ -148,6 +156,8 @@ class App:
         ``retry_on`` (only these exceptions retry), ``give_up_on`` (these end the job ``dead``
         at once) and ``backoff`` (a Backoff per exception class) shape retries; see
         :class:`offload.backoff.RetryPolicy`.
+        ``rate_limit`` (``"100/s"`` or :class:`offload.RateLimit`), ``concurrency_key`` and
+        ``max_per_key`` limit when its jobs start (see docs/limits.md).
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
@@ -162,6 +172,9 @@ class App:
                 retry_on=retry_on,
                 give_up_on=give_up_on,
                 backoff=backoff,
+                rate_limit=rate_limit,
+                concurrency_key=concurrency_key,
+                max_per_key=max_per_key,
             )
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already registered")
@@ -172,6 +185,26 @@ class App:
             return t
 
         return register(fn) if fn is not None else register
+
+    def limit_queue(
+        self,
+        queue: str,
+        *,
+        max_running: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+    ) -> None:
+        """Limit a queue across every worker: at most ``max_running`` of its jobs at once, at
+        most ``rate_limit`` (``"20/s"``) starts. Jobs enqueued from now on carry the limits."""
+        self.queue_rules[queue] = QueueLimits.declare(queue, max_running, rate_limit)
+
+    def check_limits_supported(self, task: str) -> None:
+        """Refuse a limited job on a backend that cannot enforce limits at claim."""
+        if not self._backend.capabilities.limits:
+            raise CapabilityUnavailable(
+                f"{type(self._backend).__name__} cannot enforce rate or concurrency limits "
+                f"(task {task}); use sqlite://, postgresql://, redis:// or memory:// "
+                "(see docs/limits.md)"
+            )
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
@@ -343,6 +376,8 @@ class App:
         for job in batch:
             if not isinstance(job, NewJob):
                 raise UsageError("enqueue_many takes jobs made by task.prepare(...)")
+            if job.limits:
+                self.check_limits_supported(job.task)
         return batch
 
     async def _enqueue_in(self, connection: Any, batch: Sequence[NewJob]) -> list[JobRecord]:

@@ -87,6 +87,7 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     # With ``key``, when the job holding it is still waiting (scheduled or queued): "keep" it
     # as it is, or "replace" its args, priority and run_at with this job's (debounce).
     on_conflict: Literal["keep", "replace"] = "keep"
+    limits: tuple[str, ...] = ()  # rate/concurrency buckets (offload.backends.limits)
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +122,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     errors: tuple[AttemptError, ...] = ()
     headers: dict[str, str] = {}  # as enqueued (offload.headers)
     progress: bytes | None = None  # JSON of the last progress a running attempt reported
+    limits: tuple[str, ...] = ()  # rate/concurrency buckets, checked at claim
 
     @property
     def lease(self) -> Lease | None:
@@ -187,6 +189,16 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 QueueCounts = Mapping[str, Mapping[JobState, int]]
+
+
+class LimitUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One limit bucket of a queue (``"<cap>/<period_ms>/<scope>"``, see docs/limits.md): how
+    many of its jobs run (hold it) and how many wait (scheduled or queued)."""
+
+    queue: str
+    limit: str
+    running: int
+    waiting: int
 
 
 _WAIT_SLICE_S = 30.0  # a long wait is made of bounded backend waits

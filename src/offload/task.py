@@ -22,6 +22,7 @@ from offload.backoff import Backoff, ExponentialBackoff, retry_policy
 from offload.errors import ConfigurationError, ValidationError
 from offload.headers import check_headers
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, NewJob, new_job_id
+from offload.limits import RateLimit, TaskLimits
 
 if TYPE_CHECKING:
     from offload.app import App
@@ -158,6 +159,9 @@ class TaskConfig:
     retry_on: type[Exception] | tuple[type[Exception], ...] | None = None
     give_up_on: type[Exception] | tuple[type[Exception], ...] = ()
     backoff: Mapping[type[Exception], Backoff] | None = None
+    rate_limit: str | RateLimit | None = None
+    concurrency_key: str | None = None
+    max_per_key: int | None = None
 
 
 class Task(Generic[P, R]):
@@ -185,6 +189,13 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.args_type, self._positional_only = _arguments_type(fn, config.name)
         self._signature = inspect.signature(fn)
+        self.limits = TaskLimits.declare(
+            config.name,
+            list(self._signature.parameters),
+            config.rate_limit,
+            config.concurrency_key,
+            config.max_per_key,
+        )
         self._decoder = msgspec.json.Decoder(self.args_type)
         self._return_type: Any = typing.get_type_hints(fn).get("return", Any)
         self.__doc__ = fn.__doc__
@@ -251,6 +262,15 @@ class Task(Generic[P, R]):
         except msgspec.MsgspecError:
             return msgspec.json.decode(raw)
 
+    def limit_buckets(self, args: bytes, queue: str) -> tuple[str, ...]:
+        """The limits a job of this task with these arguments carries, in ``queue``."""
+        own = self.limits.buckets(args) if self.limits is not None else []
+        rules = self.app.queue_rules.get(queue)
+        buckets = (*own, *rules.buckets) if rules is not None else tuple(own)
+        if buckets:
+            self.app.check_limits_supported(self.name)  # here, so HTTP enqueues refuse too
+        return buckets
+
     def args_schema(self) -> dict[str, Any]:
         """The JSON Schema of this task's arguments (an object, one property per parameter)."""
         schema: dict[str, Any] = msgspec.json.schema(self.args_type)
@@ -298,10 +318,11 @@ class BoundTask(Generic[P, R]):
     def prepare_json(self, args: bytes) -> NewJob:
         """A job from already-validated JSON arguments."""
         cfg, o = self.task.config, self.opts
+        queue = o.queue or cfg.queue
         return NewJob(
             id=new_job_id(),
             task=cfg.name,
-            queue=o.queue or cfg.queue,
+            queue=queue,
             args=args,
             priority=cfg.priority if o.priority is None else o.priority,
             max_attempts=o.max_attempts or cfg.max_attempts,
@@ -311,6 +332,7 @@ class BoundTask(Generic[P, R]):
             headers=dict(o.headers) if o.headers else {},
             unique_for=None if o.unique_for is None else float(o.unique_for),
             on_conflict="replace" if o.on_conflict == "replace" else "keep",
+            limits=self.task.limit_buckets(args, queue),
         )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:

@@ -29,6 +29,7 @@ from offload.job import (
     JobRecord,
     JobState,
     Lease,
+    LimitUsage,
     NewJob,
     WorkerInfo,
 )
@@ -50,6 +51,7 @@ class Capabilities:
     pause: bool = True  # queues can be paused
     cross_process: bool = True  # producers and workers may live in different processes
     progress: bool = True  # set_progress stores a running job's progress
+    limits: bool = False  # rate and concurrency limits (NewJob.limits) enforced at claim
 
 
 @runtime_checkable
@@ -176,6 +178,15 @@ class Backend(Protocol):
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         """Number of jobs by queue and state (states with zero may be omitted)."""
+        ...
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        """Per queue and limit bucket carried by active jobs: how many run and how many wait.
+
+        Empty when no active job carries a limit (always, on a backend that declares
+        ``capabilities.limits`` False: it stores none). A form with no job store raises
+        CapabilityUnavailable.
+        """
         ...
 
     async def cancel(self, job_id: str) -> JobRecord | None:

@@ -136,6 +136,7 @@ def new_record(new: NewJob, now: float) -> JobRecord:
         created_at=now,
         key=new.key,
         headers=dict(new.headers),
+        limits=new.limits,
     )
 
 

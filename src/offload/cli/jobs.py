@@ -7,11 +7,13 @@ from typing import Any
 import click
 import msgspec
 
+from offload.app import App
 from offload.cli.context import Ctx, friendly
 from offload.cli.output import emit, first_line, job_json, jobs_json, table
 from offload.durations import parse_duration_s
 from offload.errors import ValidationError
-from offload.job import FINAL_STATES, JobFilter, JobRecord, JobState
+from offload.job import FINAL_STATES, JobFilter, JobRecord, JobState, LimitUsage
+from offload.limits import describe
 
 
 @click.command()
@@ -164,11 +166,21 @@ def _steer(obj: Ctx, job_id: str, as_json: bool, action: str) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limits", "show_limits", is_flag=True, help="Only the jobs each limit holds.")
 @click.pass_obj
 @friendly
-def queues(obj: Ctx, as_json: bool) -> None:
-    """Depth of each queue by state."""
-    counts = obj.with_app(lambda app: app.run_sync(lambda b: b.counts()))
+def queues(obj: Ctx, as_json: bool, show_limits: bool) -> None:
+    """Depth of each queue by state, and the jobs running and waiting under each limit."""
+    if show_limits:
+        usage = obj.with_app(_limit_usage)
+        if as_json:
+            click.echo(msgspec.json.encode(usage).decode())
+        else:
+            _limit_table(usage)
+        return
+    counts, usage = obj.with_app(
+        lambda app: (app.run_sync(lambda b: b.counts()), _limit_usage(app))
+    )
     data = {q: {s.value: by.get(s, 0) for s in JobState} for q, by in sorted(counts.items())}
     if as_json:
         emit(data, True)
@@ -177,6 +189,22 @@ def queues(obj: Ctx, as_json: bool) -> None:
         ["queue", *[s.value for s in JobState]],
         [[q, *[str(v) for v in by.values()]] for q, by in data.items()],
         whole=[s.value for s in JobState],
+    )
+    if usage:
+        _limit_table(usage)
+
+
+def _limit_usage(app: App) -> list[LimitUsage]:
+    if not app.backend.capabilities.limits:
+        return []  # it stores no limited job
+    return app.run_sync(lambda b: b.limit_usage())
+
+
+def _limit_table(usage: list[LimitUsage]) -> None:
+    table(
+        ["queue", "limit", "running", "waiting"],
+        [[u.queue, describe(u.limit), str(u.running), str(u.waiting)] for u in usage],
+        whole=["running", "waiting"],
     )
 
 

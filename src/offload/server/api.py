@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from offload.backends.unique import outcome_of
 from offload.errors import JobNotFound
-from offload.job import JobFilter, JobRecord, JobState
+from offload.job import JobFilter, JobRecord, JobState, LimitUsage
 from offload.server.http import (
     JSON_HEADERS,
     HTTPError,
@@ -226,13 +226,18 @@ class Api:
 
     async def metrics(self, request: Request) -> Response:
         counts: dict[str, dict[JobState, int]] | None
+        limits: list[LimitUsage] = []
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 counts = await self.app.call(lambda b: b.counts())
+                if self.app.backend.capabilities.limits:
+                    limits = await self.app.call(lambda b: b.limit_usage())
         except Exception:
             counts = None
         return Response(
-            self.state.metrics.render(counts), media_type=CONTENT_TYPE, headers=JSON_HEADERS
+            self.state.metrics.render(counts, limits),
+            media_type=CONTENT_TYPE,
+            headers=JSON_HEADERS,
         )
 
     async def openapi(self, request: Request) -> Response:

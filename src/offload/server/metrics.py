@@ -36,7 +36,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from offload.hooks import Hook
-from offload.job import JobRecord, JobState
+from offload.job import JobRecord, JobState, LimitUsage
+from offload.limits import family
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded, outcome_name
 
 if TYPE_CHECKING:
@@ -112,6 +113,31 @@ class QueueDepth(Collector):
         up = GaugeMetricFamily("offload_backend_up", "1 if the last scrape reached the backend.")
         up.add_metric([], float(self.backend_up))
         yield up
+
+
+class LimitJobs(Collector):
+    """``offload_limit_jobs{queue, limit, state}``: jobs running under and waiting on each
+    limit, from ``Backend.limit_usage``. The limit label is the bucket without its key value
+    (``task:key:billing.charge:account``), so 10,000 accounts make one series, not 10,000."""
+
+    def __init__(self, labels: QueueLabels) -> None:
+        self._labels = labels
+        self.usage: Sequence[LimitUsage] = ()
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily(
+            "offload_limit_jobs",
+            "Jobs running under (holding) and waiting on each rate or concurrency limit.",
+            labels=["queue", "limit", "state"],
+        )
+        sums: dict[tuple[str, str, str], int] = {}
+        for u in self.usage:
+            at = (self._labels(u.queue), family(u.limit))
+            for state, n in (("running", u.running), ("waiting", u.waiting)):
+                sums[(*at, state)] = sums.get((*at, state), 0) + n
+        for labels, n in sorted(sums.items()):
+            gauge.add_metric(list(labels), float(n))
+        yield gauge
 
 
 class JobMetrics(Hook):
@@ -221,6 +247,8 @@ class Metrics(JobMetrics):
         )
         self._snapshot = QueueDepth(labels=self.queue_label)
         self.registry.register(self._snapshot)
+        self._limits = LimitJobs(self.queue_label)
+        self.registry.register(self._limits)
 
     # -- the hook, and the WorkerListener it used to be ------------------------------------
 
@@ -257,8 +285,9 @@ class Metrics(JobMetrics):
 
     # -- scraping --------------------------------------------------------------------------
 
-    def render(self, counts: Counts | None) -> bytes:
+    def render(self, counts: Counts | None, limits: Sequence[LimitUsage] = ()) -> bytes:
         """The exposition text; ``counts`` None means the backend could not be read."""
         self._snapshot.backend_up = 0 if counts is None else 1
         self._snapshot.counts = counts or {}
+        self._limits.usage = limits
         return generate_latest(self.registry)

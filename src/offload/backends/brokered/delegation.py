@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from offload.backends.base import Backend
 from offload.backends.brokered.outbox import OUTBOX_QUEUE
-from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, LimitUsage, WorkerInfo
 from offload.schedules import ScheduleRecord
 
 
@@ -49,6 +49,9 @@ class StoreDelegation:
         counts = await self._store.counts()
         counts.pop(OUTBOX_QUEUE, None)
         return counts
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        return await self._store.limit_usage()
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel in the store; the job's message is dropped when it is next delivered."""

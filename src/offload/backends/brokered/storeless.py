@@ -15,7 +15,7 @@ from typing import ClassVar, NoReturn
 
 from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
-from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, LimitUsage, WorkerInfo
 from offload.schedules import ScheduleRecord
 
 STORE_LESS = Capabilities(
@@ -64,6 +64,9 @@ class StoreLess:
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         self._unavailable("counting jobs")
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        self._unavailable("counting jobs held by limits")
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         self._unavailable("cancelling a job")

@@ -24,6 +24,7 @@ from offload.backends.common import (
     encode_cursor,
     new_record,
 )
+from offload.backends.memory.limits import log_rates, memory_gate, memory_usage, next_claimable
 from offload.backends.memory.schedules import MemorySchedules
 from offload.backends.memory.store import (
     MemoryStore,
@@ -47,6 +48,7 @@ from offload.job import (
     JobRecord,
     JobState,
     Lease,
+    LimitUsage,
     NewJob,
     WorkerInfo,
 )
@@ -56,7 +58,7 @@ from offload.outcome import Outcome
 class MemoryBackend(MemorySchedules):
     """In-process backend. ``clock`` is the backend's clock (``time.time`` by default)."""
 
-    capabilities = Capabilities(notify=True, cross_process=False)
+    capabilities = Capabilities(notify=True, cross_process=False, limits=True)
 
     def __init__(
         self,
@@ -163,8 +165,14 @@ class MemoryBackend(MemorySchedules):
                 if j.queue in queues and j.state in WAITING_STATES and j.run_at <= now
             ]
             due.sort(key=lambda j: (-j.priority, j.run_at, st.seq[j.id]))
-            out = []
-            for j in due[: max(req.limit, 0)]:
+            out: list[JobRecord] = []
+            gate = memory_gate(st, now)
+            for j in due:
+                if len(out) >= req.limit:
+                    break
+                if j.limits and not gate.admit(j.limits):
+                    continue
+                log_rates(st, j.limits, now)
                 rec = msgspec.structs.replace(
                     j,
                     state=JobState.RUNNING,
@@ -222,6 +230,9 @@ class MemoryBackend(MemorySchedules):
                     continue
                 rec = apply_outcome(j, outcome, now)
                 st.jobs[j.id] = rec
+                if j.limits:  # its slot is free: jobs it held back may start
+                    woken.extend(st.work_waiters)
+                    st.work_waiters = []
                 if rec.state.final:
                     woken.extend(st.done_waiters.pop(j.id, []))
                 elif rec.state in WAITING_STATES:
@@ -263,14 +274,7 @@ class MemoryBackend(MemorySchedules):
         with st.lock:
             now = self._clock()
             wanted = set(queues) - st.paused
-            next_due = min(
-                (
-                    j.run_at
-                    for j in st.jobs.values()
-                    if j.queue in wanted and j.state in WAITING_STATES
-                ),
-                default=None,
-            )
+            next_due = next_claimable(st, wanted, now)
             if next_due is not None and next_due <= now:
                 return
             if next_due is not None:
@@ -332,6 +336,10 @@ class MemoryBackend(MemorySchedules):
                 by_state = out.setdefault(j.queue, {})
                 by_state[j.state] = by_state.get(j.state, 0) + 1
         return out
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        with self.store.lock:
+            return memory_usage(self.store)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         st = self.store

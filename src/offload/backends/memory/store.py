@@ -35,6 +35,7 @@ class MemoryStore:
     work_waiters: list[Waiter] = field(default_factory=list)
     done_waiters: dict[str, list[Waiter]] = field(default_factory=dict)
     schedules: dict[str, ScheduleRecord] = field(default_factory=dict)
+    rate_log: dict[str, list[float]] = field(default_factory=dict)  # claim times per bucket
 
     def wake(self, waiters: Sequence[Waiter]) -> None:
         for loop, fut in waiters:

@@ -22,6 +22,8 @@ from offload.backends.postgres.enqueue import (
     SyncQueryConn,
     enqueue_batch,
 )
+from offload.backends.postgres.limits import PgLimits
+from offload.backends.postgres.limits import next_at as limits_next_at
 from offload.backends.postgres.listener import Listener
 from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.recovery import Channels, recover_batch
@@ -46,7 +48,7 @@ class PostgresBackend(Steering, PostgresSchedules):
     see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
     connect or wait for a pooled connection, 5)."""
 
-    capabilities = Capabilities(notify=True, transactional=True)
+    capabilities = Capabilities(notify=True, transactional=True, limits=True)
 
     def __init__(self, url: str, **options: Any) -> None:
         self._opts = q.parse_url(url, options)
@@ -58,6 +60,7 @@ class PostgresBackend(Steering, PostgresSchedules):
         self._done_channel = f"offload_{self.schema}_done"
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._work = WorkWaiters()
+        self._limits = PgLimits(self._rows, self._ns, self._channel)
         self._done = DoneWaiters()
         self._work_listener: Listener | None = None
         self._done_listener: Listener | None = None
@@ -244,16 +247,24 @@ class PostgresBackend(Steering, PostgresSchedules):
         listener = self._work_listener
         listening = listener is not None and listener.ready.is_set()
         epoch, heard = self._work.epoch, self._work.heard(req.queues)
-        rows = await self._rows(name, params)
-        # Every row carries the next scheduled job's distance; with nothing claimed there is
-        # one row of NULL job columns to carry it.
-        jobs = [row for row in rows if row[0] is not None]
+        if frozenset(req.queues) in self._limits.gated:
+            jobs, held, next_in = await self._limits.claim(req, req.limit)
+        else:
+            rows = await self._rows(name, params)
+            # Every row carries the next scheduled job's distance and whether jobs with limits
+            # are due (the gate takes those); with nothing claimed there is one row of NULL
+            # job columns to carry them.
+            jobs = q.claimed_records([row for row in rows if row[0] is not None])
+            held, next_in = None, (rows[0][q.N_COLUMNS] if rows else None)
+            if rows and rows[0][q.N_COLUMNS + 1] and len(jobs) < req.limit:
+                gated, held, _ = await self._limits.claim(req, req.limit - len(jobs))
+                jobs.extend(gated)
         if listening:
-            next_in = rows[0][q.N_COLUMNS] if rows else None
-            next_at = None if next_in is None else asyncio.get_running_loop().time() + next_in
+            loop_now = asyncio.get_running_loop().time()
+            next_at = limits_next_at(next_in, held, loop_now)
             full = len(jobs) >= req.limit
             self._last_claim.set(ClaimMark(frozenset(req.queues), epoch, heard, full, next_at))
-        return q.claimed_records(jobs)
+        return jobs
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         if not leases:
@@ -287,6 +298,7 @@ class PostgresBackend(Steering, PostgresSchedules):
         await self._rows(
             "complete", {**params, "channel": self._channel, "done_channel": self._done_channel}
         )
+        await self._limits.finished([lease for lease, _ in results])
 
     async def recover(self) -> int:
         # Batch by batch, each one transaction, until a batch finds fewer than it may.

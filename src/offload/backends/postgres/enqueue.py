@@ -91,6 +91,7 @@ def _params(batch: Sequence[NewJob], channel: str) -> dict[str, Any]:
         "run_ats": [j.run_at for j in batch],
         "keys": [j.key for j in batch],
         "headers": [msgspec.json.encode(j.headers).decode() if j.headers else None for j in batch],
+        "limits": ["\n".join(j.limits) if j.limits else None for j in batch],
         "channel": channel,
     }
 

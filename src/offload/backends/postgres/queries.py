@@ -26,9 +26,9 @@ _NOW = "extract(epoch from statement_timestamp())::float8"
 _COLUMNS = (
     "id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, key, "
     "started_at, finished_at, worker_id, lease_expires_at, result, error, errors, seq, "
-    "headers, progress"
+    "headers, progress, limits"
 )
-N_COLUMNS = 21
+N_COLUMNS = 22
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -161,6 +161,7 @@ def decode_row(row: Sequence[Any]) -> JobRecord | None:
             errors=decode_errors(row[17]),
             headers=decode_headers(row[19]),
             progress=bytes(row[20]) if row[20] is not None else None,
+            limits=tuple(row[21] or ()) if len(row) > 21 else (),
         )
     except (TypeError, ValueError, IndexError, msgspec.DecodeError, msgspec.ValidationError):
         return None

@@ -19,7 +19,7 @@ from offload.backends.common import (
 from offload.backends.postgres import queries as q
 from offload.backends.retention import PRUNE_BATCH, Retention
 from offload.errors import InvalidState
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, LimitUsage, WorkerInfo
 
 
 class Steering:
@@ -74,6 +74,10 @@ class Steering:
 
     async def _list_rows(self, where: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        rows = await self._rows("limit_usage", {})
+        return [LimitUsage(queue=q, limit=b, running=int(r), waiting=int(w)) for q, b, r, w in rows]
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}

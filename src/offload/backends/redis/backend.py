@@ -41,6 +41,7 @@ from offload.backends.redis.codec import (
     from_us,
     outcome_fields,
     pairs,
+    split_limits,
     to_us,
 )
 from offload.backends.redis.inspection import RedisInspection
@@ -67,7 +68,7 @@ class RedisBackend(RedisInspection, RedisSchedules):
     Other query parameters go to redis-py as they are.
     """
 
-    capabilities = Capabilities(notify=True)
+    capabilities = Capabilities(notify=True, limits=True)
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class RedisBackend(RedisInspection, RedisSchedules):
                 j.key or "",
                 "" if j.unique_for is None else max(to_us(j.unique_for), 1),
                 "r" if j.on_conflict == "replace" else "",
+                "\n".join(j.limits),
             ]
         keys = [self.base(q) for q in queues]
         return keys, [frame(fields), *(limits.get(q, -1) for q in queues)]
@@ -238,10 +240,11 @@ class RedisBackend(RedisInspection, RedisSchedules):
         raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
         reply = PACKED.decode(raw)
         started, expires = from_us(reply[0]), from_us(reply[1])
+        self._limits.after_claim(queues, reply[2], asyncio.get_running_loop().time())
         out: list[JobRecord] = []
         undecodable: list[tuple[Lease, Outcome]] = []
-        for k in range(2, len(reply), 7):
-            qi, raw_id, blob, attempt, run_at, created, errors = reply[k : k + 7]
+        for k in range(3, len(reply), 8):
+            qi, raw_id, blob, attempt, run_at, created, errors, limits = reply[k : k + 8]
             job_id, queue = raw_id.decode(), queues[int(qi) - 1]
             self._queue_of[job_id] = queue
             try:
@@ -259,6 +262,7 @@ class RedisBackend(RedisInspection, RedisSchedules):
                     created_at=from_us(created),
                     key=b.key,
                     headers=b.headers,
+                    limits=split_limits(limits),
                     started_at=started,
                     worker_id=req.worker_id,
                     lease_expires_at=expires,
@@ -270,6 +274,8 @@ class RedisBackend(RedisInspection, RedisSchedules):
                 undecodable.append((lease, Dead(f"undecodable job record: {exc}")))
                 continue
             out.append(rec)
+            if rec.limits:
+                self._limits.claimed[rec.id] = self.base(queue)
         if undecodable:
             await self.complete(undecodable)
         return out
@@ -310,6 +316,7 @@ class RedisBackend(RedisInspection, RedisSchedules):
         await self._per_queue("complete", calls)
         for lease, _ in results:
             self._queue_of.pop(lease.job_id, None)
+        await self._limits.wake_freed(self._run, [lease.job_id for lease, _ in results])
 
     async def recover(self) -> int:
         """Put back (or bury) running jobs whose lease expired, at most BATCH per queue.
@@ -363,10 +370,17 @@ class RedisBackend(RedisInspection, RedisSchedules):
         reply = await self._run(probe)
         secs, micros = reply[0]
         now_us = int(secs) * 1_000_000 + int(micros)
-        for k in range(1, len(reply), 3):
+        loop_now = asyncio.get_running_loop().time()
+        for q, k in zip(queues, range(1, len(reply), 3), strict=True):
             paused, ready, first_due = reply[k : k + 3]
             if paused:
                 continue
+            held = self._limits.held.get(q)
+            if ready and held is not None and held > loop_now:
+                # Its ready jobs were held by a limit at this instance's last claim: sleep
+                # until the window moves or a completion (or an enqueue) wakes the queue.
+                timeout_s = min(timeout_s, held - loop_now)
+                ready = 0
             if ready:
                 return
             if first_due:

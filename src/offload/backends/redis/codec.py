@@ -115,9 +115,15 @@ def from_hash(job_id: str, queue: str, h: Mapping[bytes, bytes]) -> JobRecord:
             errors=attempt_errors(h.get(b"x")),
             headers=blob.headers,
             progress=h.get(b"g"),
+            limits=split_limits(h.get(b"b")),
         )
     except (KeyError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Undecodable(f"undecodable job record {job_id}: {exc}") from None
+
+
+def split_limits(raw: bytes | None) -> tuple[str, ...]:
+    """A job's limit buckets, kept newline-joined in its hash field ``b`` (absent: none)."""
+    return tuple(raw.decode().split("\n")) if raw else ()
 
 
 def pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:

@@ -34,6 +34,7 @@ from offload.backends.redis.cluster import (
     slot_groups,
 )
 from offload.backends.redis.codec import translated
+from offload.backends.redis.limits import RedisLimits
 from offload.errors import BackendUnavailable, ConfigurationError
 
 T = TypeVar("T")
@@ -86,6 +87,7 @@ class RedisConnection:
         self._client: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._queue_of: dict[str, str] = {}  # job id -> queue, for the jobs this instance holds
+        self._limits = RedisLimits()
         self._turn = 0  # which slot a cluster claim over several slots asks first
         # redis-py's cluster pool fails a call past its bound instead of waiting: on a cluster
         # with pool_size, these make callers wait their turn (commands, blocking pops).

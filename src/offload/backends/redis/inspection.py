@@ -25,9 +25,10 @@ from offload.backends.redis.codec import (
     to_us,
 )
 from offload.backends.redis.connection import RedisConnection
+from offload.backends.redis.limits import limit_usage as redis_limit_usage
 from offload.backends.retention import PRUNE_BATCH
 from offload.errors import InvalidState
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, LimitUsage, WorkerInfo
 
 _log = logging.getLogger("offload.backends.redis")
 
@@ -118,6 +119,10 @@ class RedisInspection(RedisConnection):
             if len(entries) < chunk:
                 break
         return out[:want]
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        queues = await self.known_queues()
+        return await redis_limit_usage(self._run, {q: self.base(q) for q in queues})
 
     async def counts(self) -> dict[str, dict[JobState, int]]:
         queues = await self.known_queues()

@@ -19,6 +19,7 @@ from offload.backends.common import RECOVER_BATCH, decode_cursor
 from offload.backends.retention import Retention
 from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
+from offload.backends.sqlite.limits import HeldHint, held_due, limit_usage_tx
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
 from offload.backends.sqlite.recovery import recover_tx
@@ -47,6 +48,7 @@ from offload.job import (
     JobRecord,
     JobState,
     Lease,
+    LimitUsage,
     NewJob,
     WorkerInfo,
 )
@@ -72,7 +74,7 @@ class SQLiteBackend(SQLiteSchedules):
     # process rings the doorbell (Linux), and in any case changes PRAGMA data_version, which
     # waiters read every poll_ms: so new work wakes a waiter at once, and within poll_ms when
     # a ring is lost or there is no doorbell.
-    capabilities = Capabilities(notify=True, transactional=True)  # see enqueue_in
+    capabilities = Capabilities(notify=True, transactional=True, limits=True)  # see enqueue_in
 
     def __init__(self, url: str, **options: Any) -> None:
         self._url = url
@@ -86,6 +88,10 @@ class SQLiteBackend(SQLiteSchedules):
         self._work_waiters: list[_Waiter] = []
         self._done_waiters: dict[str, list[_Waiter]] = {}
         self._doorbell: doorbell.Doorbell | None = None
+        # Limits: what this instance's last claim held back (its waiters sleep past those
+        # jobs), and the limited jobs it claimed (their completion frees a slot: it is news).
+        self._held = HeldHint()
+        self._limited: set[str] = set()
         if self._opts["doorbell"] and doorbell.supported():
             self._doorbell = doorbell.Doorbell(
                 self.path, self._wake_work_here, self._wake_done_here, os.path.basename(self.path)
@@ -215,7 +221,8 @@ class SQLiteBackend(SQLiteSchedules):
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
         if req.limit <= 0 or not req.queues or req.job_ids == ():
             return []
-        records: list[JobRecord] = await self._write(partial(claim_tx, req=req))
+        records: list[JobRecord] = await self._write(partial(claim_tx, req=req, hint=self._held))
+        self._limited.update(r.id for r in records if r.limits)
         return records
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
@@ -236,7 +243,9 @@ class SQLiteBackend(SQLiteSchedules):
         await self._write(partial(complete_tx, results=list(results)))
         again = [isinstance(o, RetryAt | Snoozed) for _, o in results]
         final = [lease.job_id for (lease, _), a in zip(results, again, strict=True) if not a]
-        self._announce(work=any(again), done=final)
+        freed = self._limited.intersection(lease.job_id for lease, _ in results)
+        self._limited -= freed
+        self._announce(work=any(again) or bool(freed), done=final)
 
     async def recover(self) -> int:
         # Batch by batch, each one writer transaction, until a batch finds fewer than it may.
@@ -266,7 +275,10 @@ class SQLiteBackend(SQLiteSchedules):
             while not waiter[1].done():
                 seen, due = await self._read(partial(probe_tx, queues=queues, seen=version))
                 if seen != version:
-                    version, next_due = seen, due
+                    # Due jobs the last claim found held are not work until the file changes
+                    # (a completion frees a slot) or a rate's window moves on.
+                    held = version is None and self._held.until is not None
+                    version, next_due = seen, (held_due(self._held.until) if held else due)
                 now = time.time()
                 remaining = deadline - loop.time()
                 if (next_due is not None and next_due <= now) or remaining <= 0:
@@ -322,6 +334,10 @@ class SQLiteBackend(SQLiteSchedules):
     async def counts(self) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = await self._read(counts_tx)
         return out
+
+    async def limit_usage(self) -> list[LimitUsage]:
+        result: list[LimitUsage] = await self._read(limit_usage_tx)
+        return result
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         rec: JobRecord | None = await self._write(partial(cancel_tx, job_id=job_id))

@@ -6,13 +6,13 @@ from importlib import resources
 
 # PRAGMA user_version of the file. Bump it with an ``upgrade_N`` query that brings a version
 # N-1 file to N (2: dedup keys scoped by queue; 3: unique_for index, schedules table; 4: the
-# finished index, incremental vacuum; 7: job headers and progress).
+# finished index, incremental vacuum; 5: limits; 7: job headers and progress).
 SCHEMA_VERSION = 7
 
 COLS = (
     "seq, id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, "
     "key, started_at, finished_at, worker_id, lease_expires_at, result, error, errors, "
-    "headers, progress"
+    "headers, progress, limits"
 )
 FIELDS = tuple(COLS.split(", "))
 

@@ -325,3 +325,59 @@ SET last_job_id = CASE WHEN last_tick IS NULL OR excluded.last_tick > last_tick
 -- name: set_schedule_paused
 INSERT INTO offload_schedules (name, paused) VALUES (:name, :paused)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;
+
+-- name: upgrade_5
+-- Rate and concurrency limits (docs/limits.md): the buckets a job carries (a JSON array, NULL
+-- for none), an index of the waiting limited jobs (so a claim learns in one probe whether it
+-- needs the gated path), one of the running limited jobs (the concurrency counts are taken
+-- from them: a slot is free the moment its job leaves running, by any path, recovery too),
+-- and the claim times within each rate bucket's window.
+ALTER TABLE offload_jobs ADD COLUMN limits TEXT;
+CREATE INDEX IF NOT EXISTS offload_jobs_limited_waiting
+    ON offload_jobs (queue, run_at)
+    WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued');
+CREATE INDEX IF NOT EXISTS offload_jobs_limited_running
+    ON offload_jobs (seq)
+    WHERE limits IS NOT NULL AND state = 'running';
+CREATE TABLE IF NOT EXISTS offload_rate_log (bucket TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS offload_rate_log_bucket ON offload_rate_log (bucket, at);
+
+-- name: set_limits
+UPDATE offload_jobs SET limits = ? WHERE id = ?;
+
+-- name: any_limited_due
+SELECT 1 FROM offload_jobs
+WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued') AND queue IN ({queues})
+  AND run_at <= :now
+LIMIT 1;
+
+-- name: gated_candidates
+-- Waiting due jobs in claim order, walked by the claim until it has taken :limit of them;
+-- jobs held by a limit are passed over (they stay as they are: no attempt is used).
+SELECT seq, limits FROM offload_jobs
+WHERE state IN ('scheduled', 'queued') AND queue IN ({queues}) AND run_at <= :now
+  AND queue NOT IN (SELECT queue FROM offload_paused) {only_ids}
+ORDER BY priority DESC, run_at, seq;
+
+-- name: claim_seqs
+UPDATE offload_jobs
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+    lease_expires_at = :expires
+WHERE seq IN (SELECT value FROM json_each(:seqs))
+RETURNING {cols};
+
+-- name: running_limits
+SELECT limits FROM offload_jobs WHERE limits IS NOT NULL AND state = 'running';
+
+-- name: rate_forget
+DELETE FROM offload_rate_log WHERE bucket = ? AND at <= ?;
+
+-- name: rate_recent
+SELECT at FROM offload_rate_log WHERE bucket = ?;
+
+-- name: rate_log
+INSERT INTO offload_rate_log (bucket, at) VALUES (?, ?);
+
+-- name: limit_usage
+SELECT queue, state, limits FROM offload_jobs
+WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued', 'running');

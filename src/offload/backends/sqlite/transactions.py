@@ -25,6 +25,7 @@ from offload.backends.common import (
     new_record,
 )
 from offload.backends.sqlite.connection import translate
+from offload.backends.sqlite.limits import HeldHint, any_limited_due, claim_gated
 from offload.backends.sqlite.queries import FIELDS, Q
 from offload.backends.unique import Decision, decide, fold_replacements, replaced, windowed
 from offload.errors import InvalidState, QueueFull, UsageError, ValidationError
@@ -56,6 +57,8 @@ def _decode(row: Sequence[Any]) -> JobRecord:
         if row[19]:
             fields["headers"] = msgspec.json.decode(row[19])
         fields["progress"] = row[20]
+        if row[21] is not None:
+            fields["limits"] = msgspec.json.decode(row[21])
         return msgspec.convert(fields, JobRecord)
     except (msgspec.ValidationError, msgspec.DecodeError, TypeError, ValueError) as exc:
         raise _Undecodable(f"undecodable job record: {exc}") from None
@@ -97,6 +100,9 @@ def enqueue_tx(
     if limits:
         _check_limits(conn, fresh, limits)
     conn.executemany(Q["insert_job"], map(_insert_params, fresh))
+    limited = [(msgspec.json.encode(r.limits).decode(), r.id) for r in fresh if r.limits]
+    if limited:
+        conn.executemany(Q["set_limits"], limited)
     return [stored[i] for i in where]
 
 
@@ -183,7 +189,9 @@ def _queue_params(queues: Sequence[str], params: dict[str, Any]) -> str:
     return ", ".join(f":q{i}" for i in range(len(queues)))
 
 
-def claim_tx(conn: sqlite3.Connection, req: ClaimRequest) -> list[JobRecord]:
+def claim_tx(
+    conn: sqlite3.Connection, req: ClaimRequest, hint: HeldHint | None = None
+) -> list[JobRecord]:
     now = time.time()
     params: dict[str, Any] = {
         "worker_id": req.worker_id,
@@ -193,6 +201,8 @@ def claim_tx(conn: sqlite3.Connection, req: ClaimRequest) -> list[JobRecord]:
     }
     queues = tuple(dict.fromkeys(req.queues))  # one candidate block per distinct queue
     in_queues = _queue_params(queues, params)
+    if any_limited_due(conn, in_queues, params):
+        return _claimed(conn, claim_gated(conn, req, in_queues, params, hint))
     if req.job_ids is not None:
         params["ids"] = msgspec.json.encode(list(dict.fromkeys(req.job_ids))).decode()
         candidates = Q["claim_ids_candidates"].replace("{queues}", in_queues)
@@ -201,8 +211,12 @@ def claim_tx(conn: sqlite3.Connection, req: ClaimRequest) -> list[JobRecord]:
             Q["claim_candidates"].replace("{queue}", f":q{i}") for i in range(len(queues))
         )
     sql = Q["claim"].replace("{candidates}", candidates)
+    return _claimed(conn, conn.execute(sql, params).fetchall())
+
+
+def _claimed(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[JobRecord]:
     claimed: list[tuple[int, JobRecord]] = []
-    for row in conn.execute(sql, params).fetchall():
+    for row in rows:
         try:
             claimed.append((row[0], _decode(row)))
         except _Undecodable as exc:

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from offload.backends.base import Backend
 from offload.errors import CapabilityUnavailable, JobNotFound
 from offload.job import JobFilter, JobRecord, JobState, WorkerInfo
+from offload.limits import describe
 from offload.server.dashboard import bulk, stats
 from offload.server.dashboard.core import Core, Page
 from offload.server.dashboard.grouping import ErrorGroup, group_by_shape
@@ -116,8 +117,16 @@ class Pages:
         oldest = await self.core.call(
             lambda b: _oldest(b, [r.name for r in rows if r.states["queued"]])
         )
+        limits = await self.core.call(limit_rows)
         return self.core.render(
-            page, "queues.html", nav="queues", rows=rows, oldest=oldest, msg=msg, now=time.time()
+            page,
+            "queues.html",
+            nav="queues",
+            rows=rows,
+            oldest=oldest,
+            limits=limits,
+            msg=msg,
+            now=time.time(),
         )
 
     async def workers(self, page: Page) -> Response:
@@ -244,6 +253,17 @@ async def _workers(backend: Backend) -> list[WorkerInfo]:
         return await backend.workers()
     except CapabilityUnavailable:  # a backend without a worker registry shows none
         return []
+
+
+LIMIT_ROWS = 100  # the limits holding the most waiting jobs; one row per key would be endless
+
+
+async def limit_rows(backend: Backend) -> list[tuple[str, str, int, int]]:
+    """(queue, limit described, running, waiting) of the limits most jobs wait on."""
+    if not backend.capabilities.limits:
+        return []
+    usage = sorted(await backend.limit_usage(), key=lambda u: (-u.waiting, u.queue, u.limit))
+    return [(u.queue, describe(u.limit), u.running, u.waiting) for u in usage[:LIMIT_ROWS]]
 
 
 async def _oldest(backend: Backend, queues: list[str]) -> dict[str, JobRecord]:

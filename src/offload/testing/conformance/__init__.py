@@ -26,6 +26,7 @@ from offload.testing.conformance.claim import ClaimConformance
 from offload.testing.conformance.enqueue import EnqueueConformance
 from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
+from offload.testing.conformance.limits import LimitConformance
 from offload.testing.conformance.observe import ObserveConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
 from offload.testing.conformance.retention import RetentionConformance
@@ -42,6 +43,7 @@ __all__ = [
     "EnqueueConformance",
     "InspectionConformance",
     "LeaseConformance",
+    "LimitConformance",
     "ObserveConformance",
     "OutcomeConformance",
     "RetentionConformance",
@@ -66,6 +68,7 @@ class BackendConformance(
     RetentionConformance,
     UniqueConformance,
     ScheduleConformance,
+    LimitConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 

@@ -28,16 +28,16 @@ WITH input AS (
     SELECT t.*, coalesce(t.run_at, {now} + t.delay_s) AS at
     FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(args)s::bytea[],
                 %(priorities)s::int2[], %(max_attempts)s::int4[], %(delays)s::float8[],
-                %(run_ats)s::float8[], %(keys)s::text[], %(headers)s::text[])
+                %(run_ats)s::float8[], %(keys)s::text[], %(headers)s::text[], %(limits)s::text[])
          WITH ORDINALITY AS t(id, task, queue, args, priority, max_attempts, delay_s, run_at,
-                              key, headers, ord)
+                              key, headers, limits, ord)
 ), ins AS (
     INSERT INTO {schema}.jobs
         (id, task, queue, args, state, priority, max_attempts, run_at, created_at, key,
-         headers)
+         headers, limits)
     SELECT id, task, queue, args,
            CASE WHEN at <= {now} THEN 'queued' ELSE 'scheduled' END,
-           priority, max_attempts, at, {now}, key, headers
+           priority, max_attempts, at, {now}, key, headers, string_to_array(limits, E'\n')
     FROM input ORDER BY ord
     ON CONFLICT (queue, key)
         WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')
@@ -125,6 +125,7 @@ WITH no_flush_wait AS (
 ), c AS (
     SELECT id FROM {schema}.jobs
     WHERE queue = %(queue)s AND state IN ('scheduled', 'queued') AND run_at <= {now}
+      AND limits IS NULL
       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = %(queue)s)
     ORDER BY priority DESC, run_at, seq
     LIMIT %(limit)s
@@ -140,7 +141,8 @@ WITH no_flush_wait AS (
     WHERE queue = %(queue)s AND state = 'scheduled' AND run_at > {now}
       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = %(queue)s)
 )
-SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true, no_flush_wait
+SELECT claimed.*, next.next_in, {schema}.limited_due(ARRAY[%(queue)s]::text[], {now})
+FROM next LEFT JOIN claimed ON true, no_flush_wait
 
 -- name: claim_many_queues
 -- As claim_one_queue; the next scheduled job is looked up queue by queue, down the index.
@@ -149,7 +151,7 @@ WITH no_flush_wait AS (
 ), c AS (
     SELECT id FROM {schema}.jobs
     WHERE queue = ANY(%(queues)s::text[]) AND state IN ('scheduled', 'queued')
-      AND run_at <= {now}
+      AND run_at <= {now} AND limits IS NULL
       AND queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
     ORDER BY priority DESC, run_at, seq
     LIMIT %(limit)s
@@ -168,14 +170,15 @@ WITH no_flush_wait AS (
                   ORDER BY run_at LIMIT 1) s
     WHERE w.q <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
 )
-SELECT claimed.*, next.next_in FROM next LEFT JOIN claimed ON true, no_flush_wait
+SELECT claimed.*, next.next_in, {schema}.limited_due(%(queues)s::text[], {now})
+FROM next LEFT JOIN claimed ON true, no_flush_wait
 
 -- name: claim_by_ids
 -- A broker delivered these ids: lease only those among them that are due, in claim order.
 WITH c AS (
     SELECT id FROM {schema}.jobs
     WHERE id = ANY(%(ids)s::text[]) AND queue = ANY(%(queues)s::text[])
-      AND state IN ('scheduled', 'queued') AND run_at <= {now}
+      AND state IN ('scheduled', 'queued') AND run_at <= {now} AND limits IS NULL
       AND queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
     ORDER BY priority DESC, run_at, seq
     LIMIT %(limit)s
@@ -374,3 +377,44 @@ DELETE FROM {schema}.workers WHERE id = %(id)s
 
 -- name: workers
 SELECT info, last_seen_at FROM {schema}.workers WHERE expires_at > {now}
+
+-- name: claim_gated
+-- Jobs with limits and those without, in claim order: gate_claim picks them under its lock;
+-- the UPDATE re-checks each row's state, so a job an ordinary claim or a cancel took meanwhile
+-- is left alone. The last columns: seconds until a rate lets a held job go ('infinity': a
+-- completion will; NULL: none held), whether any job with limits was met, and the next
+-- scheduled job's distance (as claim_many_queues).
+WITH no_flush_wait AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), g AS (
+    SELECT * FROM {schema}.gate_claim(%(queues)s::text[], %(ids)s::text[], %(limit)s, {now},
+                                      %(ns)s)
+), claimed AS (
+    UPDATE {schema}.jobs j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        started_at = {now}, lease_expires_at = {now} + %(lease_s)s
+    FROM (SELECT unnest(g.ids) AS id FROM g) c  -- a join: one primary key probe per id
+    WHERE j.id = c.id AND j.state IN ('scheduled', 'queued')
+    RETURNING {jcols}
+), next AS (
+    SELECT min(s.run_at) - {now} AS next_in
+    FROM unnest(%(queues)s::text[]) AS w(q),
+         LATERAL (SELECT run_at FROM {schema}.jobs
+                  WHERE queue = w.q AND state = 'scheduled' AND run_at > {now}
+                  ORDER BY run_at LIMIT 1) s
+    WHERE w.q <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues))
+)
+SELECT claimed.*, g.held_until - {now}, g.limited, next.next_in
+FROM g CROSS JOIN next LEFT JOIN claimed ON true, no_flush_wait
+
+-- name: notify_queues
+-- A limited job finished: jobs its slot held back may start now, in any process.
+SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q
+
+-- name: limit_usage
+-- Per queue and bucket of waiting or running limited jobs: how many run, how many wait.
+SELECT j.queue, x, count(*) FILTER (WHERE j.state = 'running'),
+       count(*) FILTER (WHERE j.state IN ('scheduled', 'queued'))
+FROM {schema}.jobs j, unnest(j.limits) x
+WHERE j.limits IS NOT NULL AND j.state IN ('scheduled', 'queued', 'running')
+GROUP BY j.queue, x ORDER BY j.queue, x

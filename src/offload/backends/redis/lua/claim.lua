@@ -1,19 +1,34 @@
 -- Lease at most `limit` due jobs from the given queues, best first.
 -- KEYS: the base of each queue. ARGV: limit, worker id, lease (us), claim token, then, when
 -- the caller names the jobs (a broker delivered them), their ids: only those are candidates.
--- Returns a packed list: now, lease expiry, then 7 values per job: queue index, id, blob,
--- attempt, run_at, created, errors. The token makes a retried call (the reply of the first
--- was lost with its connection) return the jobs the first one took instead of taking more.
+-- Returns a packed list: now, lease expiry, held (microseconds until a rate lets a job held
+-- by a limit go, 'inf' when only a completion will, '' when none was held), then 7 values per
+-- job: queue index, id, blob, attempt, run_at, created, errors, limits. The token makes a
+-- retried call
+-- (the reply of the first was lost with its connection) return the jobs the first one took
+-- instead of taking more.
+--
+-- Limits (docs/limits.md): a queue that ever received a job with limits has the key
+-- <base>:limited. Its claims walk the ready set in order and let the gate (claim_gate, below)
+-- pass over held jobs, which stay where they are: no attempt used, no lease.
 local limit, worker, lease_us, token = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_us()
 local expires = now + lease_us
 local tokkey = KEYS[1] .. ':ct:' .. token
-local out = {fmt(now), fmt(expires)}
+local out = {fmt(now), fmt(expires), ''}
 
-local function emit(qi, id, blob, attempt, run_at, created, errors)
+local function emit(qi, id, blob, attempt, run_at, created, errors, limits)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3], out[n + 4] = tostring(qi), id, blob, tostring(attempt)
-  out[n + 5], out[n + 6], out[n + 7] = run_at, created, errors or ''
+  out[n + 5], out[n + 6], out[n + 7], out[n + 8] = run_at, created, errors or '', limits or ''
+end
+
+-- A job's limit buckets (hash field b, newline-joined), or nil.
+local function split_limits(b)
+  if not b or b == '' then return nil end
+  local out = {}
+  for part in string.gmatch(b, '[^\n]+') do out[#out + 1] = part end
+  return out
 end
 
 local taken = redis.call('GET', tokkey)
@@ -21,10 +36,11 @@ if taken then
   for qi_id in string.gmatch(taken, '[^,]+') do
     local sep = string.find(qi_id, ':', 1, true)
     local qi, id = tonumber(string.sub(qi_id, 1, sep - 1)), string.sub(qi_id, sep + 1)
-    local v = redis.call('HMGET', job_key(KEYS[qi], id), 's', 'w', 't', 'l', 'd', 'a', 'r', 'c', 'x')
+    local v = redis.call('HMGET', job_key(KEYS[qi], id), 's', 'w', 't', 'l', 'd', 'a', 'r', 'c', 'x',
+      'b')
     if v[1] == 'running' and v[2] == worker then
       out[1], out[2] = v[3], v[4]
-      emit(qi, id, v[5], v[6], v[7], v[8], v[9])
+      emit(qi, id, v[5], v[6], v[7], v[8], v[9], v[10])
     end
   end
   return packed(out)
@@ -69,24 +85,29 @@ local function named_candidates()
   table.sort(cands, by_score)
 end
 
+-- Move a queue's due scheduled jobs into its ready set.
+local function promote(base)
+  local sched = base .. ':sched'
+  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+  if #due > 0 then
+    local members, scored = {}, {}
+    for i = 1, #due, 2 do
+      local member = due[i]
+      members[#members + 1] = member
+      scored[#scored + 1] = ready_score(member_priority(member), tonumber(due[i + 1]))
+      scored[#scored + 1] = member
+      redis.call('HSET', job_key(base, member_id(member)), 's', 'queued')
+    end
+    zadd_many(base .. ':ready', scored)
+    zrem_many(sched, members)
+  end
+end
+
 -- The best `limit` of each open queue, after moving its due scheduled jobs in.
 local function best_candidates()
   for qi, base in ipairs(KEYS) do
     if redis.call('EXISTS', base .. ':paused') == 0 then
-      local sched = base .. ':sched'
-      local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
-      if #due > 0 then
-        local members, scored = {}, {}
-        for i = 1, #due, 2 do
-          local member = due[i]
-          members[#members + 1] = member
-          scored[#scored + 1] = ready_score(member_priority(member), tonumber(due[i + 1]))
-          scored[#scored + 1] = member
-          redis.call('HSET', job_key(base, member_id(member)), 's', 'queued')
-        end
-        zadd_many(base .. ':ready', scored)
-        zrem_many(sched, members)
-      end
+      promote(base)
       if #KEYS == 1 then
         -- One queue (the usual case): pop the best at once, nothing left to remove later.
         local best = redis.call('ZPOPMIN', base .. ':ready', limit)
@@ -102,17 +123,107 @@ local function best_candidates()
   if #KEYS > 1 then table.sort(cands, by_score) end
 end
 
-if #ARGV > 4 then named_candidates() else best_candidates() end
+-- The gate: concurrency counted from the running limited jobs of these queues (<base>:lrun,
+-- pruned of those no longer running, so a slot is free the moment its job leaves running by
+-- any path, a lost lease's recovery too); rates from <base>:rate:<bucket>, the claim times in
+-- the window. Counts are per queue: the keys of several queues may live on several cluster
+-- nodes, so a limit shared by two queues counts in each separately (docs/limits.md).
+local gate = {used = {}, free = {}, held = nil, more = false}
+
+local function running_counts()
+  for _, base in ipairs(KEYS) do
+    local lrun = base .. ':lrun'
+    for _, id in ipairs(redis.call('SMEMBERS', lrun)) do
+      local v = redis.call('HMGET', job_key(base, id), 's', 'b')
+      local lim = v[1] == 'running' and split_limits(v[2])
+      if lim then
+        for _, b in ipairs(lim) do gate.used[b] = (gate.used[b] or 0) + 1 end
+      else
+        redis.call('SREM', lrun, id)
+      end
+    end
+  end
+end
+
+local function bucket(b)
+  local cap, period = string.match(b, '^(%d+)/(%d+)/')
+  return tonumber(cap), tonumber(period) * 1000
+end
+
+-- Room left in bucket b (of the queue at base), reading its window the first time.
+local function room(base, b)
+  local cap, period = bucket(b)
+  if period > 0 and gate.free[b] == nil then
+    local key = base .. ':rate:' .. b
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+    local n = redis.call('ZCARD', key)
+    gate.used[b] = n
+    -- Once full (now, or by this claim's own takes), a slot frees when the oldest of the
+    -- window's last `cap` claims leaves it.
+    local first = math.max(n - cap, 0)
+    local at = redis.call('ZRANGE', key, first, first, 'WITHSCORES')[2]
+    gate.free[b] = (at and tonumber(at) or now) + period
+  end
+  return cap - (gate.used[b] or 0)
+end
+
+local function admit(base, lim)
+  if not lim then return true end
+  for _, b in ipairs(lim) do
+    if room(base, b) <= 0 then
+      local _, period = bucket(b)
+      local at = period > 0 and gate.free[b] or math.huge
+      if gate.held == nil or at < gate.held then gate.held = at end
+      return false
+    end
+  end
+  for _, b in ipairs(lim) do gate.used[b] = (gate.used[b] or 0) + 1 end
+  return true
+end
+
+-- Up to `limit` admitted jobs of each open queue, walking its ready set in order.
+local function gated_candidates()
+  running_counts()
+  for qi, base in ipairs(KEYS) do
+    if redis.call('EXISTS', base .. ':paused') == 0 then
+      promote(base)
+      local ready, taken, offset = base .. ':ready', 0, 0
+      while taken < limit do
+        local chunk = redis.call('ZRANGE', ready, offset, offset + 99, 'WITHSCORES')
+        if #chunk == 0 then break end
+        for i = 1, #chunk, 2 do
+          local member = chunk[i]
+          local lim = split_limits(redis.call('HGET', job_key(base, member_id(member)), 'b'))
+          if admit(base, lim) then
+            cands[#cands + 1] = {tonumber(chunk[i + 1]), member, qi, ready, lim}
+            taken = taken + 1
+            if taken >= limit then gate.more = true break end
+          end
+        end
+        offset = offset + 100
+      end
+    end
+  end
+  table.sort(cands, by_score)
+end
+
+local gated = false
+if #ARGV <= 4 then
+  for _, base in ipairs(KEYS) do
+    if redis.call('EXISTS', base .. ':limited') == 1 then gated = true end
+  end
+end
+if #ARGV > 4 then named_candidates() elseif gated then gated_candidates() else best_candidates() end
 
 local taken_ids, leases = {}, {}
 local now_s, exp_s = out[1], out[2]
 for i = 1, math.min(limit, #cands) do
-  local _, member, qi, from = unpack(cands[i])
+  local _, member, qi, from, lim = unpack(cands[i])
   local base = KEYS[qi]
   local id = member_id(member)
   local jk = job_key(base, id)
   if from then redis.call('ZREM', from, member) end
-  local v = redis.call('HMGET', jk, 'd', 'a', 'r', 'c', 'x')
+  local v = redis.call('HMGET', jk, 'd', 'a', 'r', 'c', 'x', 'b')
   if v[1] then
     local attempt = tonumber(v[2]) + 1
     redis.call('HSET', jk, 's', 'running', 'a', attempt, 'w', worker, 't', now_s, 'l', exp_s)
@@ -120,13 +231,31 @@ for i = 1, math.min(limit, #cands) do
     local l = leases[qi]
     l[#l + 1] = expires
     l[#l + 1] = id
-    emit(qi, id, v[1], attempt, v[3], v[4], v[5])
+    emit(qi, id, v[1], attempt, v[3], v[4], v[5], v[6])
     taken_ids[#taken_ids + 1] = qi .. ':' .. id
+    if lim then
+      redis.call('SADD', base .. ':lrun', id)
+      for _, b in ipairs(lim) do
+        local _, period = bucket(b)
+        if period > 0 then
+          local key = base .. ':rate:' .. b
+          redis.call('ZADD', key, now, id .. ':' .. attempt)
+          redis.call('PEXPIRE', key, math.ceil(period / 1000) + 1000)
+        end
+      end
+    end
   end
+end
+if gated and gate.held ~= nil then
+  out[3] = gate.held == math.huge and 'inf' or fmt(gate.held - now)
 end
 for qi, l in pairs(leases) do zadd_many(KEYS[qi] .. ':lease', l) end
 if #taken_ids > 0 then redis.call('SET', tokkey, table.concat(taken_ids, ','), 'EX', 60) end
-for _, base in ipairs(KEYS) do
-  if redis.call('ZCARD', base .. ':ready') > 0 then wake(base) end
+-- Pass the wake token on while work is left; jobs a limit holds are not work (a completion
+-- or the window's end lets them go: the worker sleeps until then, see wait_for_work).
+if not gated or gate.more then
+  for _, base in ipairs(KEYS) do
+    if redis.call('ZCARD', base .. ':ready') > 0 then wake(base) end
+  end
 end
 return packed(out)
