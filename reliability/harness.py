@@ -160,6 +160,17 @@ class Run:
         self.log_paths[proc.pid] = path
         return proc
 
+    def wait_registered(self, procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> None:
+        """Until every worker of ``procs`` has reported itself to the backend: it is connected,
+        so a fault injected next meets a running worker, not one still starting up (a worker
+        that cannot reach its backend at start exits, by design)."""
+        pids = {p.pid for p in procs}
+
+        def registered() -> bool:
+            return pids <= {w.pid for w in self.app.run_sync(lambda b: b.workers())}
+
+        self.wait_until(registered, timeout_s, "every worker to report to the backend")
+
     def stop_cleanly(self, proc: subprocess.Popen[bytes], result: Result, name: str = "") -> None:
         """SIGTERM ``proc``; a non-zero exit is a problem reported with the end of its log.
 

@@ -78,6 +78,7 @@ def fault_rounds(
     numbers = itertools.count()
     run.enqueue("record", [next(numbers) for _ in range(100)], sleep_s=0.05)
     procs = [run.start_worker(SLOTS) for _ in range(WORKERS)]
+    run.wait_registered(procs, form.timeout_s)
     run.wait_until(lambda: run.count("F") > 0, form.timeout_s, "the first job to finish")
     refused, unclean, recoveries = 0, [], []
     windows: list[tuple[float, float]] = []  # (fault began, fault ended + the margin)

@@ -9,6 +9,7 @@ import asyncio
 import collections
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -424,16 +425,22 @@ def test_kill9_mid_run_loses_nothing_without_a_store(prefix: str, tmp_path: Path
 
 async def test_workers_survive_repeated_connection_closes_without_a_store(prefix: str) -> None:
     """Several thousand jobs, two workers whose connections the broker closes again and again:
-    every job runs, nothing is left in the queue or dead, work resumes after each close."""
+    every job runs, nothing is left in the queue or dead, work resumes after each close.
+
+    The jobs wait at a gate the test opens between closes, so the three closes always happen
+    mid-run, however slow rabbitmqctl is on a loaded machine (a fixed job duration did not:
+    the drain once finished after two closes)."""
     url = f"{RABBITMQ_URL}?prefix={prefix}"
     apps = [offload.App(url) for _ in range(3)]  # a producer and two workers' apps
     ran: collections.Counter[int] = collections.Counter()
+    gate = threading.Event()
     for a in apps:
         await a.open()
 
         @a.task(name="count", max_attempts=20)
         def count(i: int) -> None:
-            time.sleep(0.1)  # slow enough that the run outlasts three rounds of closes
+            gate.wait(timeout=120)
+            time.sleep(0.005)
             ran[i] += 1
 
     n = 4000
@@ -442,23 +449,32 @@ async def test_workers_survive_repeated_connection_closes_without_a_store(prefix
     config = WorkerConfig(concurrency=20, heartbeat_s=0.3, poll_s=0.1, grace_s=5)
     workers = [Worker(a, config) for a in apps[1:]]
     runs = [asyncio.create_task(w.run()) for w in workers]
-    closes, ran_at_close = 0, 0
+    closes = 0
     work, dead = f"{prefix}.m.default", f"{prefix}.dead.default"
     try:
-        for _ in range(900):
+        for _ in range(3):
+            before = sum(ran.values())
+            gate.set()  # work (resumes) ...
+            for _ in range(600):
+                if sum(ran.values()) >= before + 100:
+                    break
+                await asyncio.sleep(0.05)
+            assert sum(ran.values()) >= before + 100, "work did not resume after a close"
+            gate.clear()  # ... and the next jobs hold their slots while the broker closes
+            listing = await arabbitmqctl("list_connections", "pid", "client_properties")
+            for line in listing.splitlines():
+                if f"offload:{prefix}:" in line:
+                    await arabbitmqctl("close_connection", line.split("\t")[0], "test")
+            closes += 1
+        gate.set()
+        for _ in range(1200):
             if len(ran) >= n and await asyncio.to_thread(total_messages, work) == 0:
                 break  # every job ran, and every message (duplicates too) is acked
-            if closes < 3 and sum(ran.values()) > ran_at_close:  # work resumed since the last
-                ran_at_close = sum(ran.values())
-                listing = await arabbitmqctl("list_connections", "pid", "client_properties")
-                for line in listing.splitlines():
-                    if f"offload:{prefix}:" in line:
-                        await arabbitmqctl("close_connection", line.split("\t")[0], "test")
-                closes += 1
             await asyncio.sleep(0.1)
         assert set(ran) == set(range(n))  # at-least-once: some ran twice
-        assert closes >= 3
+        assert closes == 3
     finally:
+        gate.set()
         for w in workers:
             await w.stop()
         await asyncio.gather(*runs, return_exceptions=True)
