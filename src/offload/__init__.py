@@ -22,6 +22,7 @@ from offload.errors import (
 from offload.hooks import Hook
 from offload.job import Job, JobRecord, JobState
 from offload.task import Task
+from offload.workflow import Workflow, chain, group
 
 __version__ = "0.1.0"
 
@@ -52,5 +53,8 @@ __all__ = [
     "UnknownTask",
     "UsageError",
     "ValidationError",
+    "Workflow",
+    "chain",
     "current_job",
+    "group",
 ]

@@ -25,6 +25,7 @@ from offload.job import PRIORITY_MAX, PRIORITY_MIN, NewJob, new_job_id
 if TYPE_CHECKING:
     from offload.app import App
     from offload.job import Job
+    from offload.workflow.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -222,6 +223,16 @@ class Task(Generic[P, R]):
         schema: dict[str, Any] = msgspec.json.schema(self.args_type)
         return schema
 
+    # -- workflow steps (offload.chain, offload.group) ---------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow step; after another step, that step's result is its first argument."""
+        return BoundTask(self, EnqueueOptions()).s(*args, **kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable workflow step: it never receives the previous step's result."""
+        return BoundTask(self, EnqueueOptions()).si(*args, **kwargs)
+
     # -- enqueueing ------------------------------------------------------------------------
 
     def options(self, **options: Any) -> BoundTask[P, R]:
@@ -255,6 +266,16 @@ class BoundTask(Generic[P, R]):
 
     def options(self, **options: Any) -> BoundTask[P, R]:
         return BoundTask(self.task, replace(self.opts, **options))
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        from offload.workflow.canvas import Signature  # the canvas imports this module
+
+        return Signature(self.task, args, kwargs, immutable=False, opts=self.opts)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        from offload.workflow.canvas import Signature
+
+        return Signature(self.task, args, kwargs, immutable=True, opts=self.opts)
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> NewJob:
         return self.prepare_json(self.task.encode_args(*args, **kwargs))

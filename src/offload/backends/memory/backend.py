@@ -15,6 +15,7 @@ import msgspec
 
 from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import collapse_same_key, decode_cursor, encode_cursor, new_record
+from offload.backends.memory import workflows
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -38,12 +39,13 @@ from offload.job import (
     WorkerInfo,
 )
 from offload.outcome import Outcome
+from offload.workflow.record import WorkflowRecord
 
 
 class MemoryBackend:
     """In-process backend. ``clock`` is the backend's clock (``time.time`` by default)."""
 
-    capabilities = Capabilities(notify=True, cross_process=False)
+    capabilities = Capabilities(notify=True, cross_process=False, workflows=True)
 
     def __init__(
         self,
@@ -178,6 +180,10 @@ class MemoryBackend:
                     continue
                 rec = apply_outcome(j, outcome, now)
                 st.jobs[j.id] = rec
+                released = workflows.advance(st, j.id, outcome, now)  # under the same lock
+                if released:
+                    woken.extend(st.work_waiters)
+                    st.work_waiters = []
                 if rec.state.final:
                     woken.extend(st.done_waiters.pop(j.id, []))
                 elif rec.state in WAITING_STATES:
@@ -260,6 +266,30 @@ class MemoryBackend:
                 if not waiters:
                     st.done_waiters.pop(job_id, None)
         return await self.get(job_id)
+
+    # -- workflows -------------------------------------------------------------------------
+
+    async def enqueue_workflow(
+        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
+    ) -> WorkflowRecord:
+        st = self.store
+        with st.lock:
+            stored = workflows.store_workflow(st, workflow, jobs, self._clock())
+            waiters, st.work_waiters = st.work_waiters, []
+        st.wake(waiters)
+        return stored
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        with self.store.lock:
+            return self.store.workflows.get(workflow_id)
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
+        st = self.store
+        with st.lock:
+            rec, ended = workflows.cancel_workflow(st, workflow_id, reason, self._clock())
+            woken = [w for job_id in ended for w in st.done_waiters.pop(job_id, [])]
+        st.wake(woken)
+        return rec
 
     # -- inspecting and steering -----------------------------------------------------------
 

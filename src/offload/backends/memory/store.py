@@ -17,6 +17,7 @@ import msgspec
 from offload.backends.common import expired_lease
 from offload.job import AttemptError, JobFilter, JobRecord, JobState, WorkerInfo
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
+from offload.workflow.record import WorkflowRecord
 
 Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
@@ -33,6 +34,7 @@ class MemoryStore:
     workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
     work_waiters: list[Waiter] = field(default_factory=list)
     done_waiters: dict[str, list[Waiter]] = field(default_factory=dict)
+    workflows: dict[str, WorkflowRecord] = field(default_factory=dict)
 
     def wake(self, waiters: Sequence[Waiter]) -> None:
         for loop, fut in waiters:
