@@ -22,6 +22,7 @@ from offload.task import EnqueueOptions
 from offload.workflow.record import Feed, Step, WorkflowRecord
 
 if TYPE_CHECKING:
+    from offload.app import App
     from offload.task import Task
     from offload.workflow.handle import Workflow
 
@@ -119,7 +120,7 @@ def _signatures(node: Node) -> list[Signature]:
     return found + (_signatures(node.callback) if node.callback is not None else [])
 
 
-def _app_of(node: Node) -> Any:
+def _app_of(node: Node) -> App:
     apps = {id(s.task.app): s.task.app for s in _signatures(node)}
     if len(apps) != 1:
         raise ValidationError("every step of a workflow must be a task of the same app")

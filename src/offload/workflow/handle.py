@@ -8,6 +8,7 @@ has failed or was cancelled.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,10 @@ async def load_view(backend: Backend, workflow_id: str) -> WorkflowView | None:
     return view(rec, jobs)
 
 
+async def _wait_done(job_id: str, timeout_s: float, backend: Backend) -> None:
+    await backend.wait_done(job_id, timeout_s)
+
+
 class Workflow:
     """A handle on one stored workflow (``chain(...).enqueue()`` returns one)."""
 
@@ -169,8 +174,8 @@ class Workflow:
                     raise JobFailed(self.id, "stalled", "no step of it is queued or running")
                 continue
             idle = 0
-            waiting = active[0]
-            await self.app.call(lambda b: b.wait_done(waiting, min(left, _WAIT_SLICE_S)))
+            wait = functools.partial(_wait_done, active[0], min(left, _WAIT_SLICE_S))
+            await self.app.call(wait)
 
     def result(self, timeout: float | None = None) -> Any:
         """``aresult`` for sync code."""

@@ -49,7 +49,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     pipe: str | None = None  # the parameter the parents' result fills; None: immutable
     tolerate: bool = False  # a failure is passed on, marked, instead of failing the workflow
     state: StepState = StepState.WAITING
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = msgspec.Raw(b"null")  # meaningful once SUCCEEDED
     error: str | None = None
 
 
@@ -108,7 +108,7 @@ def _done(s: Step) -> bool:
 
 
 def _passed_on(s: Step) -> msgspec.Raw:
-    if s.state is StepState.SUCCEEDED and s.result is not None:
+    if s.state is StepState.SUCCEEDED:
         return s.result
     if s.state is StepState.FAILED:
         return msgspec.Raw(failure_marker(s.error))

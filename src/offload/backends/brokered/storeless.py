@@ -15,7 +15,8 @@ from typing import ClassVar, NoReturn
 
 from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
-from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, NewJob, WorkerInfo
+from offload.workflow.record import WorkflowRecord
 
 STORE_LESS = Capabilities(
     inspect=False,
@@ -38,6 +39,17 @@ class StoreLess:
 
     def _unavailable(self, what: str) -> NoReturn:
         raise CapabilityUnavailable(f"{what} needs a state store: {self.STORE_HINT}")
+
+    async def enqueue_workflow(
+        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
+    ) -> WorkflowRecord:
+        self._unavailable("a workflow")
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        self._unavailable("a workflow")
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
+        self._unavailable("a workflow")
 
     async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         """Nowhere to keep it: a no-op (``workers()`` says why)."""

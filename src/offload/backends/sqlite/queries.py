@@ -5,8 +5,8 @@ from __future__ import annotations
 from importlib import resources
 
 # PRAGMA user_version of the file. Bump it with an ``upgrade_N`` query that brings a version
-# N-1 file to N (2: dedup keys scoped by queue).
-SCHEMA_VERSION = 2
+# N-1 file to N (2: dedup keys scoped by queue; 6: workflows).
+SCHEMA_VERSION = 6
 
 COLS = (
     "seq, id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, "

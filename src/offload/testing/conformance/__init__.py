@@ -29,6 +29,7 @@ from offload.testing.conformance.leases import LeaseConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
 from offload.testing.conformance.steering import SteeringConformance
 from offload.testing.conformance.waiting import WaitingConformance
+from offload.testing.conformance.workflows import WorkflowConformance
 from offload.testing.helpers import MakeBackend
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "OutcomeConformance",
     "SteeringConformance",
     "WaitingConformance",
+    "WorkflowConformance",
 ]
 
 
@@ -51,6 +53,7 @@ class BackendConformance(
     SteeringConformance,
     InspectionConformance,
     WaitingConformance,
+    WorkflowConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 
