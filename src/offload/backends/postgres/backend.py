@@ -27,9 +27,11 @@ from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.recovery import Channels, recover_batch
 from offload.backends.postgres.steering import Steering
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
+from offload.backends.postgres.workflows import PostgresWorkflows
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
 from offload.job import ClaimRequest, JobRecord, Lease, NewJob
 from offload.outcome import Outcome
+from offload.workflow.record import step_of
 
 OUT_OF_DATE = "database schema is out of date; run: offload migrate"
 _RETENTION_BATCH = 5000
@@ -39,13 +41,13 @@ _POLL_WITHOUT_LISTENER_S = 1.0
 _DONE_POLL_S = 5.0
 
 
-class PostgresBackend(Steering):
+class PostgresBackend(Steering, PostgresWorkflows):
     """Jobs in one PostgreSQL schema. URL options (also accepted as keywords): ``schema``
     (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` (seconds finished
     jobs are kept; see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
     connect or wait for a pooled connection, 5)."""
 
-    capabilities = Capabilities(notify=True, transactional=True)
+    capabilities = Capabilities(notify=True, transactional=True, workflows=True)
 
     def __init__(self, url: str, **options: Any) -> None:
         self._opts = q.parse_url(url, options)
@@ -271,6 +273,12 @@ class PostgresBackend(Steering):
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         if not results:
             return
+        steps = [r for r in results if step_of(r[0].job_id) is not None]
+        if steps:  # workflow steps: each outcome and its workflow's advance in one transaction
+            await self._complete_steps(steps)
+            results = [r for r in results if step_of(r[0].job_id) is None]
+            if not results:
+                return
         params = q.complete_params(results)
         await self._rows(
             "complete", {**params, "channel": self._channel, "done_channel": self._done_channel}

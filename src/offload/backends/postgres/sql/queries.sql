@@ -318,3 +318,24 @@ DELETE FROM {schema}.workers WHERE id = %(id)s
 
 -- name: workers
 SELECT info, last_seen_at FROM {schema}.workers WHERE expires_at > {now}
+
+-- name: insert_workflow
+INSERT INTO {schema}.workflows (id, created_at, body) VALUES (%(id)s, {now}, %(body)s)
+RETURNING created_at
+
+-- name: get_workflow
+SELECT body, created_at FROM {schema}.workflows WHERE id = %(id)s
+
+-- name: lock_workflow
+-- A step's completion holds its workflow row until it commits: the members of a group that
+-- end at once advance it one after the other, so exactly one of them sees the last.
+SELECT body, created_at FROM {schema}.workflows WHERE id = %(id)s FOR UPDATE
+
+-- name: update_workflow
+UPDATE {schema}.workflows SET body = %(body)s WHERE id = %(id)s
+
+-- name: lock_held_lease
+-- The step's job, if its lease still holds, locked until the completion commits.
+SELECT id FROM {schema}.jobs
+WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+FOR UPDATE
