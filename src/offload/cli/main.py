@@ -10,6 +10,7 @@ from offload.backends.base import Migrating
 from offload.cli.context import Ctx, friendly
 from offload.cli.jobs import enqueue, jobs, queues
 from offload.cli.processes import serve, worker
+from offload.cli.workflows import workflows
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
@@ -45,7 +46,7 @@ def migrate(obj: Ctx) -> None:
     click.echo(f"schema up to date ({applied} migrations applied)")
 
 
-for command in (worker, serve, enqueue, jobs, queues):
+for command in (worker, serve, enqueue, jobs, queues, workflows):
     main.add_command(command)
 
 

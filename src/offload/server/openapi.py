@@ -32,6 +32,7 @@ _STATUS_TEXT = {
     422: "Invalid input; `argument` names the field when it can",
     429: "The queue is full, or too many bad tokens came from this client; try again after "
     "Retry-After seconds",
+    501: "The backend does not offer this (e.g. workflows on Redis or a store-less broker)",
     503: "The job store is unreachable, or too many requests are waiting; try again after "
     "Retry-After seconds",
 }
