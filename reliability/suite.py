@@ -16,6 +16,7 @@ from reliability.outage import backend_fault
 from reliability.restarts import server_restart
 from reliability.scenarios import FULL, SHORT, Form, graceful, poison, stale_lease, storm
 from reliability.soak import soak
+from reliability.workflows import workflow_storm
 
 Scenario = Callable[[Run, Result, Form], None]
 KindScenario = Callable[[str, Run, Result, Form], None]  # one that depends on the backend kind
@@ -36,6 +37,7 @@ TESTS: dict[str, KindScenario] = {
     "clock steps": clock_step,
     "sqlite disk full": disk_full,
     "soak": soak,
+    "workflow storm": workflow_storm,
 }
 FORMS = {"short": SHORT, "full": FULL}
 
