@@ -25,9 +25,8 @@ from offload.backends.redis.codec import (
     to_us,
 )
 from offload.backends.redis.connection import RedisConnection
-from offload.errors import CapabilityUnavailable, InvalidState
-from offload.job import JobFilter, JobPage, JobRecord, JobState, NewJob, WorkerInfo
-from offload.workflow.record import WorkflowRecord
+from offload.errors import InvalidState
+from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
 
 _log = logging.getLogger("offload.backends.redis")
 
@@ -36,9 +35,6 @@ def _position(cursor: str) -> tuple[int, str]:
     """A list cursor's (created_at in us, job id): Redis's position is whole microseconds."""
     position, job_id = decode_cursor(cursor)
     return int(position), job_id
-
-
-_NO_WORKFLOWS = "workflows are not built on Redis yet; use sqlite://, postgresql:// or memory://"
 
 
 class RedisInspection(RedisConnection):
@@ -235,17 +231,3 @@ class RedisInspection(RedisConnection):
                 continue  # untrusted storage: skip a report that does not decode
             out.append(msgspec.structs.replace(info, last_seen_at=from_us(seen)))
         return out
-
-    # Workflows need complete.lua to advance a workflow (its keys under the queue's hash
-    # tag); that is not built yet, so ``capabilities.workflows`` is False and these say so.
-
-    async def enqueue_workflow(
-        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
-    ) -> WorkflowRecord:
-        raise CapabilityUnavailable(_NO_WORKFLOWS)
-
-    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
-        raise CapabilityUnavailable(_NO_WORKFLOWS)
-
-    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
-        raise CapabilityUnavailable(_NO_WORKFLOWS)
