@@ -1,10 +1,10 @@
 """Workflows on PostgreSQL: stored, advanced and cancelled, each in one transaction.
 
-A step's completion, in one transaction: lock its workflow row (``FOR UPDATE``), check and
-lock its job's lease, apply the outcome with the ordinary ``complete`` query, then store the
-record ``offload.workflow.record.on_outcome`` returns and insert the jobs it releases. Members
-of a group that end at once queue on the row lock, so exactly one of them releases the
-callback. Workflows are locked in id order, so two batches never wait on each other.
+A batch of step completions, in one transaction: lock their workflow rows (``FOR UPDATE``, in
+id order, so two batches never wait on each other), find and lock the jobs whose lease holds,
+apply the outcomes with the ordinary ``complete`` query, then store the records
+``offload.workflow.record.on_outcome`` returns and insert the jobs they release. Members of a
+group that end at once queue on the row lock, so exactly one of them releases the callback.
 """
 
 from __future__ import annotations
@@ -94,28 +94,39 @@ class PostgresWorkflows:
         return rec
 
     async def _complete_steps(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
-        """Workflow steps' outcomes and their workflows' advance, in one transaction."""
-        ordered = sorted(results, key=lambda r: step_of(r[0].job_id) or ("", 0))
+        """Workflow steps' outcomes and their workflows' advance, in one transaction of a few
+        statements whatever the batch's size: lock the workflows, find the leases that hold,
+        apply every outcome, write the advanced records and the released jobs."""
+        ids = sorted({s[0] for s in map(step_of, (le.job_id for le, _ in results)) if s})
         async with self._conn() as conn, conn.transaction():
             qc = AsyncQueryConn(conn)
-            for lease, outcome in ordered:
-                await self._complete_step(qc, lease, outcome)
-
-    async def _complete_step(self, qc: AsyncQueryConn, lease: Lease, outcome: Outcome) -> None:
-        step = step_of(lease.job_id)
-        assert step is not None
-        rows = await qc.rows(self._q["lock_workflow"], {"id": step[0]})
-        held = await qc.rows(
-            self._q["lock_held_lease"],
-            {"id": lease.job_id, "worker_id": lease.worker_id, "attempt": lease.attempt},
-        )
-        params = q.complete_params([(lease, outcome)])
-        channels = {"channel": self._channel, "done_channel": self._done_channel}
-        await qc.rows(self._q["complete"], {**params, **channels})
-        rec = _decode(step[0], rows[0]) if rows else None
-        moved = on_outcome(rec, step[1], outcome) if held and rec is not None else None
-        if moved is None:
-            return  # the lease had moved on, or the outcome does not end the step
-        new, jobs = moved
-        await qc.rows(self._q["update_workflow"], {"id": new.id, "body": encode_record(new)})
-        await self._enqueue_on(qc, jobs, None, atomic=False)
+            rows = await qc.rows(self._q["lock_workflows"], {"ids": ids})
+            records = {r[0]: rec for r in rows if (rec := _decode(r[0], r[1:])) is not None}
+            leases = {
+                "ids": [le.job_id for le, _ in results],
+                "worker_ids": [le.worker_id for le, _ in results],
+                "attempts": [le.attempt for le, _ in results],
+            }
+            held = {r[0] for r in await qc.rows(self._q["held_leases"], leases)}
+            params = q.complete_params(results)
+            channels = {"channel": self._channel, "done_channel": self._done_channel}
+            await qc.rows(self._q["complete"], {**params, **channels})
+            changed: dict[str, WorkflowRecord] = {}
+            released: list[NewJob] = []
+            for lease, outcome in results:
+                step = step_of(lease.job_id)
+                rec = changed.get(step[0], records.get(step[0])) if step else None
+                if step is None or rec is None or lease.job_id not in held:
+                    continue  # the lease had moved on: this outcome did not happen
+                moved = on_outcome(rec, step[1], outcome)
+                if moved is not None:
+                    changed[rec.id], jobs = moved
+                    released.extend(jobs)
+            if changed:
+                bodies = {
+                    "ids": list(changed),
+                    "bodies": list(map(encode_record, changed.values())),
+                }
+                await qc.rows(self._q["update_workflows"], bodies)
+            if released:
+                await self._enqueue_on(qc, released, None, atomic=False)

@@ -334,8 +334,21 @@ SELECT body, created_at FROM {schema}.workflows WHERE id = %(id)s FOR UPDATE
 -- name: update_workflow
 UPDATE {schema}.workflows SET body = %(body)s WHERE id = %(id)s
 
--- name: lock_held_lease
--- The step's job, if its lease still holds, locked until the completion commits.
-SELECT id FROM {schema}.jobs
-WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-FOR UPDATE
+-- name: lock_workflows
+-- A batch of step completions holds its workflows' rows, in id order (two batches never wait
+-- on each other), until it commits.
+SELECT id, body, created_at FROM {schema}.workflows WHERE id = ANY(%(ids)s::text[])
+ORDER BY id FOR UPDATE
+
+-- name: held_leases
+-- The step jobs whose lease still holds, locked until the completion commits.
+SELECT j.id FROM {schema}.jobs j
+JOIN unnest(%(ids)s::text[], %(worker_ids)s::text[], %(attempts)s::int4[]) AS l(id, worker_id, attempt)
+  ON j.id = l.id AND j.worker_id = l.worker_id AND j.attempt = l.attempt
+WHERE j.state = 'running'
+ORDER BY j.id FOR UPDATE OF j
+
+-- name: update_workflows
+UPDATE {schema}.workflows w SET body = u.body
+FROM unnest(%(ids)s::text[], %(bodies)s::bytea[]) AS u(id, body)
+WHERE w.id = u.id
