@@ -1,11 +1,12 @@
 """Workflows: N chains of S no-op steps per backend, beside S*N plain no-op jobs.
 
-    python benchmarks/workflows.py [--chains 1000] [--steps 10] [--backends memory,sqlite,postgres]
+    python benchmarks/workflows.py [--chains 1000] [--steps 10] [--backends sqlite,redis]
 
-For each backend, on storage of its own (a temporary SQLite file, a fresh PostgreSQL schema
-that is dropped afterwards): enqueue the chains (one ``aenqueue`` each) and drain them with one
-in-process worker (concurrency 50); then the same number of plain jobs, enqueued one by one
-and drained the same way. Prints steps/s for both and their ratio: what advancing a workflow
+For each backend (memory, sqlite, postgres, redis by default), on storage of its own (a
+temporary SQLite file, a fresh PostgreSQL schema or Redis key prefix, removed afterwards):
+enqueue the chains (one ``aenqueue`` each) and drain them with one in-process worker
+(concurrency 50); then the same number of plain jobs, enqueued one by one and drained the
+same way. Prints steps/s for both and their ratio: what advancing a workflow
 atomically with each step's outcome costs over a plain completion. Drain rates come from the
 backend's records (first started_at to last finished_at), so start-up is not counted.
 """
@@ -28,6 +29,7 @@ from offload.job import JobFilter, JobState  # noqa: E402
 from offload.worker.worker import Worker, WorkerConfig  # noqa: E402
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
 
 
 def make_app(url: str) -> offload.App:
@@ -99,7 +101,7 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--chains", type=int, default=1000)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--backends", default="memory,sqlite,postgres")
+    p.add_argument("--backends", default="memory,sqlite,postgres,redis")
     p.add_argument("--timeout", type=float, default=600)
     args = p.parse_args()
     print(f"{args.chains} chains of {args.steps} no-op steps; one worker, concurrency 50")
@@ -112,6 +114,7 @@ async def main() -> None:
                 "memory": "memory://",
                 "sqlite": f"sqlite:///{tmp}/wf.db",
                 "postgres": f"{POSTGRES}?schema={schema}",
+                "redis": f"{REDIS}?prefix={schema}",
             }[kind]
             if kind == "postgres":
                 await offload.App(url).backend.migrate()  # type: ignore[attr-defined]
@@ -120,6 +123,8 @@ async def main() -> None:
             finally:
                 if kind == "postgres":
                     await _drop(schema)
+                if kind == "redis":
+                    await _forget(schema)
         print(
             f"| {kind} | {r['workflows enqueued/s']:,.0f} | {r['workflow steps/s']:,.0f} | "
             f"{r['plain jobs/s']:,.0f} | {r['ratio']:.2f} |"
@@ -131,6 +136,16 @@ async def _drop(schema: str) -> None:
 
     async with await psycopg.AsyncConnection.connect(POSTGRES, autocommit=True) as conn:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'.encode())
+
+
+async def _forget(prefix: str) -> None:
+    """Delete this run's keys (its own prefix), never anything else."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS)
+    async for key in client.scan_iter(match="{" + prefix + "*", count=1000):
+        await client.delete(key)
+    await client.aclose()
 
 
 if __name__ == "__main__":
