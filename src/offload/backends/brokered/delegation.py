@@ -14,14 +14,7 @@ from collections.abc import Sequence
 
 from offload.backends.base import Backend
 from offload.backends.brokered.outbox import OUTBOX_QUEUE
-from offload.errors import CapabilityUnavailable
-from offload.job import JobFilter, JobPage, JobRecord, JobState, NewJob, WorkerInfo
-from offload.workflow.record import WorkflowRecord
-
-_NO_WORKFLOWS = (
-    "workflows are not built for a broker with a state store yet; "
-    "use the store's own URL (sqlite://, postgresql://) or memory://"
-)
+from offload.job import JobFilter, JobPage, JobRecord, JobState, WorkerInfo
 
 
 class StoreDelegation:
@@ -75,17 +68,3 @@ class StoreDelegation:
 
     async def workers(self) -> list[WorkerInfo]:
         return await self._store.workers()
-
-    # Workflows need the store's completion to publish the steps it releases (the outbox
-    # pattern); that is not built yet, so ``capabilities.workflows`` is False and these say so.
-
-    async def enqueue_workflow(
-        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
-    ) -> WorkflowRecord:
-        raise CapabilityUnavailable(_NO_WORKFLOWS)
-
-    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
-        raise CapabilityUnavailable(_NO_WORKFLOWS)
-
-    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
-        raise CapabilityUnavailable(_NO_WORKFLOWS)
