@@ -154,6 +154,7 @@ class Task(Generic[P, R]):
         self._signature = inspect.signature(fn)
         self._decoder = msgspec.json.Decoder(self.args_type)
         self._return_type: Any = typing.get_type_hints(fn).get("return", Any)
+        self._args_without: dict[str, type[msgspec.Struct]] = {}  # see args_type_without
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -184,6 +185,20 @@ class Task(Generic[P, R]):
             raise ValidationError(
                 f"task {self.name}: invalid {where}: {exc}", argument=arg
             ) from None
+
+    def args_type_without(self, name: str) -> type[msgspec.Struct]:
+        """The arguments' type less parameter ``name`` (the one a workflow step receives from
+        the step before it), built once per name."""
+        found = self._args_without.get(name)
+        if found is None:
+            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+                (f.name, f.type) if f.required else (f.name, f.type, f.default)
+                for f in msgspec.structs.fields(self.args_type)
+                if f.name != name
+            ]
+            found = msgspec.defstruct(f"{self.name}.args_without_{name}", fields, kw_only=True)
+            self._args_without[name] = found
+        return found
 
     def validate_json(self, args: bytes) -> bytes:
         """Validate JSON arguments (e.g. from HTTP); return them normalised (defaults filled)."""

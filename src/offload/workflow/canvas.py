@@ -205,12 +205,7 @@ def _encode_piped(
     except TypeError as exc:
         raise ValidationError(f"task {task.name}: {exc}") from None
     values = {k: v for k, v in bound.arguments.items() if k != pipe}
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    for f in msgspec.structs.fields(task.args_type):
-        if f.name == pipe:
-            continue
-        fields.append((f.name, f.type) if f.required else (f.name, f.type, f.default))
-    rest = msgspec.defstruct(f"{task.name}.rest", fields, kw_only=True)
+    rest = task.args_type_without(pipe)
     try:
         return msgspec.json.encode(msgspec.convert(values, rest, strict=True)), pipe
     except (msgspec.ValidationError, TypeError) as exc:

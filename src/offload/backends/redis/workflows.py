@@ -15,6 +15,8 @@ must use that queue (enqueue says so otherwise).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -132,13 +134,20 @@ class RedisWorkflows(RedisConnection):
     async def _complete_steps(
         self, results: Sequence[tuple[Lease, Outcome]], where: dict[str, str]
     ) -> None:
-        for lease, outcome in results:
-            queue = where.get(lease.job_id)
-            if queue is not None:
-                await self._run(lambda c, q=queue, le=lease, o=outcome: self._step(c, q, le, o))  # type: ignore[misc]
+        """Each step in its own transaction, side by side (one connection each): they only
+        wait on each other when they touch one workflow, and then WATCH orders them."""
+        await asyncio.gather(
+            *(
+                self._run(
+                    functools.partial(self._step, queue=where[le.job_id], lease=le, outcome=o)
+                )
+                for le, o in results
+                if le.job_id in where
+            )
+        )
 
     async def _step(
-        self, client: aioredis.Redis, queue: str, lease: Lease, outcome: Outcome
+        self, client: aioredis.Redis, *, queue: str, lease: Lease, outcome: Outcome
     ) -> None:
         step = step_of(lease.job_id)
         assert step is not None
