@@ -38,6 +38,7 @@ from offload.workflow.record import (
     step_of,
 )
 
+_SIDE_BY_SIDE = 4  # step transactions at once: each holds a pooled connection until EXEC
 _WATCH_TRIES = 100  # a group of 100 members ending at once: each retry means another applied
 
 
@@ -134,17 +135,16 @@ class RedisWorkflows(RedisConnection):
     async def _complete_steps(
         self, results: Sequence[tuple[Lease, Outcome]], where: dict[str, str]
     ) -> None:
-        """Each step in its own transaction, side by side (one connection each): they only
-        wait on each other when they touch one workflow, and then WATCH orders them."""
-        await asyncio.gather(
-            *(
-                self._run(
-                    functools.partial(self._step, queue=where[le.job_id], lease=le, outcome=o)
-                )
-                for le, o in results
-                if le.job_id in where
-            )
-        )
+        """Each step in its own transaction, a few side by side (one connection each, fewer
+        than the pool holds): they only wait on each other when they touch one workflow, and
+        then WATCH orders them."""
+        calls = [
+            functools.partial(self._step, queue=where[le.job_id], lease=le, outcome=o)
+            for le, o in results
+            if le.job_id in where
+        ]
+        for i in range(0, len(calls), _SIDE_BY_SIDE):
+            await asyncio.gather(*(self._run(c) for c in calls[i : i + _SIDE_BY_SIDE]))
 
     async def _step(
         self, client: aioredis.Redis, *, queue: str, lease: Lease, outcome: Outcome
