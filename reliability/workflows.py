@@ -17,7 +17,6 @@ from reliability.harness import RESTART_BOUND_S, LeaseWatch, Result, Run
 from reliability.scenarios import Form
 
 WORKFLOW_STEPS = 5
-STEP_SLEEP_S = 0.2  # long enough that kills land while steps run, short enough for CI
 
 
 def workflow_storm(kind: str, run: Run, result: Result, form: Form) -> None:
@@ -31,8 +30,8 @@ def workflow_storm(kind: str, run: Run, result: Result, form: Form) -> None:
         first = w * WORKFLOW_STEPS
         ids = list(range(first, first + WORKFLOW_STEPS))
         shape = offload.chain(
-            step.s([], ids[0], ledger, STEP_SLEEP_S),
-            *(step.s(i, ledger, STEP_SLEEP_S) for i in ids[1:]),
+            step.s([], ids[0], ledger, form.workflow_step_s),
+            *(step.s(i, ledger, form.workflow_step_s) for i in ids[1:]),
         )
         wf = run.app.enqueue_workflow(build(shape))
         expected[wf.id] = ids
