@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 SCRIPTS = (
     "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause maintain "
-    "watch worker_report worker_list workflow_put"
+    "watch worker_report worker_list workflow_put workflow_read"
 ).split()
 OPTIONS = ("prefix", "retention", "timeout", "connect_timeout", "pool_size")
 

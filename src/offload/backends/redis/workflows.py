@@ -15,7 +15,6 @@ must use that queue (enqueue says so otherwise).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +37,6 @@ from offload.workflow.record import (
     step_of,
 )
 
-_SIDE_BY_SIDE = 4  # step transactions at once: each holds a pooled connection until EXEC
 _WATCH_TRIES = 100  # a group of 100 members ending at once: each retry means another applied
 
 
@@ -135,48 +133,96 @@ class RedisWorkflows(RedisConnection):
     async def _complete_steps(
         self, results: Sequence[tuple[Lease, Outcome]], where: dict[str, str]
     ) -> None:
-        """Each step in its own transaction, a few side by side (one connection each, fewer
-        than the pool holds): they only wait on each other when they touch one workflow, and
-        then WATCH orders them."""
-        calls = [
-            functools.partial(self._step, queue=where[le.job_id], lease=le, outcome=o)
-            for le, o in results
-            if le.job_id in where
-        ]
-        for i in range(0, len(calls), _SIDE_BY_SIDE):
-            await asyncio.gather(*(self._run(c) for c in calls[i : i + _SIDE_BY_SIDE]))
+        """One transaction for the batch (on a Cluster, one per queue: a workflow's keys are
+        in its queue's slot)."""
+        groups: dict[str, list[tuple[str, Lease, Outcome]]] = {}
+        for le, o in results:
+            if le.job_id in where:
+                queue = where[le.job_id]
+                groups.setdefault(queue if self.cluster else "", []).append((queue, le, o))
+        for batch in groups.values():
+            await self._run(functools.partial(self._steps, batch=batch))
 
-    async def _step(
-        self, client: aioredis.Redis, *, queue: str, lease: Lease, outcome: Outcome
+    async def _steps(
+        self, client: aioredis.Redis, *, batch: Sequence[tuple[str, Lease, Outcome]]
     ) -> None:
-        step = step_of(lease.job_id)
-        assert step is not None
-        base = self.base(queue)
-        jk, wk = f"{base}:j:{lease.job_id}", self._wf_key(step[0], queue)
+        """WATCH the steps' jobs and workflows, read them (workflow_read.lua), apply the rule,
+        then in one MULTI: the outcomes (complete.lua), the records, the released steps
+        (enqueue.lua). A key changed meanwhile (another completion of one of these
+        workflows, a cancel) makes EXEC apply nothing: read and try again."""
+        jks = [f"{self.base(q)}:j:{le.job_id}" for q, le, _ in batch]
+        homes = {_wf_of(le): q for q, le, _ in batch}
+        wks = {wf: self._wf_key(wf, q) for wf, q in homes.items()}
         for _ in range(_WATCH_TRIES):
             async with client.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(jk, wk)
-                    s, w, a = await pipe.hmget(jk, ["s", "w", "a"])  # type: ignore[misc]
-                    rec = _decoded(await pipe.hgetall(wk))  # type: ignore[misc]
-                    held = (s, w, a) == (
-                        b"running",
-                        lease.worker_id.encode(),
-                        b"%d" % lease.attempt,
+                    await pipe.watch(*jks, *wks.values())
+                    got: list[bytes] = await pipe.execute_command(  # type: ignore[assignment]
+                        "EVALSHA",
+                        self._shas["workflow_read"],
+                        len(jks) + len(wks),
+                        *jks,
+                        *wks.values(),
+                        len(jks),
                     )
-                    moved = on_outcome(rec, step[1], outcome) if held and rec else None
+                    changed, released = self._advance(batch, got, list(wks))
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    fields = frame(outcome_fields(lease, outcome))
-                    self._eval(pipe, "complete", [base], [self._retention_arg, fields])
-                    if moved is not None:
-                        new, jobs = moved
-                        pipe.hset(wk, "b", encode_record(new))
-                        if jobs:
-                            queues = list(dict.fromkeys(j.queue for j in jobs))
-                            keys, argv = self._enqueue_call(jobs, queues, {})
-                            self._eval(pipe, "enqueue", keys, argv)
+                    self._write_steps(pipe, batch, changed, released, wks)
                     await pipe.execute()
                     return
                 except WatchError:
                     continue
-        raise BackendUnavailable(f"workflow step {lease.job_id}: too much contention")
+        raise BackendUnavailable("workflow steps: too much contention")
+
+    def _advance(
+        self, batch: Sequence[tuple[str, Lease, Outcome]], got: Sequence[bytes], wfs: list[str]
+    ) -> tuple[dict[str, WorkflowRecord], list[NewJob]]:
+        off = 3 * len(batch)
+        recs = {
+            wf: _decoded({b"b": got[off + 2 * k], b"c": got[off + 2 * k + 1] or b"0"})
+            for k, wf in enumerate(wfs)
+            if got[off + 2 * k]
+        }
+        changed: dict[str, WorkflowRecord] = {}
+        released: list[NewJob] = []
+        for i, (_, lease, outcome) in enumerate(batch):
+            held = tuple(got[3 * i : 3 * i + 3]) == (
+                b"running",
+                lease.worker_id.encode(),
+                b"%d" % lease.attempt,
+            )
+            step = step_of(lease.job_id)
+            rec = changed.get(step[0], recs.get(step[0])) if step else None
+            if not held or step is None or rec is None:
+                continue  # the lease had moved on: this outcome did not happen
+            moved = on_outcome(rec, step[1], outcome)
+            if moved is not None:
+                changed[step[0]], jobs = moved
+                released.extend(jobs)
+        return changed, released
+
+    def _write_steps(
+        self,
+        pipe: Any,
+        batch: Sequence[tuple[str, Lease, Outcome]],
+        changed: dict[str, WorkflowRecord],
+        released: list[NewJob],
+        wks: dict[str, str],
+    ) -> None:
+        fields: dict[str, list[bytes | str | int]] = {}
+        for queue, lease, outcome in batch:
+            fields.setdefault(queue, []).extend(outcome_fields(lease, outcome))
+        for queue, f in fields.items():
+            self._eval(pipe, "complete", [self.base(queue)], [self._retention_arg, frame(f)])
+        for wf, rec in changed.items():
+            pipe.hset(wks[wf], "b", encode_record(rec))
+        if released:
+            queues = list(dict.fromkeys(j.queue for j in released))
+            keys, argv = self._enqueue_call(released, queues, {})
+            self._eval(pipe, "enqueue", keys, argv)
+
+
+def _wf_of(lease: Lease) -> str:
+    step = step_of(lease.job_id)
+    assert step is not None
+    return step[0]
