@@ -1,12 +1,13 @@
-"""Workflows on Redis: a step's outcome and its workflow's advance in one MULTI/EXEC.
+"""Workflows on Redis: steps' outcomes and their workflows' advance in one MULTI/EXEC.
 
-A step's completion WATCHes its job hash and its workflow's key, reads the lease and the
-record, computes the advance in Python (``offload.workflow.record.on_outcome``: the rule is
-written once), then runs ``complete.lua`` for the outcome, stores the new record and runs
-``enqueue.lua`` for the released steps in one transaction. If either key changed in between (a
-group's other member ended, the job was cancelled or re-leased), EXEC applies nothing and the
-step is tried again: exactly one completion sees a group's last member end. A worker killed
-before EXEC applied nothing; its job's lease runs out and it runs again.
+A batch of step completions WATCHes its jobs' hashes and its workflows' keys, reads the leases
+and records (``workflow_read.lua``), computes the advance in Python
+(``offload.workflow.record.on_outcome``: the rule is written once), then runs ``complete.lua``
+for the outcomes, stores the new records and runs ``enqueue.lua`` for the released steps in one
+transaction: three round trips per batch. If a watched key changed in between (a group's other
+member ended elsewhere, a job was cancelled or re-leased), EXEC applies nothing and the batch is
+read again: exactly one completion sees a group's last member end. A worker killed before EXEC
+applied nothing; its jobs' leases run out and they run again.
 
 Keys: ``{prefix}:wf:<id>`` (a hash: ``b`` the record's JSON, ``c`` created, us). On a
 Cluster a workflow lives in one queue's hash slot, ``{prefix:queue}:wf:<id>``, so every step
