@@ -166,7 +166,8 @@ async def test_http_route_and_dashboard_page(url: str) -> None:
             body = r.json()
             assert body["id"] == wf.id and body["state"] == "running"
             assert [s["state"] for s in body["steps"]] == ["queued", "pending"]
-            assert (await client.get("/v1/workflows/nope")).status_code == 404
+            missing = await client.get("/v1/workflows/nope")
+            assert missing.status_code == 404 and "no workflow with id" in missing.text
             step = body["steps"][0]["job_id"]
             job_page = await client.get(f"/jobs/{step}")
             assert f'/workflows/{wf.id}"' in job_page.text  # reachable from any of its jobs
@@ -196,4 +197,4 @@ def test_cli_workflows_show(tmp_path: Path) -> None:
     shown: dict[str, Any] = json.loads(out.stdout)
     assert shown["state"] == "running" and len(shown["steps"]) == 2
     out = run_cli(url, "workflows", "show", "missing")
-    assert out.returncode != 0
+    assert out.returncode != 0 and "no workflow with id 'missing'" in out.stderr

@@ -18,6 +18,7 @@ from offload.errors import (
     UnknownTask,
     UsageError,
     ValidationError,
+    WorkflowNotFound,
 )
 from offload.hooks import Hook
 from offload.job import Job, JobRecord, JobState
@@ -54,6 +55,7 @@ __all__ = [
     "UsageError",
     "ValidationError",
     "Workflow",
+    "WorkflowNotFound",
     "chain",
     "current_job",
     "group",

@@ -24,6 +24,7 @@ from offload.errors import (
     JobNotFound,
     UnknownTask,
     UsageError,
+    WorkflowNotFound,
 )
 from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, NewJob
@@ -352,27 +353,27 @@ class App:
     async def aget_workflow(self, workflow_id: str) -> WorkflowView:
         found = await self.call(lambda b: workflow_ops.show(b, workflow_id))
         if found is None:
-            raise JobNotFound(workflow_id)
+            raise WorkflowNotFound(workflow_id)
         return found
 
     def get_workflow(self, workflow_id: str) -> WorkflowView:
         """The workflow's steps, states and results; JobNotFound if unknown."""
         found = self.run_sync(lambda b: workflow_ops.show(b, workflow_id))
         if found is None:
-            raise JobNotFound(workflow_id)
+            raise WorkflowNotFound(workflow_id)
         return found
 
     async def acancel_workflow(self, workflow_id: str) -> WorkflowView:
         found = await self.call(lambda b: workflow_ops.cancel(b, workflow_id))
         if found is None:
-            raise JobNotFound(workflow_id)
+            raise WorkflowNotFound(workflow_id)
         return found
 
     def cancel_workflow(self, workflow_id: str) -> WorkflowView:
         """Cancel its pending steps and revoke its running ones; JobNotFound if unknown."""
         found = self.run_sync(lambda b: workflow_ops.cancel(b, workflow_id))
         if found is None:
-            raise JobNotFound(workflow_id)
+            raise WorkflowNotFound(workflow_id)
         return found
 
 

@@ -17,7 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from offload.errors import JobNotFound
+from offload.errors import JobNotFound, WorkflowNotFound
 from offload.job import JobFilter, JobRecord, JobState
 from offload.server.http import (
     JSON_HEADERS,
@@ -356,7 +356,7 @@ def _seconds(value: float) -> str:
 def _workflow_id(request: Request) -> str:
     workflow_id: str = request.path_params["workflow_id"]
     if not 0 < len(workflow_id) <= _MAX_JOB_ID:
-        raise JobNotFound(workflow_id[:_MAX_JOB_ID])
+        raise WorkflowNotFound(workflow_id[:_MAX_JOB_ID])
     return workflow_id
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.responses import Response
 
 from offload.backends.base import Backend
-from offload.errors import CapabilityUnavailable, JobNotFound
+from offload.errors import CapabilityUnavailable, JobNotFound, WorkflowNotFound
 from offload.job import JobFilter, JobRecord, JobState, WorkerInfo
 from offload.server.dashboard import bulk, stats
 from offload.server.dashboard.core import Core, Page
@@ -190,7 +190,7 @@ class Pages:
             else None
         )
         if found is None:
-            raise JobNotFound(workflow_id)
+            raise WorkflowNotFound(workflow_id)
         results = {s.index: bytes(s.result) for s in found.steps if s.result is not None}
         return self.core.render(page, "workflow.html", nav="jobs", wf=found, results=results)
 
