@@ -45,6 +45,15 @@ def make_app(url: str) -> offload.App:
         note(ledger, "S", i)
         os._exit(1)
 
+    @app.task(name="wf_step", max_attempts=MAX_ATTEMPTS, retry=offload.FixedBackoff(0.1))
+    def wf_step(done: list[int], i: int, ledger: str, sleep_s: float = 0.0) -> list[int]:
+        """A workflow step: the steps before it (the previous step's result), then itself."""
+        note(ledger, "S", i)
+        if sleep_s:
+            time.sleep(sleep_s)
+        note(ledger, "F", i)
+        return [*done, i]
+
     return app
 
 

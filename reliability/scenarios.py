@@ -46,6 +46,8 @@ class Form:
     soak_rate: int  # jobs per second
     soak_kinds: tuple[str, ...]  # the backends soaked (CI time)
     retention_soak_s: float = 15.0  # how long the retention soak's load lasts
+    workflows: int = 30  # the workflow storm: this many chains of WORKFLOW_STEPS steps,
+    workflow_step_s: float = 0.2  # each this long (the full form's kills need longer work)
 
 
 # The graceful test reads every job back after the exit (a few dozen round trips): the states
@@ -63,6 +65,7 @@ FULL = Form(
     "full", 3000, 4, 8, 0.2, 2.0, 5, 200, 5, True, 300.0,
     diskfull_s=60.0, soak_s=240.0, soak_warmup_s=60.0, soak_rate=300, soak_kinds=KINDS,
     retention_soak_s=180.0,
+    workflows=200, workflow_step_s=0.5,
 )  # fmt: skip
 
 

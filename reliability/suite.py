@@ -17,6 +17,7 @@ from reliability.restarts import server_restart
 from reliability.retention import retention_soak
 from reliability.scenarios import FULL, SHORT, Form, graceful, poison, stale_lease, storm
 from reliability.soak import soak
+from reliability.workflows import workflow_storm
 
 Scenario = Callable[[Run, Result, Form], None]
 KindScenario = Callable[[str, Run, Result, Form], None]  # one that depends on the backend kind
@@ -38,6 +39,7 @@ TESTS: dict[str, KindScenario] = {
     "sqlite disk full": disk_full,
     "soak": soak,
     "retention soak": retention_soak,
+    "workflow storm": workflow_storm,
 }
 FORMS = {"short": SHORT, "full": FULL}
 

@@ -529,3 +529,51 @@ async def test_a_published_enqueue_leaves_no_marker(make_rabbit: Make) -> None:
         await asyncio.sleep(0.02)
     assert (await store.list_jobs(JobFilter(queue=OUTBOX_QUEUE))).jobs == []
     assert (await backend.counts())["q"][JobState.QUEUED] == 2
+
+
+async def test_workflow_steps_a_completer_released_but_never_published_run(
+    tmp_path: Path,
+) -> None:
+    """The process that applied a step's outcome (and so released the next step in the store)
+    dies before publishing the next step's message: the outbox marker it stored first comes
+    due and a recovery publishes it (offload.backends.brokered.workflows)."""
+    from offload.testing.helpers import lease_of
+    from offload.workflow import chain
+    from offload.workflow.canvas import build
+    from offload.workflow.record import start, step_job_id
+
+    require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    backend = from_url(rabbitmq_url(tmp_path, unique_name("offload_wf")) + "&orphan_after_s=0.3")
+    assert isinstance(backend, RabbitMQBackend)
+    shapes = offload.App("memory://")
+
+    @shapes.task(name="wf.add", queue="wf")
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    await backend.open()
+    try:
+        first, jobs = start(build(chain(add.s(1), add.s(2))))
+        wf = await backend.enqueue_workflow(first, jobs)
+        req = ClaimRequest(queues=("wf",), limit=5, worker_id="w1")
+        (a,) = await backend.claim(req)
+        publisher = backend._outbox.publisher
+        publish = publisher.publish_jobs
+
+        async def die(*args: object, **kwargs: object) -> None:
+            raise BackendUnavailable("the process died here")
+
+        publisher.publish_jobs = die  # type: ignore[method-assign]
+        with pytest.raises(BackendUnavailable):
+            await backend.complete([(lease_of(a), Succeeded(b"1"))])
+        publisher.publish_jobs = publish  # type: ignore[method-assign]
+        nxt = await backend.store.get(step_job_id(wf.id, 1))
+        assert nxt is not None and nxt.state is JobState.QUEUED  # released, no message yet
+        assert await backend.claim(req) == []
+        await asyncio.sleep(0.4)  # the marker's grace (orphan_after_s): this wait is the test
+        await backend.recover()
+        (b,) = await backend.claim(req)
+        assert b.id == nxt.id and msgspec.json.decode(b.args) == {"x": 1, "y": 2}
+    finally:
+        await backend.delete_broker_objects(sorted(backend.declared_queues()))
+        await backend.close()

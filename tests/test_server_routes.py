@@ -47,7 +47,7 @@ def test_the_app_serves_exactly_the_documented_routes(tokens: Any) -> None:
     assert _served(service) == _documented(doc) == {(op.method, op.path) for op in ROUTES}
     with_dashboard = create_service(_app(), tokens=tokens)
     assert _served(with_dashboard, "/v1/") == _documented(doc, "/v1/")
-    assert len(_documented(doc, "/v1/")) == 11
+    assert len(_documented(doc, "/v1/")) == 13
 
 
 def test_each_documented_operation_names_its_scope_when_tokens_are_on() -> None:

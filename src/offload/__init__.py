@@ -18,12 +18,14 @@ from offload.errors import (
     UnknownTask,
     UsageError,
     ValidationError,
+    WorkflowNotFound,
 )
 from offload.hooks import Hook
 from offload.job import Job, JobRecord, JobState
 from offload.limits import RateLimit
 from offload.schedules import Cron, Every
 from offload.task import Task
+from offload.workflow import Workflow, chain, group
 
 __version__ = "0.1.0"
 
@@ -57,5 +59,9 @@ __all__ = [
     "UnknownTask",
     "UsageError",
     "ValidationError",
+    "Workflow",
+    "WorkflowNotFound",
+    "chain",
     "current_job",
+    "group",
 ]

@@ -25,12 +25,16 @@ from offload.errors import (
     JobNotFound,
     UnknownTask,
     UsageError,
+    WorkflowNotFound,
 )
 from offload.hooks import Hook, Hooks
 from offload.job import Job, JobRecord, NewJob
 from offload.limits import QueueLimits, RateLimit
 from offload.schedules import BoundSchedule, Schedule, bind_all
 from offload.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Task, TaskConfig
+from offload.workflow import ops as workflow_ops
+from offload.workflow.handle import Workflow, WorkflowView
+from offload.workflow.record import WorkflowRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -400,6 +404,42 @@ class App:
         if record is None:
             raise JobNotFound(job_id)
         return Job(self, record)
+
+    # -- workflows (offload.chain / offload.group build them; see docs/workflows.md) --------
+
+    async def aenqueue_workflow(self, record: WorkflowRecord) -> Workflow:
+        stored = await self.call(lambda b: workflow_ops.store(b, record))
+        return Workflow(self, stored)
+
+    def enqueue_workflow(self, record: WorkflowRecord) -> Workflow:
+        """Store a workflow built by ``chain(...)`` / ``group(...)`` (they call this)."""
+        return Workflow(self, self.run_sync(lambda b: workflow_ops.store(b, record)))
+
+    async def aget_workflow(self, workflow_id: str) -> WorkflowView:
+        found = await self.call(lambda b: workflow_ops.show(b, workflow_id))
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        return found
+
+    def get_workflow(self, workflow_id: str) -> WorkflowView:
+        """The workflow's steps, states and results; JobNotFound if unknown."""
+        found = self.run_sync(lambda b: workflow_ops.show(b, workflow_id))
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        return found
+
+    async def acancel_workflow(self, workflow_id: str) -> WorkflowView:
+        found = await self.call(lambda b: workflow_ops.cancel(b, workflow_id))
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        return found
+
+    def cancel_workflow(self, workflow_id: str) -> WorkflowView:
+        """Cancel its pending steps and revoke its running ones; JobNotFound if unknown."""
+        found = self.run_sync(lambda b: workflow_ops.cancel(b, workflow_id))
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        return found
 
 
 async def _apply(fn: Callable[[Backend], Awaitable[T]], backend: Backend) -> T:

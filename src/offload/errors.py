@@ -53,6 +53,14 @@ class JobNotFound(OffloadError, LookupError):
         self.job_id = job_id
 
 
+class WorkflowNotFound(JobNotFound):
+    """No workflow with this id is stored (``job_id`` holds the workflow's id)."""
+
+    def __init__(self, workflow_id: str) -> None:
+        OffloadError.__init__(self, f"no workflow with id {workflow_id!r}")
+        self.job_id = workflow_id
+
+
 class QueueFull(OffloadError):
     """The queue is at its depth limit; nothing was enqueued. Try again later."""
 

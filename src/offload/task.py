@@ -27,6 +27,7 @@ from offload.limits import RateLimit, TaskLimits
 if TYPE_CHECKING:
     from offload.app import App
     from offload.job import Job
+    from offload.workflow.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -198,6 +199,7 @@ class Task(Generic[P, R]):
         )
         self._decoder = msgspec.json.Decoder(self.args_type)
         self._return_type: Any = typing.get_type_hints(fn).get("return", Any)
+        self._args_without: dict[str, type[msgspec.Struct]] = {}  # see args_type_without
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -228,6 +230,20 @@ class Task(Generic[P, R]):
             raise ValidationError(
                 f"task {self.name}: invalid {where}: {exc}", argument=arg
             ) from None
+
+    def args_type_without(self, name: str) -> type[msgspec.Struct]:
+        """The arguments' type less parameter ``name`` (the one a workflow step receives from
+        the step before it), built once per name."""
+        found = self._args_without.get(name)
+        if found is None:
+            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+                (f.name, f.type) if f.required else (f.name, f.type, f.default)
+                for f in msgspec.structs.fields(self.args_type)
+                if f.name != name
+            ]
+            found = msgspec.defstruct(f"{self.name}.args_without_{name}", fields, kw_only=True)
+            self._args_without[name] = found
+        return found
 
     def validate_json(self, args: bytes) -> bytes:
         """Validate JSON arguments (e.g. from HTTP); return them normalised (defaults filled)."""
@@ -276,6 +292,16 @@ class Task(Generic[P, R]):
         schema: dict[str, Any] = msgspec.json.schema(self.args_type)
         return schema
 
+    # -- workflow steps (offload.chain, offload.group) ---------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow step; after another step, that step's result is its first argument."""
+        return BoundTask(self, EnqueueOptions()).s(*args, **kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable workflow step: it never receives the previous step's result."""
+        return BoundTask(self, EnqueueOptions()).si(*args, **kwargs)
+
     # -- enqueueing ------------------------------------------------------------------------
 
     def options(self, **options: Any) -> BoundTask[P, R]:
@@ -311,6 +337,16 @@ class BoundTask(Generic[P, R]):
 
     def options(self, **options: Any) -> BoundTask[P, R]:
         return BoundTask(self.task, replace(self.opts, **options))
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        from offload.workflow.canvas import Signature  # the canvas imports this module
+
+        return Signature(self.task, args, kwargs, immutable=False, opts=self.opts)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        from offload.workflow.canvas import Signature
+
+        return Signature(self.task, args, kwargs, immutable=True, opts=self.opts)
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> NewJob:
         return self.prepare_json(self.task.encode_args(*args, **kwargs))

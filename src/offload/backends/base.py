@@ -35,6 +35,7 @@ from offload.job import (
 )
 from offload.outcome import Outcome
 from offload.schedules import ScheduleRecord
+from offload.workflow.record import WorkflowRecord
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Capabilities:
     cross_process: bool = True  # producers and workers may live in different processes
     progress: bool = True  # set_progress stores a running job's progress
     limits: bool = False  # rate and concurrency limits (NewJob.limits) enforced at claim
+    workflows: bool = False  # chains, groups and callbacks (enqueue_workflow & co.)
 
 
 @runtime_checkable
@@ -126,6 +128,11 @@ class Backend(Protocol):
         """Apply each outcome to its job in one round trip (see :mod:`offload.outcome`).
 
         An entry whose lease no longer holds is a no-op. Finishing clears the lease.
+
+        A job that is a workflow step (``offload.workflow.record.step_of`` its id) advances its
+        workflow in the SAME atomic write as its outcome: the record that
+        ``offload.workflow.record.on_outcome`` returns is stored and the jobs it returns are
+        inserted, or none of it is (a backend with ``capabilities.workflows``).
         """
         ...
 
@@ -164,6 +171,28 @@ class Backend(Protocol):
 
         None when no such job exists.
         """
+        ...
+
+    # -- workflows (capabilities.workflows; otherwise each raises CapabilityUnavailable) ---
+
+    async def enqueue_workflow(
+        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
+    ) -> WorkflowRecord:
+        """Store ``workflow`` and ``jobs`` (its first runnable steps, from
+        ``offload.workflow.record.start``) atomically, in one round trip; return the record as
+        stored, ``created_at`` set on the backend's clock. The ids are new (no dedup, no depth
+        limit). Later steps become jobs in the completions that release them (see ``complete``).
+        """
+        ...
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        """The workflow's current record, or None."""
+        ...
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
+        """Mark the workflow cancelled (its steps without a job never get one) and cancel,
+        as :meth:`cancel` does, each of its step jobs still scheduled, queued or running, in one
+        atomic write. Idempotent; returns the record (None if unknown)."""
         ...
 
     # -- inspecting and steering -----------------------------------------------------------

@@ -11,6 +11,7 @@ from offload.cli.context import Ctx, friendly
 from offload.cli.jobs import enqueue, jobs, queues
 from offload.cli.processes import serve, worker
 from offload.cli.schedules import schedules
+from offload.cli.workflows import workflows
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
@@ -46,7 +47,7 @@ def migrate(obj: Ctx) -> None:
     click.echo(f"schema up to date ({applied} migrations applied)")
 
 
-for command in (worker, serve, enqueue, jobs, queues, schedules):
+for command in (worker, serve, enqueue, jobs, queues, schedules, workflows):
     main.add_command(command)
 
 

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from offload.backends.unique import outcome_of
-from offload.errors import JobNotFound
+from offload.errors import JobNotFound, WorkflowNotFound
 from offload.job import JobFilter, JobRecord, JobState, LimitUsage
 from offload.server.http import (
     JSON_HEADERS,
@@ -41,6 +41,7 @@ from offload.server.schemas import (
     WorkerList,
     job_out,
     worker_out,
+    workflow_out,
 )
 from offload.task import check_unique
 
@@ -162,6 +163,14 @@ class Api:
         return json_response(
             JobList(jobs=[job_out(r) for r in page.jobs], next_cursor=page.next_cursor)
         )
+
+    async def get_workflow(self, request: Request) -> Response:
+        view = await self.app.aget_workflow(_workflow_id(request))
+        return json_response(workflow_out(view))
+
+    async def cancel_workflow(self, request: Request) -> Response:
+        view = await self.app.acancel_workflow(_workflow_id(request))
+        return json_response(workflow_out(view))
 
     async def cancel_job(self, request: Request) -> Response:
         job_id = _job_id(request)
@@ -363,6 +372,13 @@ def _same_call(record: JobRecord, task: str, args: bytes) -> bool:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _workflow_id(request: Request) -> str:
+    workflow_id: str = request.path_params["workflow_id"]
+    if not 0 < len(workflow_id) <= _MAX_JOB_ID:
+        raise WorkflowNotFound(workflow_id[:_MAX_JOB_ID])
+    return workflow_id
 
 
 def _job_id(request: Request) -> str:

@@ -25,6 +25,7 @@ from offload.errors import (
     QueueFull,
     UnknownTask,
     ValidationError,
+    WorkflowNotFound,
 )
 from offload.server.jsonlimits import MAX_JSON_DEPTH, too_deep
 from offload.server.schemas import ErrorBody, ErrorDetail
@@ -104,6 +105,7 @@ ERRORS: tuple[tuple[type[Exception], Callable[[Any], HTTPError]], ...] = (
         UnknownTask,
         lambda e: HTTPError(404, "unknown_task", f"no task named {e.name!r} can be enqueued here"),
     ),
+    (WorkflowNotFound, lambda e: HTTPError(404, "workflow_not_found", str(e))),
     (JobNotFound, lambda e: HTTPError(404, "job_not_found", f"no job with id {e.job_id!r}")),
     (InvalidState, lambda e: HTTPError(409, "invalid_state", str(e))),
     (

@@ -95,6 +95,14 @@ _SCHEDULE = Param(
     "Schedule name",
     required=True,
 )
+_WORKFLOW_ID = Param(
+    "workflow_id",
+    "path",
+    fixed({"type": "string", "minLength": 1, "maxLength": 200}),
+    "Workflow id",
+    required=True,
+)
+_WORKFLOW = {200: Reply("The workflow: its steps, their states and results", "WorkflowOut")}
 _STATUS = Reply("Status", "Status")
 
 ROUTES: tuple[Operation, ...] = (
@@ -216,6 +224,26 @@ ROUTES: tuple[Operation, ...] = (
         _JOB,
         errors=(404, 409, 503),
         params=(_JOB_ID,),
+    ),
+    Operation(
+        "GET",
+        "/v1/workflows/{workflow_id}",
+        Api.get_workflow,
+        "read",
+        "Get a workflow (chain, group): its steps, their states and results",
+        _WORKFLOW,
+        errors=(404, 501, 503),
+        params=(_WORKFLOW_ID,),
+    ),
+    Operation(
+        "POST",
+        "/v1/workflows/{workflow_id}/cancel",
+        Api.cancel_workflow,
+        "admin",
+        "Cancel a workflow: its pending steps never run, its running ones are revoked",
+        _WORKFLOW,
+        errors=(404, 501, 503),
+        params=(_WORKFLOW_ID,),
     ),
     Operation(
         "GET",

@@ -17,6 +17,7 @@ from msgspec import Meta
 from offload.headers import HEADER_NAME_PATTERN, MAX_NAME_CHARS
 from offload.job import PRIORITY_MAX, PRIORITY_MIN, JobRecord, JobState, WorkerInfo
 from offload.server.jsonlimits import too_deep
+from offload.workflow.handle import WorkflowView
 
 MAX_DELAY_S = 10 * 365 * 24 * 3600.0  # ten years: anything later is a mistake, not a schedule
 NAME_PATTERN = r"^[A-Za-z0-9_.:<>\-]{1,200}$"  # the same rule as offload.task.check_name
@@ -236,9 +237,34 @@ class ScheduleList(msgspec.Struct, kw_only=True):
     schedules: list[ScheduleOut]
 
 
+class StepOut(msgspec.Struct, kw_only=True):
+    """One step of a workflow: its job's state once it has a job, else ``pending`` (or
+    ``cancelled`` once the workflow failed or was cancelled)."""
+
+    index: int
+    task: str
+    queue: str
+    state: str
+    waits_for: list[int]
+    job_id: str | None = None
+    result: Any = None
+    error: str | None = None
+
+
+class WorkflowOut(msgspec.Struct, kw_only=True):
+    """A workflow: ``running``, ``succeeded``, ``failed`` or ``cancelled``, and its steps."""
+
+    id: str
+    state: str
+    created_at: datetime | None
+    steps: list[StepOut]
+    error: str | None = None
+
+
 RESPONSE_TYPES: tuple[Any, ...] = (
     EnqueueRequest,
     JobOut,
+    WorkflowOut,
     JobList,
     QueueList,
     WorkerList,
@@ -247,3 +273,24 @@ RESPONSE_TYPES: tuple[Any, ...] = (
     Purged,
     ScheduleList,
 )
+
+
+def workflow_out(v: WorkflowView) -> WorkflowOut:
+    steps = []
+    for s in v.steps:
+        result = _json_or_none(bytes(s.result)) if s.result is not None else None
+        steps.append(
+            StepOut(
+                index=s.index,
+                task=s.task,
+                queue=s.queue,
+                state=s.state,
+                waits_for=s.waits_for,
+                job_id=s.job_id,
+                result=None if result is _UNREADABLE else result,
+                error=s.error,
+            )
+        )
+    return WorkflowOut(
+        id=v.id, state=v.state, created_at=when(v.created_at), steps=steps, error=v.error
+    )

@@ -37,6 +37,7 @@ from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
 from offload.backends.brokered.delegation import StoreDelegation
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
+from offload.backends.brokered.workflows import StoreWorkflows
 from offload.backends.common import LEASE_EXPIRED_ERROR, masked
 from offload.backends.unique import replaced_records
 from offload.errors import BackendUnavailable, ConfigurationError
@@ -83,7 +84,7 @@ class _Publisher:
         """Nothing to do: a put wakes every worker blocked in a reserve of its tube."""
 
 
-class StoredBeanstalkBackend(StoreDelegation):
+class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
     """Delivery on Beanstalkd, state in the store of ``?store=`` (see the module docstring)."""
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -112,6 +113,7 @@ class StoredBeanstalkBackend(StoreDelegation):
             results=sc.results,
             pause=sc.pause,
             cross_process=sc.cross_process,
+            workflows=sc.workflows,
         )
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
@@ -204,7 +206,7 @@ class StoredBeanstalkBackend(StoreDelegation):
         if not results:
             return
         still = await self._still_held([lease for lease, _ in results if lease in self._held])
-        await self._store.complete(results)
+        await self._complete_in_store(results)  # (publishes the workflow steps it releases)
         commands: list[tuple[Delivery, bytes]] = []
         for lease, outcome in results:
             if lease not in self._held:

@@ -61,6 +61,11 @@ class Outbox:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def publisher(self) -> JobPublisher:
+        """The broker's side: how the jobs a marker names get their messages."""
+        return self._broker
+
     def start(self) -> None:
         """The backend (re)opens: markers are deleted again."""
         self._closed = False

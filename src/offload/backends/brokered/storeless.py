@@ -15,8 +15,9 @@ from typing import ClassVar, NoReturn
 
 from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
-from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, LimitUsage, WorkerInfo
+from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, LimitUsage, NewJob, WorkerInfo
 from offload.schedules import ScheduleRecord
+from offload.workflow.record import WorkflowRecord
 
 STORE_LESS = Capabilities(
     inspect=False,
@@ -43,6 +44,17 @@ class StoreLess:
 
     async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
         self._unavailable("progress")
+
+    async def enqueue_workflow(
+        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
+    ) -> WorkflowRecord:
+        self._unavailable("a workflow")
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        self._unavailable("a workflow")
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
+        self._unavailable("a workflow")
 
     async def report_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         """Nowhere to keep it: a no-op (``workers()`` says why)."""

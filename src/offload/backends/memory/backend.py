@@ -26,6 +26,7 @@ from offload.backends.common import (
 )
 from offload.backends.memory.limits import log_rates, memory_gate, memory_usage, next_claimable
 from offload.backends.memory.schedules import MemorySchedules
+from offload.backends.memory import workflows
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,
@@ -53,12 +54,13 @@ from offload.job import (
     WorkerInfo,
 )
 from offload.outcome import Outcome
+from offload.workflow.record import WorkflowRecord
 
 
 class MemoryBackend(MemorySchedules):
     """In-process backend. ``clock`` is the backend's clock (``time.time`` by default)."""
 
-    capabilities = Capabilities(notify=True, cross_process=False, limits=True)
+    capabilities = Capabilities(notify=True, cross_process=False, limits=True, workflows=True)
 
     def __init__(
         self,
@@ -230,7 +232,8 @@ class MemoryBackend(MemorySchedules):
                     continue
                 rec = apply_outcome(j, outcome, now)
                 st.jobs[j.id] = rec
-                if j.limits:  # its slot is free: jobs it held back may start
+                released = workflows.advance(st, j.id, outcome, now)  # under the same lock
+                if j.limits or released:  # a slot freed, or next steps: jobs may start
                     woken.extend(st.work_waiters)
                     st.work_waiters = []
                 if rec.state.final:
@@ -310,6 +313,30 @@ class MemoryBackend(MemorySchedules):
                 if not waiters:
                     st.done_waiters.pop(job_id, None)
         return await self.get(job_id)
+
+    # -- workflows -------------------------------------------------------------------------
+
+    async def enqueue_workflow(
+        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
+    ) -> WorkflowRecord:
+        st = self.store
+        with st.lock:
+            stored = workflows.store_workflow(st, workflow, jobs, self._clock())
+            waiters, st.work_waiters = st.work_waiters, []
+        st.wake(waiters)
+        return stored
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        with self.store.lock:
+            return self.store.workflows.get(workflow_id)
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
+        st = self.store
+        with st.lock:
+            rec, ended = workflows.cancel_workflow(st, workflow_id, reason, self._clock())
+            woken = [w for job_id in ended for w in st.done_waiters.pop(job_id, [])]
+        st.wake(woken)
+        return rec
 
     # -- inspecting and steering -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from offload.backends.common import expired_lease
 from offload.job import AttemptError, JobFilter, JobRecord, JobState, WorkerInfo
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
 from offload.schedules import ScheduleRecord
+from offload.workflow.record import WorkflowRecord
 
 Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
@@ -36,6 +37,7 @@ class MemoryStore:
     done_waiters: dict[str, list[Waiter]] = field(default_factory=dict)
     schedules: dict[str, ScheduleRecord] = field(default_factory=dict)
     rate_log: dict[str, list[float]] = field(default_factory=dict)  # claim times per bucket
+    workflows: dict[str, WorkflowRecord] = field(default_factory=dict)
 
     def wake(self, waiters: Sequence[Waiter]) -> None:
         for loop, fut in waiters:

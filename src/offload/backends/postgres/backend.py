@@ -30,9 +30,11 @@ from offload.backends.postgres.recovery import Channels, recover_batch
 from offload.backends.postgres.schedules import PostgresSchedules
 from offload.backends.postgres.steering import Steering
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
+from offload.backends.postgres.workflows import PostgresWorkflows
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
 from offload.job import ClaimRequest, JobRecord, Lease, NewJob
 from offload.outcome import Outcome
+from offload.workflow.record import step_of
 
 OUT_OF_DATE = "database schema is out of date; run: offload migrate"
 # While the LISTEN connection is down, idle waits are cut to this so work is still found.
@@ -41,14 +43,14 @@ _POLL_WITHOUT_LISTENER_S = 1.0
 _DONE_POLL_S = 5.0
 
 
-class PostgresBackend(Steering, PostgresSchedules):
+class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
     """Jobs in one PostgreSQL schema. URL options (also accepted as keywords): ``schema``
     (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` and
     ``retention_<state>`` (how long finished jobs are kept, :mod:`offload.backends.retention`;
     see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
     connect or wait for a pooled connection, 5)."""
 
-    capabilities = Capabilities(notify=True, transactional=True, limits=True)
+    capabilities = Capabilities(notify=True, transactional=True, limits=True, workflows=True)
 
     def __init__(self, url: str, **options: Any) -> None:
         self._opts = q.parse_url(url, options)
@@ -294,6 +296,12 @@ class PostgresBackend(Steering, PostgresSchedules):
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         if not results:
             return
+        steps = [r for r in results if step_of(r[0].job_id) is not None]
+        if steps:  # workflow steps: each outcome and its workflow's advance in one transaction
+            await self._complete_steps(steps)
+            results = [r for r in results if step_of(r[0].job_id) is None]
+            if not results:
+                return
         params = q.complete_params(results)
         await self._rows(
             "complete", {**params, "channel": self._channel, "done_channel": self._done_channel}

@@ -39,6 +39,7 @@ from offload.backends.base import Backend, Capabilities
 from offload.backends.brokered.delegation import StoreDelegation
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
+from offload.backends.brokered.workflows import StoreWorkflows
 from offload.backends.common import masked
 from offload.backends.rabbitmq.broker import Broker
 from offload.backends.rabbitmq.claim import Claimer, RecordPublisher, message_of
@@ -80,7 +81,7 @@ def rabbitmq_backend(url: str, **options: Any) -> Backend:
     return DirectRabbitMQBackend(url, **options)
 
 
-class RabbitMQBackend(StoreDelegation):
+class RabbitMQBackend(StoreDelegation, StoreWorkflows):
     """Delivery on RabbitMQ, state in the store of ``?store=`` (see the module docstring)."""
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -112,6 +113,7 @@ class RabbitMQBackend(StoreDelegation):
             results=sc.results,
             pause=sc.pause,
             cross_process=sc.cross_process,
+            workflows=sc.workflows,
         )
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
@@ -216,7 +218,7 @@ class RabbitMQBackend(StoreDelegation):
             if delay is not None and delay > 0:
                 later.append(Outgoing(lease.job_id, d.queue, d.priority, ms(delay)))
         await self._broker.publish(later)  # before the store: a crash here only duplicates
-        await self._store.complete(results)
+        await self._complete_in_store(results)  # (publishes the workflow steps it releases)
         acks: list[Delivery] = []
         requeues: list[Delivery] = []
         for lease, outcome in results:

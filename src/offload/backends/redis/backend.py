@@ -47,9 +47,11 @@ from offload.backends.redis.codec import (
 from offload.backends.redis.inspection import RedisInspection
 from offload.backends.redis.schedules import RedisSchedules
 from offload.backends.unique import fold_replacements
+from offload.backends.redis.workflows import RedisWorkflows
 from offload.errors import BackendUnavailable, QueueFull
 from offload.job import ClaimRequest, JobRecord, JobState, Lease, NewJob
 from offload.outcome import Dead, Outcome
+from offload.workflow.record import step_of
 
 _log = logging.getLogger("offload.backends.redis")
 
@@ -58,7 +60,7 @@ _TIME = "return redis.call('TIME')"  # the server's clock, routed by a key on a 
 DONE_WAIT_MARGIN_S = 5.0  # a waiter's note outlives its wait, so a finish always sees it
 
 
-class RedisBackend(RedisInspection, RedisSchedules):
+class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
     """Jobs in Redis (or anything speaking its protocol with Lua, 7.0 or later).
 
     Options (URL query or keyword arguments; a keyword wins): ``prefix`` (default
@@ -68,7 +70,7 @@ class RedisBackend(RedisInspection, RedisSchedules):
     Other query parameters go to redis-py as they are.
     """
 
-    capabilities = Capabilities(notify=True, limits=True)
+    capabilities = Capabilities(notify=True, limits=True, workflows=True)
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -308,9 +310,12 @@ class RedisBackend(RedisInspection, RedisSchedules):
 
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         where = await self._queues_of([lease.job_id for lease, _ in results])
+        steps = [r for r in results if step_of(r[0].job_id) is not None]
+        if steps:  # workflow steps: outcome and advance in one MULTI each (workflows.py)
+            await self._complete_steps(steps, where)
         fields: dict[str, list[bytes | str | int]] = {}
         for lease, outcome in results:
-            if lease.job_id in where:
+            if lease.job_id in where and step_of(lease.job_id) is None:
                 fields.setdefault(where[lease.job_id], []).extend(outcome_fields(lease, outcome))
         calls = {q: [self._retention_arg, frame(f)] for q, f in fields.items()}
         await self._per_queue("complete", calls)

@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 SCRIPTS = (
     "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause "
-    "watch worker_report worker_list progress schedule"
+    "watch worker_report worker_list progress schedule workflow_put workflow_read"
 ).split()
 OPTIONS = ("prefix", "timeout", "connect_timeout", "pool_size", *retention.OPTIONS)
 

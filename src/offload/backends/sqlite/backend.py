@@ -28,7 +28,6 @@ from offload.backends.sqlite.schedules import SQLiteSchedules
 from offload.backends.sqlite.transactions import (
     cancel_tx,
     claim_tx,
-    complete_tx,
     counts_tx,
     decode_or_warn,
     enqueue_on_callers,
@@ -39,6 +38,12 @@ from offload.backends.sqlite.transactions import (
     requeue_tx,
     set_progress_tx,
     workers_tx,
+)
+from offload.backends.sqlite.workflows import (
+    cancel_workflow_tx,
+    complete_and_advance_tx,
+    enqueue_workflow_tx,
+    get_workflow_tx,
 )
 from offload.errors import BackendUnavailable
 from offload.job import (
@@ -53,6 +58,7 @@ from offload.job import (
     WorkerInfo,
 )
 from offload.outcome import Outcome, RetryAt, Snoozed
+from offload.workflow.record import WorkflowRecord
 
 _log = logging.getLogger("offload.backends.sqlite")
 
@@ -74,7 +80,9 @@ class SQLiteBackend(SQLiteSchedules):
     # process rings the doorbell (Linux), and in any case changes PRAGMA data_version, which
     # waiters read every poll_ms: so new work wakes a waiter at once, and within poll_ms when
     # a ring is lost or there is no doorbell.
-    capabilities = Capabilities(notify=True, transactional=True, limits=True)  # see enqueue_in
+    capabilities = Capabilities(  # see enqueue_in
+        notify=True, transactional=True, limits=True, workflows=True
+    )
 
     def __init__(self, url: str, **options: Any) -> None:
         self._url = url
@@ -240,12 +248,38 @@ class SQLiteBackend(SQLiteSchedules):
     async def complete(self, results: Sequence[tuple[Lease, Outcome]]) -> None:
         if not results:
             return
-        await self._write(partial(complete_tx, results=list(results)))
+        # complete_tx, plus each workflow step's advance in the same writer transaction
+        released = await self._write(partial(complete_and_advance_tx, results=list(results)))
         again = [isinstance(o, RetryAt | Snoozed) for _, o in results]
         final = [lease.job_id for (lease, _), a in zip(results, again, strict=True) if not a]
         freed = self._limited.intersection(lease.job_id for lease, _ in results)
         self._limited -= freed
-        self._announce(work=any(again) or bool(freed), done=final)
+        self._announce(work=any(again) or released or bool(freed), done=final)
+
+    # -- workflows (backends/sqlite/workflows.py) ------------------------------------------
+
+    async def enqueue_workflow(
+        self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
+    ) -> WorkflowRecord:
+        stored: WorkflowRecord = await self._write(
+            partial(enqueue_workflow_tx, rec=workflow, jobs=list(jobs))
+        )
+        self._announce(work=True)
+        return stored
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        found: WorkflowRecord | None = await self._read(
+            partial(get_workflow_tx, workflow_id=workflow_id)
+        )
+        return found
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord | None:
+        rec, ended = await self._write(
+            partial(cancel_workflow_tx, workflow_id=workflow_id, reason=reason)
+        )
+        self._announce(done=ended)
+        found: WorkflowRecord | None = rec
+        return found
 
     async def recover(self) -> int:
         # Batch by batch, each one writer transaction, until a batch finds fewer than it may.

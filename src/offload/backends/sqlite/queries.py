@@ -6,7 +6,7 @@ from importlib import resources
 
 # PRAGMA user_version of the file. Bump it with an ``upgrade_N`` query that brings a version
 # N-1 file to N (2: dedup keys scoped by queue; 3: unique_for index, schedules table; 4: the
-# finished index, incremental vacuum; 5: limits; 7: job headers and progress).
+# finished index, incremental vacuum; 5: limits; 6: workflows; 7: job headers and progress).
 SCHEMA_VERSION = 7
 
 COLS = (

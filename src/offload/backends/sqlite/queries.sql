@@ -381,3 +381,21 @@ INSERT INTO offload_rate_log (bucket, at) VALUES (?, ?);
 -- name: limit_usage
 SELECT queue, state, limits FROM offload_jobs
 WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued', 'running');
+
+-- name: upgrade_6
+-- Workflows (offload.workflow): one row per workflow, its record as JSON; a step's job is an
+-- ordinary row of offload_jobs whose id is "<workflow id>.<step index>".
+CREATE TABLE IF NOT EXISTS offload_workflows (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- name: insert_workflow
+INSERT INTO offload_workflows (id, created_at, body) VALUES (?, ?, ?);
+
+-- name: get_workflow
+SELECT body FROM offload_workflows WHERE id = ?;
+
+-- name: update_workflow
+UPDATE offload_workflows SET body = ? WHERE id = ?;

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.responses import Response
 
 from offload.backends.base import Backend
-from offload.errors import CapabilityUnavailable, JobNotFound
+from offload.errors import CapabilityUnavailable, JobNotFound, WorkflowNotFound
 from offload.job import JobFilter, JobRecord, JobState, WorkerInfo
 from offload.limits import describe
 from offload.server.dashboard import bulk, stats
@@ -31,6 +31,8 @@ from offload.server.http import json_response
 from offload.server.jsonlimits import checked_cursor
 from offload.server.schemas import job_out
 from offload.server.throughput import Throughput
+from offload.workflow import ops as workflow_ops
+from offload.workflow.record import step_of
 
 DEAD_SCAN = 2000  # dead jobs grouped at most (the most recent)
 STATES = [s.value for s in JobState]
@@ -188,7 +190,20 @@ class Pages:
             can_retry=record.state in bulk.Action.RETRY.states,
             can_cancel=record.state in bulk.Action.CANCEL.states,
             can_delete=record.state in bulk.Action.DELETE.states,
+            workflow_id=(step_of(record.id) or (None,))[0],
         )
+
+    async def workflow(self, page: Page) -> Response:
+        workflow_id = str(page.request.path_params["workflow_id"])
+        found = (
+            await self.core.call(lambda b: workflow_ops.show(b, workflow_id))
+            if len(workflow_id) <= 200
+            else None
+        )
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        results = {s.index: bytes(s.result) for s in found.steps if s.result is not None}
+        return self.core.render(page, "workflow.html", nav="jobs", wf=found, results=results)
 
     async def bulk_confirm(self, page: Page) -> Response:
         values = query_of(page.request, (*FILTER_KEYS, "action"))

@@ -88,6 +88,7 @@ class Dashboard:
             Route("/jobs/{job_id}", page(p.job), methods=["GET"], name="dashboard_job"),
             Route("/jobs/{job_id}/{action}", act(a.job_action, ()), methods=["POST"]),
             Route("/dead", page(p.dead), methods=["GET"], name="dashboard_dead"),
+            Route("/workflows/{workflow_id}", page(p.workflow), methods=["GET"]),
             Route(
                 "/dead/{group_id}/{action}",
                 act(a.dead_group, ("queue", "task", "count")),

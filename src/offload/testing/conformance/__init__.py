@@ -35,6 +35,7 @@ from offload.testing.conformance.schedules import ScheduleConformance
 from offload.testing.conformance.steering import SteeringConformance
 from offload.testing.conformance.unique import UniqueConformance
 from offload.testing.conformance.waiting import WaitingConformance
+from offload.testing.conformance.workflows import WorkflowConformance
 from offload.testing.helpers import MakeBackend
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "SteeringConformance",
     "UniqueConformance",
     "WaitingConformance",
+    "WorkflowConformance",
 ]
 
 
@@ -69,6 +71,7 @@ class BackendConformance(
     UniqueConformance,
     ScheduleConformance,
     LimitConformance,
+    WorkflowConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 

@@ -418,3 +418,37 @@ SELECT j.queue, x, count(*) FILTER (WHERE j.state = 'running'),
 FROM {schema}.jobs j, unnest(j.limits) x
 WHERE j.limits IS NOT NULL AND j.state IN ('scheduled', 'queued', 'running')
 GROUP BY j.queue, x ORDER BY j.queue, x
+
+-- name: insert_workflow
+INSERT INTO {schema}.workflows (id, created_at, body) VALUES (%(id)s, {now}, %(body)s)
+RETURNING created_at
+
+-- name: get_workflow
+SELECT body, created_at FROM {schema}.workflows WHERE id = %(id)s
+
+-- name: lock_workflow
+-- A step's completion holds its workflow row until it commits: the members of a group that
+-- end at once advance it one after the other, so exactly one of them sees the last.
+SELECT body, created_at FROM {schema}.workflows WHERE id = %(id)s FOR UPDATE
+
+-- name: update_workflow
+UPDATE {schema}.workflows SET body = %(body)s WHERE id = %(id)s
+
+-- name: lock_workflows
+-- A batch of step completions holds its workflows' rows, in id order (two batches never wait
+-- on each other), until it commits.
+SELECT id, body, created_at FROM {schema}.workflows WHERE id = ANY(%(ids)s::text[])
+ORDER BY id FOR UPDATE
+
+-- name: held_leases
+-- The step jobs whose lease still holds, locked until the completion commits.
+SELECT j.id FROM {schema}.jobs j
+JOIN unnest(%(ids)s::text[], %(worker_ids)s::text[], %(attempts)s::int4[]) AS l(id, worker_id, attempt)
+  ON j.id = l.id AND j.worker_id = l.worker_id AND j.attempt = l.attempt
+WHERE j.state = 'running'
+ORDER BY j.id FOR UPDATE OF j
+
+-- name: update_workflows
+UPDATE {schema}.workflows w SET body = u.body
+FROM unnest(%(ids)s::text[], %(bodies)s::bytea[]) AS u(id, body)
+WHERE w.id = u.id
