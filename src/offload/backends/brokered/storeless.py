@@ -15,7 +15,16 @@ from typing import ClassVar, NoReturn
 
 from offload.backends.base import Capabilities
 from offload.errors import CapabilityUnavailable
-from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, LimitUsage, NewJob, WorkerInfo
+from offload.job import (
+    JobFilter,
+    JobPage,
+    JobRecord,
+    JobState,
+    Lease,
+    LimitUsage,
+    NewJob,
+    WorkerInfo,
+)
 from offload.schedules import ScheduleRecord
 from offload.workflow.record import WorkflowRecord
 

@@ -24,9 +24,9 @@ from offload.backends.common import (
     encode_cursor,
     new_record,
 )
+from offload.backends.memory import workflows
 from offload.backends.memory.limits import log_rates, memory_gate, memory_usage, next_claimable
 from offload.backends.memory.schedules import MemorySchedules
-from offload.backends.memory import workflows
 from offload.backends.memory.store import (
     MemoryStore,
     Waiter,

@@ -46,8 +46,8 @@ from offload.backends.redis.codec import (
 )
 from offload.backends.redis.inspection import RedisInspection
 from offload.backends.redis.schedules import RedisSchedules
-from offload.backends.unique import fold_replacements
 from offload.backends.redis.workflows import RedisWorkflows
+from offload.backends.unique import fold_replacements
 from offload.errors import BackendUnavailable, QueueFull
 from offload.job import ClaimRequest, JobRecord, JobState, Lease, NewJob
 from offload.outcome import Dead, Outcome
