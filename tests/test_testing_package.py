@@ -59,6 +59,6 @@ def test_public_names_are_importable() -> None:
 
     assert BackendConformance is same
     areas = [c for c in BackendConformance.__mro__[1:] if c.__module__.startswith(same.__module__)]
-    assert len(areas) == 7
+    assert len(areas) == 8
     from_areas = {n for area in areas for n in vars(area) if n.startswith("test_")}
     assert {n for n in dir(BackendConformance) if n.startswith("test_")} == from_areas

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from offload.backends import Backend, from_url
-from offload.backends.base import TransactionalEnqueue
+from offload.backends.base import SyncEnqueue, TransactionalEnqueue
 from offload.backoff import Backoff, ExponentialBackoff
 from offload.bridge import Bridge
 from offload.errors import (
@@ -303,10 +303,28 @@ class App:
         if connection is not None:
             records = self.run_sync(lambda b: self._enqueue_in(connection, batch))
         else:
-            records = self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
+            records = self._enqueue_here(batch)
         stored = [Job(self, r) for r in records]
         self.hooks.enqueued(stored)
         return stored
+
+    def _enqueue_here(self, batch: Sequence[NewJob]) -> list[JobRecord]:
+        """Enqueue from sync code on the caller's own thread when the backend has a sync path
+        (one round trip, no hop through an event loop); through :meth:`run_sync` otherwise."""
+        if self._open_elsewhere():
+            backend = self._backend
+            if isinstance(backend, SyncEnqueue):
+                return backend.enqueue_now(batch, limits=self.queue_limits)
+        return self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
+
+    def _open_elsewhere(self) -> bool:
+        """Whether the backend is open on a loop of another thread, opening it on the bridge
+        first if it is open nowhere (``run_sync`` refuses a caller inside a running loop)."""
+        home = self._home
+        if home is None or home.is_closed():
+            self.run_sync(_nothing)
+            home = self._home
+        return home is not None and self._home_thread != threading.get_ident()
 
     def _checked(self, jobs: Iterable[NewJob]) -> list[NewJob]:
         batch = list(jobs)
@@ -339,3 +357,7 @@ class App:
 
 async def _apply(fn: Callable[[Backend], Awaitable[T]], backend: Backend) -> T:
     return await fn(backend)
+
+
+async def _nothing(backend: Backend) -> None:
+    """What ``run_sync`` runs to open the backend and nothing more."""

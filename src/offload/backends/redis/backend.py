@@ -82,12 +82,43 @@ class RedisBackend(RedisInspection):
 
         async def op(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            pipe.sadd(f"{self._global}:queues", *queues)
-            self._eval(pipe, "enqueue", keys, argv)
+            self._enqueue_commands(pipe, queues, keys, argv)
             return list(await pipe.execute())
 
         _, reply = await self._run(op)
         return self._enqueued(jobs, queues, reply, limits)
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:class:`~offload.backends.base.SyncEnqueue`: the same commands as :meth:`enqueue`,
+        through redis-py's sync client on the caller's thread. A batch over several cluster
+        slots (never a single job) takes the async path on the backend's loop."""
+        if not jobs:
+            return []
+        queues = list(dict.fromkeys(j.queue for j in jobs))
+        limits = limits or {}
+        if len(self.slot_groups(queues)) > 1:
+            return self._on_loop(self.enqueue(jobs, limits=limits))
+        if self._client is None:
+            raise BackendUnavailable("the Redis backend is not open (call open() first)")
+        keys, argv = self._enqueue_call(jobs, queues, limits)
+
+        def op(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            self._enqueue_commands(pipe, queues, keys, argv)
+            return list(pipe.execute())
+
+        _, reply = self._sync.run(op)
+        return self._enqueued(jobs, queues, reply, limits)
+
+    def _enqueue_commands(
+        self, pipe: Any, queues: Sequence[str], keys: Sequence[str], argv: Sequence[Any]
+    ) -> None:
+        """The commands of one enqueue on ``pipe`` (a sync or an async pipeline alike): the
+        queues become known, then ``enqueue.lua`` stores the jobs."""
+        pipe.sadd(f"{self._global}:queues", *queues)
+        self._eval(pipe, "enqueue", keys, argv)
 
     def _enqueue_call(
         self, jobs: Sequence[NewJob], queues: Sequence[str], limits: Mapping[str, int]

@@ -28,6 +28,7 @@ from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
 from offload.testing.conformance.outcomes import OutcomeConformance
 from offload.testing.conformance.steering import SteeringConformance
+from offload.testing.conformance.sync_enqueue import SyncEnqueueConformance
 from offload.testing.conformance.waiting import WaitingConformance
 from offload.testing.helpers import MakeBackend
 
@@ -39,6 +40,7 @@ __all__ = [
     "LeaseConformance",
     "OutcomeConformance",
     "SteeringConformance",
+    "SyncEnqueueConformance",
     "WaitingConformance",
 ]
 
@@ -51,6 +53,7 @@ class BackendConformance(
     SteeringConformance,
     InspectionConformance,
     WaitingConformance,
+    SyncEnqueueConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 
