@@ -54,6 +54,14 @@ SYSTEMS: dict[str, tuple[str, str]] = {
     "offload-beanstalkd": ("offload_peer", "offload"),
     "offload-storeless-beanstalkd": ("offload_peer", "offload"),
     "offload-sqlite": ("offload_peer", "offload"),
+    # a sync task and task.enqueue() from sync code: what the sync peers measure
+    "offload-sync-redis": ("offload_peer", "offload"),
+    "offload-sync-postgres": ("offload_peer", "offload"),
+    "offload-sync-rabbitmq": ("offload_peer", "offload"),
+    "offload-sync-storeless-rabbitmq": ("offload_peer", "offload"),
+    "offload-sync-beanstalkd": ("offload_peer", "offload"),
+    "offload-sync-sqlite": ("offload_peer", "offload"),
+    "offload-sync-normal-sqlite": ("offload_peer", "offload"),
 }
 
 
@@ -83,7 +91,7 @@ def offload_missing(system: str) -> str | None:
     from offload.backends import from_url
     from offload.errors import OffloadError
 
-    kind = system.removeprefix("offload-")
+    kind = system.removeprefix("offload-").removeprefix("sync-").removeprefix("normal-")
     probe = {
         "sqlite": "sqlite:///x.db",
         "redis": "redis://127.0.0.1:6379/13",

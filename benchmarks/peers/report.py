@@ -24,6 +24,21 @@ def backend_of(system: str) -> str:
     return system.rsplit("-", 1)[1]
 
 
+# Peers whose one-by-one enqueue is a sync call (measured against offload's sync rows);
+# the others' is async (against offload's async rows). procrastinate has both (defer and
+# defer_async; the peer measures defer_async): both rows.
+SYNC_PEERS = ("celery", "dramatiq", "rq", "huey")
+BOTH_KINDS = ("procrastinate",)
+
+
+def same_kind(ours: str, peer: str) -> bool:
+    """Whether offload's system ``ours`` is measured the way ``peer`` is (sync or async)."""
+    name = peer.split("-", 1)[0]
+    if name in BOTH_KINDS:
+        return True
+    return ours.startswith("offload-sync-") == (name in SYNC_PEERS)
+
+
 def summarize(systems: Sequence[str], runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per system: each figure's median/min/max over its successful runs, and every failure."""
     out: dict[str, Any] = {}
@@ -82,7 +97,11 @@ def ratio_table(summary: dict[str, Any]) -> list[str]:
         if system.startswith("offload-"):
             continue
         backend = backend_of(system)
-        ours_names = [s for s in summary if s.startswith("offload-") and backend_of(s) == backend]
+        ours_names = [
+            s
+            for s in summary
+            if s.startswith("offload-") and backend_of(s) == backend and same_kind(s, system)
+        ]
         for ours_name in ours_names or [f"offload-{backend}"]:
             ours = summary.get(ours_name)
             cells = []

@@ -93,8 +93,14 @@ class RedisConnection:
             "socket_connect_timeout": self.connect_timeout_s,
             "pool_size": self.pool_size,
         }
+        # queues this instance added to the set of known queues (see RedisBackend._new_queues)
+        self._known_queues: set[str] = set()
         self._sync = SyncClient(
-            self._redis_url, self._nodes, sync_options, list(self._sources.values())
+            self._redis_url,
+            self._nodes,
+            sync_options,
+            list(self._sources.values()),
+            self._known_queues.clear,
         )
         self._queue_of: dict[str, str] = {}  # job id -> queue, for the jobs this instance holds
         self._turn = 0  # which slot a cluster claim over several slots asks first
@@ -218,6 +224,7 @@ class RedisConnection:
             try:
                 return await op(client)
             except NoScriptError:
+                self._known_queues.clear()  # a restarted or flushed server: data gone too?
                 await self._load_scripts(client)
                 return await op(client)
 

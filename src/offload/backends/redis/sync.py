@@ -33,11 +33,13 @@ class SyncClient:
         nodes: Sequence[tuple[str, int]] | None,
         options: Mapping[str, Any],
         sources: Sequence[str],
+        on_reload: Callable[[], None],
     ) -> None:
         self._url = url
         self._nodes = nodes
         self._options = dict(options)
         self._sources = list(sources)
+        self._on_reload = on_reload  # told when the scripts were gone (a restarted server)
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
 
@@ -80,6 +82,7 @@ class SyncClient:
             try:
                 return op(client)
             except NoScriptError:
+                self._on_reload()
                 self._load_scripts(client)
                 return op(client)
 
