@@ -67,6 +67,7 @@ class App:
         self._home: asyncio.AbstractEventLoop | None = None
         self._home_thread: int | None = None
         self._lock = threading.Lock()
+        self._sync_cached: tuple[Backend, SyncEnqueue | None] | None = None  # see _sync_path
 
     def _build_backend(self) -> Backend:
         return from_url(self.url, **self._backend_options)
@@ -312,10 +313,19 @@ class App:
         """Enqueue from sync code on the caller's own thread when the backend has a sync path
         (one round trip, no hop through an event loop); through :meth:`run_sync` otherwise."""
         if self._open_elsewhere():
-            backend = self._backend
-            if isinstance(backend, SyncEnqueue):
-                return backend.enqueue_now(batch, limits=self.queue_limits)
+            sync = self._sync_path()
+            if sync is not None:
+                return sync.enqueue_now(batch, limits=self.queue_limits)
         return self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
+
+    def _sync_path(self) -> SyncEnqueue | None:
+        """The backend as a SyncEnqueue, or None; remembered per backend instance, because an
+        isinstance check against a protocol costs more than the rest of the call's Python."""
+        backend, cached = self._backend, self._sync_cached
+        if cached is None or cached[0] is not backend:
+            cached = (backend, backend if isinstance(backend, SyncEnqueue) else None)
+            self._sync_cached = cached
+        return cached[1]
 
     def _open_elsewhere(self) -> bool:
         """Whether the backend is open on a loop of another thread, opening it on the bridge
