@@ -114,11 +114,32 @@ def ratio_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def http_section(results: Sequence[dict[str, Any]]) -> list[str]:
+    """``offload serve``'s HTTP enqueue (``benchmarks/http_load.py``), when it was run."""
+    if not results:
+        return []
+    out = ["", "## HTTP enqueue (`offload serve`, `POST /v1/jobs`, no worker)", ""]
+    out += [
+        "| backend | connections | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.get("error"):
+            out.append(f"| {r.get('backend')} | — | FAILED: {r['error']} | | | |")
+            continue
+        out.append(
+            f"| {r.get('backend')} | {r.get('connections')} | {r.get('rps', 0):,} | "
+            f"{r.get('p50_ms', '—')} | {r.get('p99_ms', '—')} | {r.get('errors', 0)} |"
+        )
+    return out
+
+
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     out = [
         "# offload and its peers, one run",
         "",
-        f"{meta['date']} · {meta['cpus']} cores · load average at start {meta['load_start']}, "
+        f"{meta['date']} · {meta.get('machine', '?')} · {meta['cpus']} cores · "
+        f"load average at start {meta['load_start']}, "
         f"at end {meta['load_end']} · {meta['runs_done']} run(s) per system, interleaved · "
         f"{meta['jobs']:,} jobs per drain · latency at {meta['latency_rate']:g} jobs/s "
         f"for {meta['latency_seconds']:g} s.",
@@ -141,6 +162,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
     ]
     out += [f"- **{s}**: {e['config'] or '(not started)'}" for s, e in summary.items()]
+    out += http_section(meta.get("http", []))
     failures = [(s, f) for s, e in summary.items() for f in e["failures"]]
     out += ["", "## Failures", ""]
     out += [f"- **{s}**: {f}" for s, f in failures] or ["None."]
