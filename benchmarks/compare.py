@@ -12,10 +12,12 @@ results.md, results.json and results.png to benchmarks/results/. See benchmarks/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -54,7 +56,28 @@ SYSTEMS: dict[str, tuple[str, str]] = {
     "offload-beanstalkd": ("offload_peer", "offload"),
     "offload-storeless-beanstalkd": ("offload_peer", "offload"),
     "offload-sqlite": ("offload_peer", "offload"),
+    # a sync task and task.enqueue() from sync code: what the sync peers measure
+    "offload-sync-redis": ("offload_peer", "offload"),
+    "offload-sync-postgres": ("offload_peer", "offload"),
+    "offload-sync-rabbitmq": ("offload_peer", "offload"),
+    "offload-sync-storeless-rabbitmq": ("offload_peer", "offload"),
+    "offload-sync-beanstalkd": ("offload_peer", "offload"),
+    "offload-sync-sqlite": ("offload_peer", "offload"),
+    "offload-sync-normal-sqlite": ("offload_peer", "offload"),
 }
+
+
+def machine() -> str:
+    """The machine the figures come from: CPU model, kernel, Python."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{model} · {platform.system()} {platform.release()} · Python {platform.python_version()}"
+    )
 
 
 def python_of(group: str) -> Path:
@@ -83,7 +106,7 @@ def offload_missing(system: str) -> str | None:
     from offload.backends import from_url
     from offload.errors import OffloadError
 
-    kind = system.removeprefix("offload-")
+    kind = system.removeprefix("offload-").removeprefix("sync-").removeprefix("normal-")
     probe = {
         "sqlite": "sqlite:///x.db",
         "redis": "redis://127.0.0.1:6379/13",
@@ -133,6 +156,32 @@ def run_one(system: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def http_enqueue(args: argparse.Namespace) -> dict[str, Any]:
+    """``offload serve`` on Redis, ``POST /v1/jobs`` over 16 keep-alive connections (no
+    worker): requests/s and latency percentiles from ``http_load.py``, under a key prefix of
+    its own that is deleted afterwards."""
+    import redis
+
+    prefix = f"bench_http_{os.getpid()}"
+    url = f"redis://127.0.0.1:6379/13?prefix={prefix}"
+    cmd = [
+        sys.executable, str(HERE / "http_load.py"), "--url", url, "--enqueue-only",
+        "--connections", str(args.http_connections), "--duration", str(args.http_seconds),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        lines = done.stdout.strip().splitlines()
+        result: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": done.stderr[-300:]}
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        result = {"error": repr(exc)}
+    finally:
+        with redis.Redis(db=13) as r:  # only this run's keys: the prefix is its own
+            keys = list(r.scan_iter(match="{" + prefix + "*", count=1000))
+            for start in range(0, len(keys), 1000):
+                r.delete(*keys[start : start + 1000])
+    return {"backend": "redis", **result}
+
+
 def describe(result: dict[str, Any]) -> str:
     if result.get("error"):
         return f"FAILED: {result['error']}"
@@ -166,18 +215,23 @@ def main() -> None:
     p.add_argument("--run-timeout", type=float, help="default 1200 s (180 s with --quick)")
     p.add_argument("--only", help="comma-separated system names (default: all)")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--http-seconds", type=float, help="HTTP enqueue load (default 10; 3 quick)")
+    p.add_argument("--http-connections", type=int, default=16)
+    p.add_argument("--no-http", action="store_true", help="skip the HTTP enqueue figure")
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.jobs = args.jobs or (2_000 if args.quick else 20_000)
     args.latency_seconds = args.latency_seconds or (3.0 if args.quick else 10.0)
     args.phase_timeout = args.phase_timeout or (30.0 if args.quick else 300.0)
     args.run_timeout = args.run_timeout or (180.0 if args.quick else 1200.0)
+    args.http_seconds = args.http_seconds or (3.0 if args.quick else 10.0)
     systems = args.only.split(",") if args.only else list(SYSTEMS)
     for group in sorted({"main", *(SYSTEMS[s][1] for s in systems)}):  # main draws the chart
         ensure_venv(group)
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
+        "machine": machine(),
         "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "runs": args.runs,
         "jobs": args.jobs,
@@ -194,6 +248,10 @@ def main() -> None:
             runs.append(result)
             print(f"[{time.monotonic() - t0:6.0f}s] {system:24} {describe(result)}", flush=True)
         # written after every round, so that a run cut short still leaves its figures
+        write_results(args.out, systems, runs, meta)
+    if not args.no_http:
+        meta["http"] = [http_enqueue(args)]
+        print(f"[{time.monotonic() - t0:6.0f}s] http enqueue            {meta['http'][0]}")
         write_results(args.out, systems, runs, meta)
     print(f"\nwrote {args.out}/results.md, results.json, results.png\n")
     print((args.out / "results.md").read_text())

@@ -2,6 +2,7 @@
 
     python benchmarks/http_load.py [--dir /tmp] [--duration 10] [--connections 16]
                                    [--client wrk|python] [--compare] [--wait-rate 200]
+                                   [--url redis://...] [--enqueue-only]
 
 Each phase starts a fresh server process (``run_server``, one process, access log off) on a
 fresh SQLite file and points a load generator at it over loopback:
@@ -65,9 +66,10 @@ def _free_port() -> int:
 
 
 def start_server(
-    db: Path, port: int, *, workers: int, group_commit: bool, options: str = ""
+    db: Path | str, port: int, *, workers: int, group_commit: bool, options: str = ""
 ) -> subprocess.Popen[str]:
-    url = f"sqlite:///{db}" + (f"?{options}" if options else "")
+    """A server on a fresh SQLite file ``db``, or on ``db`` itself when it is a URL."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}" + (f"?{options}" if options else "")
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
         "from benchmarks.http_load import build_app; from offload.server import run_server; "
@@ -275,17 +277,25 @@ def wait_load(port: int, rate: float, duration_s: float) -> dict[str, float]:
 
 
 def phase(
-    db_dir: Path, name: str, *, workers: int, group_commit: bool, load: object, options: str
+    db_dir: Path,
+    name: str,
+    *,
+    workers: int,
+    group_commit: bool,
+    load: object,
+    options: str,
+    url: str | None = None,
 ) -> dict[str, float]:
-    db = db_dir / f"{name}.db"
+    db: Path | str = url if url else db_dir / f"{name}.db"
     port = _free_port()
     server = start_server(db, port, workers=workers, group_commit=group_commit, options=options)
     try:
         result: dict[str, float] = load(port)  # type: ignore[operator]
     finally:
         stop_server(server)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    if isinstance(db, Path):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
     return result
 
 
@@ -305,6 +315,12 @@ def main() -> None:
         default="",
         help="URL query of the SQLite backend, e.g. synchronous=normal",
     )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="serve this backend URL instead of a fresh SQLite file (its data is left there)",
+    )
+    parser.add_argument("--enqueue-only", action="store_true", help="skip the Prefer: wait phase")
     args = parser.parse_args()
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     enqueue = wrk_enqueue_load if client == "wrk" else python_enqueue_load
@@ -319,12 +335,15 @@ def main() -> None:
                 group_commit=group,
                 load=lambda port: enqueue(port, args.connections, args.duration),
                 options=args.sqlite_options,
+                url=args.url,
             )
             print(
                 json.dumps(
                     {"phase": name, "client": client, "connections": args.connections, **result}
                 )
             )
+        if args.enqueue_only:
+            return
         result = phase(
             tmp_dir,
             "prefer_wait",

@@ -336,6 +336,7 @@ async def test_an_outage_is_backend_unavailable_and_a_restart_is_survived(
         (after,) = await backend.enqueue([job()])
         assert [j.id for j in await backend.claim(claim())] == [after.id]
         assert await backend.get(before.id) is None  # no persistence on this server
+        assert await backend.known_queues() == ["q"]  # told again after the restart
     finally:
         await backend.close()
 

@@ -7,16 +7,23 @@ Redis, as the RabbitMQ form) and ``offload-storeless-beanstalkd`` (Beanstalkd al
 One ``offload worker`` process with ``--concurrency`` slots; the task is ``async`` (runs on
 the worker's event loop, like the arq/SAQ/taskiq/procrastinate tasks); ``aenqueue`` one by one
 and ``aenqueue_many`` in bulk. Every backend keeps finished jobs' records (its default).
+
+``offload-sync-<backend>`` is the same with what the sync peers (Celery, Dramatiq, RQ, Huey)
+measure: a sync task (run in the worker's threads) and ``task.enqueue()`` from sync code, one
+by one, as a Django or Flask view calls it; ``offload-sync-normal-sqlite`` is SQLite with
+``synchronous=normal`` (durable against a process crash, not against power loss).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import offload
@@ -28,6 +35,10 @@ CFG = RunConfig.from_env()
 PROBE = Probe(CFG.stats_dir, CFG.record_latency)
 CONCURRENCY = CFG.concurrency or 100
 KIND = CFG.system.removeprefix("offload-")
+SYNC = KIND.startswith("sync-")  # a sync task, enqueued with task.enqueue() from sync code
+KIND = KIND.removeprefix("sync-")
+NORMAL = KIND.startswith("normal-")  # SQLite with synchronous=normal
+KIND = KIND.removeprefix("normal-")
 SQLITE_PATH = Path(tempfile.gettempdir()) / f"offload-{CFG.queue}.db"
 REDIS_URL = f"{CFG.redis_url}?prefix={CFG.queue}"
 # the beanstalkd to measure on (a binlog fsynced at every write, or every 200 ms, or none)
@@ -36,7 +47,7 @@ BEANSTALKD_URL = os.environ.get("BENCH_BEANSTALKD_URL", "beanstalk://127.0.0.1:1
 
 def backend_url() -> str:
     if KIND == "sqlite":
-        return f"sqlite:///{SQLITE_PATH}"
+        return f"sqlite:///{SQLITE_PATH}" + ("?synchronous=normal" if NORMAL else "")
     if KIND == "redis":
         return REDIS_URL
     if KIND == "postgres":
@@ -56,23 +67,40 @@ URL = backend_url()
 app = offload.App(URL)
 
 
-@app.task(name="noop")
-async def noop(i: int) -> None:
-    PROBE.hit(i)
+if SYNC:
+
+    @app.task(name="noop")
+    def noop(i: int) -> None:
+        PROBE.hit(i)
+
+else:
+
+    @app.task(name="noop")
+    async def anoop(i: int) -> None:
+        PROBE.hit(i)
 
 
-BOUND = noop.options(queue=CFG.queue)
+BOUND = app.get_task("noop").options(queue=CFG.queue)
+SYNCHRONOUS = ", synchronous=normal" if NORMAL else ""
 
 
 class OffloadPeer:
     bulk = True
-    config = f"{KIND} backend, 1 process --concurrency {CONCURRENCY}, async task"
+    config = f"{KIND} backend{SYNCHRONOUS}, 1 process --concurrency {CONCURRENCY}, " + (
+        "sync task, task.enqueue() from sync code" if SYNC else "async task, aenqueue"
+    )
 
     async def setup(self) -> None:
-        await app.open()
+        if SYNC:  # opened off this loop, as a sync view finds it (on the app's bridge thread)
+            await asyncio.to_thread(app.run_sync, _opened)
+        else:
+            await app.open()
 
     async def enqueue(self, arg: int) -> None:
-        await BOUND.aenqueue(arg)
+        if SYNC:
+            BOUND.enqueue(arg)  # blocks this loop, as the sync peers' calls do
+        else:
+            await BOUND.aenqueue(arg)
 
     async def enqueue_bulk(self, args: Sequence[int]) -> None:
         await app.aenqueue_many([BOUND.prepare(a) for a in args])
@@ -84,15 +112,7 @@ class OffloadPeer:
         ]  # fmt: skip
 
     async def close(self) -> None:
-        if KIND.endswith("rabbitmq"):
-            backend = app.backend
-            queues = {*backend.declared_queues(), f"{CFG.queue}.q.{CFG.queue}"}  # type: ignore[attr-defined]
-            await backend.delete_broker_objects(sorted(queues))  # type: ignore[attr-defined]
-        if KIND.endswith("beanstalkd"):
-            from offload.backends.beanstalkd.options import CARRIED, STORED, tube_of
-
-            form = CARRIED if KIND.startswith("storeless") else STORED
-            await app.backend.delete_tubes([tube_of(CFG.queue, CFG.queue, form)])  # type: ignore[attr-defined]
+        await app.call(_drop_broker_objects)  # on the loop the backend lives on
         await app.close()
 
     async def cleanup(self) -> None:
@@ -103,6 +123,21 @@ class OffloadPeer:
         elif KIND == "postgres":
             cleanup.drop_schema(CFG.postgres_url, CFG.queue)
         # redis keys (and the rabbitmq run's store) are deleted by the driver
+
+
+async def _drop_broker_objects(backend: Any) -> None:
+    if KIND.endswith("rabbitmq"):
+        queues = {*backend.declared_queues(), f"{CFG.queue}.q.{CFG.queue}"}
+        await backend.delete_broker_objects(sorted(queues))
+    if KIND.endswith("beanstalkd"):
+        from offload.backends.beanstalkd.options import CARRIED, STORED, tube_of
+
+        form = CARRIED if KIND.startswith("storeless") else STORED
+        await backend.delete_tubes([tube_of(CFG.queue, CFG.queue, form)])
+
+
+async def _opened(backend: object) -> None:
+    """Nothing: ``app.run_sync`` opens the backend before it runs this."""
 
 
 def make_peer(cfg: RunConfig) -> OffloadPeer:

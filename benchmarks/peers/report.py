@@ -24,6 +24,21 @@ def backend_of(system: str) -> str:
     return system.rsplit("-", 1)[1]
 
 
+# Peers whose one-by-one enqueue is a sync call (measured against offload's sync rows);
+# the others' is async (against offload's async rows). procrastinate has both (defer and
+# defer_async; the peer measures defer_async): both rows.
+SYNC_PEERS = ("celery", "dramatiq", "rq", "huey")
+BOTH_KINDS = ("procrastinate",)
+
+
+def same_kind(ours: str, peer: str) -> bool:
+    """Whether offload's system ``ours`` is measured the way ``peer`` is (sync or async)."""
+    name = peer.split("-", 1)[0]
+    if name in BOTH_KINDS:
+        return True
+    return ours.startswith("offload-sync-") == (name in SYNC_PEERS)
+
+
 def summarize(systems: Sequence[str], runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per system: each figure's median/min/max over its successful runs, and every failure."""
     out: dict[str, Any] = {}
@@ -82,7 +97,11 @@ def ratio_table(summary: dict[str, Any]) -> list[str]:
         if system.startswith("offload-"):
             continue
         backend = backend_of(system)
-        ours_names = [s for s in summary if s.startswith("offload-") and backend_of(s) == backend]
+        ours_names = [
+            s
+            for s in summary
+            if s.startswith("offload-") and backend_of(s) == backend and same_kind(s, system)
+        ]
         for ours_name in ours_names or [f"offload-{backend}"]:
             ours = summary.get(ours_name)
             cells = []
@@ -95,11 +114,32 @@ def ratio_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def http_section(results: Sequence[dict[str, Any]]) -> list[str]:
+    """``offload serve``'s HTTP enqueue (``benchmarks/http_load.py``), when it was run."""
+    if not results:
+        return []
+    out = ["", "## HTTP enqueue (`offload serve`, `POST /v1/jobs`, no worker)", ""]
+    out += [
+        "| backend | connections | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.get("error"):
+            out.append(f"| {r.get('backend')} | — | FAILED: {r['error']} | | | |")
+            continue
+        out.append(
+            f"| {r.get('backend')} | {r.get('connections')} | {r.get('rps', 0):,} | "
+            f"{r.get('p50_ms', '—')} | {r.get('p99_ms', '—')} | {r.get('errors', 0)} |"
+        )
+    return out
+
+
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     out = [
         "# offload and its peers, one run",
         "",
-        f"{meta['date']} · {meta['cpus']} cores · load average at start {meta['load_start']}, "
+        f"{meta['date']} · {meta.get('machine', '?')} · {meta['cpus']} cores · "
+        f"load average at start {meta['load_start']}, "
         f"at end {meta['load_end']} · {meta['runs_done']} run(s) per system, interleaved · "
         f"{meta['jobs']:,} jobs per drain · latency at {meta['latency_rate']:g} jobs/s "
         f"for {meta['latency_seconds']:g} s.",
@@ -122,6 +162,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
     ]
     out += [f"- **{s}**: {e['config'] or '(not started)'}" for s, e in summary.items()]
+    out += http_section(meta.get("http", []))
     failures = [(s, f) for s, e in summary.items() for f in e["failures"]]
     out += ["", "## Failures", ""]
     out += [f"- **{s}**: {f}" for s, f in failures] or ["None."]

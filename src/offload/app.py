@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from offload.backends import Backend, from_url
-from offload.backends.base import TransactionalEnqueue
+from offload.backends.base import SyncEnqueue, TransactionalEnqueue
 from offload.backends.unique import outcome_of
 from offload.backoff import Backoff, ExponentialBackoff
 from offload.bridge import Bridge
@@ -76,6 +76,7 @@ class App:
         self._home: asyncio.AbstractEventLoop | None = None
         self._home_thread: int | None = None
         self._lock = threading.Lock()
+        self._sync_cached: tuple[Backend, SyncEnqueue | None] | None = None  # see _sync_path
 
     def _build_backend(self) -> Backend:
         return from_url(self.url, **self._backend_options)
@@ -370,10 +371,37 @@ class App:
         if connection is not None:
             records = self.run_sync(lambda b: self._enqueue_in(connection, batch))
         else:
-            records = self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
+            records = self._enqueue_here(batch)
         stored = [Job(self, r, outcome_of(n, r)) for n, r in zip(batch, records, strict=True)]
         self.hooks.enqueued(stored)
         return stored
+
+    def _enqueue_here(self, batch: Sequence[NewJob]) -> list[JobRecord]:
+        """Enqueue from sync code on the caller's own thread when the backend has a sync path
+        (one round trip, no hop through an event loop); through :meth:`run_sync` otherwise."""
+        if self._open_elsewhere():
+            sync = self._sync_path()
+            if sync is not None:
+                return sync.enqueue_now(batch, limits=self.queue_limits)
+        return self.run_sync(lambda b: b.enqueue(batch, limits=self.queue_limits))
+
+    def _sync_path(self) -> SyncEnqueue | None:
+        """The backend as a SyncEnqueue, or None; remembered per backend instance, because an
+        isinstance check against a protocol costs more than the rest of the call's Python."""
+        backend, cached = self._backend, self._sync_cached
+        if cached is None or cached[0] is not backend:
+            cached = (backend, backend if isinstance(backend, SyncEnqueue) else None)
+            self._sync_cached = cached
+        return cached[1]
+
+    def _open_elsewhere(self) -> bool:
+        """Whether the backend is open on a loop of another thread, opening it on the bridge
+        first if it is open nowhere (``run_sync`` refuses a caller inside a running loop)."""
+        home = self._home
+        if home is None or home.is_closed():
+            self.run_sync(_nothing)
+            home = self._home
+        return home is not None and self._home_thread != threading.get_ident()
 
     def _checked(self, jobs: Iterable[NewJob]) -> list[NewJob]:
         batch = list(jobs)
@@ -444,3 +472,7 @@ class App:
 
 async def _apply(fn: Callable[[Backend], Awaitable[T]], backend: Backend) -> T:
     return await fn(backend)
+
+
+async def _nothing(backend: Backend) -> None:
+    """What ``run_sync`` runs to open the backend and nothing more."""

@@ -310,6 +310,31 @@ class TransactionalEnqueue(Protocol):
 
 
 @runtime_checkable
+class SyncEnqueue(Protocol):
+    """An optional ability: enqueue from sync code on the caller's own thread.
+
+    A sync caller (a Django or Flask view, a script, a sync task) then pays one round trip to
+    the engine and no hop through an event loop; the app uses it when the backend has it and
+    the async :meth:`Backend.enqueue` otherwise. Callers check with
+    ``isinstance(backend, SyncEnqueue)``.
+    """
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:meth:`Backend.enqueue`, blocking the calling thread: the same contract (atomic,
+        dedup by key, ``limits``, :class:`offload.QueueFull`, errors translated), the same
+        statements or scripts, and the jobs stored (committed, as durable as the async path
+        makes them) before it returns. Workers waiting for the queue are woken as by
+        :meth:`Backend.enqueue`.
+
+        Precondition: the backend is open (on some event loop), and the caller is not that
+        loop's thread (a backend may hand part of the work to its loop and wait for it). Safe
+        to call from many threads at once."""
+        ...
+
+
+@runtime_checkable
 class Migrating(Protocol):
     """An optional ability: a schema that ``offload migrate`` creates and upgrades."""
 

@@ -35,6 +35,7 @@ from offload.backends.beanstalkd.broker import Beanstalk, Delivery
 from offload.backends.beanstalkd.claim import Claimer, outgoing_of, parse_body
 from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
 from offload.backends.brokered.delegation import StoreDelegation
+from offload.backends.brokered.handoff import Handoff
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.brokered.workflows import StoreWorkflows
@@ -122,6 +123,12 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         self._outbox = Outbox(
             self._store, _Publisher(self._bs), opts.orphan_after_s or ORPHAN_AFTER_S
         )
+        self._handoff = Handoff(
+            self._store,
+            self._outbox,
+            self._publish_stored,
+            lambda j, lim: self.enqueue(j, limits=lim),
+        )  # enqueue_now
 
     @property
     def url(self) -> str:
@@ -136,8 +143,10 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         self._outbox.start()
         await self._store.open()
         await self._bs.ensure()
+        self._handoff.opened()
 
     async def close(self) -> None:
+        await self._handoff.close()  # its publishes in flight, before the broker goes
         with contextlib.suppress(BackendUnavailable):
             await self._outbox.close()
         self._held.clear()
@@ -172,6 +181,19 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         self._outbox.published(marker.id)
         self._bs.wake.set()
         return recs
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:class:`~offload.backends.base.SyncEnqueue`: the store's sync path stores the jobs
+        with their outbox marker; their publish runs on the loop, unwaited (see
+        :mod:`offload.backends.brokered.handoff`)."""
+        return self._handoff.enqueue_now(jobs, limits)
+
+    async def _publish_stored(self, fresh: Sequence[JobRecord]) -> None:
+        """What :class:`Handoff` does on the loop after a sync enqueue stored ``fresh``."""
+        await self._bs.put([outgoing_of(r) for r in fresh])
+        self._bs.wake.set()
 
     # -- consuming -------------------------------------------------------------------------
 

@@ -94,6 +94,13 @@ class MemoryBackend(MemorySchedules):
     async def enqueue(
         self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
     ) -> list[JobRecord]:
+        return self.enqueue_now(jobs, limits=limits)
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:class:`~offload.backends.base.SyncEnqueue`: the store's lock makes it safe from
+        any thread, and waking a waiter goes through its loop's ``call_soon_threadsafe``."""
         st = self.store
         with st.lock:
             now = self._clock()

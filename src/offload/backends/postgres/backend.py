@@ -29,6 +29,7 @@ from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.recovery import Channels, recover_batch
 from offload.backends.postgres.schedules import PostgresSchedules
 from offload.backends.postgres.steering import Steering
+from offload.backends.postgres.sync import SyncPool, run_unsuspended
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
 from offload.backends.postgres.workflows import PostgresWorkflows
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
@@ -61,6 +62,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         self._channel = f"offload_{self.schema}"
         self._done_channel = f"offload_{self.schema}_done"
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._sync = SyncPool(self._opts, name=f"offload-{self.schema}-sync")  # enqueue_now
         self._work = WorkWaiters()
         self._limits = PgLimits(self._rows, self._ns, self._channel)
         self._done = DoneWaiters()
@@ -107,6 +109,9 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+        # Closing the sync pool (if a sync enqueue opened it) joins its threads: short, and not
+        # through a thread of the loop's executor, which is gone at interpreter exit.
+        self._sync.close()
 
     async def migrate(self) -> int:
         """Apply pending migrations; return how many. Needs no :meth:`open` (the CLI's
@@ -177,6 +182,22 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
     ) -> list[JobRecord]:
         async with self._conn() as conn:
             return await self._enqueue_on(AsyncQueryConn(conn), jobs, limits, atomic=False)
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:class:`~offload.backends.base.SyncEnqueue`: :meth:`enqueue`'s statements (and its
+        NOTIFY) on a sync pooled connection of the caller's thread (see ``sync.py``)."""
+        if self._pool is None:
+            raise BackendUnavailable("the PostgreSQL backend is not open")
+        try:
+            with self._sync.connection() as conn:
+                step = self._enqueue_on(SyncQueryConn(conn), jobs, limits, atomic=False)
+                return run_unsuspended(step)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            raise ConfigurationError(OUT_OF_DATE) from None
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            raise BackendUnavailable(f"PostgreSQL unavailable: {exc}") from None
 
     async def enqueue_in(
         self, conn: Any, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None

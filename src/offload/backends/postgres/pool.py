@@ -37,11 +37,11 @@ async def check_idle_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """
     if conn.closed:
         raise psycopg.OperationalError("the connection is closed")
-    if _readable(conn.fileno()):
+    if readable(conn.fileno()):
         await AsyncConnectionPool.check_connection(conn)
 
 
-def _readable(fd: int) -> bool:
+def readable(fd: int) -> bool:
     if hasattr(select, "poll"):  # no descriptor-number limit, unlike select()
         poller = select.poll()
         poller.register(fd, select.POLLIN)

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from offload.backends.base import Backend, Capabilities
 from offload.backends.brokered.delegation import StoreDelegation
+from offload.backends.brokered.handoff import Handoff
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.brokered.workflows import StoreWorkflows
@@ -120,6 +121,12 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         self._claimer = Claimer(self._store, self._broker, self._held, self._expires)
         orphan_after_s = float(opts.get("orphan_after_s", ORPHAN_AFTER_S))
         self._outbox = Outbox(self._store, RecordPublisher(self._broker), orphan_after_s)
+        self._handoff = Handoff(
+            self._store,
+            self._outbox,
+            self._publish_stored,
+            lambda j, lim: self.enqueue(j, limits=lim),
+        )  # enqueue_now
 
     @property
     def url(self) -> str:
@@ -139,8 +146,10 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         self._outbox.start()
         await self._store.open()
         await self._broker.ensure()
+        self._handoff.opened()
 
     async def close(self) -> None:
+        await self._handoff.close()  # its publishes in flight, before the broker goes
         with contextlib.suppress(BackendUnavailable):
             await self._outbox.close()
         self._held.clear()
@@ -175,6 +184,19 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         self._outbox.published(marker.id)
         await self._broker.notify()
         return recs
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:class:`~offload.backends.base.SyncEnqueue`: the store's sync path stores the jobs
+        with their outbox marker; their publish runs on the loop, unwaited (see
+        :mod:`offload.backends.brokered.handoff`)."""
+        return self._handoff.enqueue_now(jobs, limits)
+
+    async def _publish_stored(self, fresh: Sequence[JobRecord]) -> None:
+        """What :class:`Handoff` does on the loop after a sync enqueue stored ``fresh``."""
+        await self._broker.publish([message_of(r) for r in fresh])
+        await self._broker.notify()
 
     # -- consuming -------------------------------------------------------------------------
 

@@ -88,13 +88,62 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
         keys, argv = self._enqueue_call(jobs, queues, limits)
 
         async def op(client: aioredis.Redis) -> list[Any]:
+            new = self._new_queues(queues)
+            if not new:  # the usual case: one command, no pipeline
+                return list(await self._eval(client, "enqueue", keys, argv))
             pipe = client.pipeline(transaction=False)
-            pipe.sadd(f"{self._global}:queues", *queues)
-            self._eval(pipe, "enqueue", keys, argv)
-            return list(await pipe.execute())
+            self._enqueue_commands(pipe, new, keys, argv)
+            reply = list((await pipe.execute())[1])
+            self._known_queues.update(new)
+            return reply
 
-        _, reply = await self._run(op)
+        reply = await self._run(op)
         return self._enqueued(jobs, queues, reply, limits)
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:class:`~offload.backends.base.SyncEnqueue`: the same commands as :meth:`enqueue`,
+        through redis-py's sync client on the caller's thread. A batch over several cluster
+        slots (never a single job) takes the async path on the backend's loop."""
+        if not jobs:
+            return []
+        jobs = fold_replacements(jobs)
+        queues = list(dict.fromkeys(j.queue for j in jobs))
+        limits = limits or {}
+        if len(self.slot_groups(queues)) > 1:
+            return self._on_loop(self.enqueue(jobs, limits=limits))
+        if self._client is None:
+            raise BackendUnavailable("the Redis backend is not open (call open() first)")
+        keys, argv = self._enqueue_call(jobs, queues, limits)
+
+        def op(client: Any) -> list[Any]:
+            new = self._new_queues(queues)
+            if not new:  # the usual case: one command, no pipeline
+                return list(self._eval(client, "enqueue", keys, argv))
+            pipe = client.pipeline(transaction=False)
+            self._enqueue_commands(pipe, new, keys, argv)
+            reply = list(pipe.execute()[1])
+            self._known_queues.update(new)
+            return reply
+
+        reply = self._sync.run(op)
+        return self._enqueued(jobs, queues, reply, limits)
+
+    def _new_queues(self, queues: Sequence[str]) -> list[str]:
+        """The queues this instance has not yet added to the set of known queues. That set
+        only grows (nothing removes a queue), so once is enough; it is asked again after a
+        NOSCRIPT (the server restarted or was flushed: its data may be gone too)."""
+        known = self._known_queues
+        return [q for q in queues if q not in known]
+
+    def _enqueue_commands(
+        self, pipe: Any, new: Sequence[str], keys: Sequence[str], argv: Sequence[Any]
+    ) -> None:
+        """The commands of an enqueue into queues ``new`` to this instance, on ``pipe`` (a
+        sync or an async pipeline alike): they become known, then ``enqueue.lua`` runs."""
+        pipe.sadd(f"{self._global}:queues", *new)
+        self._eval(pipe, "enqueue", keys, argv)
 
     def _enqueue_call(
         self, jobs: Sequence[NewJob], queues: Sequence[str], limits: Mapping[str, int]

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -35,6 +35,7 @@ from offload.backends.redis.cluster import (
 )
 from offload.backends.redis.codec import translated
 from offload.backends.redis.limits import RedisLimits
+from offload.backends.redis.sync import SyncClient
 from offload.errors import BackendUnavailable, ConfigurationError
 
 T = TypeVar("T")
@@ -86,6 +87,22 @@ class RedisConnection:
         self._shas = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self._sources.items()}
         self._client: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where open() ran
+        sync_options = {
+            "client_name": f"offload:{self.prefix}",
+            "socket_timeout": self.timeout_s,
+            "socket_connect_timeout": self.connect_timeout_s,
+            "pool_size": self.pool_size,
+        }
+        # queues this instance added to the set of known queues (see RedisBackend._new_queues)
+        self._known_queues: set[str] = set()
+        self._sync = SyncClient(
+            self._redis_url,
+            self._nodes,
+            sync_options,
+            list(self._sources.values()),
+            self._known_queues.clear,
+        )
         self._queue_of: dict[str, str] = {}  # job id -> queue, for the jobs this instance holds
         self._limits = RedisLimits()
         self._turn = 0  # which slot a cluster claim over several slots asks first
@@ -162,10 +179,13 @@ class RedisConnection:
             await blocking.aclose()
             raise
         self._client, self._blocking = client, blocking
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
         client, blocking = self._client, self._blocking
         self._client = self._blocking = None
+        self._loop = None
+        self._sync.close()
         for c in (client, blocking):
             if c is not None:
                 with contextlib.suppress(RedisError, OSError):
@@ -209,8 +229,18 @@ class RedisConnection:
             try:
                 return await op(client)
             except NoScriptError:
+                self._known_queues.clear()  # a restarted or flushed server: data gone too?
                 await self._load_scripts(client)
                 return await op(client)
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop the backend was opened on, from another thread, and wait:
+        what a sync caller does for the rare call the sync client does not take."""
+        loop = self._loop
+        if loop is None or self._client is None:
+            coro.close()
+            raise BackendUnavailable("the Redis backend is not open (call open() first)")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     def _eval(self, target: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return target.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)

@@ -208,6 +208,22 @@ class SQLiteBackend(SQLiteSchedules):
         self._announce(work=True)
         return records
 
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """:class:`~offload.backends.base.SyncEnqueue`: the same transaction as
+        :meth:`enqueue`, handed straight to the writer thread (joining its group commit) while
+        the caller waits on a plain future, with no event loop in between."""
+        if not jobs:
+            return []
+        writer = self._writer
+        if writer is None:
+            raise BackendUnavailable("the SQLite backend is not open")
+        call = partial(enqueue_tx, jobs=list(jobs), limits=dict(limits or {}))
+        records: list[JobRecord] = writer.submit_sync(call).result()
+        self._announce(work=True)
+        return records
+
     async def enqueue_in(
         self, conn: Any, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
     ) -> list[JobRecord]:

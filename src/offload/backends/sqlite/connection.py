@@ -4,6 +4,7 @@ reader's plain calls), the translation of engine errors, and connection set-up (
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -15,8 +16,11 @@ from offload.backends.sqlite.queries import SCHEMA_VERSION, Q
 from offload.errors import BackendUnavailable, ConfigurationError, StorageFull, describe
 
 Call = Callable[[sqlite3.Connection], Any]
-_Request = tuple[Call | None, "asyncio.Future[Any]"]  # a None call asks the thread to stop
-_Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
+# An async caller waits on an asyncio future (settled on its loop); a sync caller on a
+# concurrent one (settled by this thread directly). A None call asks the thread to stop.
+_Future = asyncio.Future[Any] | concurrent.futures.Future[Any]
+_Request = tuple[Call | None, _Future]
+_Settled = tuple[_Future, Any, BaseException | None]
 
 _MAX_BATCH = 512  # requests per group commit: bounds one transaction's latency
 # Waiting for another process's write lock: SQLite's own busy handler sleeps 1, 2, 5, 10, 15,
@@ -68,6 +72,15 @@ class ConnectionThread:
         if self._stopping:
             raise BackendUnavailable("the SQLite backend is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._requests.put((call, fut))
+        return fut
+
+    def submit_sync(self, call: Call) -> concurrent.futures.Future[Any]:
+        """``submit`` for a caller on another thread, with no event loop: it waits on the
+        returned future, which this thread settles after the group commit."""
+        if self._stopping:
+            raise BackendUnavailable("the SQLite backend is closed")
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._requests.put((call, fut))
         return fut
 
@@ -169,7 +182,11 @@ class ConnectionThread:
     def _deliver(items: Sequence[_Settled]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
         for item in items:
-            by_loop.setdefault(item[0].get_loop(), []).append(item)
+            fut = item[0]
+            if isinstance(fut, concurrent.futures.Future):
+                settle([item])  # thread-safe by itself; its caller waits on no loop
+            else:
+                by_loop.setdefault(fut.get_loop(), []).append(item)
         for loop, group in by_loop.items():
             try:
                 loop.call_soon_threadsafe(settle, group)

@@ -33,6 +33,7 @@ from offload.testing.conformance.retention import RetentionConformance
 from offload.testing.conformance.retries import RetryPolicyConformance
 from offload.testing.conformance.schedules import ScheduleConformance
 from offload.testing.conformance.steering import SteeringConformance
+from offload.testing.conformance.sync_enqueue import SyncEnqueueConformance
 from offload.testing.conformance.unique import UniqueConformance
 from offload.testing.conformance.waiting import WaitingConformance
 from offload.testing.conformance.workflows import WorkflowConformance
@@ -51,6 +52,7 @@ __all__ = [
     "RetryPolicyConformance",
     "ScheduleConformance",
     "SteeringConformance",
+    "SyncEnqueueConformance",
     "UniqueConformance",
     "WaitingConformance",
     "WorkflowConformance",
@@ -72,6 +74,7 @@ class BackendConformance(
     ScheduleConformance,
     LimitConformance,
     WorkflowConformance,
+    SyncEnqueueConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 

@@ -1,0 +1,115 @@
+"""The sync enqueue of a broker with a state store: store on the caller's thread, publish on
+the backend's loop without making the caller wait for the broker.
+
+What makes this safe is the outbox (:mod:`offload.backends.brokered.outbox`): the store write
+carries the batch's marker, in the same atomic batch as the jobs, through the store's own sync
+path (:class:`~offload.backends.base.SyncEnqueue`). When it returns, the jobs are stored, which
+is the promise of ``enqueue``; publishing their messages is then handed to the loop. If the
+publish fails (or the process dies first), the marker comes due and a worker's recovery
+publishes them: a job is delivered late, never lost. The price, against the async
+:meth:`enqueue`: a broker that is down is not reported to this caller (the async path raises
+BackendUnavailable and withdraws the jobs); their delivery waits for the marker instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from offload.backends.base import Backend, SyncEnqueue
+from offload.backends.brokered.outbox import Outbox
+from offload.backends.unique import replaced_records
+from offload.errors import BackendUnavailable
+from offload.job import JobRecord, JobState, NewJob
+
+log = logging.getLogger("offload.backends.brokered")
+
+Publish = Callable[[Sequence[JobRecord]], Awaitable[None]]
+
+
+class Handoff:
+    """``enqueue_now`` of one stored-form backend. ``publish`` sends the messages of the
+    stored jobs and wakes local waiters; ``enqueue`` is the form's async enqueue (for a store
+    without a sync path)."""
+
+    def __init__(
+        self,
+        store: Backend,
+        outbox: Outbox,
+        publish: Publish,
+        enqueue: Callable[[Sequence[NewJob], Mapping[str, int] | None], Awaitable[list[JobRecord]]],
+    ) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._publish = publish
+        self._enqueue = enqueue
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # (stored jobs, their marker) waiting for the sender; one sender at a time publishes
+        # all that waits in one call: a burst of sync enqueues costs a few broker calls
+        self._pending: list[tuple[list[JobRecord], str]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    def opened(self) -> None:
+        """The backend opened on the running loop: publishing goes there."""
+        self._loop = asyncio.get_running_loop()
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], limits: Mapping[str, int] | None
+    ) -> list[JobRecord]:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise BackendUnavailable("the backend is not open (call open() first)")
+        if not jobs:
+            return []
+        store = self._store
+        if not isinstance(store, SyncEnqueue):  # the whole async enqueue, on the loop
+            return asyncio.run_coroutine_threadsafe(self._coro(jobs, limits), loop).result()
+        marker = self._outbox.marker([j.id for j in jobs])
+        recs = store.enqueue_now([*jobs, marker], limits=limits)[: len(jobs)]
+        fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+        fresh += replaced_records(jobs, recs)  # debounced: its message goes at its new time
+        try:
+            loop.call_soon_threadsafe(self._queue, fresh, marker.id)
+        except RuntimeError:  # the loop closed meanwhile: the marker publishes them later
+            pass
+        return recs
+
+    async def _coro(
+        self, jobs: Sequence[NewJob], limits: Mapping[str, int] | None
+    ) -> list[JobRecord]:
+        return await self._enqueue(jobs, limits)
+
+    def _queue(self, fresh: list[JobRecord], marker_id: str) -> None:
+        self._pending.append((fresh, marker_id))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            records = [r for fresh, _ in batch for r in fresh]
+            records.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
+            try:
+                await self._publish(records)
+            except Exception as exc:  # whatever it was, the markers stay and cover these jobs
+                log.warning(
+                    "publishing %d stored job(s) failed (%s); the outbox publishes them "
+                    "within %.0f s",
+                    len(records),
+                    exc,
+                    self._outbox.orphan_after_s,
+                )
+                continue
+            for _, marker_id in batch:
+                self._outbox.published(marker_id)
+
+    async def close(self) -> None:
+        """Wait for the publishes in flight and queued (each is short, or fails and leaves its
+        marker)."""
+        await asyncio.sleep(0)  # let call_soon_threadsafe callbacks already sent run first
+        self._loop = None
+        sender = self._sender
+        if sender is not None:
+            await asyncio.gather(sender, return_exceptions=True)
