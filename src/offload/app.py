@@ -444,30 +444,19 @@ class App:
         return Workflow(self, self.run_sync(lambda b: workflow_ops.store(b, record)))
 
     async def aget_workflow(self, workflow_id: str) -> WorkflowView:
-        found = await self.call(lambda b: workflow_ops.show(b, workflow_id))
-        if found is None:
-            raise WorkflowNotFound(workflow_id)
-        return found
+        return _known(await self.call(lambda b: workflow_ops.show(b, workflow_id)), workflow_id)
 
     def get_workflow(self, workflow_id: str) -> WorkflowView:
-        """The workflow's steps, states and results; JobNotFound if unknown."""
-        found = self.run_sync(lambda b: workflow_ops.show(b, workflow_id))
-        if found is None:
-            raise WorkflowNotFound(workflow_id)
-        return found
+        """The workflow's steps, states and results; WorkflowNotFound if unknown."""
+        return _known(self.run_sync(lambda b: workflow_ops.show(b, workflow_id)), workflow_id)
 
     async def acancel_workflow(self, workflow_id: str) -> WorkflowView:
         found = await self.call(lambda b: workflow_ops.cancel(b, workflow_id))
-        if found is None:
-            raise WorkflowNotFound(workflow_id)
-        return found
+        return _known(found, workflow_id)
 
     def cancel_workflow(self, workflow_id: str) -> WorkflowView:
-        """Cancel its pending steps and revoke its running ones; JobNotFound if unknown."""
-        found = self.run_sync(lambda b: workflow_ops.cancel(b, workflow_id))
-        if found is None:
-            raise WorkflowNotFound(workflow_id)
-        return found
+        """Cancel its pending steps and revoke its running ones; WorkflowNotFound if unknown."""
+        return _known(self.run_sync(lambda b: workflow_ops.cancel(b, workflow_id)), workflow_id)
 
 
 async def _apply(fn: Callable[[Backend], Awaitable[T]], backend: Backend) -> T:
@@ -476,3 +465,9 @@ async def _apply(fn: Callable[[Backend], Awaitable[T]], backend: Backend) -> T:
 
 async def _nothing(backend: Backend) -> None:
     """What ``run_sync`` runs to open the backend and nothing more."""
+
+
+def _known(found: WorkflowView | None, workflow_id: str) -> WorkflowView:
+    if found is None:
+        raise WorkflowNotFound(workflow_id)
+    return found
