@@ -14,6 +14,7 @@ import secrets
 import subprocess
 from collections.abc import Sequence
 from types import TracebackType
+from urllib.parse import quote
 
 SUBNET = "10.231"
 
@@ -101,7 +102,8 @@ class Namespaces:
 
 
 def rewrite(url: str, routes: Sequence[tuple[str, str]]) -> str:
-    """``url`` with each backend ``host:port`` replaced by its proxy's ``host:port``."""
+    """``url`` with each backend ``host:port`` replaced by its proxy's ``host:port``, also
+    where it is percent-encoded (a store URL inside a broker URL's query)."""
     for direct, proxied in routes:
-        url = url.replace(direct, proxied)
+        url = url.replace(direct, proxied).replace(quote(direct, safe=""), quote(proxied, safe=""))
     return url
