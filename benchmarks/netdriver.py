@@ -1,6 +1,6 @@
 """One system's figures with its worker processes in network namespaces (run by
 benchmarks/network.py with the system's interpreter; standard library and benchmarks.peers
-only). For each worker-process count: drain ``--jobs`` jobs (jobs/s), then a steady
+only). For each worker-process count k: drain ``--jobs`` x k jobs (jobs/s), then a steady
 ``--latency-rate`` for ``--latency-seconds`` (enqueue-to-start p50/p95). Worker ``j`` runs in
 namespace ``j mod len(namespaces)`` and reaches every service through the delay proxy; the
 producer (this process) stays in the root namespace, on loopback. Prints one JSON line."""
@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,8 +85,11 @@ class NetDriver(Driver):
         self.workers.start_each(specs)
 
     async def run(self) -> None:
-        n = self.args.jobs
         for k in (int(c) for c in self.args.counts.split(",")):
+            # Per process: each process holds a first batch at the start gate (its slots, or
+            # a peer's prefetch), which starts at once and is not a drain; scaling the jobs
+            # with the processes keeps that share the same at every count.
+            n = self.args.jobs * k
             if self.peer.bulk:
                 await self.phase(f"enqueue ({k})", self.enqueue_bulk(n))
             else:
@@ -151,7 +155,7 @@ def main() -> None:
     p.add_argument("--system", required=True)
     p.add_argument("--module", required=True)
     p.add_argument("--counts", default="1,2,4,8,16")
-    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--jobs", type=int, default=500, help="per worker process")
     p.add_argument("--concurrency", type=int, default=0)
     p.add_argument("--latency-rate", type=float, default=100.0)
     p.add_argument("--latency-seconds", dest="latency_s", type=float, default=3.0)
@@ -162,7 +166,14 @@ def main() -> None:
     p.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # a background job inherits SIGINT ignored
     print(json.dumps(asyncio.run(run(args))), flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Unwinding runs run()'s cleanup: no worker process and no data of this run is left.
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

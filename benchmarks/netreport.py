@@ -88,7 +88,8 @@ def main() -> None:
         lines += [
             f"## {delay:g} ms each way (measured PING round trip {some['rtt_ms']:.2f} ms)",
             "",
-            f"Drain, jobs/s ({jobs:,} no-op jobs):",
+            f"Drain, jobs/s ({jobs:,} no-op jobs per worker process,"
+            f" {some.get('concurrency', 8)} slots each):",
             "",
             *table(results, delay, "drain", 0),
             "",

@@ -2,8 +2,8 @@
 services through a proxy that adds a set delay each way; drain throughput and
 enqueue-to-start latency against the number of worker processes, offload against peers.
 
-    python benchmarks/network.py            # 1,2,4,8,16 processes; 0.5 and 2 ms; 2,000 jobs
-    python benchmarks/network.py --quick    # 1,4,16 processes; 2 ms; 1,000 jobs
+    python benchmarks/network.py            # 1,2,4,8,16 processes; 0.5 and 2 ms
+    python benchmarks/network.py --quick    # 1,4,16 processes; 2 ms; fewer jobs
     make bench-network
 
 Needs root (``ip netns``) and iproute2. Creates its namespaces and veth pairs (10.231.0.0/16,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,14 +69,23 @@ def run_system(system: str, ns: Namespaces, args: argparse.Namespace) -> dict[st
     cmd = [
         str(python_of(group)), str(HERE / "netdriver.py"), "--system", system,
         "--module", module, "--counts", args.counts, "--jobs", str(args.jobs),
+        "--concurrency", str(args.concurrency),
         "--latency-rate", str(args.latency_rate), "--latency-seconds", str(args.latency_s),
         "--prefixes", json.dumps([ns.exec_prefix(i) for i in range(ns.count)]),
         "--routes", json.dumps(routes),
     ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"system": system, "error": f"no result within {args.timeout:g} s"}
+        stdout, stderr = proc.communicate(timeout=args.timeout)
+    except BaseException as exc:
+        proc.terminate()  # the driver stops its workers and deletes its data on SIGTERM
+        proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return {"system": system, "error": f"no result within {args.timeout:g} s"}
+        raise
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         return {"system": system, "error": f"driver failed: {out.stderr[-500:]}"}
@@ -111,7 +121,9 @@ def measure(args: argparse.Namespace) -> None:
                         continue
                     print(f"{system} at {delay:g} ms ...", flush=True)
                     result = run_system(system, ns, args)
-                    result.update(delay_ms=delay, rtt_ms=rtt, jobs=args.jobs)
+                    result.update(
+                        delay_ms=delay, rtt_ms=rtt, jobs=args.jobs, concurrency=args.concurrency
+                    )
                     path.write_text(json.dumps(result))
                     print(f"  {json.dumps(result)}", flush=True)
             finally:
@@ -122,13 +134,20 @@ def measure(args: argparse.Namespace) -> None:
         raise SystemExit(f"left on the machine: {left}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # Unwinding stops the proxy and removes the namespaces (the driver cleans up after
+    # itself on the same signal, which subprocess.run's kill does not give it: terminate).
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1,4,16 processes, 2 ms, 1,000 jobs")
     p.add_argument("--systems", default=DEFAULT_SYSTEMS)
     p.add_argument("--counts", default="1,2,4,8,16")
     p.add_argument("--delays", default="0.5,2", help="ms added each way")
-    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--jobs", type=int, default=500, help="per worker process, per point")
+    p.add_argument("--concurrency", type=int, default=8, help="slots (threads) per process")
     p.add_argument("--latency-rate", type=float, default=100.0)
     p.add_argument("--latency-seconds", dest="latency_s", type=float, default=3.0)
     p.add_argument("--timeout", type=float, default=900.0, help="per system and delay")
@@ -136,8 +155,10 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="redo results already kept")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # a background job inherits SIGINT ignored
     if args.quick:
-        args.counts, args.delays, args.jobs = "1,4,16", "2", 1000
+        args.counts, args.delays, args.jobs = "1,4,16", "2", 250
     if not args.report_only:
         measure(args)
     ensure_venv("main")  # matplotlib lives there, not in offload's dependencies
