@@ -129,7 +129,7 @@ def measure(args: argparse.Namespace) -> None:
             finally:
                 proxy.terminate()
                 proxy.wait()
-        left = ns.leftovers()
+    left = ns.leftovers()  # after the with: its exit removed them
     if left:
         raise SystemExit(f"left on the machine: {left}")
 
