@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint typecheck pytest chaos mutate bench bench-quick drain clean
+.PHONY: bench-network
 .PHONY: venv312 test-django6
 
 # Django 6 (django.tasks) needs Python >= 3.12: a second venv for its tests (make test-django6).
@@ -71,6 +72,10 @@ bench: install
 
 bench-quick: install
 	$(PY) benchmarks/compare.py --quick
+
+## worker processes in network namespaces behind a delay proxy (root; docs/scaling.md)
+bench-network: install
+	$(PY) benchmarks/network.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) $(VENV312) .mypy_cache .ruff_cache .pytest_cache examples/demo.db* benchmarks/.drain.db*

@@ -24,10 +24,11 @@ from offload.backends.postgres.enqueue import (
 )
 from offload.backends.postgres.limits import PgLimits
 from offload.backends.postgres.limits import next_at as limits_next_at
-from offload.backends.postgres.listener import Listener
+from offload.backends.postgres.listener import Listener, Listening
 from offload.backends.postgres.pool import make_pool
 from offload.backends.postgres.recovery import Channels, recover_batch
 from offload.backends.postgres.schedules import PostgresSchedules
+from offload.backends.postgres.shared_listen import SharedListener
 from offload.backends.postgres.steering import Steering
 from offload.backends.postgres.sync import SyncPool, run_unsuspended
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
@@ -66,8 +67,9 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         self._work = WorkWaiters()
         self._limits = PgLimits(self._rows, self._ns, self._channel)
         self._done = DoneWaiters()
-        self._work_listener: Listener | None = None
-        self._done_listener: Listener | None = None
+        self._work_listener: Listening | None = None
+        self._done_listener: Listening | None = None
+        self._shared: SharedListener | None = None  # listen=shared: LISTEN on the pool's conn
         # The caller's last queue claim (a context variable: per task, so workers sharing this
         # backend do not read each other's). A worker's wait_for_work task inherits it.
         self._last_claim: contextvars.ContextVar[ClaimMark | None] = contextvars.ContextVar(
@@ -88,6 +90,8 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         try:
             await pool.open(wait=True, timeout=self._opts.timeout_s)
             self._pool = pool
+            if self._opts.listen == "shared":
+                self._shared = SharedListener(pool)
             if self._opts.auto_migrate:
                 await self.migrate()
             elif await self._version() < self._latest():
@@ -103,7 +107,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         for listener in (self._work_listener, self._done_listener):
             if listener is not None:
                 await listener.stop()
-        self._work_listener = self._done_listener = None
+        self._work_listener = self._done_listener = self._shared = None
         self._work.wake_all()
         self._done.wake_all()
         pool, self._pool = self._pool, None
@@ -154,8 +158,9 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         if self._pool is None:
             raise BackendUnavailable("the PostgreSQL backend is not open")
         try:
-            async with self._pool.connection() as conn:
-                yield conn
+            with self._shared.wanted() if self._shared else contextlib.nullcontext():
+                async with self._pool.connection() as conn:
+                    yield conn
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             raise ConfigurationError(OUT_OF_DATE) from None
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
@@ -372,7 +377,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), timeout=max(wait_s, 0.0))
 
-    def _take_mark(self, queues: Sequence[str], listener: Listener) -> ClaimMark | None:
+    def _take_mark(self, queues: Sequence[str], listener: Listening) -> ClaimMark | None:
         """The caller's last claim, if it can stand in for asking the database."""
         mark = self._last_claim.get()
         if mark is None or mark.used or mark.queues != frozenset(queues):
@@ -396,12 +401,15 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(woken), timeout=min(remaining, poll_s))
 
-    def _listener(self, *, work: bool) -> Listener:
+    def _listener(self, *, work: bool) -> Listening:
         """The LISTEN connection for new work or for finished jobs, started on first use (a
         producer-only process never opens one; a worker never hears about finished jobs)."""
         current = self._work_listener if work else self._done_listener
         if current is not None:
             return current
+        if self._shared is not None:
+            return self._shared_listener(work=work)
+        listener: Listening
         if work:
             listener = Listener(
                 self._opts.conninfo,
@@ -422,6 +430,18 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
             self._done_listener = listener
         listener.start()
         return listener
+
+    def _shared_listener(self, *, work: bool) -> Listening:
+        """``listen=shared``: the channel rides on the pool's one connection."""
+        assert self._shared is not None
+        if work:
+            channel = self._shared.add(self._channel, self._work.wake_queue, self._work.wake_all)
+            self._work_listener = channel
+        else:
+            channel = self._shared.add(self._done_channel, self._done.wake_ids, self._done.wake_all)
+            self._done_listener = channel
+        channel.start()
+        return channel
 
     # -- upkeep ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -28,6 +28,16 @@ _KEEPALIVES: dict[str, Any] = {
     "keepalives_count": 3,
 }
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.2, 2.0
+
+
+class Listening(Protocol):
+    """What the backend needs of a listener: this one, or a channel of the shared one."""
+
+    ready: asyncio.Event
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class Listener:

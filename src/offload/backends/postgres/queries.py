@@ -86,9 +86,11 @@ class Options:
     retention: Retention = field(default_factory=Retention)
     pool_size: int = 10
     timeout_s: float = 5.0
+    # "own": LISTEN on a connection of its own; "shared": on the pool's only connection.
+    listen: str = "own"
 
 
-_OURS = {"schema", "auto_migrate", "pool_size", "timeout", *retention_options}
+_OURS = {"schema", "auto_migrate", "pool_size", "timeout", "listen", *retention_options}
 
 
 def parse_url(url: str, overrides: dict[str, Any]) -> Options:
@@ -100,6 +102,9 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
     theirs = [(k, v) for k, v in pairs if k not in _OURS]
     check_known("PostgreSQL", overrides, sorted(_OURS))
     values: dict[str, Any] = {**ours, **overrides}
+    if not any(k == "application_name" for k, _ in theirs):
+        # Named, so that pg_stat_activity counts a schema's connections (docs/scaling.md).
+        theirs.append(("application_name", f"offload:{values.get('schema', 'offload')}"))
     # A space as %20, not "+": libpq decodes only %-escapes (options=-c%20statement_timeout%3D5).
     query = urlencode(theirs, quote_via=quote)
     conninfo = urlunsplit(parts._replace(scheme="postgresql", query=query))
@@ -113,8 +118,10 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
             schema=schema,
             auto_migrate=auto_migrate,
             retention=parse_retention(values),
-            pool_size=int(values.get("pool_size", 10)),
+            # listen=shared alone means the one connection it needs.
+            pool_size=int(values.get("pool_size", 1 if values.get("listen") == "shared" else 10)),
             timeout_s=float(values.get("timeout", 5.0)),
+            listen=str(values.get("listen", "own")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"bad option in PostgreSQL URL {masked_url!r}: {exc}") from None
@@ -124,7 +131,20 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
         )
     if opts.pool_size < 1 or opts.timeout_s <= 0:
         raise ConfigurationError("pool_size must be >= 1 and timeout > 0")
+    check_listen(opts)
     return opts
+
+
+def check_listen(opts: Options) -> None:
+    """``listen=shared`` puts LISTEN on the pool's connection, so there must be exactly one:
+    with more, the connections the listener is not holding would pile up notifications."""
+    if opts.listen not in ("own", "shared"):
+        raise ConfigurationError(f"listen must be 'own' or 'shared', not {opts.listen!r}")
+    if opts.listen == "shared" and opts.pool_size != 1:
+        raise ConfigurationError(
+            "listen=shared needs pool_size=1 (one connection for queries and LISTEN); "
+            f"got pool_size={opts.pool_size}"
+        )
 
 
 def decode_errors(raw: Any) -> tuple[AttemptError, ...]:
