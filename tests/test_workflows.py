@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import offload
+from offload.job import ClaimRequest
 from offload.server import create_service
 from offload.worker.worker import Worker, WorkerConfig
 from offload.workflow.canvas import build
@@ -145,6 +146,34 @@ async def test_cancelling_a_workflow(app: offload.App) -> None:
     await drain(app)
     with pytest.raises(offload.JobFailed, match="cancelled"):
         await wf.aresult(timeout=5)
+
+
+async def test_a_limited_task_keeps_its_limits_as_a_workflow_step(url: str) -> None:
+    # A step is a job of its task: the task's concurrency limit (and its queue's rules) hold
+    # for it as for a plain enqueue, or a workflow would run past max_per_key.
+    app = offload.App(url)
+
+    @app.task(name="per_account", concurrency_key="account", max_per_key=1)
+    def per_account(account: str, n: int = 0) -> int:
+        return n
+
+    @app.task(name="relay", concurrency_key="account", max_per_key=1)
+    def relay(prev: int, account: str) -> int:
+        return prev
+
+    async with app:
+        plain = per_account.prepare("a").limits
+        assert plain
+        shape = offload.group(per_account.si("a", 1), per_account.si("a", 2)).then(
+            relay.s(account="a")
+        )
+        wf = await shape.aenqueue()
+        req = ClaimRequest(queues=("default",), limit=2, worker_id="w")
+        claimed = await app.backend.claim(req)
+        assert len(claimed) == 1 and claimed[0].limits == plain
+        assert wf.id
+        with pytest.raises(offload.ValidationError, match="limit key"):
+            await offload.chain(per_account.si("a"), per_account.s()).aenqueue()
 
 
 # -- HTTP, dashboard, CLI ----------------------------------------------------------------------

@@ -175,15 +175,19 @@ def _step(sig: Signature, parents: tuple[int, ...], feed: Feed) -> Step:
     else:
         args, pipe = task.encode_args(*sig.args, **sig.kwargs), None
     cfg = task.config
+    queue = o.queue or cfg.queue
     return Step(
         task=task.name,
-        queue=o.queue or cfg.queue,
+        queue=queue,
         args=msgspec.Raw(args),
         priority=cfg.priority if o.priority is None else o.priority,
         max_attempts=o.max_attempts or cfg.max_attempts,
         parents=parents,
         feed=feed if parents else Feed.NONE,
         pipe=pipe,
+        # From the arguments known now: a limit keyed on the piped argument cannot be, and
+        # raises ValidationError here rather than let the step run unlimited.
+        limits=task.limit_buckets(args, queue),
     )
 
 
