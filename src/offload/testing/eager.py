@@ -45,11 +45,19 @@ class EagerBackend(MemoryBackend):
         self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
     ) -> list[JobRecord]:
         now = [msgspec.structs.replace(j, delay_s=0.0, run_at=None) for j in jobs]
-        records = await super().enqueue(now, limits=limits)
+        records = super().enqueue_now(now, limits=limits)  # the memory store's write only
         for rec in {r.id: r for r in records}.values():
             if rec.state is JobState.QUEUED:
                 await self._run(rec)
         return [await self.get(r.id) or r for r in records]
+
+    def enqueue_now(
+        self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
+    ) -> list[JobRecord]:
+        """Not the memory backend's sync path, which only stores: an eager job runs inline,
+        on the backend's loop (an async task needs it), so a sync enqueue hops there as
+        ``App.run_sync`` does and returns once the job has ended."""
+        return self.app.run_sync(lambda _b: self.enqueue(jobs, limits=limits))
 
     async def _run(self, rec: JobRecord) -> None:
         req = ClaimRequest(
