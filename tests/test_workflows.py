@@ -176,6 +176,17 @@ async def test_a_limited_task_keeps_its_limits_as_a_workflow_step(url: str) -> N
             await offload.chain(per_account.si("a"), per_account.s()).aenqueue()
 
 
+async def test_a_steps_headers_reach_its_job(app: offload.App) -> None:
+    add = app.tasks["add"]
+    first = add.options(headers={"tenant": "t1"}).si(1)
+    wf = await offload.chain(first, add.options(headers={"tenant": "t2"}).s()).aenqueue()
+    await drain(app)
+    assert await wf.aresult(timeout=5) == 1
+    view = await wf.aview()
+    jobs = [await app.aget_job(s.job_id or "") for s in view.steps]
+    assert [j.record.headers for j in jobs] == [{"tenant": "t1"}, {"tenant": "t2"}]
+
+
 # -- HTTP, dashboard, CLI ----------------------------------------------------------------------
 
 
