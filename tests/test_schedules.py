@@ -13,7 +13,7 @@ import offload
 from offload.backends.memory import MemoryBackend
 from offload.errors import ConfigurationError
 from offload.schedules import TICK_WINDOW_S, BoundSchedule
-from offload.testing.helpers import claim_one
+from offload.testing.helpers import claim_one, claim_request
 from offload.worker.schedules import Scheduler
 
 
@@ -174,6 +174,30 @@ async def test_jitter_delays_the_job_not_the_tick() -> None:
     (job,) = backend.store.jobs.values()
     assert job.run_at == utc(2026, 1, 5, 0, 1).timestamp() + 10  # rng 0.5 of 20 s
     assert job.key == s.key(utc(2026, 1, 5, 0, 1).timestamp())
+
+
+async def test_a_limited_tasks_ticks_keep_its_limit() -> None:
+    # A tick's job is a job of its task: a concurrency limit holds it as it holds a plain
+    # enqueue, or a slow task on a short interval would run past max_per_key.
+    clock = Clock(utc(2026, 1, 5, 12))
+    backend = MemoryBackend(clock=clock)
+    app = offload.App(backend=backend)
+
+    @app.task(name="sync_all", schedule=offload.Every(minutes=1), concurrency_key="region",
+              max_per_key=1)  # fmt: skip
+    def sync_all(region: str = "eu") -> None: ...
+
+    scheduler = Scheduler(list(app.schedules.values()), backend, clock=clock, rng=lambda: 0.5)
+    await run_for(clock, scheduler, 180, step=61)
+    ticks = list(backend.store.jobs.values())
+    assert len(ticks) == 2
+    assert all(j.limits == sync_all.prepare().limits != () for j in ticks)
+    await claim_one(backend)
+    assert await backend.claim(claim_request("default", 1)) == []  # the second tick waits
+    with pytest.raises(ConfigurationError, match="limit key"):
+
+        @app.task(name="keyless", schedule=offload.Every(minutes=1), concurrency_key="region")
+        def keyless(region: str | None = None) -> None: ...
 
 
 async def test_a_finished_tick_is_not_enqueued_again_by_a_stale_scheduler() -> None:

@@ -63,6 +63,16 @@ async def test_eager_in_async_code() -> None:
             await explode.aenqueue("async boom")
 
 
+def test_eager_runs_a_workflows_steps_inline() -> None:
+    with eager(app):
+        shape = offload.chain(add.s(1), offload.group(add.s(b=10), add.s(b=20)), fan_out.si(2))
+        wf = shape.enqueue()
+        assert wf.result(timeout=0) == 1 + 2  # every step ran before enqueue returned
+        assert [s.state for s in wf.view().steps] == ["succeeded"] * 4
+        with pytest.raises(ValueError, match="step boom"):
+            offload.chain(add.s(1), explode.si("step boom"), add.s()).enqueue()
+
+
 def test_in_memory_keeps_jobs_waiting_and_the_recorder_sees_them() -> None:
     with in_memory(app):
         recorder = JobRecorder.on(app)

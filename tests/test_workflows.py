@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import offload
+from offload.job import ClaimRequest
 from offload.server import create_service
 from offload.worker.worker import Worker, WorkerConfig
 from offload.workflow.canvas import build
@@ -145,6 +146,45 @@ async def test_cancelling_a_workflow(app: offload.App) -> None:
     await drain(app)
     with pytest.raises(offload.JobFailed, match="cancelled"):
         await wf.aresult(timeout=5)
+
+
+async def test_a_limited_task_keeps_its_limits_as_a_workflow_step(url: str) -> None:
+    # A step is a job of its task: the task's concurrency limit (and its queue's rules) hold
+    # for it as for a plain enqueue, or a workflow would run past max_per_key.
+    app = offload.App(url)
+
+    @app.task(name="per_account", concurrency_key="account", max_per_key=1)
+    def per_account(account: str, n: int = 0) -> int:
+        return n
+
+    @app.task(name="relay", concurrency_key="account", max_per_key=1)
+    def relay(prev: int, account: str) -> int:
+        return prev
+
+    async with app:
+        plain = per_account.prepare("a").limits
+        assert plain
+        shape = offload.group(per_account.si("a", 1), per_account.si("a", 2)).then(
+            relay.s(account="a")
+        )
+        wf = await shape.aenqueue()
+        req = ClaimRequest(queues=("default",), limit=2, worker_id="w")
+        claimed = await app.backend.claim(req)
+        assert len(claimed) == 1 and claimed[0].limits == plain
+        assert wf.id
+        with pytest.raises(offload.ValidationError, match="limit key"):
+            await offload.chain(per_account.si("a"), per_account.s()).aenqueue()
+
+
+async def test_a_steps_headers_reach_its_job(app: offload.App) -> None:
+    add = app.tasks["add"]
+    first = add.options(headers={"tenant": "t1"}).si(1)
+    wf = await offload.chain(first, add.options(headers={"tenant": "t2"}).s()).aenqueue()
+    await drain(app)
+    assert await wf.aresult(timeout=5) == 1
+    view = await wf.aview()
+    jobs = [await app.aget_job(s.job_id or "") for s in view.steps]
+    assert [j.record.headers for j in jobs] == [{"tenant": "t1"}, {"tenant": "t2"}]
 
 
 # -- HTTP, dashboard, CLI ----------------------------------------------------------------------

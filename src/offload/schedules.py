@@ -214,6 +214,7 @@ class BoundSchedule:
             run_at=tick + self.schedule.jitter * rng(),
             key=self.key(tick),
             unique_for=TICK_WINDOW_S,
+            limits=self.task.limit_buckets(self.args, cfg.queue),  # as a plain enqueue's
         )
 
 
@@ -228,6 +229,8 @@ def bind(schedule: object, task: Task[Any, Any]) -> BoundSchedule:
         if not isinstance(schedule.args, Mapping):
             raise ValueError("args must be a mapping of argument names to values")
         args = task.encode_args(**schedule.args)
+        if task.limits is not None:  # a tick's limit key must be among its args, as any job's
+            task.limits.buckets(args)
     except (ValueError, ValidationError) as exc:
         raise ConfigurationError(f"task {task.name}: bad schedule: {exc}") from None
     from offload.task import check_name

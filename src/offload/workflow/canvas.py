@@ -167,7 +167,8 @@ def _step(sig: Signature, parents: tuple[int, ...], feed: Feed) -> Step:
     task, o = sig.task, sig.opts
     if o.delay is not None or o.run_at is not None or o.key is not None:
         raise ValidationError(
-            f"task {task.name}: a workflow step takes queue, priority and max_attempts only"
+            f"task {task.name}: a workflow step takes queue, priority, max_attempts and "
+            "headers only"
         )
     piped = bool(parents) and not sig.immutable
     if piped:
@@ -175,15 +176,20 @@ def _step(sig: Signature, parents: tuple[int, ...], feed: Feed) -> Step:
     else:
         args, pipe = task.encode_args(*sig.args, **sig.kwargs), None
     cfg = task.config
+    queue = o.queue or cfg.queue
     return Step(
         task=task.name,
-        queue=o.queue or cfg.queue,
+        queue=queue,
         args=msgspec.Raw(args),
         priority=cfg.priority if o.priority is None else o.priority,
         max_attempts=o.max_attempts or cfg.max_attempts,
         parents=parents,
         feed=feed if parents else Feed.NONE,
         pipe=pipe,
+        # From the arguments known now: a limit keyed on the piped argument cannot be, and
+        # raises ValidationError here rather than let the step run unlimited.
+        limits=task.limit_buckets(args, queue),
+        headers=dict(o.headers) if o.headers else {},
     )
 
 

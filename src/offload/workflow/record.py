@@ -48,6 +48,8 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     feed: Feed = Feed.NONE
     pipe: str | None = None  # the parameter the parents' result fills; None: immutable
     tolerate: bool = False  # a failure is passed on, marked, instead of failing the workflow
+    limits: tuple[str, ...] = ()  # its task's and queue's buckets, as a plain enqueue's
+    headers: dict[str, str] = {}  # task.options(headers=...), checked when the step was built
     state: StepState = StepState.WAITING
     result: msgspec.Raw = msgspec.Raw(b"null")  # meaningful once SUCCEEDED
     error: str | None = None
@@ -130,6 +132,8 @@ def _job(rec_id: str, index: int, steps: list[Step]) -> NewJob:
         args=args,
         priority=s.priority,
         max_attempts=s.max_attempts,
+        limits=s.limits,
+        headers=dict(s.headers),
     )
 
 
