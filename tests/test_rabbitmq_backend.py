@@ -267,6 +267,28 @@ async def arabbitmqctl(*args: str) -> str:
     return out.decode()
 
 
+async def close_between_gates(
+    gate: threading.Event, ran: collections.Counter[int], prefix: str, rounds: int = 3
+) -> int:
+    """``rounds`` times: open the jobs' gate until 100 more have run (work resumed), close it
+    so the next jobs hold their slots, and have the broker close every connection of
+    ``prefix``. The closes always land mid-run, however slow rabbitmqctl is. How many closes."""
+    for _ in range(rounds):
+        before = sum(ran.values())
+        gate.set()  # work (resumes) ...
+        for _ in range(600):
+            if sum(ran.values()) >= before + 100:
+                break
+            await asyncio.sleep(0.05)
+        assert sum(ran.values()) >= before + 100, "work did not resume after a close"
+        gate.clear()  # ... and the next jobs hold their slots while the broker closes
+        listing = await arabbitmqctl("list_connections", "pid", "client_properties")
+        for line in listing.splitlines():
+            if f"offload:{prefix}:" in line:
+                await arabbitmqctl("close_connection", line.split("\t")[0], "test")
+    return rounds
+
+
 async def test_workers_survive_repeated_connection_closes(tmp_path: Path) -> None:
     """Thousands of jobs, two workers, their connections closed three times by the broker
     while jobs run: every job succeeds, none is lost, work resumes after each close.
@@ -301,20 +323,7 @@ async def test_workers_survive_repeated_connection_closes(tmp_path: Path) -> Non
     runs = [asyncio.create_task(w.run()) for w in workers]
     closes = 0
     try:
-        for _ in range(3):
-            before = sum(ran.values())
-            gate.set()  # work (resumes) ...
-            for _ in range(600):
-                if sum(ran.values()) >= before + 100:
-                    break
-                await asyncio.sleep(0.05)
-            assert sum(ran.values()) >= before + 100, "work did not resume after a close"
-            gate.clear()  # ... and the next jobs hold their slots while the broker closes
-            listing = await arabbitmqctl("list_connections", "pid", "client_properties")
-            for line in listing.splitlines():
-                if f"offload:{prefix}:" in line:
-                    await arabbitmqctl("close_connection", line.split("\t")[0], "test")
-            closes += 1
+        closes = await close_between_gates(gate, ran, prefix)
         gate.set()
         for _ in range(1200):
             done = (await producer.backend.counts()).get("default", {})

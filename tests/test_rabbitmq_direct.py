@@ -37,7 +37,7 @@ from tests.services import (
     require_port,
     unique_name,
 )
-from tests.test_rabbitmq_backend import arabbitmqctl
+from tests.test_rabbitmq_backend import close_between_gates
 
 Make = Callable[[], Awaitable[DirectRabbitMQBackend]]
 HARNESS_APP = "reliability.app:app"  # its record task writes start and finish lines
@@ -452,20 +452,7 @@ async def test_workers_survive_repeated_connection_closes_without_a_store(prefix
     closes = 0
     work, dead = f"{prefix}.m.default", f"{prefix}.dead.default"
     try:
-        for _ in range(3):
-            before = sum(ran.values())
-            gate.set()  # work (resumes) ...
-            for _ in range(600):
-                if sum(ran.values()) >= before + 100:
-                    break
-                await asyncio.sleep(0.05)
-            assert sum(ran.values()) >= before + 100, "work did not resume after a close"
-            gate.clear()  # ... and the next jobs hold their slots while the broker closes
-            listing = await arabbitmqctl("list_connections", "pid", "client_properties")
-            for line in listing.splitlines():
-                if f"offload:{prefix}:" in line:
-                    await arabbitmqctl("close_connection", line.split("\t")[0], "test")
-            closes += 1
+        closes = await close_between_gates(gate, ran, prefix)
         gate.set()
         for _ in range(1200):
             if len(ran) >= n and await asyncio.to_thread(total_messages, work) == 0:
