@@ -3,17 +3,25 @@
 # each (7003-7005), append-only with fsync on every write. Idempotent: a cluster already up
 # and healthy is left as it is. Usage: tests/redis_cluster.sh [dir]  (default: a fixed
 # directory under ${TMPDIR:-/tmp}, so a second call finds the first one's nodes).
+# CLUSTER_FLAVOR=valkey starts a Valkey Cluster instead (valkey-server, ports 7100-7105).
 set -euo pipefail
 
-PORTS=(7000 7001 7002 7003 7004 7005)
-DIR="${1:-${TMPDIR:-/tmp}/offload-redis-cluster}"
+FLAVOR="${CLUSTER_FLAVOR:-redis}"
+case "$FLAVOR" in
+  redis) PORTS=(7000 7001 7002 7003 7004 7005) ;;
+  valkey) PORTS=(7100 7101 7102 7103 7104 7105) ;;
+  *) echo "CLUSTER_FLAVOR must be redis or valkey, not $FLAVOR" >&2; exit 2 ;;
+esac
+SERVER="$FLAVOR-server"
+CLI="$FLAVOR-cli"
+DIR="${1:-${TMPDIR:-/tmp}/offload-$FLAVOR-cluster}"
 HOST=127.0.0.1
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 # Healthy: every slot served, and each of the three masters has its replica attached.
 cluster_ok() {
-  redis-cli -h "$HOST" -p "${PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' &&
-    [ "$(redis-cli -h "$HOST" -p "${PORTS[0]}" cluster nodes 2>/dev/null |
+  "$CLI" -h "$HOST" -p "${PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' &&
+    [ "$("$CLI" -h "$HOST" -p "${PORTS[0]}" cluster nodes 2>/dev/null |
       awk '$3 ~ /slave/ && $3 !~ /fail/ && $8 == "connected"' | wc -l)" -eq 3 ]
 }
 
@@ -25,7 +33,7 @@ mkdir -p "$DIR"
 for port in "${PORTS[@]}"; do
   if ! port_open "$port"; then
     mkdir -p "$DIR/$port"
-    redis-server --port "$port" --bind "$HOST" --daemonize yes \
+    "$SERVER" --port "$port" --bind "$HOST" --daemonize yes \
       --cluster-enabled yes --cluster-config-file "$DIR/$port/nodes.conf" \
       --cluster-node-timeout 2000 \
       --appendonly yes --appendfsync always --save "" \
@@ -33,24 +41,24 @@ for port in "${PORTS[@]}"; do
   fi
 done
 # Up means answering PONG: a restarted node answers LOADING while it reads its append-only file.
-pong() { [ "$(redis-cli -h "$HOST" -p "$1" ping 2>/dev/null)" = "PONG" ]; }
+pong() { [ "$("$CLI" -h "$HOST" -p "$1" ping 2>/dev/null)" = "PONG" ]; }
 for port in "${PORTS[@]}"; do
   for _ in $(seq 1 100); do pong "$port" && break; sleep 0.1; done
-  pong "$port" || { echo "redis cluster node $port did not come up" >&2; exit 1; }
+  pong "$port" || { echo "$FLAVOR cluster node $port did not come up" >&2; exit 1; }
 done
 
 # Nodes that already know each other (a restart of this script after a reboot keeps nodes.conf)
 # form the cluster again by themselves; only fresh nodes need creating.
-known=$(redis-cli -h "$HOST" -p "${PORTS[0]}" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')
+known=$("$CLI" -h "$HOST" -p "${PORTS[0]}" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')
 if [ "${known:-1}" -lt "${#PORTS[@]}" ]; then
   nodes=()
   for port in "${PORTS[@]}"; do nodes+=("$HOST:$port"); done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log"
+  "$CLI" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log"
 fi
 for _ in $(seq 1 300); do
   cluster_ok && exit 0
   sleep 0.2
 done
-echo "redis cluster did not reach cluster_state:ok with three replicas (see $DIR):" >&2
-redis-cli -h "$HOST" -p "${PORTS[0]}" cluster nodes >&2 || true
+echo "$FLAVOR cluster did not reach cluster_state:ok with three replicas (see $DIR):" >&2
+"$CLI" -h "$HOST" -p "${PORTS[0]}" cluster nodes >&2 || true
 exit 1

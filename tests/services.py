@@ -24,6 +24,13 @@ REDIS_CLUSTER_PORTS = (7000, 7001, 7002, 7003, 7004, 7005)
 REDIS_CLUSTER_URL = "redis+cluster://" + ",".join(
     f"{REDIS_HOST}:{p}" for p in REDIS_CLUSTER_PORTS[:3]
 )
+# The Valkey Cluster of `CLUSTER_FLAVOR=valkey tests/redis_cluster.sh`: the same layout, 7100-7105.
+VALKEY_CLUSTER_PORTS = (7100, 7101, 7102, 7103, 7104, 7105)
+VALKEY_CLUSTER_URL = "redis+cluster://" + ",".join(
+    f"{REDIS_HOST}:{p}" for p in VALKEY_CLUSTER_PORTS[:3]
+)
+CLUSTER_PORTS = {"redis": REDIS_CLUSTER_PORTS, "valkey": VALKEY_CLUSTER_PORTS}
+CLUSTER_URLS = {"redis": REDIS_CLUSTER_URL, "valkey": VALKEY_CLUSTER_URL}
 POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
 BEANSTALKD_URL = f"beanstalk://{BEANSTALKD_HOST}:{BEANSTALKD_PORT}/"
@@ -54,29 +61,33 @@ def require_port(name: str, host: str, port: int) -> None:
         unavailable(f"{name} is not listening on {host}:{port}")
 
 
-def require_redis_cluster() -> None:
-    """The test cluster is up and serves every slot (``cluster_state:ok``)."""
+def require_redis_cluster(flavor: str = "redis") -> None:
+    """The test cluster of ``flavor`` (redis, valkey) is up and serves every slot
+    (``cluster_state:ok``)."""
     import redis
 
-    host, port = REDIS_HOST, REDIS_CLUSTER_PORTS[0]
-    require_port("Redis Cluster (tests/redis_cluster.sh)", host, port)
+    host, port = REDIS_HOST, CLUSTER_PORTS[flavor][0]
+    starter = "tests/redis_cluster.sh"
+    if flavor != "redis":
+        starter += f" with CLUSTER_FLAVOR={flavor}"
+    require_port(f"{flavor.title()} Cluster ({starter})", host, port)
     client = redis.Redis(host=host, port=port, socket_timeout=2)
     try:
         state = client.cluster("INFO").get("cluster_state")
     except redis.RedisError as exc:
-        unavailable(f"Redis Cluster on {host}:{port} does not answer CLUSTER INFO: {exc}")
+        unavailable(f"{flavor} cluster on {host}:{port} does not answer CLUSTER INFO: {exc}")
     finally:
         client.close()
     if state != "ok":
-        unavailable(f"Redis Cluster on {host}:{port} is not ready (cluster_state:{state})")
+        unavailable(f"{flavor} cluster on {host}:{port} is not ready (cluster_state:{state})")
 
 
-def delete_redis_cluster_prefix(prefix: str) -> None:
+def delete_redis_cluster_prefix(prefix: str, flavor: str = "redis") -> None:
     """UNLINK every key under a test's prefix on every master of the test cluster."""
     import redis
     from redis.cluster import RedisCluster
 
-    client = RedisCluster.from_url(f"redis://{REDIS_HOST}:{REDIS_CLUSTER_PORTS[0]}")
+    client = RedisCluster.from_url(f"redis://{REDIS_HOST}:{CLUSTER_PORTS[flavor][0]}")
     try:
         for node in client.get_primaries():  # type: ignore[no-untyped-call]
             one = redis.Redis(host=node.host, port=node.port)

@@ -1,6 +1,9 @@
 """The redis+cluster:// backend on a real Redis Cluster (three masters, three replicas, on
 loopback ports 7000-7005, started by tests/redis_cluster.sh): the conformance suite, the URL
-form, and work over queues in several slots. Each test works under a key prefix of its own."""
+form, and work over queues in several slots. Each test works under a key prefix of its own.
+
+The conformance suite and the work over several slots also run on a Valkey Cluster of the
+same layout (ports 7100-7105, ``CLUSTER_FLAVOR=valkey tests/redis_cluster.sh``)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from offload.outcome import Succeeded
 from offload.testing import BackendConformance, MakeBackend
 from offload.testing.machine import backend_machine
 from tests.services import (
-    REDIS_CLUSTER_PORTS,
+    CLUSTER_PORTS,
+    CLUSTER_URLS,
     REDIS_CLUSTER_URL,
     REDIS_HOST,
     REDIS_PORT,
@@ -36,20 +40,27 @@ from tests.services import (
 Factory = Callable[..., Awaitable[RedisBackend]]
 
 
+@pytest.fixture(params=["redis", "valkey"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    """Which cluster a test runs on: Redis's, or Valkey's (the same protocol, a fork)."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    require_redis_cluster()
+def prefix(flavor: str) -> Iterator[str]:
+    require_redis_cluster(flavor)
     name = unique_name("offload_t")
     yield name
-    delete_redis_cluster_prefix(name)
+    delete_redis_cluster_prefix(name, flavor)
 
 
 @pytest.fixture
-async def backends(prefix: str) -> AsyncIterator[Factory]:
+async def backends(prefix: str, flavor: str) -> AsyncIterator[Factory]:
     opened: list[RedisBackend] = []
 
     async def make(**options: object) -> RedisBackend:
-        backend = RedisBackend(f"{REDIS_CLUSTER_URL}/?prefix={prefix}", **options)
+        backend = RedisBackend(f"{CLUSTER_URLS[flavor]}/?prefix={prefix}", **options)
         await backend.open()
         opened.append(backend)
         return backend
@@ -173,12 +184,12 @@ async def test_wait_for_work_wakes_on_any_slot(backends: Factory) -> None:
     assert time.monotonic() - t0 < 2.0
 
 
-async def client_ids(prefix: str) -> set[tuple[int, str]]:
+async def client_ids(prefix: str, flavor: str) -> set[tuple[int, str]]:
     """(port, client id) of every connection the backends of ``prefix`` hold."""
     import redis.asyncio as aioredis
 
     out: set[tuple[int, str]] = set()
-    for port in REDIS_CLUSTER_PORTS:
+    for port in CLUSTER_PORTS[flavor]:
         client = aioredis.Redis(host=REDIS_HOST, port=port)
         try:
             clients = await client.client_list()
@@ -189,7 +200,7 @@ async def client_ids(prefix: str) -> set[tuple[int, str]]:
 
 
 async def test_waits_over_several_slots_keep_their_connections(
-    backends: Factory, prefix: str
+    backends: Factory, prefix: str, flavor: str
 ) -> None:
     import asyncio
 
@@ -204,19 +215,20 @@ async def test_waits_over_several_slots_keep_their_connections(
         assert await worker.claim(ClaimRequest(queues=(queue,), limit=1, worker_id="w"))
 
     await woken_by(qs[0])
-    before = await client_ids(prefix)
+    before = await client_ids(prefix, flavor)
     for queue in (qs[1], qs[2], qs[0], qs[2]):
         await woken_by(queue)
     # The pops that did not fire were ended by their stop keys, not by closing connections.
-    assert await client_ids(prefix) == before
+    assert await client_ids(prefix, flavor) == before
 
 
-async def test_scripts_are_loaded_again_after_a_flush(backends: Factory) -> None:
+async def test_scripts_are_loaded_again_after_a_flush(backends: Factory, flavor: str) -> None:
     from redis.asyncio.cluster import RedisCluster
 
     backend = await backends()
     qs = queues_in_distinct_slots(backend, 3)
-    admin = RedisCluster.from_url(REDIS_CLUSTER_URL.replace("redis+cluster", "redis").split(",")[0])
+    first_node = CLUSTER_URLS[flavor].replace("redis+cluster", "redis").split(",")[0]
+    admin = RedisCluster.from_url(first_node)
     try:
         await admin.script_flush()  # every master forgets every script (as after a failover)
     finally:
@@ -262,7 +274,9 @@ async def test_pool_size_bounds_a_single_server_backend() -> None:
         RedisBackend(f"{REDIS_URL}?pool_size=0")
 
 
-async def test_pool_size_bounds_each_node_of_a_cluster(backends: Factory, prefix: str) -> None:
+async def test_pool_size_bounds_each_node_of_a_cluster(
+    backends: Factory, prefix: str, flavor: str
+) -> None:
     import asyncio
 
     backend = await backends(pool_size=2)
@@ -277,7 +291,7 @@ async def test_pool_size_bounds_each_node_of_a_cluster(backends: Factory, prefix
     # Two clients, two connections each, per node; and at most one more on a node that the
     # client asked for the slot map when the topology moved (after the failover tests it
     # does: CI once saw 5). Unbounded, the 36 concurrent calls above open far more.
-    for port in REDIS_CLUSTER_PORTS:
+    for port in CLUSTER_PORTS[flavor]:
         assert await offload_connections(prefix, port) <= 5
 
 
