@@ -11,19 +11,24 @@ from psycopg_pool import AsyncConnectionPool
 from offload.backends.postgres.queries import Options
 
 
+def pool_options(opts: Options, name: str) -> dict[str, Any]:
+    """The options both pools (the async one, and the sync one of ``enqueue_now``) share:
+    autocommit connections, ``pool_size`` of them at most, unopened, retried for a day."""
+    return {
+        "conninfo": opts.conninfo,
+        "min_size": 1,
+        "max_size": opts.pool_size,
+        "kwargs": {"autocommit": True, "connect_timeout": max(1, round(opts.timeout_s))},
+        "open": False,
+        "timeout": opts.timeout_s,
+        "reconnect_timeout": 24 * 3600.0,
+        "name": name,
+    }
+
+
 def make_pool(opts: Options, name: str) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
     """An unopened pool of autocommit connections for ``opts``."""
-    return AsyncConnectionPool(
-        opts.conninfo,
-        min_size=1,
-        max_size=opts.pool_size,
-        kwargs={"autocommit": True, "connect_timeout": max(1, round(opts.timeout_s))},
-        open=False,
-        timeout=opts.timeout_s,
-        check=check_idle_connection,
-        reconnect_timeout=24 * 3600.0,
-        name=name,
-    )
+    return AsyncConnectionPool(**pool_options(opts, name), check=check_idle_connection)
 
 
 async def check_idle_connection(conn: psycopg.AsyncConnection[Any]) -> None:

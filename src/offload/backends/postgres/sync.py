@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from offload.backends.postgres.pool import readable
+from offload.backends.postgres.pool import pool_options, readable
 from offload.backends.postgres.queries import Options
 
 T = TypeVar("T")
@@ -51,19 +51,10 @@ class SyncPool:
             return pool
         with self._lock:
             if self._pool is None:
-                opts = self._opts
                 pool = ConnectionPool(
-                    opts.conninfo,
-                    min_size=1,
-                    max_size=opts.pool_size,
-                    kwargs={"autocommit": True, "connect_timeout": max(1, round(opts.timeout_s))},
-                    open=False,
-                    timeout=opts.timeout_s,
-                    check=_check_idle_connection,
-                    reconnect_timeout=24 * 3600.0,
-                    name=self._name,
+                    **pool_options(self._opts, self._name), check=_check_idle_connection
                 )
-                pool.open(wait=True, timeout=opts.timeout_s)
+                pool.open(wait=True, timeout=self._opts.timeout_s)
                 self._pool = pool
             return self._pool
 
