@@ -13,6 +13,7 @@ import pytest
 
 from offload.backends import from_url
 from offload.backends.base import Backend
+from offload.backends.beanstalkd import StoredBeanstalkBackend
 from offload.backends.memory import backend as memory_backend
 from offload.backends.postgres import steering as postgres_steering
 from offload.backends.redis import inspection as redis_inspection
@@ -23,9 +24,9 @@ from offload.job import KEPT_FOREVER_S, JobRetention, JobState
 from offload.outcome import Cancelled, Dead, Succeeded
 from offload.testing.conformance.retention import own
 from offload.testing.helpers import claim_request, finish, lease_of, must_get, new_job
-from tests.services import backend_url
+from tests.services import BEANSTALKD_URL, backend_url, require_beanstalkd, unique_name
 
-KINDS = ["memory", "sqlite", "postgres", "redis", "redis_cluster", "rabbitmq"]
+KINDS = ["memory", "sqlite", "postgres", "redis", "redis_cluster", "rabbitmq", "beanstalkd"]
 # Succeeded jobs go at once, dead ones after the default (days), cancelled ones never.
 OPTIONS = "retention_succeeded=0&retention_cancelled=forever"
 
@@ -88,6 +89,13 @@ def retaining_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
     if request.param == "memory":
         yield f"memory://?{OPTIONS}"
         return
+    if request.param == "beanstalkd":
+        require_beanstalkd()
+        prefix = unique_name("offload_t")
+        yield with_options(
+            f"{BEANSTALKD_URL}?prefix={prefix}&store=sqlite:///{tmp_path}/s.db", OPTIONS
+        )
+        return
     with backend_url(request.param, tmp_path) as url:
         yield with_options(url, OPTIONS)
 
@@ -97,7 +105,12 @@ async def retaining(retaining_url: str) -> AsyncIterator[Backend]:
     backend = from_url(retaining_url)
     await backend.open()
     yield backend
+    tubes = sorted(backend.used_tubes()) if isinstance(backend, StoredBeanstalkBackend) else []
     await backend.close()
+    if isinstance(backend, StoredBeanstalkBackend) and tubes:  # they outlive it: delete them
+        await backend.open()
+        await backend.delete_tubes(tubes)
+        await backend.close()
 
 
 @pytest.fixture
@@ -186,7 +199,7 @@ async def test_a_version_7_sqlite_file_is_upgraded_to_own_retention(tmp_path: Pa
         raw.execute("PRAGMA user_version = 7")
         raw.execute(
             "INSERT INTO offload_jobs (id, task, queue, args, state, priority, max_attempts,"
-            " run_at, created_at, finished_at) VALUES ('old', 't', 'default', '{}',"
+            " run_at, created_at, finished_at) VALUES ('old', 't', 'default', X'7b7d',"
             " 'succeeded', 0, 3, 1, 1, 1)"
         )
     backend = from_url(f"sqlite:///{path}?retention_succeeded=0")
