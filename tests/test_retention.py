@@ -18,6 +18,9 @@ from offload.backends.memory import backend as memory_backend
 from offload.backends.postgres import steering as postgres_steering
 from offload.backends.redis import inspection as redis_inspection
 from offload.backends.retention import DAY_S, Retention, parse_retention
+from offload.backends.sqlite import connection as sqlite_connection
+from offload.backends.sqlite import options as sqlite_options
+from offload.backends.sqlite import queries as sqlite_queries
 from offload.backends.sqlite import retention as sqlite_retention
 from offload.errors import ConfigurationError
 from offload.job import KEPT_FOREVER_S, JobRetention, JobState
@@ -215,6 +218,25 @@ async def test_a_version_7_sqlite_file_is_upgraded_to_own_retention(tmp_path: Pa
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"offload_jobs_finished_by_own", "offload_jobs_keep_until"} <= names
     assert "offload_jobs_finished" not in names
+
+
+def test_sqlite_prunes_through_the_indexes_without_a_scan(tmp_path: Path) -> None:
+    """The backend's pruning seeks past the jobs with their own retention (the other half of
+    the finished index), and their own pruning reads only the due ones (the expiry index)."""
+    path, opts = sqlite_options.parse_url(f"sqlite:///{tmp_path / 'plan.db'}", {})
+    raw = sqlite_connection.connect(path, opts, write=True)  # the schema, upgrades included
+    try:
+        params = {"state": "succeeded", "cutoff": 1.0, "queue": None, "batch": 1, "now": 1.0}
+        plans = {
+            name: " ".join(r[3] for r in raw.execute(f"EXPLAIN QUERY PLAN {q}", params))
+            for name, q in sqlite_queries.Q.items()
+            if name in ("prune_batch", "prune_own_batch", "purge_batch")
+        }
+    finally:
+        raw.close()
+    seek = "USING INDEX offload_jobs_finished_by_own (state=? AND <expr>=? AND finished_at"
+    assert seek in plans["prune_batch"] and seek in plans["purge_batch"]
+    assert "USING INDEX offload_jobs_keep_until (<expr><" in plans["prune_own_batch"]
 
 
 # -- SQLite gives the space back ------------------------------------------------------------

@@ -11,6 +11,7 @@ import asyncio
 import msgspec
 import pytest
 
+from offload.app import App
 from offload.backends.base import Backend
 from offload.job import KEPT_FOREVER_S, JobRecord, JobRetention, JobState, NewJob
 from offload.outcome import Cancelled, Dead, Succeeded
@@ -23,6 +24,9 @@ from offload.testing.helpers import (
     new_job,
     require,
 )
+from offload.workflow import group
+from offload.workflow.canvas import build
+from offload.workflow.record import start, step_job_id
 
 AGE_GAP_S = 0.6  # between two finishes: wider than a networked round trip on a loaded machine
 GONE_AT_ONCE = JobRetention(0.0, 0.0, 0.0)  # a task's retention=0: deleted at the next prune
@@ -92,6 +96,31 @@ class RetentionConformance:
         for rec in kept:
             assert await must_get(backend, rec.id) == rec
         assert await backend.run_maintenance() == 0
+
+    async def test_a_cancelled_workflows_steps_keep_their_tasks_retention(
+        self, backend: Backend
+    ) -> None:
+        require(backend, "inspect")
+        require(backend, "workflows")
+        app = App("memory://")  # only to shape the workflow: never opened
+
+        @app.task(name="brief", retention=0)
+        def brief() -> None:
+            pass
+
+        @app.task(name="plain")
+        def plain() -> None:
+            pass
+
+        first, jobs = start(build(group(brief.si(), plain.si())))
+        assert [j.retention for j in jobs] == [GONE_AT_ONCE, None]  # stamped on the steps
+        wf = await backend.enqueue_workflow(first, jobs)
+        await backend.cancel_workflow(wf.id, "no longer needed")
+        steps = [await must_get(backend, step_job_id(wf.id, i)) for i in range(2)]
+        assert [s.state for s in steps] == [JobState.CANCELLED] * 2
+        assert await backend.run_maintenance() == 1
+        assert await backend.get(steps[0].id) is None
+        assert await must_get(backend, steps[1].id) == steps[1]
 
     async def test_purge_older_than_counts_from_the_finish(self, backend: Backend) -> None:
         require(backend, "inspect")
