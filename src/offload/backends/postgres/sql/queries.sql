@@ -341,24 +341,34 @@ DELETE FROM {schema}.jobs WHERE id = ANY(%(ids)s::text[]) AND state <> 'running'
 
 -- name: purge_batch
 -- One bounded batch of a purge (the caller repeats it until a batch comes back short), so no
--- statement holds its row locks or bloats one transaction for long. The finished index (both
--- its halves: jobs with their own retention and without) gives the oldest rows of a state;
+-- statement holds its row locks or bloats one transaction for long: at most %(batch)s rows from
+-- each half of the finished index (jobs without their own retention, and with), oldest first;
 -- SKIP LOCKED lets two callers share the work.
-DELETE FROM {schema}.jobs WHERE id IN (
+WITH backend AS (
     SELECT id FROM {schema}.jobs
     WHERE state = %(state)s AND finished_at <= {now} - %(older_than_s)s
-      AND finished_at IS NOT NULL AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+      AND finished_at IS NOT NULL AND {own} IS NULL
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
     LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED
+), own AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = %(state)s AND finished_at <= {now} - %(older_than_s)s
+      AND finished_at IS NOT NULL AND {own} IS NOT NULL
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {schema}.jobs WHERE id IN (SELECT id FROM backend UNION ALL SELECT id FROM own)
 
 -- name: prune_batch
 -- One bounded batch of retention by the backend's policy: jobs of a state without their own
--- retention, finished %(older_than_s)s ago. Jobs with their own are in the other half of the
--- finished index, so a backlog of them (a task keeping its jobs a year) is never walked.
+-- retention, finished %(older_than_s)s ago (the first half of the finished index only: jobs a
+-- task keeps longer are never walked).
 DELETE FROM {schema}.jobs WHERE id IN (
     SELECT id FROM {schema}.jobs
-    WHERE state = %(state)s AND ({own} IS NULL) = true
-      AND finished_at <= {now} - %(older_than_s)s AND finished_at IS NOT NULL
+    WHERE state = %(state)s AND finished_at <= {now} - %(older_than_s)s
+      AND finished_at IS NOT NULL AND {own} IS NULL
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED)
 
