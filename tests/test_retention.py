@@ -13,18 +13,23 @@ import pytest
 
 from offload.backends import from_url
 from offload.backends.base import Backend
+from offload.backends.beanstalkd import StoredBeanstalkBackend
 from offload.backends.memory import backend as memory_backend
 from offload.backends.postgres import steering as postgres_steering
 from offload.backends.redis import inspection as redis_inspection
 from offload.backends.retention import DAY_S, Retention, parse_retention
+from offload.backends.sqlite import connection as sqlite_connection
+from offload.backends.sqlite import options as sqlite_options
+from offload.backends.sqlite import queries as sqlite_queries
 from offload.backends.sqlite import retention as sqlite_retention
 from offload.errors import ConfigurationError
-from offload.job import JobState
+from offload.job import KEPT_FOREVER_S, JobRetention, JobState
 from offload.outcome import Cancelled, Dead, Succeeded
+from offload.testing.conformance.retention import own
 from offload.testing.helpers import claim_request, finish, lease_of, must_get, new_job
-from tests.services import backend_url
+from tests.services import BEANSTALKD_URL, backend_url, require_beanstalkd, unique_name
 
-KINDS = ["memory", "sqlite", "postgres", "redis", "redis_cluster", "rabbitmq"]
+KINDS = ["memory", "sqlite", "postgres", "redis", "redis_cluster", "rabbitmq", "beanstalkd"]
 # Succeeded jobs go at once, dead ones after the default (days), cancelled ones never.
 OPTIONS = "retention_succeeded=0&retention_cancelled=forever"
 
@@ -87,6 +92,13 @@ def retaining_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
     if request.param == "memory":
         yield f"memory://?{OPTIONS}"
         return
+    if request.param == "beanstalkd":
+        require_beanstalkd()
+        prefix = unique_name("offload_t")
+        yield with_options(
+            f"{BEANSTALKD_URL}?prefix={prefix}&store=sqlite:///{tmp_path}/s.db", OPTIONS
+        )
+        return
     with backend_url(request.param, tmp_path) as url:
         yield with_options(url, OPTIONS)
 
@@ -96,7 +108,12 @@ async def retaining(retaining_url: str) -> AsyncIterator[Backend]:
     backend = from_url(retaining_url)
     await backend.open()
     yield backend
+    tubes = sorted(backend.used_tubes()) if isinstance(backend, StoredBeanstalkBackend) else []
     await backend.close()
+    if isinstance(backend, StoredBeanstalkBackend) and tubes:  # they outlive it: delete them
+        await backend.open()
+        await backend.delete_tubes(tubes)
+        await backend.close()
 
 
 @pytest.fixture
@@ -124,6 +141,41 @@ async def test_run_maintenance_deletes_past_the_retention_in_batches(
     assert await backend.run_maintenance() == 0
 
 
+async def test_a_task_retention_longer_than_the_backends_keeps_its_jobs(
+    retaining: Backend,
+) -> None:
+    backend = retaining  # succeeded jobs go at once (the URL's retention_succeeded=0)
+    gone = [
+        await finish(backend, Succeeded()),
+        await finish(backend, Succeeded(), own(JobRetention(dead_s=3600.0))),  # not its state
+    ]
+    kept = [
+        await finish(backend, Succeeded(), own(JobRetention(succeeded_s=3600.0))),
+        await finish(backend, Succeeded(), own(JobRetention(KEPT_FOREVER_S, None, None))),
+    ]
+    assert await backend.run_maintenance() == len(gone)
+    assert [await backend.get(r.id) for r in gone] == [None] * len(gone)
+    for rec in kept:
+        assert await must_get(backend, rec.id) == rec
+
+
+async def test_a_task_retention_does_not_stall_the_backends_pruning(
+    retaining: Backend, small_batches: int
+) -> None:
+    """Jobs kept longer by their own retention, older than the backend's age, do not fill the
+    batches of the backend's pruning (which would then stop at the first full batch of them,
+    or walk them all on every pass)."""
+    backend = retaining
+    longer = [
+        await finish(backend, Succeeded(), own(JobRetention(succeeded_s=3600.0)))
+        for _ in range(3 * small_batches)
+    ]
+    default = [await finish(backend, Succeeded()) for _ in range(3)]
+    assert await backend.run_maintenance() == len(default)
+    assert [await backend.get(r.id) for r in default] == [None] * len(default)
+    assert all([await backend.get(r.id) is not None for r in longer])
+
+
 async def test_purge_deletes_across_batches(retaining: Backend, small_batches: int) -> None:
     backend = retaining
     dead = [await finish(backend, Dead("x"), new_job(queue="q1")) for _ in range(5)]
@@ -131,6 +183,60 @@ async def test_purge_deletes_across_batches(retaining: Backend, small_batches: i
     assert await backend.purge([JobState.DEAD], queue="q1") == 5
     assert [await backend.get(r.id) for r in dead] == [None] * 5
     assert await must_get(backend, other.id) == other
+
+
+async def test_a_version_7_sqlite_file_is_upgraded_to_own_retention(tmp_path: Path) -> None:
+    path = tmp_path / "v7.db"
+    backend = from_url(f"sqlite:///{path}?retention_succeeded=0")
+    await backend.open()
+    await backend.close()
+    with sqlite3.connect(path, isolation_level=None) as raw:  # as version 7 made it
+        raw.execute("DROP INDEX offload_jobs_finished_by_own")
+        raw.execute("DROP INDEX offload_jobs_keep_until")
+        for state in ("succeeded", "dead", "cancelled"):
+            raw.execute(f"ALTER TABLE offload_jobs DROP COLUMN keep_{state}_s")
+        raw.execute(
+            "CREATE INDEX offload_jobs_finished ON offload_jobs (state, finished_at)"
+            " WHERE finished_at IS NOT NULL"
+        )
+        raw.execute("PRAGMA user_version = 7")
+        raw.execute(
+            "INSERT INTO offload_jobs (id, task, queue, args, state, priority, max_attempts,"
+            " run_at, created_at, finished_at) VALUES ('old', 't', 'default', X'7b7d',"
+            " 'succeeded', 0, 3, 1, 1, 1)"
+        )
+    backend = from_url(f"sqlite:///{path}?retention_succeeded=0")
+    await backend.open()
+    try:
+        assert (await must_get(backend, "old")).retention is None
+        longer = await finish(backend, Succeeded(), own(JobRetention(succeeded_s=3600.0)))
+        assert await backend.run_maintenance() == 1  # the old job, by the URL's retention
+        assert await must_get(backend, longer.id) == longer
+    finally:
+        await backend.close()
+    with sqlite3.connect(path) as raw:
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"offload_jobs_finished_by_own", "offload_jobs_keep_until"} <= names
+    assert "offload_jobs_finished" not in names
+
+
+def test_sqlite_prunes_through_the_indexes_without_a_scan(tmp_path: Path) -> None:
+    """The backend's pruning seeks past the jobs with their own retention (the other half of
+    the finished index), and their own pruning reads only the due ones (the expiry index)."""
+    path, opts = sqlite_options.parse_url(f"sqlite:///{tmp_path / 'plan.db'}", {})
+    raw = sqlite_connection.connect(path, opts, write=True)  # the schema, upgrades included
+    try:
+        params = {"state": "succeeded", "cutoff": 1.0, "queue": None, "batch": 1, "now": 1.0}
+        plans = {
+            name: " ".join(r[3] for r in raw.execute(f"EXPLAIN QUERY PLAN {q}", params))
+            for name, q in sqlite_queries.Q.items()
+            if name in ("prune_batch", "prune_own_batch", "purge_batch")
+        }
+    finally:
+        raw.close()
+    seek = "USING INDEX offload_jobs_finished_by_own (state=? AND <expr>=? AND finished_at"
+    assert seek in plans["prune_batch"] and seek in plans["purge_batch"]
+    assert "USING INDEX offload_jobs_keep_until (<expr><" in plans["prune_own_batch"]
 
 
 # -- SQLite gives the space back ------------------------------------------------------------

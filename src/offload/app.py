@@ -130,6 +130,7 @@ class App:
         rate_limit: str | RateLimit | None = None,
         concurrency_key: str | None = None,
         max_per_key: int | None = None,
+        retention: Any = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -151,6 +152,7 @@ class App:
         rate_limit: str | RateLimit | None = None,
         concurrency_key: str | None = None,
         max_per_key: int | None = None,
+        retention: Any = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a sync or async function as a task.
 
@@ -163,6 +165,9 @@ class App:
         :class:`offload.backoff.RetryPolicy`.
         ``rate_limit`` (``"100/s"`` or :class:`offload.RateLimit`), ``concurrency_key`` and
         ``max_per_key`` limit when its jobs start (see docs/limits.md).
+        ``retention`` keeps its finished jobs that long instead of the backend's retention:
+        a duration (``"12h"``, seconds, a ``timedelta``) or ``"forever"``, or a mapping of
+        ``succeeded`` / ``dead`` / ``cancelled`` to one (see docs/retention.md).
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
@@ -180,6 +185,7 @@ class App:
                 rate_limit=rate_limit,
                 concurrency_key=concurrency_key,
                 max_per_key=max_per_key,
+                retention=retention,
             )
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already registered")

@@ -62,6 +62,29 @@ def new_job_id() -> str:
     return "".join(reversed(out))
 
 
+KEPT_FOREVER_S = 1e15
+"""A job's own retention for a state it keeps until purged: 1e15 s (31 million years), a
+number so that every engine computes the expiry (finish + seconds) the same way."""
+
+
+class JobRetention(msgspec.Struct, frozen=True, array_like=True):
+    """A job's own retention (its task's ``retention=``), seconds by final state: how long
+    after finishing in that state it is kept. None for a state: the backend's (its URL's)
+    retention; :data:`KEPT_FOREVER_S`: until purged. Stamped at enqueue, like limits."""
+
+    succeeded_s: float | None = None
+    dead_s: float | None = None
+    cancelled_s: float | None = None
+
+    def of(self, state: JobState) -> float | None:
+        """The seconds a job finished in ``state`` is kept, None for the backend's."""
+        if state is JobState.SUCCEEDED:
+            return self.succeeded_s
+        if state is JobState.DEAD:
+            return self.dead_s
+        return self.cancelled_s if state is JobState.CANCELLED else None
+
+
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     """A job to store. ``args`` is the JSON object of the task's arguments, already validated.
 
@@ -88,6 +111,7 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     # as it is, or "replace" its args, priority and run_at with this job's (debounce).
     on_conflict: Literal["keep", "replace"] = "keep"
     limits: tuple[str, ...] = ()  # rate/concurrency buckets (offload.backends.limits)
+    retention: JobRetention | None = None  # its own retention, None: the backend's
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +147,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     headers: dict[str, str] = {}  # as enqueued (offload.headers)
     progress: bytes | None = None  # JSON of the last progress a running attempt reported
     limits: tuple[str, ...] = ()  # rate/concurrency buckets, checked at claim
+    retention: JobRetention | None = None  # its own retention (stamped at enqueue)
 
     @property
     def lease(self) -> Lease | None:

@@ -215,6 +215,7 @@ class BoundSchedule:
             key=self.key(tick),
             unique_for=TICK_WINDOW_S,
             limits=self.task.limit_buckets(self.args, cfg.queue),  # as a plain enqueue's
+            retention=self.task.retention,
         )
 
 

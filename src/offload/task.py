@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import msgspec
 
+from offload.backends.retention import parse_task_retention
 from offload.backoff import Backoff, ExponentialBackoff, retry_policy
 from offload.errors import ConfigurationError, ValidationError
 from offload.headers import check_headers
@@ -163,6 +164,9 @@ class TaskConfig:
     rate_limit: str | RateLimit | None = None
     concurrency_key: str | None = None
     max_per_key: int | None = None
+    # How long its finished jobs are kept, instead of the backend's retention (one duration,
+    # "forever", or a mapping by final state): offload.backends.retention.parse_task_retention.
+    retention: Any = None
 
 
 class Task(Generic[P, R]):
@@ -197,6 +201,7 @@ class Task(Generic[P, R]):
             config.concurrency_key,
             config.max_per_key,
         )
+        self.retention = parse_task_retention(config.name, config.retention)
         self._decoder = msgspec.json.Decoder(self.args_type)
         self._return_type: Any = typing.get_type_hints(fn).get("return", Any)
         self._args_without: dict[str, type[msgspec.Struct]] = {}  # see args_type_without
@@ -369,6 +374,7 @@ class BoundTask(Generic[P, R]):
             unique_for=None if o.unique_for is None else float(o.unique_for),
             on_conflict="replace" if o.on_conflict == "replace" else "keep",
             limits=self.task.limit_buckets(args, queue),
+            retention=self.task.retention,
         )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:

@@ -137,6 +137,7 @@ def new_record(new: NewJob, now: float) -> JobRecord:
         key=new.key,
         headers=dict(new.headers),
         limits=new.limits,
+        retention=new.retention,
     )
 
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from offload.durations import parse_duration_s
 from offload.errors import ConfigurationError
-from offload.job import JobState
+from offload.job import KEPT_FOREVER_S, JobRecord, JobRetention, JobState
 
 DAY_S = 86_400.0
 DEFAULT_SUCCEEDED_S = 3 * DAY_S
@@ -42,6 +43,7 @@ OPTIONS = ("retention", "retention_succeeded", "retention_dead", "retention_canc
 """The URL options :func:`parse_retention` reads (add them to an engine's known options)."""
 
 FOREVER = "forever"
+STATES = ("succeeded", "dead", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,17 @@ class Retention:
         return None if any(a is None for a in ages) else max(a for a in ages if a is not None)
 
 
+def past_retention(job: JobRecord, policy: Retention, now: float) -> bool:
+    """Whether ``job`` is finished and past its retention at ``now``: its own for its state
+    (its task's ``retention=``) when it has one, else ``policy`` (the backend's). The rule
+    every engine applies, in SQL or Lua where it does not build records in Python."""
+    if not job.state.final or job.finished_at is None:
+        return False
+    own = job.retention.of(job.state) if job.retention is not None else None
+    age = own if own is not None else policy.of(job.state)
+    return age is not None and job.finished_at + age <= now
+
+
 def parse_retention(opts: Mapping[str, Any]) -> Retention:
     """The policy a URL's (or constructor keywords') options ask for; ConfigurationError for
     a value that is not seconds, a duration or ``forever``."""
@@ -96,3 +109,33 @@ def _age_s(state: str, value: Any) -> float | None:
             f"retention of {state} jobs must be seconds >= 0, a duration like 12h or 3d, "
             f"or {FOREVER!r}; not {value!r}"
         ) from None
+
+
+def parse_task_retention(task: str, value: Any) -> JobRetention | None:
+    """A task's ``retention=`` as the value its jobs carry: one duration (seconds, ``"12h"``,
+    a ``timedelta``, or ``"forever"``) for every final state, or a mapping of some of
+    ``succeeded`` / ``dead`` / ``cancelled`` to one (the states left out keep the backend's
+    retention). None: the backend's for every state. ConfigurationError naming the task."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        unknown = sorted(str(k) for k in value if k not in STATES)
+        if unknown or not value:
+            raise ConfigurationError(
+                f"task {task!r}: retention takes the states {', '.join(STATES)}; "
+                f"not {', '.join(unknown) or 'an empty mapping'}"
+            )
+        ages = {s: _task_age_s(task, s, value[s]) if s in value else None for s in STATES}
+        return JobRetention(ages["succeeded"], ages["dead"], ages["cancelled"])
+    age = _task_age_s(task, "finished", value)
+    return JobRetention(age, age, age)
+
+
+def _task_age_s(task: str, state: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    try:
+        age = _age_s(state, value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"task {task!r}: {exc}") from None
+    return KEPT_FOREVER_S if age is None else age

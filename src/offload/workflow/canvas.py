@@ -190,6 +190,7 @@ def _step(sig: Signature, parents: tuple[int, ...], feed: Feed) -> Step:
         # raises ValidationError here rather than let the step run unlimited.
         limits=task.limit_buckets(args, queue),
         headers=dict(o.headers) if o.headers else {},
+        retention=task.retention,
     )
 
 

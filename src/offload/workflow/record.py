@@ -16,7 +16,7 @@ import enum
 
 import msgspec
 
-from offload.job import NewJob
+from offload.job import JobRetention, NewJob
 from offload.outcome import Cancelled, Dead, Outcome, Succeeded
 
 
@@ -50,6 +50,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     tolerate: bool = False  # a failure is passed on, marked, instead of failing the workflow
     limits: tuple[str, ...] = ()  # its task's and queue's buckets, as a plain enqueue's
     headers: dict[str, str] = {}  # task.options(headers=...), checked when the step was built
+    retention: JobRetention | None = None  # its task's own retention, as a plain enqueue's
     state: StepState = StepState.WAITING
     result: msgspec.Raw = msgspec.Raw(b"null")  # meaningful once SUCCEEDED
     error: str | None = None
@@ -134,6 +135,7 @@ def _job(rec_id: str, index: int, steps: list[Step]) -> NewJob:
         max_attempts=s.max_attempts,
         limits=s.limits,
         headers=dict(s.headers),
+        retention=s.retention,
     )
 
 

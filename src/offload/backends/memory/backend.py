@@ -37,7 +37,7 @@ from offload.backends.memory.store import (
     purge_batch,
     released,
 )
-from offload.backends.retention import PRUNE_BATCH
+from offload.backends.retention import PRUNE_BATCH, past_retention
 from offload.backends.unique import Decision, decide, fold_replacements, replaced
 from offload.errors import InvalidState, QueueFull
 from offload.job import (
@@ -274,8 +274,8 @@ class MemoryBackend(MemorySchedules):
         """Delete finished jobs past their retention (``memory://?retention=...``, as every
         engine: :mod:`offload.backends.retention`) and forget expired worker reports."""
         await self.workers()
-        now = self._clock()
-        return sum(self._purge(s, now - age_s, None) for s, age_s in self.retention.pruned())
+        now, policy = self._clock(), self.retention
+        return self._purge(lambda j: past_retention(j, policy, now))
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         st = self.store
@@ -433,14 +433,20 @@ class MemoryBackend(MemorySchedules):
         self, states: Sequence[JobState], *, older_than_s: float = 0.0, queue: str | None = None
     ) -> int:
         check_purge_states(states)
-        cutoff = self._clock() - older_than_s
-        return sum(self._purge(s, cutoff, queue) for s in dict.fromkeys(states))
+        cutoff, wanted = self._clock() - older_than_s, set(states)
+        return self._purge(
+            lambda j: (
+                j.state in wanted
+                and (queue is None or j.queue == queue)
+                and (j.finished_at or 0) <= cutoff
+            )
+        )
 
-    def _purge(self, state: JobState, cutoff: float, queue: str | None) -> int:
+    def _purge(self, doomed_if: Callable[[JobRecord], bool]) -> int:
         deleted = 0
         while True:
             with self.store.lock:
-                n = purge_batch(self.store, state, cutoff, queue, PRUNE_BATCH)
+                n = purge_batch(self.store, doomed_if, PRUNE_BATCH)
             deleted += n
             if n < PRUNE_BATCH:
                 return deleted

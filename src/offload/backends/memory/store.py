@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -117,19 +117,11 @@ def expired(j: JobRecord, now: float) -> JobRecord:
     )
 
 
-def purge_batch(
-    st: MemoryStore, state: JobState, cutoff: float, queue: str | None, limit: int
-) -> int:
-    """Delete at most ``limit`` jobs in ``state`` finished at or before ``cutoff`` (of
-    ``queue`` when given); return how many. The caller holds the lock, for one batch only, so
-    a big purge does not stall the threads that share the store."""
-    doomed = [
-        j.id
-        for j in st.jobs.values()
-        if j.state is state
-        and (queue is None or j.queue == queue)
-        and (j.finished_at or 0) <= cutoff
-    ][:limit]
+def purge_batch(st: MemoryStore, doomed_if: Callable[[JobRecord], bool], limit: int) -> int:
+    """Delete at most ``limit`` jobs for which ``doomed_if`` holds; return how many. The
+    caller holds the lock, for one batch only, so a big purge does not stall the threads that
+    share the store."""
+    doomed = [j.id for j in st.jobs.values() if doomed_if(j)][:limit]
     for job_id in doomed:
         del st.jobs[job_id]
         st.seq.pop(job_id, None)

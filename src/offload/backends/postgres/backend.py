@@ -458,8 +458,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
                 return 0
             try:
                 await conn.execute(self._q["prune_workers"])
-                for state, age_s in self.retention.pruned():
-                    deleted += await self._purge_state(state, age_s, None)
+                deleted = await self._prune()
             finally:
                 await conn.execute(self._q["maintenance_unlock"], {"ns": self._ns})
         return deleted

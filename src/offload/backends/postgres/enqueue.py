@@ -92,6 +92,10 @@ def _params(batch: Sequence[NewJob], channel: str) -> dict[str, Any]:
         "keys": [j.key for j in batch],
         "headers": [msgspec.json.encode(j.headers).decode() if j.headers else None for j in batch],
         "limits": ["\n".join(j.limits) if j.limits else None for j in batch],
+        **{
+            f"keep_{state}": [j.retention and getattr(j.retention, f"{state}_s") for j in batch]
+            for state in ("succeeded", "dead", "cancelled")
+        },
         "channel": channel,
     }
 

@@ -17,7 +17,7 @@ from offload.backends.common import check_known, flag, masked
 from offload.backends.retention import OPTIONS as retention_options
 from offload.backends.retention import Retention, parse_retention
 from offload.errors import ConfigurationError
-from offload.job import AttemptError, JobRecord, JobState, Lease
+from offload.job import AttemptError, JobRecord, JobRetention, JobState, Lease
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Succeeded
 
 # One value per statement (not per row, not per transaction): every row a statement touches
@@ -26,9 +26,15 @@ _NOW = "extract(epoch from statement_timestamp())::float8"
 _COLUMNS = (
     "id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, key, "
     "started_at, finished_at, worker_id, lease_expires_at, result, error, errors, seq, "
-    "headers, progress, limits"
+    "headers, progress, limits, keep_succeeded_s, keep_dead_s, keep_cancelled_s"
 )
-N_COLUMNS = 22
+N_COLUMNS = 25
+# A finished job's own retention (its task's, NULL: the backend's) for the state it is in. The
+# indexes of migration 0009 are on this very expression: queries write {own}, never a variant.
+_OWN = (
+    "(CASE state WHEN 'succeeded' THEN keep_succeeded_s WHEN 'dead' THEN keep_dead_s "
+    "WHEN 'cancelled' THEN keep_cancelled_s END)"
+)
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -44,6 +50,7 @@ def _render(text: str, schema: str) -> str:
     return (
         text.replace("{schema}", f'"{schema}"')
         .replace("{now}", _NOW)
+        .replace("{own}", _OWN)
         .replace("{cols}", _column_list(""))
         .replace("{jcols}", _column_list("j."))
     )
@@ -182,9 +189,16 @@ def decode_row(row: Sequence[Any]) -> JobRecord | None:
             headers=decode_headers(row[19]),
             progress=bytes(row[20]) if row[20] is not None else None,
             limits=tuple(row[21] or ()) if len(row) > 21 else (),
+            retention=_retention(row[22:25]),
         )
     except (TypeError, ValueError, IndexError, msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+def _retention(keep: Sequence[Any]) -> JobRetention | None:
+    if all(v is None for v in keep):
+        return None
+    return JobRetention(*(None if v is None else float(v) for v in keep))
 
 
 _HEADERS = msgspec.json.Decoder(dict[str, str])

@@ -124,17 +124,26 @@ class Steering:
         return deleted
 
     async def _purge_state(self, state: JobState, older_than_s: float, queue: str | None) -> int:
-        """Delete ``state`` jobs finished ``older_than_s`` ago, one bounded batch per
-        statement (each its own transaction); return how many."""
-        params = {
-            "state": state.value,
-            "older_than_s": float(older_than_s),
-            "queue": queue,
-            "batch": PRUNE_BATCH,
-        }
+        """Delete ``state`` jobs finished ``older_than_s`` ago; return how many."""
+        params = {"state": state.value, "older_than_s": float(older_than_s), "queue": queue}
+        return await self._batches("purge_batch", params)
+
+    async def _prune(self) -> int:
+        """Delete the finished jobs past their retention: their own (their task's) where they
+        have one for their state, else the backend's; return how many."""
+        deleted = await self._batches("prune_own_batch", {})
+        for state, age_s in self.retention.pruned():
+            params = {"state": state.value, "older_than_s": float(age_s)}
+            deleted += await self._batches("prune_batch", params)
+        return deleted
+
+    async def _batches(self, query: str, params: dict[str, Any]) -> int:
+        """Run the DELETE ``query``, one bounded batch per statement (each its own
+        transaction), until a batch comes back short; return how many rows it deleted."""
+        params = {**params, "batch": PRUNE_BATCH}
         deleted = 0
         while True:
-            n = await self._count("purge_batch", params)
+            n = await self._count(query, params)
             deleted += n
             if n < PRUNE_BATCH:
                 return deleted

@@ -35,6 +35,7 @@ from offload.backends.redis.codec import (
     Undecodable,
     attempt_errors,
     encode_blob,
+    encode_retention,
     expired_argv,
     frame,
     from_hash,
@@ -167,6 +168,7 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
                 "" if j.unique_for is None else max(to_us(j.unique_for), 1),
                 "r" if j.on_conflict == "replace" else "",
                 "\n".join(j.limits),
+                encode_retention(j.retention),
             ]
         keys = [self.base(q) for q in queues]
         return keys, [frame(fields), *(limits.get(q, -1) for q in queues)]
@@ -260,6 +262,7 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
             created_at=now_us / 1e6,
             key=j.key,
             headers=dict(j.headers),
+            retention=j.retention,
         )
 
     # -- consuming ---------------------------------------------------------------------------
@@ -399,7 +402,10 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
         bounded script calls, and forget lapsed workers. Concurrent callers share the work:
         each job is deleted, and counted, once."""
         await self.workers()
-        return await self._purge_batches(await self.known_queues(), self.retention.pruned())
+        queues = await self.known_queues()
+        deleted = await self._prune_own(queues)
+        ages = [(state.value, age_s) for state, age_s in self.retention.pruned()]
+        return deleted + await self._purge_batches(queues, ages)
 
     async def wait_for_work(self, queues: Sequence[str], timeout_s: float) -> None:
         queues = list(dict.fromkeys(queues))

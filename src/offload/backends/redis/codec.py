@@ -16,7 +16,15 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from offload.backends.common import expired_lease
 from offload.errors import BackendUnavailable, describe
-from offload.job import AttemptError, JobFilter, JobRecord, JobState, Lease, WorkerInfo
+from offload.job import (
+    AttemptError,
+    JobFilter,
+    JobRecord,
+    JobRetention,
+    JobState,
+    Lease,
+    WorkerInfo,
+)
 from offload.outcome import Cancelled, Dead, Outcome, RetryAt, Snoozed, Succeeded
 
 _log = logging.getLogger("offload.backends.redis")
@@ -116,9 +124,27 @@ def from_hash(job_id: str, queue: str, h: Mapping[bytes, bytes]) -> JobRecord:
             headers=blob.headers,
             progress=h.get(b"g"),
             limits=split_limits(h.get(b"b")),
+            retention=decode_retention(h.get(b"v")),
         )
     except (KeyError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Undecodable(f"undecodable job record {job_id}: {exc}") from None
+
+
+def encode_retention(own: JobRetention | None) -> str:
+    """A job's own retention as its hash field ``v`` keeps it (``_common.lua``): seconds by
+    final state, comma-separated, empty for the backend's; '' for none at all."""
+    if own is None:
+        return ""
+    return ",".join("" if s is None else repr(s) for s in msgspec.structs.astuple(own))
+
+
+def decode_retention(raw: bytes | None) -> JobRetention | None:
+    if not raw:
+        return None
+    parts = raw.decode().split(",")
+    if len(parts) != 3:
+        raise ValueError(f"a retention of {len(parts)} states")
+    return JobRetention(*(float(p) if p else None for p in parts))
 
 
 def split_limits(raw: bytes | None) -> tuple[str, ...]:

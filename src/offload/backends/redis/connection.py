@@ -41,7 +41,7 @@ from offload.errors import BackendUnavailable, ConfigurationError
 T = TypeVar("T")
 
 SCRIPTS = (
-    "enqueue claim heartbeat complete expired recover cancel requeue delete purge pause "
+    "enqueue claim heartbeat complete expired recover cancel requeue delete purge prune_own pause "
     "watch worker_report worker_list progress schedule workflow_put workflow_read"
 ).split()
 OPTIONS = ("prefix", "timeout", "connect_timeout", "pool_size", *retention.OPTIONS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -133,6 +133,9 @@ class RedisInspection(RedisConnection):
             ("succeeded", JobState.SUCCEEDED),
             ("dead", JobState.DEAD),
             ("cancelled", JobState.CANCELLED),
+            ("own:succeeded", JobState.SUCCEEDED),  # finished jobs with their own retention
+            ("own:dead", JobState.DEAD),
+            ("own:cancelled", JobState.CANCELLED),
         ]
 
         async def op(client: aioredis.Redis) -> list[Any]:
@@ -145,7 +148,9 @@ class RedisInspection(RedisConnection):
         numbers = iter(await self._run(op))
         out: dict[str, dict[JobState, int]] = {}
         for q in queues:
-            by_state = {state: int(next(numbers)) for _, state in sets}
+            by_state = dict.fromkeys((state for _, state in sets), 0)
+            for _, state in sets:
+                by_state[state] += int(next(numbers))
             if any(by_state.values()):
                 out[q] = {s: n for s, n in by_state.items() if n}
         return out
@@ -193,26 +198,34 @@ class RedisInspection(RedisConnection):
     ) -> int:
         check_purge_states(states)
         queues = [queue] if queue is not None else await self.known_queues()
-        ages = [(s, max(older_than_s, 0.0)) for s in dict.fromkeys(states)]
+        age = max(older_than_s, 0.0)
+        # Both halves of each state's finished index: without and with their own retention.
+        ages = [(index, age) for s in dict.fromkeys(states) for index in (s, f"own:{s}")]
         return await self._purge_batches(queues, ages)
 
-    async def _purge_batches(
-        self, queues: Sequence[str], ages: Sequence[tuple[JobState, float]]
-    ) -> int:
-        """Delete finished jobs older than their state's age in ``queues``, at most
-        PRUNE_BATCH per queue per script call, calling again for the queues whose batch came
-        back full; return how many. Concurrent callers share the work: each job is deleted,
-        and counted, once."""
+    async def _purge_batches(self, queues: Sequence[str], ages: Sequence[tuple[str, float]]) -> int:
+        """Delete finished jobs older than each finished index's age (``purge.lua``) in
+        ``queues``; return how many."""
         if not ages:
             return 0
         argv: list[Any] = [PRUNE_BATCH]
-        for state, age_s in ages:
-            argv += [state.value, repr(float(age_s))]
-        deleted, pending = 0, list(queues)
+        for index, age_s in ages:
+            argv += [index, repr(float(age_s))]
+        return await self._batches("purge", {q: argv for q in queues})
+
+    async def _prune_own(self, queues: Sequence[str]) -> int:
+        """Delete the finished jobs past their own retention (``prune_own.lua``)."""
+        return await self._batches("prune_own", {q: [PRUNE_BATCH] for q in queues})
+
+    async def _batches(self, script: str, calls: Mapping[str, Sequence[Any]]) -> int:
+        """Call a deleting ``script`` per queue, at most PRUNE_BATCH jobs per call, calling
+        again for the queues whose batch came back full; return how many. Concurrent callers
+        share the work: each job is deleted, and counted, once."""
+        deleted, pending = 0, dict(calls)
         while pending:
-            replies = await self._per_queue("purge", dict.fromkeys(pending, argv))
+            replies = await self._per_queue(script, pending)
             deleted += sum(int(n) for n in replies.values())
-            pending = [q for q, n in replies.items() if int(n) >= PRUNE_BATCH]
+            pending = {q: calls[q] for q, n in replies.items() if int(n) >= PRUNE_BATCH}
         return deleted
 
     async def set_paused(self, queue: str, paused: bool) -> None:

@@ -23,7 +23,7 @@ from offload.backends.sqlite.limits import HeldHint, held_due, limit_usage_tx
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
 from offload.backends.sqlite.recovery import recover_tx
-from offload.backends.sqlite.retention import purge_state, reclaim_space
+from offload.backends.sqlite.retention import prune, purge_state, reclaim_space
 from offload.backends.sqlite.schedules import SQLiteSchedules
 from offload.backends.sqlite.transactions import (
     cancel_tx,
@@ -428,9 +428,7 @@ class SQLiteBackend(SQLiteSchedules):
         file may all call it; the writer lock serialises them.
         """
         await self._write(lambda conn: conn.execute(Q["forget_expired_workers"], (time.time(),)))
-        deleted = 0
-        for state, age_s in self._opts["retention"].pruned():
-            deleted += await purge_state(self._write, state, time.time() - age_s, None)
+        deleted = await prune(self._write, self._opts["retention"], time.time)
         await reclaim_space(self._write)
         return deleted
 

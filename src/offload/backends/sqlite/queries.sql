@@ -1,8 +1,8 @@
 -- Named queries of the sqlite:// backend (offload.backends.sqlite), loaded once at import.
 -- A block runs from its "-- name: xyz" line to the next one. Words in braces are replaced by
 -- the backend before use (cols: the job columns in the order it decodes them; queues, queue,
--- states, candidates: generated parameter lists), so braces never appear in a comment inside
--- a block. Parameters are named (:now, :limit, ...). States are JobState's text values.
+-- states, candidates: generated parameter lists; own: a finished job's own retention, see
+-- queries.py), so braces never appear in a comment inside a block. Parameters are named (:now, :limit, ...). States are JobState's text values.
 
 -- name: schema
 -- seq is the rowid: enqueue order, and the cheapest key to update claimed rows by.
@@ -79,10 +79,26 @@ CREATE INDEX IF NOT EXISTS offload_jobs_finished
 ALTER TABLE offload_jobs ADD COLUMN headers TEXT;
 ALTER TABLE offload_jobs ADD COLUMN progress BLOB;
 
+-- name: upgrade_8
+-- A job's own retention (its task's retention=; NULL: the backend's), seconds by final state,
+-- and the two indexes retention walks: the finished index split by whether a job has its own
+-- retention for the state it is in (the backend's policy walks one half, purge both), and the
+-- expiry (finish + own retention) of those that have. Every finish sets state and finished_at,
+-- and these index expressions follow from them: no finishing path can forget an expiry.
+ALTER TABLE offload_jobs ADD COLUMN keep_succeeded_s REAL;
+ALTER TABLE offload_jobs ADD COLUMN keep_dead_s REAL;
+ALTER TABLE offload_jobs ADD COLUMN keep_cancelled_s REAL;
+DROP INDEX IF EXISTS offload_jobs_finished;
+CREATE INDEX IF NOT EXISTS offload_jobs_finished_by_own
+    ON offload_jobs (state, ({own} IS NULL), finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS offload_jobs_keep_until
+    ON offload_jobs (finished_at + {own}) WHERE finished_at IS NOT NULL AND {own} IS NOT NULL;
+
 -- name: insert_job
 INSERT INTO offload_jobs (id, task, queue, args, state, priority, max_attempts, run_at,
-                          created_at, key, headers)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+                          created_at, key, headers, keep_succeeded_s, keep_dead_s,
+                          keep_cancelled_s)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: set_progress
 -- Fenced by the lease, as heartbeat is: a lost lease writes nothing.
@@ -243,12 +259,33 @@ RETURNING {cols};
 DELETE FROM offload_jobs WHERE id = ? AND state != 'running';
 
 -- name: purge_batch
--- One bounded batch of a purge or of retention; the caller repeats it until a batch comes back
--- short, so no single transaction holds the writer for long. The finished index gives the
--- oldest rows of one state without a scan.
+-- One bounded batch of a purge; the caller repeats it until a batch comes back short, so no
+-- single transaction holds the writer for long. The finished index gives the oldest rows of
+-- one state without a scan (both halves of it: jobs with their own retention and without).
 DELETE FROM offload_jobs WHERE seq IN (
     SELECT seq FROM offload_jobs
-    WHERE state = :state AND finished_at <= :cutoff AND (:queue IS NULL OR queue = :queue)
+    WHERE state = :state AND ({own} IS NULL) IN (0, 1) AND finished_at <= :cutoff
+      AND finished_at IS NOT NULL AND (:queue IS NULL OR queue = :queue)
+    LIMIT :batch
+);
+
+-- name: prune_batch
+-- One bounded batch of retention by the backend's policy: jobs of :state without their own
+-- retention finished at or before :cutoff. Jobs with their own are in the other half of the
+-- finished index, so a backlog of them (a task keeping its jobs for a year) is never scanned.
+DELETE FROM offload_jobs WHERE seq IN (
+    SELECT seq FROM offload_jobs
+    WHERE state = :state AND ({own} IS NULL) = 1 AND finished_at <= :cutoff
+      AND finished_at IS NOT NULL
+    LIMIT :batch
+);
+
+-- name: prune_own_batch
+-- One bounded batch of retention by the jobs' own (their task's retention=): those whose
+-- finish plus their own age for their state is past :now, found by the keep_until index.
+DELETE FROM offload_jobs WHERE seq IN (
+    SELECT seq FROM offload_jobs
+    WHERE finished_at + {own} <= :now AND finished_at IS NOT NULL AND {own} IS NOT NULL
     LIMIT :batch
 );
 

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from offload.backends.retention import PRUNE_BATCH
+from offload.backends.retention import PRUNE_BATCH, Retention
 from offload.backends.sqlite.queries import Q
 from offload.job import JobState
 
@@ -28,10 +28,26 @@ VACUUM_MAX_STEPS = 256  # per maintenance run; the rest is given back at the nex
 async def purge_state(write: Write, state: JobState, cutoff: float, queue: str | None) -> int:
     """Delete the jobs in ``state`` finished at or before ``cutoff`` (of ``queue`` when
     given), one batch per writer request; return how many."""
-    params = {"state": state.value, "cutoff": cutoff, "queue": queue, "batch": PRUNE_BATCH}
+    params = {"state": state.value, "cutoff": cutoff, "queue": queue}
+    return await _batches(write, "purge_batch", params)
+
+
+async def prune(write: Write, policy: Retention, now: Callable[[], float]) -> int:
+    """Delete the finished jobs past their retention: their own (their task's) where they have
+    one for their state, else ``policy``'s; return how many."""
+    deleted = await _batches(write, "prune_own_batch", {"now": now()})
+    for state, age_s in policy.pruned():
+        params = {"state": state.value, "cutoff": now() - age_s}
+        deleted += await _batches(write, "prune_batch", params)
+    return deleted
+
+
+async def _batches(write: Write, query: str, params: dict[str, Any]) -> int:
+    """Run the DELETE ``query`` one batch per writer request until a batch comes back short."""
+    sql, args = Q[query], {**params, "batch": PRUNE_BATCH}
     deleted = 0
     while True:
-        n: int = await write(lambda conn: int(conn.execute(Q["purge_batch"], params).rowcount))
+        n: int = await write(lambda conn: int(conn.execute(sql, args).rowcount))
         deleted += n
         if n < PRUNE_BATCH:
             return deleted

@@ -34,6 +34,7 @@ from offload.job import (
     JobFilter,
     JobPage,
     JobRecord,
+    JobRetention,
     JobState,
     Lease,
     NewJob,
@@ -59,6 +60,8 @@ def _decode(row: Sequence[Any]) -> JobRecord:
         fields["progress"] = row[20]
         if row[21] is not None:
             fields["limits"] = msgspec.json.decode(row[21])
+        if any(v is not None for v in row[22:25]):
+            fields["retention"] = row[22:25]
         return msgspec.convert(fields, JobRecord)
     except (msgspec.ValidationError, msgspec.DecodeError, TypeError, ValueError) as exc:
         raise _Undecodable(f"undecodable job record: {exc}") from None
@@ -129,8 +132,10 @@ def _windowed(
 
 def _insert_params(r: JobRecord) -> tuple[Any, ...]:
     headers = msgspec.json.encode(r.headers).decode() if r.headers else None
+    own = r.retention or JobRetention()
     return (r.id, r.task, r.queue, r.args, r.state.value, r.priority, r.max_attempts, r.run_at,
-            r.created_at, r.key, headers)  # fmt: skip
+            r.created_at, r.key, headers, own.succeeded_s, own.dead_s,
+            own.cancelled_s)  # fmt: skip
 
 
 def enqueue_on_callers(

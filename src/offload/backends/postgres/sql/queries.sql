@@ -1,7 +1,7 @@
 -- offload's PostgreSQL queries, one per "-- name:" block.
 -- Placeholders filled once at load time: {schema} (quoted schema name), {now} (the database's
 -- clock, epoch seconds, one value per statement), {cols} / {jcols} (a job record's columns,
--- unqualified / qualified with "j."). Parameters are psycopg's %(name)s.
+-- unqualified / qualified with "j."), {own} (a finished job's own retention, see queries.py). Parameters are psycopg's %(name)s.
 
 -- name: create_schema
 CREATE SCHEMA IF NOT EXISTS {schema}
@@ -28,16 +28,20 @@ WITH input AS (
     SELECT t.*, coalesce(t.run_at, {now} + t.delay_s) AS at
     FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(args)s::bytea[],
                 %(priorities)s::int2[], %(max_attempts)s::int4[], %(delays)s::float8[],
-                %(run_ats)s::float8[], %(keys)s::text[], %(headers)s::text[], %(limits)s::text[])
+                %(run_ats)s::float8[], %(keys)s::text[], %(headers)s::text[], %(limits)s::text[],
+                %(keep_succeeded)s::float8[], %(keep_dead)s::float8[],
+                %(keep_cancelled)s::float8[])
          WITH ORDINALITY AS t(id, task, queue, args, priority, max_attempts, delay_s, run_at,
-                              key, headers, limits, ord)
+                              key, headers, limits, keep_succeeded_s, keep_dead_s,
+                              keep_cancelled_s, ord)
 ), ins AS (
     INSERT INTO {schema}.jobs
         (id, task, queue, args, state, priority, max_attempts, run_at, created_at, key,
-         headers, limits)
+         headers, limits, keep_succeeded_s, keep_dead_s, keep_cancelled_s)
     SELECT id, task, queue, args,
            CASE WHEN at <= {now} THEN 'queued' ELSE 'scheduled' END,
-           priority, max_attempts, at, {now}, key, headers, string_to_array(limits, E'\n')
+           priority, max_attempts, at, {now}, key, headers, string_to_array(limits, E'\n'),
+           keep_succeeded_s, keep_dead_s, keep_cancelled_s
     FROM input ORDER BY ord
     ON CONFLICT (queue, key)
         WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')
@@ -336,13 +340,44 @@ SELECT upd.*, n.n FROM upd, n
 DELETE FROM {schema}.jobs WHERE id = ANY(%(ids)s::text[]) AND state <> 'running'
 
 -- name: purge_batch
--- One bounded batch of a purge or of retention (the caller repeats it until a batch comes back
--- short), so no statement holds its row locks or bloats one transaction for long. The
--- finished index gives the oldest rows of a state; SKIP LOCKED lets two callers share the work.
+-- One bounded batch of a purge (the caller repeats it until a batch comes back short), so no
+-- statement holds its row locks or bloats one transaction for long: at most %(batch)s rows from
+-- each half of the finished index (jobs without their own retention, and with), oldest first;
+-- SKIP LOCKED lets two callers share the work.
+WITH backend AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = %(state)s AND finished_at <= {now} - %(older_than_s)s
+      AND finished_at IS NOT NULL AND {own} IS NULL
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), own AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = %(state)s AND finished_at <= {now} - %(older_than_s)s
+      AND finished_at IS NOT NULL AND {own} IS NOT NULL
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {schema}.jobs WHERE id IN (SELECT id FROM backend UNION ALL SELECT id FROM own)
+
+-- name: prune_batch
+-- One bounded batch of retention by the backend's policy: jobs of a state without their own
+-- retention, finished %(older_than_s)s ago (the first half of the finished index only: jobs a
+-- task keeps longer are never walked).
 DELETE FROM {schema}.jobs WHERE id IN (
     SELECT id FROM {schema}.jobs
     WHERE state = %(state)s AND finished_at <= {now} - %(older_than_s)s
-      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+      AND finished_at IS NOT NULL AND {own} IS NULL
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED)
+
+-- name: prune_own_batch
+-- One bounded batch of retention by the jobs' own (their task's retention=): those whose
+-- finish plus their own age for their state has passed, found by the expiry index.
+DELETE FROM {schema}.jobs WHERE id IN (
+    SELECT id FROM {schema}.jobs
+    WHERE (finished_at + {own}) <= {now} AND finished_at IS NOT NULL AND {own} IS NOT NULL
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED)
 

@@ -8,7 +8,13 @@
 -- p = priority, m = max attempts, k = dedup key, c = created, s = state, a = attempt,
 -- r = run_at, z = member in the ready/scheduled sets, w = worker id, t = started,
 -- l = lease expiry, f = finished, e = error, o = result, x = JSON list of attempt errors,
--- g = the last progress reported (JSON). The blob may hold a sixth item, the job's headers.
+-- g = the last progress reported (JSON), v = the job's own retention (below). The blob may hold
+-- a sixth item, the job's headers.
+--
+-- Finished jobs are indexed by finish time in base:<state> when the backend's retention (the
+-- URL's) applies to them, in base:own:<state> when they carry their own for that state (their
+-- task's retention=), and those are also in base:expiry by the time they are due to go. So
+-- the backend's pruning never walks jobs kept longer by their own retention.
 
 local function now_us()
   local t = redis.call('TIME')
@@ -112,7 +118,8 @@ end
 
 -- Finishing many jobs at once: set-index updates are gathered and written by flush().
 local function new_acc(base, now)
-  local acc = {rem = {}, succeeded = {}, dead = {}, cancelled = {}, watched = false}
+  local acc = {rem = {}, succeeded = {}, dead = {}, cancelled = {}, watched = false,
+    own = {succeeded = {}, dead = {}, cancelled = {}}, expiry = {}}
   local waiting = base .. ':waiting'
   if redis.call('ZCARD', waiting) > 0 then
     redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
@@ -121,8 +128,20 @@ local function new_acc(base, now)
   return acc
 end
 
+-- A job's own retention for a final state: seconds, or nil for the backend's. Field v holds
+-- "<succeeded>,<dead>,<cancelled>", each seconds or empty (the backend's); absent: none.
+local KEPT_FOREVER_S = 1e15 -- offload.job.KEPT_FOREVER_S: kept until purged
+local OWN_FIELD = {succeeded = 1, dead = 2, cancelled = 3}
+local function own_retention(jk, state)
+  local v = redis.call('HGET', jk, 'v')
+  if not v then return nil end
+  local parts = {string.match(v, '^([^,]*),([^,]*),([^,]*)$')}
+  return tonumber(parts[OWN_FIELD[state]])
+end
+
 -- The one way into a final state: fields, key ttl, dedup key, waiters; indexes via acc.
--- retention: seconds a finished job is kept, -1 for ever. key: the job's dedup key or nil.
+-- retention: seconds the backend keeps a finished job (its longest), -1 for ever; the job's
+-- own retention for the state, when it has one, wins. key: the job's dedup key or nil.
 local function finish(base, id, jk, state, now, retention, err, key, acc)
   if err then
     redis.call('HSET', jk, 's', state, 'f', fmt(now), 'e', err)
@@ -132,9 +151,15 @@ local function finish(base, id, jk, state, now, retention, err, key, acc)
   redis.call('HDEL', jk, 'w', 'l')
   release_key(base, id, key)
   acc.rem[#acc.rem + 1] = id
-  local set = acc[state]
+  local own = own_retention(jk, state)
+  local set = own and acc.own[state] or acc[state]
   set[#set + 1] = now
   set[#set + 1] = id
+  if own and own < KEPT_FOREVER_S then
+    acc.expiry[#acc.expiry + 1] = now + own * 1000000
+    acc.expiry[#acc.expiry + 1] = id
+  end
+  if own then retention = own < KEPT_FOREVER_S and own or -1 end
   -- A backstop only: the maintenance sweep deletes it (and its index entries) on time.
   if retention >= 0 then redis.call('EXPIRE', jk, math.ceil(retention) + 3600) end
   if acc.watched and redis.call('ZSCORE', base .. ':waiting', id) then
@@ -148,7 +173,16 @@ local function flush(base, acc)
   zrem_many(base .. ':lease', acc.rem)
   for _, state in ipairs({'succeeded', 'dead', 'cancelled'}) do
     if #acc[state] > 0 then zadd_many(base .. ':' .. state, acc[state]) end
+    if #acc.own[state] > 0 then zadd_many(base .. ':own:' .. state, acc.own[state]) end
   end
+  if #acc.expiry > 0 then zadd_many(base .. ':expiry', acc.expiry) end
+end
+
+-- Out of the finished indexes (a job deleted or queued again).
+local function unfinish(base, id, state)
+  redis.call('ZREM', base .. ':' .. state, id)
+  redis.call('ZREM', base .. ':own:' .. state, id)
+  redis.call('ZREM', base .. ':expiry', id)
 end
 
 local function is_active(state)

@@ -8,7 +8,7 @@ for _, id in ipairs(ARGV) do
   if v[1] and v[1] ~= 'running' then
     unlist(base, id, v[2])
     release_key(base, id, v[3])
-    redis.call('ZREM', base .. ':' .. v[1], id)
+    unfinish(base, id, v[1])
     redis.call('ZREM', base .. ':created', id)
     redis.call('UNLINK', jk)
     n = n + 1

@@ -1,8 +1,9 @@
 -- Store a batch of new jobs, all or none.
--- KEYS: the base of each queue in the batch. ARGV[1]: the jobs, framed, 11 fields each:
+-- KEYS: the base of each queue in the batch. ARGV[1]: the jobs, framed, 12 fields each:
 --   queue index, id, blob, priority, max attempts, run_at (us, or ''), delay (us), key (or ''),
 --   unique_for (us, or ''), on_conflict ('r': replace a waiting holder, '': keep it),
---   limit buckets (newline-joined, or ''; see docs/limits.md).
+--   limit buckets (newline-joined, or ''; see docs/limits.md), its own retention (field v, see
+--   _common.lua, or '').
 -- unique_for: the key of a job stored with one is also held by base:u:<key> (its id), which
 -- expires with the window, so a finished job blocks its key until then.
 -- ARGV[2...]: one depth limit per queue (-1: none).
@@ -38,9 +39,9 @@ end
 -- Phase 1: read, dedup and check limits, without writing anything.
 local pos, size, j = 1, #src, 0
 while pos <= size do
-  local qi, id, blob, priority, max_attempts, run_at, delay, key, window, conflict, limits
-  qi, id, blob, priority, max_attempts, run_at, delay, key, window, conflict, limits, pos =
-    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', src, pos)
+  local qi, id, blob, priority, max_attempts, run_at, delay, key, window, conflict, limits, keep
+  qi, id, blob, priority, max_attempts, run_at, delay, key, window, conflict, limits, keep, pos =
+    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', src, pos)
   qi = tonumber(qi)
   local base = KEYS[qi]
   local dup = nil
@@ -67,7 +68,7 @@ while pos <= size do
     dups[#dups + 1] = {j, dup, base}
   else
     jobs[#jobs + 1] = {qi, id, blob, tonumber(priority), max_attempts, run_at, delay, key,
-      window, limits}
+      window, limits, keep}
     fresh_n[qi] = fresh_n[qi] + 1
   end
   j = j + 1
@@ -90,7 +91,8 @@ for qi = 1, nq do
   end
 end
 for _, job in ipairs(jobs) do
-  local qi, id, blob, priority, max_attempts, run_at, delay, key, window, limits = unpack(job)
+  local qi, id, blob, priority, max_attempts, run_at, delay, key, window, limits, keep =
+    unpack(job)
   local base = KEYS[qi]
   if run_at == '' then run_at = now + tonumber(delay) else run_at = tonumber(run_at) end
   seq[qi] = seq[qi] + 1
@@ -121,6 +123,7 @@ for _, job in ipairs(jobs) do
       redis.call('SET', base .. ':u:' .. key, id, 'PX', math.max(1, math.ceil(window / 1000)))
     end
   end
+  if keep ~= '' then redis.call('HSET', jk, 'v', keep) end
   if limits ~= '' then
     -- The queue's claims take the gated path from now on (claim.lua).
     redis.call('HSET', jk, 'b', limits)

@@ -15,7 +15,7 @@ if key then
   redis.call('HSET', base .. ':keys', key, id)
 end
 local now = now_us()
-redis.call('ZREM', base .. ':' .. state, id)
+unfinish(base, id, state)
 redis.call('PERSIST', jk)
 redis.call('HDEL', jk, 'f', 'e', 'o', 'w', 'l')
 redis.call('HSET', jk, 'a', 0)
