@@ -67,8 +67,9 @@ def retention_soak(kind: str, run: Run, result: Result, form: Form) -> None:
         result.skipped = f"the retention soak measures {', '.join(KINDS)} only"
         return
     pruner = offload.App(_with_retention(run.url))
+    slowest: list[str] = []  # the slowest sampling step, when one starved the sampler
     try:
-        samples, sent, deleted, elapsed = _load(kind, run, pruner, form)
+        samples, sent, deleted, elapsed = _load(kind, run, pruner, form, slowest)
         run.wait_until(lambda: run.count("F") >= sent, form.timeout_s, "the backlog")
         run.wait_until(lambda: _active(run) == 0, form.timeout_s, "the last completions")
     finally:
@@ -79,11 +80,12 @@ def retention_soak(kind: str, run: Run, result: Result, form: Form) -> None:
     result.notes.append(
         f"{sent} jobs in {elapsed:.0f}s ({sent / elapsed:.0f}/s); retention deleted {deleted}"
     )
+    result.notes.extend(slowest)
     _judge(kind, result, samples, WARMUP_S)
 
 
 def _load(
-    kind: str, run: Run, pruner: offload.App, form: Form
+    kind: str, run: Run, pruner: offload.App, form: Form, slowest: list[str]
 ) -> tuple[list[Sample], int, int, float]:
     for _ in range(WORKERS):
         run.start_worker(SLOTS)
@@ -92,6 +94,7 @@ def _load(
     samples: list[Sample] = []
     t0 = time.monotonic()
     sent, deleted, next_sample = 1, 0, 0.0
+    worst = 0.0
     while (now := time.monotonic() - t0) < form.retention_soak_s:
         due = 1 + int(form.soak_rate * now) - sent
         if due > 0:
@@ -100,8 +103,17 @@ def _load(
             for p in run.workers:
                 if p.poll() is not None:
                     raise Failure(f"worker {p.pid} exited ({p.returncode}) during the soak")
+            t_prune = time.monotonic()
             deleted += pruner.run_sync(lambda b: b.run_maintenance())
+            t_measure = time.monotonic()
             samples.append(Sample(now, _used_bytes(kind, run.url), sum(run.counts().values())))
+            prune_s, measure_s = t_measure - t_prune, time.monotonic() - t_measure
+            if prune_s + measure_s > max(worst, SAMPLE_S):
+                worst = prune_s + measure_s
+                slowest[:] = [
+                    f"slowest sample: a prune pass of {prune_s:.1f}s, "
+                    f"a measure of {measure_s:.1f}s at {now:.0f}s"
+                ]
             next_sample += max(SAMPLE_S, PRUNE_EVERY_S)
         time.sleep(max(0.0, min(TICK_S, t0 + next_sample - time.monotonic())))
     return samples, sent, deleted, time.monotonic() - t0
