@@ -21,6 +21,8 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+import msgspec
+
 from offload.backends.base import Backend, SyncEnqueue
 from offload.backends.brokered.limited import carried, carried_ids
 from offload.backends.brokered.outbox import Outbox
@@ -49,15 +51,15 @@ async def enqueue_stored(
     ids = carried_ids(jobs)
     marker = [outbox.marker(ids)] if ids else []
     recs = (await store.enqueue([*jobs, *marker], limits=limits))[: len(jobs)]
-    new = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+    new = [(r, j) for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
     moved = carried(replaced_records(jobs, recs))  # debounced: its message goes at its new time
-    fresh = carried(new)
+    fresh = [r for r, j in new if not j.limits]  # (the job's own word: a store may not echo it)
     fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
     try:
         await publish([*fresh, *moved])
     except BackendUnavailable:
         with contextlib.suppress(BackendUnavailable):
-            await store.delete([*(r.id for r in new), *(m.id for m in marker)])
+            await store.delete([*(r.id for r, _ in new), *(m.id for m in marker)])
         raise
     for m in marker:
         outbox.published(m.id)
@@ -106,7 +108,11 @@ class Handoff:
         ids = carried_ids(jobs)
         marker = [self._outbox.marker(ids)] if ids else []
         recs = store.enqueue_now([*jobs, *marker], limits=limits)[: len(jobs)]
-        fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+        fresh = [
+            r if r.limits == j.limits else msgspec.structs.replace(r, limits=j.limits)
+            for r, j in zip(recs, jobs, strict=True)
+            if r.id == j.id
+        ]  # (with the job's own limits: ``publish`` tells them apart, a store may not echo them)
         fresh += replaced_records(jobs, recs)  # debounced: its message goes at its new time
         try:
             loop.call_soon_threadsafe(self._queue, fresh, marker[0].id if marker else None)

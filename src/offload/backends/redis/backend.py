@@ -260,6 +260,7 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
             created_at=now_us / 1e6,
             key=j.key,
             headers=dict(j.headers),
+            limits=j.limits,
         )
 
     # -- consuming ---------------------------------------------------------------------------
