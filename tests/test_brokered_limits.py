@@ -148,3 +148,45 @@ async def test_a_requeued_limited_job_gets_no_message(make_rabbit: MakeRabbit) -
     (got,) = await backend.claim(ClaimRequest(queues=("q",), limit=5, worker_id="w"))
     assert got.id == rec.id
     assert sent == []
+
+
+async def idle_rounds(backend: Backend, seconds: float) -> int:
+    """A worker's idle loop (claim, then wait) for ``seconds``: how many rounds it made."""
+    rounds = 0
+    stop = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < stop:
+        assert await backend.claim(ClaimRequest(queues=("q",), limit=5, worker_id="w")) == []
+        await backend.wait_for_work(["q"], 0.3)
+        rounds += 1
+    return rounds
+
+
+async def no_spin_on_a_job_whose_message_is_elsewhere(
+    backend: RabbitMQBackend | StoredBeanstalkBackend,
+) -> None:
+    """A due job without limits stored with no message (its producer died before publishing;
+    the outbox publishes it only after ``orphan_after_s``): the store's wait returns at once
+    for it, again and again. The limited lane must not turn that into a spin, and a limited
+    job enqueued meanwhile still starts at once."""
+    orphan = NewJob(id=new_job_id(), task="t", queue="q", args=b"{}")
+    await backend.store.enqueue([orphan])
+    rounds = await idle_rounds(backend, 2.0)
+    assert rounds <= 16, (
+        rounds
+    )  # ~12 (2 quick rounds a second, then the caller's timeouts); a spin: hundreds
+    job = NewJob(id=new_job_id(), task="t", queue="q", args=b"{}", limits=("1/0/x",))
+    (rec,) = await backend.enqueue([job])
+    (got,) = await backend.claim(ClaimRequest(queues=("q",), limit=5, worker_id="w"))
+    assert got.id == rec.id
+
+
+async def test_rabbitmq_no_spin_on_a_job_whose_message_is_elsewhere(
+    make_rabbit: MakeRabbit,  # noqa: F811
+) -> None:
+    await no_spin_on_a_job_whose_message_is_elsewhere(await make_rabbit())
+
+
+async def test_beanstalkd_no_spin_on_a_job_whose_message_is_elsewhere(
+    make_stalk: MakeStalk,  # noqa: F811
+) -> None:
+    await no_spin_on_a_job_whose_message_is_elsewhere(await make_stalk())

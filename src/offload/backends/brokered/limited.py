@@ -45,7 +45,7 @@ POLL_S = 1.0  # a busy worker asks the store for limited jobs at least this ofte
 ACTIVE_S = 2.0  # after claiming limited jobs, every claim asks the store for this long
 QUICK_S = 0.05  # a store wait that returned within this long returned "at once"
 HOT_AFTER = 2  # store waits returning at once, with nothing claimed after, before HOT_WAIT_S
-HOT_WAIT_S = 0.5  # how long the broker's wait alone stands in for the store's then
+HOT_WAIT_S = 1.0  # how long the broker's wait alone stands in for the store's then
 
 BrokerWait = Callable[[float], Awaitable[None]]
 BrokerClaim = Callable[[ClaimRequest], Awaitable[list[JobRecord]]]
@@ -71,6 +71,7 @@ class LimitedLane:
         self._asked_at = -1.0  # monotonic: the last time the store was asked
         self._quick = False  # the last wait was the store's, and it returned at once
         self._quick_empty = 0  # such waits in a row that were followed by an empty claim
+        self._hot_until = -1.0  # monotonic: until then, waits skip the store's wait
 
     @property
     def enabled(self) -> bool:
@@ -124,9 +125,11 @@ class LimitedLane:
         try:
             if not self.enabled:
                 await broker_wait(timeout_s)
-            elif self._quick_empty >= HOT_AFTER:
-                self._quick_empty = 0
-                await broker_wait(min(timeout_s, HOT_WAIT_S))
+            elif self._quick_empty >= HOT_AFTER or time.monotonic() < self._hot_until:
+                if self._quick_empty >= HOT_AFTER:
+                    self._quick_empty = 0
+                    self._hot_until = time.monotonic() + HOT_WAIT_S
+                await broker_wait(min(timeout_s, max(self._hot_until - time.monotonic(), 0.0)))
             else:
                 await self._race(queues, timeout_s, broker_wait)
         finally:
