@@ -7,7 +7,11 @@ stored forms by tests/test_rabbitmq_backend.py and tests/test_beanstalkd_stored.
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
+import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +28,8 @@ from offload.control import Retry, Snooze
 from offload.errors import CapabilityUnavailable
 from offload.job import ClaimRequest, JobState, NewJob, new_job_id
 from offload.worker import Worker, WorkerConfig
+from tests.procs import kill_all, ledger_lines, start_worker, stop, wait_for
+from tests.services import backend_url
 from tests.test_beanstalkd_stored import Make as MakeStalk
 from tests.test_beanstalkd_stored import make_stalk  # noqa: F401 (fixture)
 from tests.test_rabbitmq_backend import Make as MakeRabbit
@@ -190,3 +196,66 @@ async def test_beanstalkd_no_spin_on_a_job_whose_message_is_elsewhere(
     make_stalk: MakeStalk,  # noqa: F811
 ) -> None:
     await no_spin_on_a_job_whose_message_is_elsewhere(await make_stalk())
+
+
+def test_kill9_mid_run_with_limited_jobs_loses_nothing(tmp_path: Path) -> None:
+    """RabbitMQ with a Redis store, 200 jobs of 10 accounts under ``max_per_key=1``: kill -9
+    the worker in the middle and start another. Every job succeeds; only what the killed one
+    held runs again; the killed worker's slots come back after its lease (the accounts it held
+    go on); and no two finished runs of one account ever overlapped."""
+    from tests.apps.limited import keyed_record
+
+    n_accounts, per_account, concurrency = 10, 20, 8
+    ledger = tmp_path / "ledger.txt"
+    with backend_url("rabbitmq_redis", tmp_path) as url:
+        app = offload.App(url)
+        task = app.task(name="keyed_record", concurrency_key="account", max_attempts=5)(
+            keyed_record.fn  # as tests.apps.limited declares it
+        )
+        jobs = [
+            task.prepare(f"a{k}", i, str(ledger))
+            for i in range(per_account)
+            for k in range(n_accounts)
+        ]
+        try:
+            app.enqueue_many(jobs)
+            flags = ["--concurrency", str(concurrency), "--lease", "2", "--heartbeat", "0.5"]
+            first = start_worker(url, *flags, app="tests.apps.limited:app")
+            second = None
+            try:
+                wait_for(lambda: len(ends(ledger)) >= len(jobs) // 3, 60, "a third of the jobs")
+                first.send_signal(signal.SIGKILL)
+                first.wait()
+                second = start_worker(url, *flags, app="tests.apps.limited:app")
+
+                def all_done() -> bool:
+                    by_state = app.run_sync(lambda b: b.counts()).get("default", {})
+                    return sum(by_state.get(s, 0) for s in JobState if s.final) >= len(jobs)
+
+                wait_for(all_done, 90, "every job to finish after the kill")
+                assert stop(second) == 0
+            finally:
+                kill_all([p for p in (first, second) if p is not None])
+            counts = app.run_sync(lambda b: b.counts())["default"]
+        finally:
+            app.close_sync()
+    assert counts.get(JobState.SUCCEEDED, 0) == len(jobs)  # nothing lost
+    lines = [ln.split() for ln in ledger_lines(ledger)]
+    starts = collections.Counter((a, i) for kind, a, i, *_ in lines if kind == "start")
+    assert len(starts) == len(jobs)
+    assert sum(n - 1 for n in starts.values()) <= concurrency  # re-runs: what the killed held
+    runs: dict[str, list[tuple[float, float]]] = {}
+    begun: dict[tuple[str, str, str], float] = {}
+    for kind, account, i, pid, at in lines:
+        if kind == "start":
+            begun[account, i, pid] = float(at)
+        else:
+            runs.setdefault(account, []).append((begun[account, i, pid], float(at)))
+    for account, spans in runs.items():
+        spans.sort()
+        overlaps = [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+        assert overlaps == [], (account, overlaps)
+
+
+def ends(ledger: Path) -> list[str]:
+    return [ln for ln in ledger_lines(ledger) if ln.startswith("end ")]
