@@ -214,8 +214,8 @@ def test_kill9_mid_run_with_limited_jobs_loses_nothing(tmp_path: Path) -> None:
         )
         jobs = [
             task.prepare(f"a{k}", i, str(ledger))
-            for i in range(per_account)
             for k in range(n_accounts)
+            for i in range(per_account)  # one account's jobs in a row: only the limit spreads them
         ]
         try:
             app.enqueue_many(jobs)
