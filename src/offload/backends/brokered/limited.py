@@ -22,10 +22,11 @@ in a row with nothing to claim after it, and waits on the broker alone for :data
 before trying the store's wait again: a few claims a second at worst, never a spin.
 
 Asking the store costs a round trip per claim. A worker whose limited lane found nothing asks
-again at once after any wake-up or local news (an enqueue, a completion, a recovery here), while
-limited jobs were claimed in the last :data:`ACTIVE_S`, and otherwise every :data:`POLL_S`:
-a worker busy with broker messages learns of limited jobs made claimable by other processes at
-least that often (an idle one, through the store's wake-ups, at once).
+again at once after a wake-up by the store (or a poll), after local news (an enqueue, a
+completion, a recovery here), at every claim while limited jobs were claimed in the last
+:data:`ACTIVE_S`, and otherwise every :data:`POLL_S`: a worker busy with broker messages learns
+of limited jobs made claimable by other processes at least that often (an idle one, through
+the store's wake-ups, at once). A wait ended by a broker message alone does not ask.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ ACTIVE_S = 2.0  # after claiming limited jobs, every claim asks the store for th
 QUICK_S = 0.05  # a store wait that returned within this long returned "at once"
 HOT_AFTER = 2  # store waits returning at once, with nothing claimed after, before HOT_WAIT_S
 HOT_WAIT_S = 1.0  # how long the broker's wait alone stands in for the store's then
+POLL_FRACTION = 0.9  # a wait this close to its timeout was a poll: ask the store after it
 
 BrokerWait = Callable[[float], Awaitable[None]]
 BrokerClaim = Callable[[ClaimRequest], Awaitable[list[JobRecord]]]
@@ -121,24 +123,26 @@ class LimitedLane:
 
     async def wait(self, queues: Sequence[str], timeout_s: float, broker_wait: BrokerWait) -> None:
         """Return when the broker's wait or the store's ``wait_for_work`` returns (or at
-        ``timeout_s``); the next claim asks the store in any case."""
-        try:
-            if not self.enabled:
-                await broker_wait(timeout_s)
-            elif self._quick_empty >= HOT_AFTER or time.monotonic() < self._hot_until:
-                if self._quick_empty >= HOT_AFTER:
-                    self._quick_empty = 0
-                    self._hot_until = time.monotonic() + HOT_WAIT_S
+        ``timeout_s``). The next claim asks the store unless only a broker message ended the
+        wait (a drain of broker messages then costs no store claim per wake-up)."""
+        if not self.enabled:
+            await broker_wait(timeout_s)
+        elif self._quick_empty >= HOT_AFTER or time.monotonic() < self._hot_until:
+            if self._quick_empty >= HOT_AFTER:
+                self._quick_empty = 0
+                self._hot_until = time.monotonic() + HOT_WAIT_S
+            try:
                 await broker_wait(min(timeout_s, max(self._hot_until - time.monotonic(), 0.0)))
-            else:
-                await self._race(queues, timeout_s, broker_wait)
-        finally:
-            self._armed = True
+            finally:
+                self._armed = True  # the store's wait was skipped: ask at the next claim
+        else:
+            await self._race(queues, timeout_s, broker_wait)
 
     async def _race(self, queues: Sequence[str], timeout_s: float, broker_wait: BrokerWait) -> None:
         started = time.monotonic()
         by_broker = asyncio.ensure_future(broker_wait(timeout_s))
         by_store = asyncio.ensure_future(self._store.wait_for_work(queues, timeout_s))
+        done: set[asyncio.Task[None]] = set()
         try:
             done, _ = await asyncio.wait({by_broker, by_store}, return_when="FIRST_COMPLETED")
         finally:
@@ -147,6 +151,11 @@ class LimitedLane:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-        self._quick = by_store in done and time.monotonic() - started < QUICK_S
+            waited = time.monotonic() - started
+            # Ask the store at the next claim after its own wake-up, a poll's timeout, or an
+            # error; not after a broker message alone (its jobs are the broker's).
+            if by_store in done or waited >= POLL_FRACTION * timeout_s or not done:
+                self._armed = True
+        self._quick = by_store in done and waited < QUICK_S
         for task in done:
             task.result()  # an error of either wait is the caller's
