@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import quote
 
 import pytest
 
@@ -126,6 +127,7 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
         "redis_cluster": "redis",
         "postgres": "postgres",
         "rabbitmq": "rabbitmq",
+        "rabbitmq_redis": "rabbitmq",
     }[kind]
     if importlib.util.find_spec(f"offload.backends.{module}") is None:
         pytest.skip(f"the {kind} backend is not part of this build yet")
@@ -155,6 +157,17 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
             yield f"{RABBITMQ_URL}?prefix={prefix}&store=sqlite:///{tmp_path / 'state.db'}"
         finally:
             delete_rabbitmq_prefix(prefix)
+        return
+    if kind == "rabbitmq_redis":  # RabbitMQ carrying delivery, Redis as its state store
+        require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+        require_port("Redis", REDIS_HOST, REDIS_PORT)
+        prefix = unique_name("offload_t")
+        store = quote(f"{REDIS_URL}?prefix={prefix}", safe="")
+        try:
+            yield f"{RABBITMQ_URL}?prefix={prefix}&store={store}"
+        finally:
+            delete_rabbitmq_prefix(prefix)
+            delete_redis_prefix(prefix)
         return
     if kind == "postgres":
         require_port("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)

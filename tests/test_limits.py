@@ -119,10 +119,12 @@ async def test_worker_runs_one_job_per_key_at_a_time(engine: str, tmp_path: Path
         assert counts["default"] == {JobState.SUCCEEDED: 20}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis", "rabbitmq_redis"])
 def test_rate_holds_across_four_worker_processes(kind: str, tmp_path: Path) -> None:
     """The issue's done-when: a global rate within ±5% with four worker processes (a 5 s
-    window at 20/s here, 100 starts; a worker that ignored the rate would start all 200)."""
+    window at 20/s here, 100 starts; a worker that ignored the rate would start all 200).
+    ``rabbitmq_redis``: RabbitMQ with a Redis state store, whose limited jobs never travel
+    through the broker (offload.backends.brokered.limited)."""
     from tests.apps.limited import RATE_PER_S
     from tests.procs import wait_for
 

@@ -454,6 +454,7 @@ async def test_gated_claims_are_serialised_across_queues(backends: Factory) -> N
             "ns": lock_namespace(b.schema),
             "worker_id": "w1",
             "lease_s": 30.0,
+            "limited_only": False,
         }
         rows = await AsyncQueryConn(first).rows(b._q["claim_gated"], params)  # not committed
         assert [r[2] for r in rows if r[0] is not None] == ["qa"]

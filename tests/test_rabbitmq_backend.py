@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -76,6 +76,30 @@ class TestRabbitMQConformance(BackendConformance):
             return await make_rabbit()
 
         return make
+
+
+class TestRabbitMQRedisConformance(BackendConformance):
+    """The same contract with a Redis state store (its claim script serves both the broker's
+    named claims and the limited lane's: offload.backends.brokered.limited)."""
+
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> Iterator[str]:
+        with backend_url("rabbitmq_redis", tmp_path) as url:  # (its cleanup runs its own loop)
+            yield url
+
+    @pytest.fixture
+    async def make_backend(self, url: str) -> AsyncIterator[MakeBackend]:
+        opened: list[Backend] = []
+
+        async def make() -> Backend:
+            backend = from_url(url)
+            await backend.open()
+            opened.append(backend)
+            return backend
+
+        yield make
+        for backend in opened:
+            await backend.close()
 
 
 def job(queue: str = "q", **kw: object) -> NewJob:

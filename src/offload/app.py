@@ -213,8 +213,9 @@ class App:
         if not self._backend.capabilities.limits:
             raise CapabilityUnavailable(
                 f"{type(self._backend).__name__} cannot enforce rate or concurrency limits "
-                f"(task {task}); use sqlite://, postgresql://, redis:// or memory:// "
-                "(see docs/limits.md)"
+                f"(task {task}): they need a job store. Use sqlite://, postgresql://, redis:// "
+                "or memory://, or give an amqp:// or beanstalk:// URL one with "
+                "?store=<url> (see docs/limits.md)"
             )
 
     def get_task(self, name: str) -> Task[Any, Any]:

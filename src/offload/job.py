@@ -173,6 +173,11 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     ``job_ids``, when given, narrows the candidates to those jobs (a broker delivered them and
     the state store must lease exactly these); the other rules still apply.
+
+    ``limited_only`` narrows the candidates to jobs that carry limits (``JobRecord.limits``):
+    the claim of a broker's state store for the jobs the broker never carries (see
+    :mod:`offload.backends.brokered.limited`); the limits still apply. Not combined with
+    ``job_ids``.
     """
 
     queues: tuple[str, ...]
@@ -180,6 +185,7 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     worker_id: str
     lease_s: float = 30.0
     job_ids: tuple[str, ...] | None = None
+    limited_only: bool = False
 
 
 class JobFilter(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,7 +3,8 @@ state store.
 
 A claim reserves as many jobs as it has room for (one round trip) and leases exactly their
 offload jobs in the store. A reservation whose job did not start is sorted out by the store's
-record: deleted (the job is finished, cancelled or deleted, or a spare message of one),
+record: deleted (the job is finished, cancelled or deleted, or a spare message of one, or it
+carries limits: the store's claim takes those, see :mod:`offload.backends.brokered.limited`),
 held here until due if that is within :data:`EARLY_HOLD_S` (Beanstalkd's delays are whole
 seconds, rounded down, so a retry after 0.3 s arrives at once and waits here), released with
 the rest of its delay if it is later, released after :data:`PARK_S` (the
@@ -210,7 +211,7 @@ class Claimer:
         refused = False
         for p, rec in zip(rest, recs, strict=True):
             d, pri = p[0], p[2]
-            if rec is None or rec.state.final:
+            if rec is None or rec.state.final or rec.limits:  # (limits: brokered.limited)
                 commands.append((d, protocol.job_command(b"delete", d.bid)))
             elif rec.state is JobState.SCHEDULED and now < rec.run_at < now + EARLY_HOLD_S:
                 self.early.append((rec.run_at, p))

@@ -165,6 +165,8 @@ class DirectBeanstalkBackend(StoreLess):
             self._unavailable("deduplicating by key")
         if limits:
             self._unavailable("a queue depth limit")
+        if any(j.limits for j in jobs):
+            self._unavailable("rate and concurrency limits")
         now = time.time()
         out: list[Outgoing] = []
         recs: list[JobRecord] = []

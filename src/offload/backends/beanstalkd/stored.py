@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,16 +30,16 @@ from urllib.parse import urlsplit
 
 from offload.backends.base import Backend, Capabilities
 from offload.backends.beanstalkd import protocol
-from offload.backends.beanstalkd.broker import Beanstalk, Delivery
+from offload.backends.beanstalkd.broker import Beanstalk, Delivery, Outgoing
 from offload.backends.beanstalkd.claim import Claimer, outgoing_of, parse_body
 from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
 from offload.backends.brokered.delegation import StoreDelegation
-from offload.backends.brokered.handoff import Handoff
+from offload.backends.brokered.handoff import Handoff, enqueue_stored
+from offload.backends.brokered.limited import LimitedLane, carried
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.brokered.workflows import StoreWorkflows
 from offload.backends.common import LEASE_EXPIRED_ERROR, masked
-from offload.backends.unique import replaced_records
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
@@ -115,7 +114,9 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
             pause=sc.pause,
             cross_process=sc.cross_process,
             workflows=sc.workflows,
+            limits=sc.limits,
         )
+        self._lane = LimitedLane(self._store)  # jobs with limits: see brokered.limited
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
         self._claimer = Claimer(self._store, self._bs, self._held, self._expires)
@@ -161,26 +162,25 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
     ) -> list[JobRecord]:
         """Store the batch in the state store (dedup and limits happen there) with an outbox
-        marker, then put one Beanstalkd job per newly stored job (one round trip). If a put
-        fails, the new records are deleted again and BackendUnavailable is raised; if this
-        process dies before the puts, the marker has the jobs put later
-        (:mod:`offload.backends.brokered.outbox`)."""
+        marker, then put one Beanstalkd job per newly stored job without limits, in one round
+        trip (:func:`~offload.backends.brokered.handoff.enqueue_stored`). Jobs with limits
+        are not put: the store's claim takes them (:mod:`offload.backends.brokered.limited`)."""
         if not jobs:
             return []
-        marker = self._outbox.marker([j.id for j in jobs])
-        recs = (await self._store.enqueue([*jobs, marker], limits=limits))[: len(jobs)]
-        fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
-        moved = replaced_records(jobs, recs)  # debounced: its message goes at its new time
-        fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
-        try:
-            await self._bs.put([outgoing_of(r) for r in [*fresh, *moved]])
-        except BackendUnavailable:
-            with contextlib.suppress(BackendUnavailable):
-                await self._store.delete([*(r.id for r in fresh), marker.id])
-            raise
-        self._outbox.published(marker.id)
+        recs = await enqueue_stored(
+            self._store,
+            self._outbox,
+            jobs,
+            limits,
+            lambda fresh: self._put([outgoing_of(r) for r in fresh]),
+        )
+        if any(j.limits for j in jobs):
+            self._lane.note()
         self._bs.wake.set()
         return recs
+
+    async def _put(self, items: Sequence[Outgoing]) -> None:
+        await self._bs.put(items)
 
     def enqueue_now(
         self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
@@ -192,7 +192,10 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
 
     async def _publish_stored(self, fresh: Sequence[JobRecord]) -> None:
         """What :class:`Handoff` does on the loop after a sync enqueue stored ``fresh``."""
-        await self._bs.put([outgoing_of(r) for r in fresh])
+        carry = carried(fresh)
+        if len(carry) < len(fresh):
+            self._lane.note()
+        await self._bs.put([outgoing_of(r) for r in carry])
         self._bs.wake.set()
 
     # -- consuming -------------------------------------------------------------------------
@@ -200,8 +203,9 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
         """Reserve up to ``req.limit`` jobs from the (unpaused) queues' tubes and start them in
         the store, leasing exactly the reserved jobs (see
-        :mod:`offload.backends.beanstalkd.claim`)."""
-        return await self._claimer.claim(req)
+        :mod:`offload.backends.beanstalkd.claim`). Jobs with limits come first, from the
+        store's own claim (:mod:`offload.backends.brokered.limited`)."""
+        return await self._lane.claim_first(req, self._claimer.claim)
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         """Extend the leases in the store and ``touch`` their reservations. A lease the store
@@ -229,6 +233,8 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
             return
         still = await self._still_held([lease for lease, _ in results if lease in self._held])
         await self._complete_in_store(results)  # (publishes the workflow steps it releases)
+        if any(lease not in self._held for lease, _ in results):
+            self._lane.note()  # (jobs of the limited lane: their slots are free)
         commands: list[tuple[Delivery, bytes]] = []
         for lease, outcome in results:
             if lease not in self._held:
@@ -272,6 +278,7 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         await self._rescue_stuck()
         n = await self._store.recover()
         if n:
+            self._lane.note()  # slots of limited jobs may be free again
             self._put_back = await self._just_put_back()
         now = time.monotonic()
         silent = [lease for lease, at in self._expires.items() if at <= now]
@@ -292,8 +299,8 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         recs = await get_many(self._store, list(put_back))
         stuck = [
             r
-            for r in recs
-            if r is not None and r.state is JobState.QUEUED and r.attempt == put_back[r.id]
+            for r in carried([r for r in recs if r is not None])  # (limits: no message)
+            if r.state is JobState.QUEUED and r.attempt == put_back[r.id]
         ]
         if stuck:
             log.warning("putting a fresh message for %d job(s) nobody started", len(stuck))
@@ -328,7 +335,7 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         due_in = claimer.next_due_in()
         if due_in <= 0:
             return
-        await self._bs.wait(live, min(timeout_s, due_in))
+        await self._lane.wait(queues, min(timeout_s, due_in), lambda t: self._bs.wait(live, t))
 
     # -- inspecting and steering: the store's --------------------------------------------
 
@@ -345,9 +352,11 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         except BaseException:
             self._outbox.published(marker.id)
             raise
-        if rec is None:
+        if rec is None or rec.limits:  # (a job with limits: the store's claim takes it)
             self._outbox.published(marker.id)
-            return None
+            if rec is not None:
+                self._lane.note()
+            return rec
         try:
             await self._bs.put([outgoing_of(rec)])
         except BackendUnavailable:
@@ -362,6 +371,7 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
         await self._store.set_paused(queue, paused)
         self._claimer.note_paused(queue, paused)
         if not paused:
+            self._lane.note()
             self._bs.wake.set()
 
     # -- tests and tools -------------------------------------------------------------------

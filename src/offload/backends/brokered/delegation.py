@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from offload.backends.base import Backend
+from offload.backends.brokered.limited import LimitedLane
 from offload.backends.brokered.outbox import OUTBOX_QUEUE
 from offload.job import JobFilter, JobPage, JobRecord, JobState, Lease, LimitUsage, WorkerInfo
 from offload.schedules import ScheduleRecord
@@ -22,6 +23,7 @@ class StoreDelegation:
     """Mixin: the Backend methods a broker-with-a-store answers from ``self._store``."""
 
     _store: Backend
+    _lane: LimitedLane
 
     async def run_maintenance(self) -> int:
         """The store's housekeeping (retention, expired worker reports)."""
@@ -54,8 +56,12 @@ class StoreDelegation:
         return await self._store.limit_usage()
 
     async def cancel(self, job_id: str) -> JobRecord | None:
-        """Cancel in the store; the job's message is dropped when it is next delivered."""
-        return await self._store.cancel(job_id)
+        """Cancel in the store; the job's message is dropped when it is next delivered (a
+        job with limits has none; cancelling it may free a slot for another)."""
+        rec = await self._store.cancel(job_id)
+        if rec is not None and rec.limits:
+            self._lane.note()
+        return rec
 
     async def delete(self, job_ids: Sequence[str]) -> int:
         return await self._store.delete(job_ids)

@@ -1,5 +1,7 @@
-"""The sync enqueue of a broker with a state store: store on the caller's thread, publish on
-the backend's loop without making the caller wait for the broker.
+"""The enqueue of a broker with a state store: :func:`enqueue_stored` (async), and the sync
+enqueue (:class:`Handoff`): store on the caller's thread, publish on the backend's loop
+without making the caller wait for the broker. Jobs with limits are stored alone, never
+published (:mod:`offload.backends.brokered.limited`).
 
 What makes this safe is the outbox (:mod:`offload.backends.brokered.outbox`): the store write
 carries the batch's marker, in the same atomic batch as the jobs, through the store's own sync
@@ -14,11 +16,15 @@ BackendUnavailable and withdraws the jobs); their delivery waits for the marker 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+import msgspec
+
 from offload.backends.base import Backend, SyncEnqueue
+from offload.backends.brokered.limited import carried, carried_ids
 from offload.backends.brokered.outbox import Outbox
 from offload.backends.unique import replaced_records
 from offload.errors import BackendUnavailable
@@ -27,6 +33,37 @@ from offload.job import JobRecord, JobState, NewJob
 log = logging.getLogger("offload.backends.brokered")
 
 Publish = Callable[[Sequence[JobRecord]], Awaitable[None]]
+
+
+async def enqueue_stored(
+    store: Backend,
+    outbox: Outbox,
+    jobs: Sequence[NewJob],
+    limits: Mapping[str, int] | None,
+    publish: Publish,
+) -> list[JobRecord]:
+    """The async enqueue of a broker with a store: store the batch (dedup and depth limits
+    happen there) with an outbox marker naming the jobs the broker carries, then publish
+    those (the jobs with limits stay in the store alone: see
+    :mod:`offload.backends.brokered.limited`). If publishing fails, the new records are
+    deleted again and BackendUnavailable is raised; if this process dies before the
+    confirms, the marker has the jobs published later."""
+    ids = carried_ids(jobs)
+    marker = [outbox.marker(ids)] if ids else []
+    recs = (await store.enqueue([*jobs, *marker], limits=limits))[: len(jobs)]
+    new = [(r, j) for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+    moved = carried(replaced_records(jobs, recs))  # debounced: its message goes at its new time
+    fresh = [r for r, j in new if not j.limits]  # (the job's own word: a store may not echo it)
+    fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
+    try:
+        await publish([*fresh, *moved])
+    except BackendUnavailable:
+        with contextlib.suppress(BackendUnavailable):
+            await store.delete([*(r.id for r, _ in new), *(m.id for m in marker)])
+        raise
+    for m in marker:
+        outbox.published(m.id)
+    return recs
 
 
 class Handoff:
@@ -47,8 +84,10 @@ class Handoff:
         self._enqueue = enqueue
         self._loop: asyncio.AbstractEventLoop | None = None
         # (stored jobs, their marker) waiting for the sender; one sender at a time publishes
-        # all that waits in one call: a burst of sync enqueues costs a few broker calls
-        self._pending: list[tuple[list[JobRecord], str]] = []
+        # all that waits in one call: a burst of sync enqueues costs a few broker calls. The
+        # jobs with limits are among them (``publish`` sends no message for those, but learns
+        # of them); a batch of such jobs alone has no marker.
+        self._pending: list[tuple[list[JobRecord], str | None]] = []
         self._sender: asyncio.Task[None] | None = None
 
     def opened(self) -> None:
@@ -66,12 +105,17 @@ class Handoff:
         store = self._store
         if not isinstance(store, SyncEnqueue):  # the whole async enqueue, on the loop
             return asyncio.run_coroutine_threadsafe(self._coro(jobs, limits), loop).result()
-        marker = self._outbox.marker([j.id for j in jobs])
-        recs = store.enqueue_now([*jobs, marker], limits=limits)[: len(jobs)]
-        fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
+        ids = carried_ids(jobs)
+        marker = [self._outbox.marker(ids)] if ids else []
+        recs = store.enqueue_now([*jobs, *marker], limits=limits)[: len(jobs)]
+        fresh = [
+            r if r.limits == j.limits else msgspec.structs.replace(r, limits=j.limits)
+            for r, j in zip(recs, jobs, strict=True)
+            if r.id == j.id
+        ]  # (with the job's own limits: ``publish`` tells them apart, a store may not echo them)
         fresh += replaced_records(jobs, recs)  # debounced: its message goes at its new time
         try:
-            loop.call_soon_threadsafe(self._queue, fresh, marker.id)
+            loop.call_soon_threadsafe(self._queue, fresh, marker[0].id if marker else None)
         except RuntimeError:  # the loop closed meanwhile: the marker publishes them later
             pass
         return recs
@@ -81,7 +125,7 @@ class Handoff:
     ) -> list[JobRecord]:
         return await self._enqueue(jobs, limits)
 
-    def _queue(self, fresh: list[JobRecord], marker_id: str) -> None:
+    def _queue(self, fresh: list[JobRecord], marker_id: str | None) -> None:
         self._pending.append((fresh, marker_id))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send())
@@ -103,7 +147,8 @@ class Handoff:
                 )
                 continue
             for _, marker_id in batch:
-                self._outbox.published(marker_id)
+                if marker_id is not None:
+                    self._outbox.published(marker_id)
 
     async def close(self) -> None:
         """Wait for the publishes in flight and queued (each is short, or fails and leaves its

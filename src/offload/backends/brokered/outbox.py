@@ -128,7 +128,10 @@ class Outbox:
                 log.error("outbox marker %s does not decode; deleting it", m.id)
                 continue
             recs = await get_many(self._store, ids)
-            waiting += [r for r in recs if r is not None and r.state in WAITING_STATES]
+            # (a job with limits is never published: the store's claim takes it)
+            waiting += [
+                r for r in recs if r is not None and r.state in WAITING_STATES and not r.limits
+            ]
         now = time.time()
         await self._broker.publish_jobs(waiting, now)
         await self._store.complete([(m.lease, Succeeded()) for m in markers if m.lease])

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from offload.backends.base import Backend
+from offload.backends.brokered.limited import LimitedLane, carried, carried_ids
 from offload.backends.brokered.outbox import Outbox
 from offload.backends.brokered.store import get_many
 from offload.job import WAITING_STATES, Lease, NewJob
@@ -27,15 +28,20 @@ class StoreWorkflows:
 
     _store: Backend
     _outbox: Outbox
+    _lane: LimitedLane
 
     async def enqueue_workflow(
         self, workflow: WorkflowRecord, jobs: Sequence[NewJob]
     ) -> WorkflowRecord:
         """The store keeps the workflow and its first jobs (with their marker, in the same
-        write); then their messages are published."""
-        marker = self._outbox.marker([j.id for j in jobs])
-        stored = await self._store.enqueue_workflow(workflow, [*jobs, marker])
-        await self._publish([j.id for j in jobs], marker.id)
+        write); then the messages of those without limits are published."""
+        ids = carried_ids(jobs)
+        marker = [self._outbox.marker(ids)] if ids else []
+        stored = await self._store.enqueue_workflow(workflow, [*jobs, *marker])
+        if len(ids) < len(jobs):
+            self._lane.note()
+        for m in marker:
+            await self._publish(ids, m.id)
         return stored
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
@@ -78,6 +84,9 @@ class StoreWorkflows:
     async def _publish(self, job_ids: Sequence[str], marker_id: str) -> None:
         recs = await get_many(self._store, list(job_ids))
         waiting = [r for r in recs if r is not None and r.state in WAITING_STATES]
+        if len(carried(waiting)) < len(waiting):
+            self._lane.note()  # the store's claim takes those (no message)
+            waiting = carried(waiting)
         if waiting:
             await self._outbox.publisher.publish_jobs(waiting, time.time())
             await self._outbox.publisher.notify()

@@ -171,7 +171,10 @@ class MemoryBackend(MemorySchedules):
             due = [
                 j
                 for j in pool
-                if j.queue in queues and j.state in WAITING_STATES and j.run_at <= now
+                if j.queue in queues
+                and j.state in WAITING_STATES
+                and j.run_at <= now
+                and (j.limits or not req.limited_only)
             ]
             due.sort(key=lambda j: (-j.priority, j.run_at, st.seq[j.id]))
             out: list[JobRecord] = []

@@ -275,7 +275,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         listener = self._work_listener
         listening = listener is not None and listener.ready.is_set()
         epoch, heard = self._work.epoch, self._work.heard(req.queues)
-        if frozenset(req.queues) in self._limits.gated:
+        if req.limited_only or frozenset(req.queues) in self._limits.gated:
             jobs, held, next_in = await self._limits.claim(req, req.limit)
         else:
             rows = await self._rows(name, params)

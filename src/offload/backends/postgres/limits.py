@@ -44,6 +44,7 @@ class PgLimits:
             "ns": self._ns,
             "worker_id": req.worker_id,
             "lease_s": float(req.lease_s),
+            "limited_only": req.limited_only,
         }
         rows = await self._rows("claim_gated", params)
         held, limited, next_in = rows[0][q.N_COLUMNS : q.N_COLUMNS + 3] if rows else (None,) * 3

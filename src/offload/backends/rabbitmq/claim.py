@@ -221,8 +221,10 @@ class Claimer:
         again: list[tuple[Delivery, JobRecord]] = []
         now = time.time()
         for d, rec in zip(deliveries, recs, strict=True):
-            if rec is None or rec.state.final:
-                drop.append(d)  # cancelled, deleted, finished (or a duplicate of one)
+            if rec is None or rec.state.final or rec.limits:
+                # cancelled, deleted, finished (or a duplicate of one); or a job with limits,
+                # which the store's claim takes (brokered.limited): its message is spare
+                drop.append(d)
             elif rec.state is JobState.SCHEDULED and rec.run_at > now + 0.001:
                 again.append((d, rec))  # came back early: wait out the rest
             elif rec.state is JobState.RUNNING:

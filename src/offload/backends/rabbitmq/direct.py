@@ -181,6 +181,8 @@ class DirectRabbitMQBackend(StoreLess):
             raise CapabilityUnavailable(f"dedup by key (key=) needs a state store: {HINT}")
         if limits and any(j.queue in limits for j in jobs):
             raise CapabilityUnavailable(f"queue depth limits need a state store: {HINT}")
+        if any(j.limits for j in jobs):
+            raise CapabilityUnavailable(f"rate and concurrency limits need a state store: {HINT}")
         now = time.time()
         recs: list[JobRecord] = []
         out: list[Outgoing] = []

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,8 @@ from urllib.parse import urlsplit
 
 from offload.backends.base import Backend, Capabilities
 from offload.backends.brokered.delegation import StoreDelegation
-from offload.backends.brokered.handoff import Handoff
+from offload.backends.brokered.handoff import Handoff, enqueue_stored
+from offload.backends.brokered.limited import LimitedLane, carried
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
 from offload.backends.brokered.workflows import StoreWorkflows
@@ -48,12 +48,10 @@ from offload.backends.rabbitmq.connection import Outgoing
 from offload.backends.rabbitmq.delays import PARKED_RETRY_S, ms
 from offload.backends.rabbitmq.feed import Delivery
 from offload.backends.rabbitmq.options import HEARTBEAT_S, parse_url
-from offload.backends.unique import replaced_records
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
     JobRecord,
-    JobState,
     Lease,
     NewJob,
 )
@@ -115,7 +113,9 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
             pause=sc.pause,
             cross_process=sc.cross_process,
             workflows=sc.workflows,
+            limits=sc.limits,
         )
+        self._lane = LimitedLane(self._store)  # jobs with limits: see brokered.limited
         self._held: dict[Lease, Delivery] = {}
         self._expires: dict[Lease, float] = {}  # local clock: when to give a silent lease up
         self._claimer = Claimer(self._store, self._broker, self._held, self._expires)
@@ -164,24 +164,21 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         self, jobs: Sequence[NewJob], *, limits: Mapping[str, int] | None = None
     ) -> list[JobRecord]:
         """Store the batch in the state store (dedup and limits happen there) with an outbox
-        marker, then publish one message per newly stored job and wait for the broker's
-        confirms. If publishing fails, the new records are deleted again and
-        BackendUnavailable is raised; if this process dies before the confirms, the marker
-        has the jobs published later (:mod:`offload.backends.brokered.outbox`)."""
+        marker, then publish one message per newly stored job without limits and wait for the
+        broker's confirms (:func:`~offload.backends.brokered.handoff.enqueue_stored`). Jobs
+        with limits get no message: the store's claim takes them
+        (:mod:`offload.backends.brokered.limited`)."""
         if not jobs:
             return []
-        marker = self._outbox.marker([j.id for j in jobs])
-        recs = (await self._store.enqueue([*jobs, marker], limits=limits))[: len(jobs)]
-        fresh = [r for r, j in zip(recs, jobs, strict=True) if r.id == j.id]
-        moved = replaced_records(jobs, recs)  # debounced: its message goes at its new time
-        fresh.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
-        try:
-            await self._broker.publish([message_of(r) for r in [*fresh, *moved]])
-        except BackendUnavailable:
-            with contextlib.suppress(BackendUnavailable):
-                await self._store.delete([*(r.id for r in fresh), marker.id])
-            raise
-        self._outbox.published(marker.id)
+        recs = await enqueue_stored(
+            self._store,
+            self._outbox,
+            jobs,
+            limits,
+            lambda fresh: self._broker.publish([message_of(r) for r in fresh]),
+        )
+        if any(j.limits for j in jobs):
+            self._lane.note()
         await self._broker.notify()
         return recs
 
@@ -195,7 +192,10 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
 
     async def _publish_stored(self, fresh: Sequence[JobRecord]) -> None:
         """What :class:`Handoff` does on the loop after a sync enqueue stored ``fresh``."""
-        await self._broker.publish([message_of(r) for r in fresh])
+        carry = carried(fresh)
+        if len(carry) < len(fresh):
+            self._lane.note()
+        await self._broker.publish([message_of(r) for r in carry])
         await self._broker.notify()
 
     # -- consuming -------------------------------------------------------------------------
@@ -205,8 +205,9 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         feeds hand buffered messages back) and start their jobs in the store, leasing exactly
         the delivered jobs. Deliveries whose job runs elsewhere stay parked here (unacked) and
         are tried again at the next claim; with ``req.job_ids`` other deliveries stay buffered.
-        See :mod:`offload.backends.rabbitmq.claim`."""
-        return await self._claimer.claim(req)
+        See :mod:`offload.backends.rabbitmq.claim`. Jobs with limits come first, from the
+        store's own claim (:mod:`offload.backends.brokered.limited`)."""
+        return await self._lane.claim_first(req, self._claimer.claim)
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         """Extend the leases in the store. A lease the store no longer grants gives its
@@ -241,6 +242,8 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
                 later.append(Outgoing(lease.job_id, d.queue, d.priority, ms(delay)))
         await self._broker.publish(later)  # before the store: a crash here only duplicates
         await self._complete_in_store(results)  # (publishes the workflow steps it releases)
+        if any(lease not in self._held for lease, _ in results):
+            self._lane.note()  # (jobs of the limited lane: their slots are free)
         acks: list[Delivery] = []
         requeues: list[Delivery] = []
         for lease, outcome in results:
@@ -271,6 +274,8 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         for leases it stopped extending. The broker itself needs no recovery: it redelivers
         the messages of a lost connection on its own."""
         n = await self._store.recover()
+        if n:
+            self._lane.note()  # slots of limited jobs may be free again
         now = time.monotonic()
         silent = [lease for lease, at in self._expires.items() if at <= now]
         if silent:
@@ -299,7 +304,9 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         if any(claimer.parked.get(q) for q in queues):
             timeout_s = min(timeout_s, PARKED_RETRY_S)
         live = [q for q in queues if q not in claimer.paused]
-        await self._broker.wait(live, claimer.prefetch, timeout_s)
+        await self._lane.wait(
+            queues, timeout_s, lambda t: self._broker.wait(live, claimer.prefetch, t)
+        )
 
     # -- inspecting and steering: the store's --------------------------------------------
 
@@ -317,9 +324,11 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         except BaseException:
             self._outbox.published(marker.id)
             raise
-        if rec is None:
+        if rec is None or rec.limits:  # (a job with limits: the store's claim takes it)
             self._outbox.published(marker.id)
-            return None
+            if rec is not None:
+                self._lane.note()
+            return rec
         try:
             await self._broker.publish([message_of(rec)])
         except BackendUnavailable:
@@ -334,6 +343,7 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         await self._store.set_paused(queue, paused)
         self._claimer.note_paused(queue, paused)
         if not paused:
+            self._lane.note()
             await self._broker.notify()
 
     # -- tests and tools -------------------------------------------------------------------

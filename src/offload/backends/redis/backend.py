@@ -263,6 +263,7 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
             key=j.key,
             headers=dict(j.headers),
             retention=j.retention,
+            limits=j.limits,
         )
 
     # -- consuming ---------------------------------------------------------------------------
@@ -289,6 +290,7 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
         """Lease up to ``limit`` jobs of ``queues`` (one slot) in one script call."""
         keys = [self.base(q) for q in queues]
         argv = [limit, req.worker_id, max(to_us(req.lease_s), 0), os.urandom(8).hex()]
+        argv.append("L" if req.limited_only else "")
         if req.job_ids is not None:
             argv += dict.fromkeys(req.job_ids)  # the script takes only these, when due
         raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))

@@ -87,6 +87,8 @@ def claim_gated(
     if req.job_ids is not None:
         params["ids"] = msgspec.json.encode(list(dict.fromkeys(req.job_ids))).decode()
         only_ids = "AND id IN (SELECT value FROM json_each(:ids))"
+    if req.limited_only:
+        only_ids += " AND limits IS NOT NULL"
     sql = Q["gated_candidates"].replace("{queues}", in_queues).replace("{only_ids}", only_ids)
     gate = _gate(conn, now)
     chosen: list[int] = []

@@ -208,6 +208,8 @@ def claim_tx(
     in_queues = _queue_params(queues, params)
     if any_limited_due(conn, in_queues, params):
         return _claimed(conn, claim_gated(conn, req, in_queues, params, hint))
+    if req.limited_only:
+        return []
     if req.job_ids is not None:
         params["ids"] = msgspec.json.encode(list(dict.fromkeys(req.job_ids))).decode()
         candidates = Q["claim_ids_candidates"].replace("{queues}", in_queues)

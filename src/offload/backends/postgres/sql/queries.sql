@@ -416,9 +416,11 @@ SELECT info, last_seen_at FROM {schema}.workers WHERE expires_at > {now}
 -- name: claim_gated
 -- Jobs with limits and those without, in claim order: gate_claim picks them under its lock;
 -- the UPDATE re-checks each row's state, so a job an ordinary claim or a cancel took meanwhile
--- is left alone. The last columns: seconds until a rate lets a held job go ('infinity': a
--- completion will; NULL: none held), whether any job with limits was met, and the next
--- scheduled job's distance (as claim_many_queues).
+-- is left alone; with limited_only (a broker's state store, whose broker carries the jobs
+-- without limits) the jobs without limits the gate picked are left alone too. The last
+-- columns: seconds until a rate lets a held job go ('infinity': a completion will; NULL: none
+-- held), whether any job with limits was met, and the next scheduled job's distance (as
+-- claim_many_queues).
 WITH no_flush_wait AS (
     SELECT set_config('synchronous_commit', 'off', true)
 ), g AS (
@@ -430,6 +432,7 @@ WITH no_flush_wait AS (
         started_at = {now}, lease_expires_at = {now} + %(lease_s)s
     FROM (SELECT unnest(g.ids) AS id FROM g) c  -- a join: one primary key probe per id
     WHERE j.id = c.id AND j.state IN ('scheduled', 'queued')
+      AND (j.limits IS NOT NULL OR NOT %(limited_only)s)
     RETURNING {jcols}
 ), next AS (
     SELECT min(s.run_at) - {now} AS next_in

@@ -1,6 +1,8 @@
 -- Lease at most `limit` due jobs from the given queues, best first.
--- KEYS: the base of each queue. ARGV: limit, worker id, lease (us), claim token, then, when
--- the caller names the jobs (a broker delivered them), their ids: only those are candidates.
+-- KEYS: the base of each queue. ARGV: limit, worker id, lease (us), claim token, 'L' to take
+-- only jobs with limits (a broker's state store: the broker carries the others) or '', then,
+-- when the caller names the jobs (a broker delivered them), their ids: only those are
+-- candidates.
 -- Returns a packed list: now, lease expiry, held (microseconds until a rate lets a job held
 -- by a limit go, 'inf' when only a completion will, '' when none was held), then 7 values per
 -- job: queue index, id, blob, attempt, run_at, created, errors, limits. The token makes a
@@ -12,6 +14,7 @@
 -- <base>:limited. Its claims walk the ready set in order and let the gate (claim_gate, below)
 -- pass over held jobs, which stay where they are: no attempt used, no lease.
 local limit, worker, lease_us, token = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local only_limited = ARGV[5] == 'L'
 local now = now_us()
 local expires = now + lease_us
 local tokkey = KEYS[1] .. ':ct:' .. token
@@ -62,7 +65,7 @@ local function named_candidates()
   for qi, base in ipairs(KEYS) do
     if redis.call('EXISTS', base .. ':paused') == 0 then open[#open + 1] = qi end
   end
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     local id = ARGV[i]
     for _, qi in ipairs(open) do
       if seen[id] then break end
@@ -194,7 +197,7 @@ local function gated_candidates()
         for i = 1, #chunk, 2 do
           local member = chunk[i]
           local lim = split_limits(redis.call('HGET', job_key(base, member_id(member)), 'b'))
-          if admit(base, lim) then
+          if (lim or not only_limited) and admit(base, lim) then
             cands[#cands + 1] = {tonumber(chunk[i + 1]), member, qi, ready, lim}
             taken = taken + 1
             if taken >= limit then gate.more = true break end
@@ -208,12 +211,18 @@ local function gated_candidates()
 end
 
 local gated = false
-if #ARGV <= 4 then
+if #ARGV <= 5 then
   for _, base in ipairs(KEYS) do
     if redis.call('EXISTS', base .. ':limited') == 1 then gated = true end
   end
 end
-if #ARGV > 4 then named_candidates() elseif gated then gated_candidates() else best_candidates() end
+if #ARGV > 5 then
+  named_candidates()
+elseif gated then
+  gated_candidates()
+elseif not only_limited then
+  best_candidates()
+end
 
 local taken_ids, leases = {}, {}
 local now_s, exp_s = out[1], out[2]
@@ -253,7 +262,7 @@ for qi, l in pairs(leases) do zadd_many(KEYS[qi] .. ':lease', l) end
 if #taken_ids > 0 then redis.call('SET', tokkey, table.concat(taken_ids, ','), 'EX', 60) end
 -- Pass the wake token on while work is left; jobs a limit holds are not work (a completion
 -- or the window's end lets them go: the worker sleeps until then, see wait_for_work).
-if not gated or gate.more then
+if (not gated and not only_limited) or gate.more then
   for _, base in ipairs(KEYS) do
     if redis.call('ZCARD', base .. ':ready') > 0 then wake(base) end
   end
