@@ -163,6 +163,7 @@ class TaskConfig:
     rate_limit: str | RateLimit | None = None
     concurrency_key: str | None = None
     max_per_key: int | None = None
+    fair_key: str | None = None
 
 
 class Task(Generic[P, R]):
@@ -196,6 +197,7 @@ class Task(Generic[P, R]):
             config.rate_limit,
             config.concurrency_key,
             config.max_per_key,
+            config.fair_key,
         )
         self._decoder = msgspec.json.Decoder(self.args_type)
         self._return_type: Any = typing.get_type_hints(fn).get("return", Any)
@@ -283,8 +285,9 @@ class Task(Generic[P, R]):
         own = self.limits.buckets(args) if self.limits is not None else []
         rules = self.app.queue_rules.get(queue)
         buckets = (*own, *rules.buckets) if rules is not None else tuple(own)
-        if buckets:
-            self.app.check_limits_supported(self.name)  # here, so HTTP enqueues refuse too
+        if buckets:  # here, so HTTP enqueues refuse too
+            fair = self.limits is not None and self.limits.fair_key is not None
+            self.app.check_limits_supported(self.name, fair=fair)
         return buckets
 
     def args_schema(self) -> dict[str, Any]:
