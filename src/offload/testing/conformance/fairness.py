@@ -13,7 +13,7 @@ import asyncio
 from offload.backends.base import Backend
 from offload.backends.limits import FAIR_PREFIX
 from offload.job import JobRecord, NewJob, new_job_id
-from offload.outcome import Succeeded
+from offload.outcome import RetryAt, Succeeded
 from offload.testing.helpers import QUEUE, MakeBackend, claim_request, lease_of, require
 
 
@@ -90,6 +90,19 @@ class FairnessConformance:
         got = await claim(backend, 10)
         assert sorted(key_of(j) or "" for j in got) == ['tenant="A"'] + ['tenant="B"'] * 3
         assert await claim(backend, 10) == []  # A's next is held by its limit of one
+
+    async def test_retried_and_cancelled_fair_jobs(self, backend: Backend) -> None:
+        require(backend, "fairness")
+        a = await backend.enqueue([fair("A") for _ in range(3)])
+        (b,) = await backend.enqueue([fair("B")])
+        await backend.cancel(a[1].id)  # a cancelled waiting job neither runs nor blocks its key
+        (first,) = await claim(backend, 1)
+        assert first.id == a[0].id
+        await backend.complete([(lease_of(first), RetryAt(delay_s=0.0, error="again"))])
+        order = []
+        while got := await claim(backend, 1):
+            order.append(got[0].id)
+        assert order == [b.id, a[2].id, a[0].id]  # B's turn; then A's, its retry last
 
     async def test_concurrent_claimers_take_each_job_once(self, make_backend: MakeBackend) -> None:
         backends = [await make_backend() for _ in range(4)]
