@@ -61,9 +61,9 @@ class Lane:
 
 
 def first_cap(limit: int, lanes: int) -> int:
-    """How many jobs to read per lane first: enough for ``limit`` if every lane is deep, and
-    one more for a job a limit holds."""
-    return math.ceil(limit / max(lanes, 1)) + 1
+    """How many jobs to read per lane first: enough for ``limit`` if every lane is deep (a
+    job held by a limit, or a shallow lane, makes the engine read again with more)."""
+    return max(1, math.ceil(limit / max(lanes, 1)))
 
 
 def ordered(lanes: Sequence[Lane]) -> list[tuple[Candidate, Lane]]:

@@ -2,8 +2,9 @@
 
 A claim whose queues hold due jobs with a fair key comes here (from the gated claim: a fair
 job's limits are never empty). Per queue it reads the keys by a loose scan of the fair index
-(one probe per key), then the first ``cap`` due jobs of each key in one statement, and the
-first ``cap`` due jobs without a key as one more lane; :func:`claim_fairly` picks, the gate
+(one probe per key, which also reads the key's first due job); with fewer keys than the claim
+wants, the first ``cap`` due jobs of each key; and the first ``cap`` due jobs without a key as
+one more lane; :func:`claim_fairly` picks, the gate
 of limits included, and the chosen rows are leased by the same statement as a gated claim's.
 The writer thread makes the read, the pick and the update one transaction.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
-
-import msgspec
 
 from offload.backends.fairness import UNKEYED, Candidate, Lane, claim_fairly, new_turns
 from offload.backends.limits import Gate, buckets_only, parse_bucket
@@ -27,37 +26,53 @@ def any_fair_due(conn: sqlite3.Connection, in_queues: str, params: dict[str, Any
     return conn.execute(sql, params).fetchone() is not None
 
 
-def _keys(conn: sqlite3.Connection, queue: str) -> list[tuple[str, int]]:
-    return [(k, int(t)) for k, t in conn.execute(Q["fair_keys"], {"q": queue})]
+def gate_limits(text: str | None, decode: Any) -> Sequence[str]:
+    """What the gate needs of a job's limits: nothing for a job whose only entry is its fair
+    key (the usual fair job: no JSON decode), else its decoded limits. A separator of a JSON
+    array of strings is always the three characters '","'."""
+    if text is None or (text.startswith('["fair:') and '","' not in text):
+        return ()
+    result: Sequence[str] = decode(text)
+    return result
+
+
+def _heads(
+    conn: sqlite3.Connection, queue: str, now: float, decode: Any
+) -> list[tuple[str, int, Candidate]]:
+    rows = conn.execute(Q["fair_heads"], {"q": queue, "now": now})
+    return [(f, int(t), Candidate(s, p, r, s, gate_limits(b, decode))) for f, s, b, p, r, t in rows]
 
 
 def _read(
     conn: sqlite3.Connection,
     queue: str,
-    keys: Sequence[tuple[str, int]],
+    heads: Sequence[tuple[str, int, Candidate]],
     now: float,
     cap: int,
     decode: Any,
 ) -> list[Lane]:
-    turns = dict(keys)
-    lanes: dict[str, Lane] = {}
-    params = {"q": queue, "now": now, "cap": cap}
-    params["keys"] = msgspec.json.encode([k for k, _ in keys]).decode()
-    for fair, seq, text, priority, run_at in conn.execute(Q["fair_lane_rows"], params):
-        lane = lanes.get(fair)
-        if lane is None:
-            lane = lanes[fair] = Lane(queue, fair, turns[fair], [])
-        lane.rows.append(Candidate(seq, priority, run_at, seq, decode(text)))
+    """The lanes of ``queue`` with at most ``cap`` jobs each: the heads alone for a cap of
+    one (the usual case with many keys), else one read per key."""
+    lanes = []
+    params: dict[str, Any] = {"q": queue, "now": now, "cap": cap}
+    for fair, turn, head in heads:
+        if cap == 1:
+            lanes.append(Lane(queue, fair, turn, [head], truncated=True))
+            continue
+        params["fair"] = fair
+        rows = [
+            Candidate(s, p, r, s, decode(b)) for s, b, p, r in conn.execute(Q["fair_lane"], params)
+        ]
+        if rows:
+            lanes.append(Lane(queue, fair, turn, rows, truncated=len(rows) >= cap))
     unkeyed_sql = Q["gated_candidates"].replace("{queues}", ":q").replace("{only_ids}", "")
     rows = conn.execute(unkeyed_sql, params).fetchmany(cap)
     if rows:
         turn = conn.execute(Q["fair_turn"], (queue, UNKEYED)).fetchone()
-        lane = Lane(queue, UNKEYED, int(turn[0]) if turn else 0, [])
+        lane = Lane(queue, UNKEYED, int(turn[0]) if turn else 0, [], truncated=len(rows) >= cap)
         lane.rows = [Candidate(s, p, r, s, decode(t)) for s, t, p, r in rows]
-        lanes[UNKEYED] = lane
-    for lane in lanes.values():
-        lane.truncated = len(lane.rows) >= cap
-    return list(lanes.values())
+        lanes.append(lane)
+    return lanes
 
 
 def claim_fair(
@@ -71,11 +86,11 @@ def claim_fair(
     """The seqs a fair claim takes (in claim order) and the gate that decided; logs the
     rate claims and stamps the served keys' turns, in the caller's transaction."""
     open_queues = [q for q in queues if conn.execute(Q["is_paused"], (q,)).fetchone() is None]
-    keys = {q: _keys(conn, q) for q in open_queues}
-    n = sum(len(k) for k in keys.values()) + len(open_queues)
+    heads = {q: _heads(conn, q, now, decode) for q in open_queues}
+    n = sum(len(h) for h in heads.values()) + len(open_queues)
 
     def read(cap: int) -> list[Lane]:
-        return [lane for q in open_queues for lane in _read(conn, q, keys[q], now, cap, decode)]
+        return [lane for q in open_queues for lane in _read(conn, q, heads[q], now, cap, decode)]
 
     chosen, gate = claim_fairly(read, n, req.limit, new_gate)
     rates = [(b, now) for c, _ in chosen for b in buckets_only(c.limits)]

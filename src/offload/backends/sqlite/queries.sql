@@ -425,8 +425,9 @@ DROP INDEX IF EXISTS offload_jobs_waiting;
 CREATE INDEX offload_jobs_waiting
     ON offload_jobs (queue, priority DESC, run_at, seq)
     WHERE state IN ('scheduled', 'queued') AND fair IS NULL;
+-- (state last: the loose scan then reads the index alone)
 CREATE INDEX IF NOT EXISTS offload_jobs_fair_waiting
-    ON offload_jobs (queue, fair, priority DESC, run_at, seq)
+    ON offload_jobs (queue, fair, priority DESC, run_at, seq, state)
     WHERE state IN ('scheduled', 'queued') AND fair IS NOT NULL;
 CREATE TABLE IF NOT EXISTS offload_fair_turns (
     queue TEXT NOT NULL,
@@ -442,9 +443,10 @@ WHERE fair IS NOT NULL AND state IN ('scheduled', 'queued') AND queue IN ({queue
   AND run_at <= :now
 LIMIT 1;
 
--- name: fair_keys
--- The keys with waiting jobs in queue :q, by a loose scan of the fair index (one probe per
--- key), with their turns (0: none kept).
+-- name: fair_heads
+-- The first due job of every key of queue :q (a key with none due has no row), by a loose
+-- scan of the fair index (one probe per key, on the index alone) and one probe for its head,
+-- with the key's turn (0: none kept).
 WITH RECURSIVE k(fair) AS (
     SELECT min(fair) FROM offload_jobs
     WHERE queue = :q AND fair IS NOT NULL AND state IN ('scheduled', 'queued')
@@ -453,22 +455,24 @@ WITH RECURSIVE k(fair) AS (
             WHERE queue = :q AND fair > k.fair AND fair IS NOT NULL
               AND state IN ('scheduled', 'queued'))
     FROM k WHERE k.fair IS NOT NULL
+), h AS (
+    SELECT k.fair, (SELECT seq FROM offload_jobs
+                    WHERE queue = :q AND fair = k.fair AND fair IS NOT NULL
+                      AND state IN ('scheduled', 'queued') AND run_at <= :now
+                    ORDER BY priority DESC, run_at, seq LIMIT 1) AS seq
+    FROM k WHERE k.fair IS NOT NULL
 )
-SELECT k.fair, coalesce(t.turn, 0) FROM k
-LEFT JOIN offload_fair_turns AS t ON t.queue = :q AND t.fair = k.fair
-WHERE k.fair IS NOT NULL;
+SELECT h.fair, j.seq, j.limits, j.priority, j.run_at, coalesce(t.turn, 0)
+FROM h JOIN offload_jobs AS j ON j.seq = h.seq
+LEFT JOIN offload_fair_turns AS t ON t.queue = :q AND t.fair = h.fair;
 
--- name: fair_lane_rows
--- The first :cap due jobs of each key in :keys (a JSON array), each key's in claim order.
-SELECT j.fair, j.seq, j.limits, j.priority, j.run_at
-FROM json_each(:keys) AS k
-CROSS JOIN offload_jobs AS j
-WHERE j.seq IN (SELECT s.seq FROM offload_jobs AS s
-                WHERE s.queue = :q AND s.fair = k.value AND s.fair IS NOT NULL
-                  AND s.state IN ('scheduled', 'queued') AND s.run_at <= :now
-                ORDER BY s.priority DESC, s.run_at, s.seq
-                LIMIT :cap)
-ORDER BY k.key, j.priority DESC, j.run_at, j.seq;
+-- name: fair_lane
+-- The first :cap due jobs of one key, in claim order.
+SELECT seq, limits, priority, run_at FROM offload_jobs
+WHERE queue = :q AND fair = :fair AND fair IS NOT NULL AND state IN ('scheduled', 'queued')
+  AND run_at <= :now
+ORDER BY priority DESC, run_at, seq
+LIMIT :cap;
 
 -- name: fair_last_turn
 SELECT coalesce(max(turn), 0) FROM offload_fair_turns;
