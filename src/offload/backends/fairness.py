@@ -13,7 +13,8 @@ takes jobs in this order:
 3. then the lane's **turn**: the lane served longest ago first. Every lane that got jobs in a
    claim is stamped with a new turn, later than all others, in the order it was last served;
    a key the engine has no turn for (new, or forgotten once its lane emptied) comes first;
-4. then run_at and enqueue order.
+4. then the key itself (lanes of equal turn: keys never served), then run_at and enqueue
+   order.
 
 So a burst of 20,000 jobs of key A and 10 of key B enqueued after it: a claim of 100 takes
 A1, B1, A2, B2, ... all of B's and 90 of A's; claims of one job alternate between the keys.
@@ -69,7 +70,7 @@ def first_cap(limit: int, lanes: int) -> int:
 def ordered(lanes: Sequence[Lane]) -> list[tuple[Candidate, Lane]]:
     """Every read job in fair claim order (see the module's docstring)."""
     rows = [(c, rank, lane) for lane in lanes for rank, c in enumerate(lane.rows)]
-    rows.sort(key=lambda r: (-r[0].priority, r[1], r[2].turn, r[0].run_at, r[0].order))
+    rows.sort(key=lambda r: (-r[0].priority, r[1], r[2].turn, r[2].key, r[0].run_at, r[0].order))
     return [(c, lane) for c, _, lane in rows]
 
 

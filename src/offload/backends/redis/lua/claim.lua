@@ -250,10 +250,37 @@ local function lane_rows(base, qi, key, turn, cap, rows)
 end
 
 local function fair_order(x, y)
-  for _, f in ipairs({9, 7, 8, 1}) do
+  for _, f in ipairs({9, 7, 8, 10, 1}) do
     if x[f] ~= y[f] then return x[f] < y[f] end
   end
   return x[2] < y[2]
+end
+
+-- The usual case, one queue with many keys: the first due job of each lane in turn order
+-- (<base>:fl's order: turn, then key) while it has the best due priority of the queue, until
+-- `limit` are admitted. Those come first in fair order, so the walk stops there, having read
+-- about `limit` lanes instead of all. Returns nil (nothing kept) when it cannot fill the claim.
+local function fair_fast()
+  local base = KEYS[1]
+  local best = redis.call('ZRANGE', base .. ':ready', 0, 0)[1]
+  if not best then return nil end
+  local top = member_priority(best)
+  local picked, offset = {}, 0
+  while #picked < limit do
+    local lanes = redis.call('ZRANGE', base .. ':fl', offset, offset + 99, 'WITHSCORES')
+    if #lanes == 0 then return nil end
+    for i = 1, #lanes, 2 do
+      local rows = {}
+      lane_rows(base, 1, lanes[i], tonumber(lanes[i + 1]), 1, rows)
+      local row = rows[1]
+      if row and -row[9] == top and admit(base, row[5]) then
+        picked[#picked + 1] = row
+        if #picked >= limit then return picked end
+      end
+    end
+    offset = offset + 100
+  end
+  return picked
 end
 
 local function fair_pick(cap)
@@ -300,6 +327,15 @@ local function fair_candidates()
   local running = {}
   running_counts()
   for b, c in pairs(gate.used) do running[b] = c end
+  if #KEYS == 1 and fair.lanes[1] and not fair.plain[1] then
+    local picked = fair_fast()
+    if picked then
+      cands, gate.more = picked, true
+      return
+    end
+    gate.used, gate.free, gate.held = {}, {}, nil
+    for b, c in pairs(running) do gate.used[b] = c end
+  end
   local cap = math.ceil(limit / math.max(n, 1)) + 1
   while true do
     local picked, sure = fair_pick(cap)

@@ -88,7 +88,7 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT r.id, r.limits, r.priority, r.rn, r.q, r.k FROM rows r
     LEFT JOIN {schema}.fair_turns t ON t.queue = r.q AND t.fair = r.k
-    ORDER BY r.priority DESC, r.rn, coalesce(t.turn, 0), r.run_at, r.seq
+    ORDER BY r.priority DESC, r.rn, coalesce(t.turn, 0), r.k COLLATE "C", r.run_at, r.seq
 $$;
 
 -- The fair claim: fair_candidates read with a cap per lane, walked through the gate of
@@ -97,7 +97,9 @@ $$;
 -- in the order each was last served (a lane left with no due job forgets its turn).
 CREATE FUNCTION {schema}.fair_claim(p_queues text[], p_limit int, p_now float8)
 RETURNS TABLE (ids text[], held_until float8, limited boolean)
-LANGUAGE plpgsql VOLATILE AS $$
+-- A custom plan for each call: a cached generic one does not know the cap, and reads lanes
+-- whole.
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     rb text[];
     rc int[];
@@ -131,14 +133,16 @@ BEGIN
     SELECT coalesce(array_agg(f.q), '{}'), coalesce(array_agg(f.k), '{}') INTO qs, ks
     FROM {schema}.fair_keys(p_queues) f;
     lanes := cardinality(ks) + cardinality(p_queues);
-    cap := ceil(p_limit::float8 / greatest(lanes, 1))::int + 1;
+    cap := greatest(1, ceil(p_limit::float8 / greatest(lanes, 1))::int);
     LOOP
         ub := rb; uc := rc; uf := array_fill(NULL::float8, ARRAY[cardinality(rb)]);
         chosen := '{}'; cq := '{}'; ck := '{}'; rates := '{}';
         until := NULL; cut := NULL; low := NULL;
         FOR cand IN SELECT * FROM {schema}.fair_candidates(p_queues, qs, ks, p_now, cap) LOOP
+            -- Once full, no later row can come first: rows come by priority, and an unread row
+            -- of a lane cut short comes after its lane's last read one.
+            EXIT WHEN cardinality(chosen) >= p_limit;
             IF cand.rn = cap THEN cut := greatest(cut, cand.priority); END IF;
-            CONTINUE WHEN cardinality(chosen) >= p_limit;
             ok := true;
             FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
                 CONTINUE WHEN b LIKE 'fair:%';
@@ -188,13 +192,15 @@ BEGIN
     FROM (SELECT u.q, u.k, max(u.o) AS m FROM unnest(cq, ck) WITH ORDINALITY AS u(q, k, o)
           GROUP BY u.q, u.k ORDER BY m) s
     ON CONFLICT (queue, fair) DO UPDATE SET turn = excluded.turn;
+    -- A lane served n jobs is empty now unless it had more than n due.
     DELETE FROM {schema}.fair_turns f
-    USING (SELECT DISTINCT u.q, u.k FROM unnest(cq, ck) AS u(q, k) WHERE u.k <> '') s
+    USING (SELECT u.q, u.k, count(*) AS n FROM unnest(cq, ck) AS u(q, k) WHERE u.k <> ''
+           GROUP BY u.q, u.k) s
     WHERE f.queue = s.q AND f.fair = s.k
       AND NOT EXISTS (SELECT 1 FROM {schema}.jobs j
                       WHERE j.queue = s.q AND j.limits[1] LIKE 'fair:%' AND j.limits[1] = s.k
                         AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
-                        AND j.id <> ALL(chosen));
+                      ORDER BY j.priority DESC, j.run_at, j.seq OFFSET s.n LIMIT 1);
     RETURN QUERY SELECT chosen, until, true;
 END;
 $$;
