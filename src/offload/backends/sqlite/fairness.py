@@ -60,17 +60,16 @@ def _read(
             lanes.append(Lane(queue, fair, turn, [head], truncated=True))
             continue
         params["fair"] = fair
-        rows = [
-            Candidate(s, p, r, s, decode(b)) for s, b, p, r in conn.execute(Q["fair_lane"], params)
-        ]
-        if rows:
-            lanes.append(Lane(queue, fair, turn, rows, truncated=len(rows) >= cap))
+        found = conn.execute(Q["fair_lane"], params)
+        jobs = [Candidate(s, p, r, s, gate_limits(b, decode)) for s, b, p, r in found]
+        if jobs:
+            lanes.append(Lane(queue, fair, turn, jobs, truncated=len(jobs) >= cap))
     unkeyed_sql = Q["gated_candidates"].replace("{queues}", ":q").replace("{only_ids}", "")
     rows = conn.execute(unkeyed_sql, params).fetchmany(cap)
     if rows:
-        turn = conn.execute(Q["fair_turn"], (queue, UNKEYED)).fetchone()
-        lane = Lane(queue, UNKEYED, int(turn[0]) if turn else 0, [], truncated=len(rows) >= cap)
-        lane.rows = [Candidate(s, p, r, s, decode(t)) for s, t, p, r in rows]
+        kept = conn.execute(Q["fair_turn"], (queue, UNKEYED)).fetchone()
+        lane = Lane(queue, UNKEYED, int(kept[0]) if kept else 0, [], truncated=len(rows) >= cap)
+        lane.rows = [Candidate(s, p, r, s, decode(b)) for s, b, p, r in rows]
         lanes.append(lane)
     return lanes
 

@@ -86,8 +86,8 @@ def claim_gated(
     now: float = params["now"]
     if req.job_ids is None and any_fair_due(conn, in_queues, params):
         queues = list(dict.fromkeys(req.queues))
-        chosen, gate = claim_fair(conn, req, queues, now, lambda: _gate(conn, now), _buckets)
-        return _lease(conn, chosen, gate, params, hint)
+        seqs, fair_gate = claim_fair(conn, req, queues, now, lambda: _gate(conn, now), _buckets)
+        return _lease(conn, seqs, fair_gate, params, hint)
     only_ids = ""
     if req.job_ids is not None:
         params["ids"] = msgspec.json.encode(list(dict.fromkeys(req.job_ids))).decode()
