@@ -5,6 +5,7 @@ FairnessConformance."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,27 @@ async def _small_tenant_first(url: str, tmp_path: Path) -> None:
     # The small tenant's five all start among the first two claim rounds of ten, not after
     # the big tenant's 500 (plain FIFO would put them last).
     assert max(i for i, t in enumerate(started) if t == "small") < 20, started[:30]
+
+
+async def test_a_damaged_fair_key_on_sqlite_blocks_nothing(tmp_path: Path) -> None:
+    from offload.backends.sqlite import SQLiteBackend
+    from offload.job import ClaimRequest, JobState
+    from offload.testing.conformance.fairness import fair
+
+    path = tmp_path / "jobs.db"
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.open()
+    try:
+        jobs = await backend.enqueue([fair("A"), fair("A"), fair("B")])
+        raw = sqlite3.connect(path)
+        raw.execute("UPDATE offload_jobs SET limits = '[\"fair:broken' WHERE id = ?", (jobs[0].id,))
+        raw.commit()
+        raw.close()
+        got = await backend.claim(ClaimRequest(queues=("default",), limit=10, worker_id="w"))
+        assert {j.id for j in got} == {jobs[1].id, jobs[2].id}  # the others go
+    finally:
+        await backend.close()
+    raw = sqlite3.connect(path)
+    (state,) = raw.execute("SELECT state FROM offload_jobs WHERE id = ?", (jobs[0].id,)).fetchone()
+    raw.close()
+    assert state == JobState.DEAD.value  # put to dead with its reason, as any damaged record

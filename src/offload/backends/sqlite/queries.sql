@@ -419,8 +419,10 @@ UPDATE offload_workflows SET body = ? WHERE id = ?;
 -- walks exactly what it did before whatever fair jobs wait beside it; they get an index of
 -- their own, by key: a fair claim reads the keys of a queue by a loose index scan, then the
 -- first due jobs of each. offload_fair_turns: when each key was last served (a counter).
+-- (json_valid: a damaged limits column must not make every write of its row fail)
 ALTER TABLE offload_jobs ADD COLUMN fair TEXT GENERATED ALWAYS AS (
-    CASE WHEN substr(limits, 1, 7) = '["fair:' THEN json_extract(limits, '$[0]') END) VIRTUAL;
+    CASE WHEN substr(limits, 1, 7) = '["fair:' AND json_valid(limits)
+         THEN json_extract(limits, '$[0]') END) VIRTUAL;
 DROP INDEX IF EXISTS offload_jobs_waiting;
 CREATE INDEX offload_jobs_waiting
     ON offload_jobs (queue, priority DESC, run_at, seq)
