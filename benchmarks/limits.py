@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import uuid
 from pathlib import Path
@@ -95,8 +96,7 @@ async def fair_rounds(args: argparse.Namespace) -> None:
             f"round {n + 1}: no key {plain_rate:9,.0f} jobs/s   fair keys {fair_rate:9,.0f} jobs/s"
             f"   ratio {fair_rate / plain_rate:5.2f}"
         )
-    ratios.sort()
-    print(f"median ratio (fair / no key): {ratios[len(ratios) // 2]:.2f}")
+    print(f"median ratio (fair / no key): {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":

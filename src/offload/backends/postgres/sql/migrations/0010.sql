@@ -91,7 +91,43 @@ LANGUAGE sql STABLE AS $$
     ORDER BY r.priority DESC, r.rn, coalesce(t.turn, 0), r.k COLLATE "C", r.run_at, r.seq
 $$;
 
--- The fair claim: fair_candidates read with a cap per lane, walked through the gate of
+-- The usual case, one open queue with many keys: the first due job of each lane in turn order
+-- (turn, then key) while it has the best due priority of the queue. Those come first in fair
+-- order, so a cursor over this stops after about p_limit lanes instead of reading them all.
+CREATE FUNCTION {schema}.fair_heads(p_queue text, p_ks text[], p_now float8)
+RETURNS TABLE (id text, limits text[], priority smallint, rn bigint, q text, k text)
+LANGUAGE sql STABLE AS $$
+    SELECT h.id, h.limits, h.priority, 1::bigint, p_queue, l.k
+    FROM (SELECT u.k, coalesce(t.turn, 0) AS turn FROM unnest(p_ks || ''::text) AS u(k)
+          LEFT JOIN {schema}.fair_turns t ON t.queue = p_queue AND t.fair = u.k
+          ORDER BY 2, u.k COLLATE "C") l
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.limits, x.priority FROM (
+            (SELECT j.id, j.limits, j.priority, j.run_at, j.seq FROM {schema}.jobs j
+             WHERE l.k <> '' AND j.queue = p_queue AND j.limits[1] LIKE 'fair:%'
+               AND j.limits[1] = l.k AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
+             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT 1)
+            UNION ALL
+            (SELECT j.id, j.limits, j.priority, j.run_at, j.seq FROM {schema}.jobs j
+             WHERE l.k = '' AND j.queue = p_queue AND j.limits IS NULL
+               AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
+             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT 1)
+            UNION ALL
+            (SELECT j.id, j.limits, j.priority, j.run_at, j.seq FROM {schema}.jobs j
+             WHERE l.k = '' AND j.queue = p_queue AND j.limits IS NOT NULL
+               AND NOT (j.limits[1] LIKE 'fair:%')
+               AND j.state IN ('scheduled', 'queued') AND j.run_at <= p_now
+             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT 1)
+        ) x ORDER BY x.priority DESC, x.run_at, x.seq LIMIT 1
+    ) h
+    WHERE h.priority = (SELECT j.priority FROM {schema}.jobs j
+                        WHERE j.queue = p_queue AND j.state IN ('scheduled', 'queued')
+                          AND j.run_at <= p_now
+                        ORDER BY j.priority DESC, j.run_at, j.seq LIMIT 1)
+$$;
+
+-- The fair claim: fair_heads when it fills the claim (one open queue), else fair_candidates
+-- read with a cap per lane, walked through the gate of
 -- limits (as gate_walk's), read again with twice the cap while a lane cut short might hold a
 -- job that comes first. Then the rate claims are logged, and the served lanes get new turns
 -- in the order each was last served (a lane left with no due job forgets its turn).
@@ -125,6 +161,8 @@ DECLARE
     cut int;
     low int;
     lanes int;
+    fast boolean;
+    cands refcursor;
 BEGIN
     SELECT coalesce(array_agg(x), '{}'), coalesce(array_agg(c), '{}') INTO rb, rc
     FROM (SELECT x, count(*)::int AS c FROM {schema}.jobs j, unnest(j.limits) x
@@ -134,15 +172,24 @@ BEGIN
     FROM {schema}.fair_keys(p_queues) f;
     lanes := cardinality(ks) + cardinality(p_queues);
     cap := greatest(1, ceil(p_limit::float8 / greatest(lanes, 1))::int);
+    fast := cardinality(p_queues) = 1
+        AND p_queues[1] <> ALL(ARRAY(SELECT queue FROM {schema}.paused_queues));
     LOOP
         ub := rb; uc := rc; uf := array_fill(NULL::float8, ARRAY[cardinality(rb)]);
         chosen := '{}'; cq := '{}'; ck := '{}'; rates := '{}';
         until := NULL; cut := NULL; low := NULL;
-        FOR cand IN SELECT * FROM {schema}.fair_candidates(p_queues, qs, ks, p_now, cap) LOOP
+        IF fast THEN
+            OPEN cands FOR SELECT * FROM {schema}.fair_heads(p_queues[1], ks, p_now);
+        ELSE
+            OPEN cands FOR SELECT * FROM {schema}.fair_candidates(p_queues, qs, ks, p_now, cap);
+        END IF;
+        LOOP
+            FETCH cands INTO cand;
+            EXIT WHEN NOT FOUND;
             -- Once full, no later row can come first: rows come by priority, and an unread row
             -- of a lane cut short comes after its lane's last read one.
             EXIT WHEN cardinality(chosen) >= p_limit;
-            IF cand.rn = cap THEN cut := greatest(cut, cand.priority); END IF;
+            IF NOT fast AND cand.rn = cap THEN cut := greatest(cut, cand.priority); END IF;
             ok := true;
             FOREACH b IN ARRAY coalesce(cand.limits, '{}') LOOP
                 CONTINUE WHEN b LIKE 'fair:%';
@@ -183,6 +230,12 @@ BEGIN
             ck := ck || cand.k;
             low := least(coalesce(low, cand.priority), cand.priority);
         END LOOP;
+        CLOSE cands;
+        IF fast THEN
+            EXIT WHEN cardinality(chosen) >= p_limit;
+            fast := false;  -- too few lanes at the best priority: read them all
+            CONTINUE;
+        END IF;
         EXIT WHEN cut IS NULL OR (cardinality(chosen) >= p_limit AND low >= cut);
         cap := cap * 2;
     END LOOP;
