@@ -15,6 +15,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from offload.backends.fairness import UNKEYED, Candidate, Lane, claim_fairly, new_turns
 from offload.backends.limits import Gate, buckets_only, parse_bucket
 from offload.backends.sqlite.queries import Q
@@ -97,12 +99,10 @@ def claim_fair(
     (last,) = conn.execute(Q["fair_last_turn"]).fetchone()
     stamped = new_turns(chosen, int(last))
     conn.executemany(Q["fair_set_turn"], [(q, k, t) for (q, k), t in stamped.items()])
-    served: dict[tuple[str, str], int] = {}
-    lanes = {(lane.queue, lane.key): lane for _, lane in chosen}
-    for _, lane in chosen:
-        served[(lane.queue, lane.key)] = served.get((lane.queue, lane.key), 0) + 1
-    emptied = [
-        k for k, got in served.items() if got == len(lanes[k].rows) and not lanes[k].truncated
-    ]
-    conn.executemany(Q["fair_forget_turn"], emptied)  # its lane is empty: forget its turn
+    # A served key left with no due job forgets its turn (the unkeyed lane keeps its one row).
+    seqs = msgspec.json.encode([c.ref for c, _ in chosen]).decode()
+    for queue in {q for q, k in stamped if k != UNKEYED}:
+        keys = sorted({k for q, k in stamped if q == queue and k != UNKEYED})
+        params = {"q": queue, "now": now, "seqs": seqs, "keys": msgspec.json.encode(keys).decode()}
+        conn.execute(Q["fair_forget_emptied"], params)
     return [c.ref for c, _ in chosen], gate

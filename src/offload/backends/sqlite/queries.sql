@@ -486,8 +486,16 @@ SELECT turn FROM offload_fair_turns WHERE queue = ? AND fair = ?;
 INSERT INTO offload_fair_turns (queue, fair, turn) VALUES (?, ?, ?)
 ON CONFLICT (queue, fair) DO UPDATE SET turn = excluded.turn;
 
--- name: fair_forget_turn
-DELETE FROM offload_fair_turns WHERE queue = ? AND fair = ?;
+-- name: fair_forget_emptied
+-- The turns of the keys :keys of queue :q that have no due job left once the jobs :seqs (a
+-- JSON array, about to be leased) are taken.
+DELETE FROM offload_fair_turns
+WHERE queue = :q AND fair IN (SELECT value FROM json_each(:keys))
+  AND NOT EXISTS (SELECT 1 FROM offload_jobs AS j
+                  WHERE j.queue = :q AND j.fair = offload_fair_turns.fair
+                    AND j.fair IS NOT NULL AND j.state IN ('scheduled', 'queued')
+                    AND j.run_at <= :now
+                    AND j.seq NOT IN (SELECT value FROM json_each(:seqs)));
 
 -- name: is_paused
 SELECT 1 FROM offload_paused WHERE queue = ?;

@@ -62,6 +62,17 @@ class FairnessConformance:
         # A served first (its head is oldest), then the keys never served, then round robin.
         assert order == [a, b, c, a, b, c, a, a, a, a], order
 
+    async def test_a_key_whose_lane_emptied_comes_first_again(self, backend: Backend) -> None:
+        require(backend, "fairness")
+        await backend.enqueue([fair("A") for _ in range(5)])
+        await backend.enqueue([fair("B")])
+        await backend.enqueue([fair("C") for _ in range(3)])
+        first = [key_of((await claim(backend, 1))[0]) for _ in range(3)]
+        assert first == ['tenant="A"', 'tenant="B"', 'tenant="C"']
+        (again,) = await backend.enqueue([fair("B")])  # B's lane emptied: its turn is forgotten
+        (got,) = await claim(backend, 1)
+        assert got.id == again.id  # before A (served longer ago than B was) and C
+
     async def test_priority_wins_over_fairness(self, backend: Backend) -> None:
         require(backend, "fairness")
         await backend.enqueue([fair("A") for _ in range(5)])
