@@ -18,6 +18,11 @@ async def anoop(i: int) -> None:
     """An async no-op: runs on the worker's event loop."""
 
 
+@app.task(name="afair", fair_key="key")
+async def afair(key: int, i: int) -> None:
+    """``anoop`` with a fair key: claims rotate among keys (benchmarks/limits.py --fair)."""
+
+
 @app.task(name="akeyed", concurrency_key="key", max_per_key=1)
 async def akeyed(key: int, i: int) -> None:
     """``anoop`` under a per-key concurrency limit of 1 (benchmarks/limits.py)."""

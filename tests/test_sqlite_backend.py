@@ -150,6 +150,14 @@ async def test_version_1_file_is_upgraded_to_keys_scoped_by_queue(
             "CREATE UNIQUE INDEX offload_jobs_active_key ON offload_jobs (key)"
             " WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running')"
         )
+        for index in ("offload_jobs_fair_waiting", "offload_jobs_waiting"):
+            raw.execute(f"DROP INDEX {index}")  # nor the fair keys of version 8
+        raw.execute(
+            "CREATE INDEX offload_jobs_waiting ON offload_jobs (queue, priority DESC, run_at, seq)"
+            " WHERE state IN ('scheduled', 'queued')"
+        )
+        raw.execute("ALTER TABLE offload_jobs DROP COLUMN fair")
+        raw.execute("DROP TABLE offload_fair_turns")
         for index in ("offload_jobs_limited_waiting", "offload_jobs_limited_running"):
             raw.execute(f"DROP INDEX {index}")  # nor had it the limits of version 5
         raw.execute("ALTER TABLE offload_jobs DROP COLUMN limits")
@@ -160,6 +168,7 @@ async def test_version_1_file_is_upgraded_to_keys_scoped_by_queue(
     finally:
         raw.close()
     assert "offload_jobs_active_key" not in indexes and "offload_jobs_active_queue_key" in indexes
+    assert "offload_jobs_fair_waiting" in indexes
     same, other = await b.enqueue([job("qa", key="k"), job("qb", key="k")])
     assert same.id == held.id and other.id != held.id
     await b.cancel(held.id)

@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from offload.backends import Backend, from_url
 from offload.backends.base import SyncEnqueue, TransactionalEnqueue
+from offload.backends.limits import fair_key_of
 from offload.backends.unique import outcome_of
 from offload.backoff import Backoff, ExponentialBackoff
 from offload.bridge import Bridge
@@ -131,6 +132,7 @@ class App:
         concurrency_key: str | None = None,
         max_per_key: int | None = None,
         retention: Any = None,
+        fair_key: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -153,6 +155,7 @@ class App:
         concurrency_key: str | None = None,
         max_per_key: int | None = None,
         retention: Any = None,
+        fair_key: str | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a sync or async function as a task.
 
@@ -164,7 +167,9 @@ class App:
         at once) and ``backoff`` (a Backoff per exception class) shape retries; see
         :class:`offload.backoff.RetryPolicy`.
         ``rate_limit`` (``"100/s"`` or :class:`offload.RateLimit`), ``concurrency_key`` and
-        ``max_per_key`` limit when its jobs start (see docs/limits.md).
+        ``max_per_key`` limit when its jobs start; ``fair_key`` (an argument's name) makes
+        claims rotate among that argument's values, so one value's burst does not delay the
+        others (see docs/limits.md).
         ``retention`` keeps its finished jobs that long instead of the backend's retention:
         a duration (``"12h"``, seconds, a ``timedelta``) or ``"forever"``, or a mapping of
         ``succeeded`` / ``dead`` / ``cancelled`` to one (see docs/retention.md).
@@ -186,6 +191,7 @@ class App:
                 concurrency_key=concurrency_key,
                 max_per_key=max_per_key,
                 retention=retention,
+                fair_key=fair_key,
             )
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already registered")
@@ -208,8 +214,15 @@ class App:
         most ``rate_limit`` (``"20/s"``) starts. Jobs enqueued from now on carry the limits."""
         self.queue_rules[queue] = QueueLimits.declare(queue, max_running, rate_limit)
 
-    def check_limits_supported(self, task: str) -> None:
-        """Refuse a limited job on a backend that cannot enforce limits at claim."""
+    def check_limits_supported(self, task: str, *, fair: bool = False) -> None:
+        """Refuse a limited job on a backend that cannot enforce limits at claim, and a job
+        with a fair key on one that cannot rotate claims among keys."""
+        if fair and not self._backend.capabilities.fairness:
+            raise CapabilityUnavailable(
+                f"{type(self._backend).__name__} cannot rotate claims among fair keys "
+                f"(task {task}); use sqlite://, postgresql://, redis:// or memory:// "
+                "(see docs/limits.md)"
+            )
         if not self._backend.capabilities.limits:
             raise CapabilityUnavailable(
                 f"{type(self._backend).__name__} cannot enforce rate or concurrency limits "
@@ -416,7 +429,7 @@ class App:
             if not isinstance(job, NewJob):
                 raise UsageError("enqueue_many takes jobs made by task.prepare(...)")
             if job.limits:
-                self.check_limits_supported(job.task)
+                self.check_limits_supported(job.task, fair=fair_key_of(job.limits) is not None)
         return batch
 
     async def _enqueue_in(self, connection: Any, batch: Sequence[NewJob]) -> list[JobRecord]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from offload.backends.limits import bucket_text, parse_bucket
+from offload.backends.limits import FAIR_PREFIX, bucket_text, parse_bucket
 from offload.errors import ConfigurationError, ValidationError
 
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -61,6 +61,7 @@ class TaskLimits:
     rate: tuple[int, float, str | None] | None = None  # count, period, key argument
     concurrency_key: str | None = None
     max_per_key: int = 1
+    fair_key: str | None = None  # claims rotate among this argument's values (fairness)
 
     @classmethod
     def declare(
@@ -70,10 +71,19 @@ class TaskLimits:
         rate_limit: str | RateLimit | None,
         concurrency_key: str | None,
         max_per_key: int | None,
+        fair_key: str | None = None,
     ) -> TaskLimits | None:
         owner = f"task {name!r}"
-        if rate_limit is None and concurrency_key is None and max_per_key is None:
+        if (
+            rate_limit is None
+            and concurrency_key is None
+            and max_per_key is None
+            and fair_key is None
+        ):
             return None
+        if fair_key is not None and not isinstance(fair_key, str):
+            raise ConfigurationError(f"{owner}: fair_key names one argument, not {fair_key!r}")
+        _check_param(fair_key, params, owner)
         rate = None
         if rate_limit is not None:
             limit = RateLimit(rate_limit) if isinstance(rate_limit, str) else rate_limit
@@ -86,14 +96,16 @@ class TaskLimits:
             raise ConfigurationError(f"{owner}: max_per_key needs a concurrency_key")
         _check_param(concurrency_key, params, owner)
         per_key = 1 if max_per_key is None else _positive(max_per_key, "max_per_key", owner)
-        return cls(name, rate, concurrency_key, per_key)
+        return cls(name, rate, concurrency_key, per_key, fair_key)
 
     def buckets(self, args: bytes) -> list[str]:
         """The buckets of one job with these (validated JSON) arguments."""
         values: Mapping[str, Any] = {}
-        if (self.rate and self.rate[2]) or self.concurrency_key:
+        if (self.rate and self.rate[2]) or self.concurrency_key or self.fair_key:
             values = msgspec.json.decode(args)
         out = []
+        if self.fair_key is not None:  # first, always: the SQL engines index it as limits[1]
+            out.append(FAIR_PREFIX + self._value("fair key", self.fair_key, values))
         if self.rate is not None:
             count, period, key = self.rate
             out.append(bucket_text(count, period, self._scope("rate", key, values)))
@@ -105,19 +117,23 @@ class TaskLimits:
     def _scope(self, kind: str, key: str | None, values: Mapping[str, Any]) -> str:
         if key is None:
             return f"task:{kind}:{self.name}"
+        return f"task:{kind}:{self.name}:{self._value('limit key', key, values)}"
+
+    def _value(self, what: str, key: str, values: Mapping[str, Any]) -> str:
+        """``key=<JSON of its value>``; a missing (None) or too long value is refused."""
         value = values.get(key)
         if value is None:
             raise ValidationError(
-                f"task {self.name}: argument {key!r} is the limit key and must be given",
+                f"task {self.name}: argument {key!r} is the {what} and must be given",
                 argument=key,
             )
         text = msgspec.json.encode(value).decode()
         if len(text) > _MAX_KEY_CHARS:
             raise ValidationError(
-                f"task {self.name}: limit key {key!r} is longer than {_MAX_KEY_CHARS} characters",
+                f"task {self.name}: {what} {key!r} is longer than {_MAX_KEY_CHARS} characters",
                 argument=key,
             )
-        return f"task:{kind}:{self.name}:{key}={text}"
+        return f"{key}={text}"
 
 
 def _check_param(key: str | None, params: Sequence[str], owner: str) -> None:

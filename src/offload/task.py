@@ -167,6 +167,7 @@ class TaskConfig:
     # How long its finished jobs are kept, instead of the backend's retention (one duration,
     # "forever", or a mapping by final state): offload.backends.retention.parse_task_retention.
     retention: Any = None
+    fair_key: str | None = None
 
 
 class Task(Generic[P, R]):
@@ -200,6 +201,7 @@ class Task(Generic[P, R]):
             config.rate_limit,
             config.concurrency_key,
             config.max_per_key,
+            config.fair_key,
         )
         self.retention = parse_task_retention(config.name, config.retention)
         self._decoder = msgspec.json.Decoder(self.args_type)
@@ -288,8 +290,9 @@ class Task(Generic[P, R]):
         own = self.limits.buckets(args) if self.limits is not None else []
         rules = self.app.queue_rules.get(queue)
         buckets = (*own, *rules.buckets) if rules is not None else tuple(own)
-        if buckets:
-            self.app.check_limits_supported(self.name)  # here, so HTTP enqueues refuse too
+        if buckets:  # here, so HTTP enqueues refuse too
+            fair = self.limits is not None and self.limits.fair_key is not None
+            self.app.check_limits_supported(self.name, fair=fair)
         return buckets
 
     def args_schema(self) -> dict[str, Any]:

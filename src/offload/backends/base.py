@@ -53,6 +53,7 @@ class Capabilities:
     cross_process: bool = True  # producers and workers may live in different processes
     progress: bool = True  # set_progress stores a running job's progress
     limits: bool = False  # rate and concurrency limits (NewJob.limits) enforced at claim
+    fairness: bool = False  # claims rotate among fair keys (a fair key in NewJob.limits)
     workflows: bool = False  # chains, groups and callbacks (enqueue_workflow & co.)
 
 

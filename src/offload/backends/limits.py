@@ -19,6 +19,23 @@ from dataclasses import dataclass, field
 from offload.job import LimitUsage
 
 INF = float("inf")
+# A job with a fair key (``@app.task(fair_key="tenant_id")``) carries it as the FIRST entry of
+# its limits, ``fair:tenant_id="acme"``: a claim-time rule like the buckets, so it travels and
+# is stored the same way, and puts the job on the claim path that knows limits (see
+# offload.backends.fairness). It is not a bucket: the gate and the usage counts skip it.
+FAIR_PREFIX = "fair:"
+
+
+def fair_key_of(limits: Sequence[str]) -> str | None:
+    """The fair key a job's limits carry (their first entry), or None."""
+    if limits and limits[0].startswith(FAIR_PREFIX):
+        return limits[0]
+    return None
+
+
+def buckets_only(limits: Sequence[str]) -> Sequence[str]:
+    """A job's limits without its fair key: the buckets the gate counts."""
+    return limits[1:] if fair_key_of(limits) is not None else limits
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,7 @@ class Gate:
 
     def admit(self, buckets: Sequence[str]) -> bool:
         """Take a job carrying ``buckets`` if each has room; count it in each if so."""
+        buckets = buckets_only(buckets)
         until = self.hold(buckets)
         if until is not None:
             self.held += 1
@@ -78,7 +96,7 @@ class Gate:
     def hold(self, buckets: Sequence[str]) -> float | None:
         """None if a job carrying ``buckets`` may go now, else when it may (INF: a completion
         frees it). Counts nothing."""
-        for text in buckets:
+        for text in buckets_only(buckets):
             if self._room(text) <= 0:
                 return self.free_at.get(text, INF)
         return None
@@ -112,7 +130,7 @@ def usage(jobs: Iterable[tuple[str, bool, Sequence[str]]]) -> list[LimitUsage]:
     """``Backend.limit_usage`` from (queue, running?, buckets) of each active limited job."""
     counts: dict[tuple[str, str], list[int]] = {}
     for queue, running, buckets in jobs:
-        for b in buckets:
+        for b in buckets_only(buckets):
             c = counts.setdefault((queue, b), [0, 0])
             c[0 if running else 1] += 1
     return [

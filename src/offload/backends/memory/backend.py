@@ -24,8 +24,15 @@ from offload.backends.common import (
     encode_cursor,
     new_record,
 )
+from offload.backends.limits import fair_key_of
 from offload.backends.memory import workflows
-from offload.backends.memory.limits import log_rates, memory_gate, memory_usage, next_claimable
+from offload.backends.memory.limits import (
+    fair_pick,
+    log_rates,
+    memory_gate,
+    memory_usage,
+    next_claimable,
+)
 from offload.backends.memory.schedules import MemorySchedules
 from offload.backends.memory.store import (
     MemoryStore,
@@ -60,7 +67,9 @@ from offload.workflow.record import WorkflowRecord
 class MemoryBackend(MemorySchedules):
     """In-process backend. ``clock`` is the backend's clock (``time.time`` by default)."""
 
-    capabilities = Capabilities(notify=True, cross_process=False, limits=True, workflows=True)
+    capabilities = Capabilities(
+        notify=True, cross_process=False, limits=True, fairness=True, workflows=True
+    )
 
     def __init__(
         self,
@@ -178,6 +187,8 @@ class MemoryBackend(MemorySchedules):
             ]
             due.sort(key=lambda j: (-j.priority, j.run_at, st.seq[j.id]))
             out: list[JobRecord] = []
+            if any(fair_key_of(j.limits) for j in due):
+                due = fair_pick(st, due, req.limit, now)
             gate = memory_gate(st, now)
             for j in due:
                 if len(out) >= req.limit:

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from offload.backends.limits import INF, Gate, parse_bucket, usage, window_start
+from offload.backends.fairness import UNKEYED, Candidate, Lane, new_turns, pick
+from offload.backends.limits import (
+    INF,
+    Gate,
+    buckets_only,
+    fair_key_of,
+    parse_bucket,
+    usage,
+    window_start,
+)
 from offload.backends.memory.store import MemoryStore
-from offload.job import ACTIVE_STATES, WAITING_STATES, JobState, LimitUsage
+from offload.job import ACTIVE_STATES, WAITING_STATES, JobRecord, JobState, LimitUsage
 
 
 def memory_gate(st: MemoryStore, now: float) -> Gate:
@@ -36,8 +45,32 @@ def memory_gate(st: MemoryStore, now: float) -> Gate:
     return Gate(now=now, running=running, recent=recent)
 
 
+def fair_pick(st: MemoryStore, due: Sequence[JobRecord], limit: int, now: float) -> list[JobRecord]:
+    """The due jobs (in claim order) a fair claim of ``limit`` takes, in fair order
+    (offload.backends.fairness); stamps the served lanes' turns. The caller gates them
+    again (same store, same lock: the same decisions)."""
+    lanes: dict[tuple[str, str], Lane] = {}
+    for j in due:
+        key = fair_key_of(j.limits) or UNKEYED
+        lane = lanes.get((j.queue, key))
+        if lane is None:
+            turn = st.turns.get((j.queue, key), 0)
+            lane = lanes[(j.queue, key)] = Lane(j.queue, key, turn, [])
+        lane.rows.append(Candidate(j, j.priority, j.run_at, st.seq[j.id], j.limits))
+    chosen, _ = pick(list(lanes.values()), limit, memory_gate(st, now))
+    after = max(st.turns.values(), default=0)
+    st.turns.update(new_turns(chosen, after))
+    served: dict[tuple[str, str], int] = {}
+    for _, lane in chosen:
+        served[(lane.queue, lane.key)] = served.get((lane.queue, lane.key), 0) + 1
+    for k, n in served.items():
+        if n == len(lanes[k].rows):  # its lane is empty now: forget its turn
+            del st.turns[k]
+    return [c.ref for c, _ in chosen]
+
+
 def log_rates(st: MemoryStore, buckets: Sequence[str], now: float) -> None:
-    for b in buckets:
+    for b in buckets_only(buckets):
         if parse_bucket(b).is_rate:
             st.rate_log.setdefault(b, []).append(now)
 

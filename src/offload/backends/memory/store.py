@@ -38,6 +38,7 @@ class MemoryStore:
     schedules: dict[str, ScheduleRecord] = field(default_factory=dict)
     rate_log: dict[str, list[float]] = field(default_factory=dict)  # claim times per bucket
     workflows: dict[str, WorkflowRecord] = field(default_factory=dict)
+    turns: dict[tuple[str, str], int] = field(default_factory=dict)  # fair lanes' turns
 
     def wake(self, waiters: Sequence[Waiter]) -> None:
         for loop, fut in waiters:

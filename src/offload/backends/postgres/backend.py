@@ -52,7 +52,9 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
     see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
     connect or wait for a pooled connection, 5)."""
 
-    capabilities = Capabilities(notify=True, transactional=True, limits=True, workflows=True)
+    capabilities = Capabilities(
+        notify=True, transactional=True, limits=True, fairness=True, workflows=True
+    )
 
     def __init__(self, url: str, **options: Any) -> None:
         self._opts = q.parse_url(url, options)

@@ -71,7 +71,7 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
     Other query parameters go to redis-py as they are.
     """
 
-    capabilities = Capabilities(notify=True, limits=True, workflows=True)
+    capabilities = Capabilities(notify=True, limits=True, fairness=True, workflows=True)
 
     # -- producing ---------------------------------------------------------------------------
 

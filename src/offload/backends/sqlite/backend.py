@@ -81,7 +81,7 @@ class SQLiteBackend(SQLiteSchedules):
     # waiters read every poll_ms: so new work wakes a waiter at once, and within poll_ms when
     # a ring is lost or there is no doorbell.
     capabilities = Capabilities(  # see enqueue_in
-        notify=True, transactional=True, limits=True, workflows=True
+        notify=True, transactional=True, limits=True, fairness=True, workflows=True
     )
 
     def __init__(self, url: str, **options: Any) -> None:

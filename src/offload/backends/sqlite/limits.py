@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from offload.backends.limits import INF, Gate, parse_bucket, usage, window_start
+from offload.backends.limits import INF, Gate, buckets_only, parse_bucket, usage, window_start
+from offload.backends.sqlite.fairness import any_fair_due, claim_fair
 from offload.backends.sqlite.queries import Q
 from offload.job import ClaimRequest, LimitUsage
 
@@ -67,7 +68,7 @@ def _buckets(text: str | None) -> tuple[str, ...]:
         return ()
     try:
         buckets = msgspec.json.decode(text, type=tuple[str, ...])
-        for b in buckets:
+        for b in buckets_only(buckets):
             parse_bucket(b)
         return buckets
     except (msgspec.MsgspecError, ValueError):
@@ -83,6 +84,10 @@ def claim_gated(
 ) -> list[Any]:
     """Claim at most ``req.limit`` due jobs that every limit lets go; return their rows."""
     now: float = params["now"]
+    if req.job_ids is None and any_fair_due(conn, in_queues, params):
+        queues = list(dict.fromkeys(req.queues))
+        seqs, fair_gate = claim_fair(conn, req, queues, now, lambda: _gate(conn, now), _buckets)
+        return _lease(conn, seqs, fair_gate, params, hint)
     only_ids = ""
     if req.job_ids is not None:
         params["ids"] = msgspec.json.encode(list(dict.fromkeys(req.job_ids))).decode()
@@ -94,22 +99,32 @@ def claim_gated(
     chosen: list[int] = []
     rates: list[tuple[str, float]] = []
     cur = conn.execute(sql, params)  # read lazily: the walk usually stops early
-    for seq, text in cur:
+    for seq, text, _, _ in cur:
         if len(chosen) >= req.limit:
             break
         buckets = _buckets(text)
         if buckets and not gate.admit(buckets):
             continue
         chosen.append(seq)
-        rates.extend((b, now) for b in buckets if parse_bucket(b).is_rate)
+        rates.extend((b, now) for b in buckets_only(buckets) if parse_bucket(b).is_rate)
     cur.close()
+    conn.executemany(Q["rate_log"], rates)
+    return _lease(conn, chosen, gate, params, hint)
+
+
+def _lease(
+    conn: sqlite3.Connection,
+    chosen: list[int],
+    gate: Gate,
+    params: dict[str, Any],
+    hint: HeldHint | None,
+) -> list[Any]:
     if hint is not None:
         hint.until = gate.held_until if gate.held else None
     if gate.held:
         _log.debug("claim held %d jobs back by their limits", gate.held)
     if not chosen:
         return []
-    conn.executemany(Q["rate_log"], rates)
     params["seqs"] = msgspec.json.encode(chosen).decode()
     return conn.execute(Q["claim_seqs"], params).fetchall()
 

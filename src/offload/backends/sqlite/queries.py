@@ -7,8 +7,8 @@ from importlib import resources
 # PRAGMA user_version of the file. Bump it with an ``upgrade_N`` query that brings a version
 # N-1 file to N (2: dedup keys scoped by queue; 3: unique_for index, schedules table; 4: the
 # finished index, incremental vacuum; 5: limits; 6: workflows; 7: job headers and progress;
-# 8: a job's own retention).
-SCHEMA_VERSION = 8
+# 8: a job's own retention; 9: fair claims).
+SCHEMA_VERSION = 9
 
 COLS = (
     "seq, id, task, queue, args, state, priority, attempt, max_attempts, run_at, created_at, "

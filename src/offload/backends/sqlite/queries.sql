@@ -122,7 +122,11 @@ UPDATE offload_jobs SET args = ?, priority = ?, run_at = ?, state = ?
 WHERE id = ? AND state IN ('scheduled', 'queued');
 
 -- name: waiting_count
-SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('scheduled', 'queued');
+-- The claim index holds the jobs without a fair key, the fair index those with one (upgrade 8).
+SELECT (SELECT count(*) FROM offload_jobs
+        WHERE queue = ?1 AND state IN ('scheduled', 'queued') AND fair IS NULL)
+     + (SELECT count(*) FROM offload_jobs
+        WHERE queue = ?1 AND state IN ('scheduled', 'queued') AND fair IS NOT NULL);
 
 -- name: claim
 -- One statement: pick due jobs in claim order and lease them. The candidates are one
@@ -145,7 +149,7 @@ RETURNING {cols};
 SELECT * FROM (
     SELECT seq, priority, run_at FROM offload_jobs
     WHERE state IN ('scheduled', 'queued') AND queue = {queue} AND run_at <= :now
-      AND {queue} NOT IN (SELECT queue FROM offload_paused)
+      AND fair IS NULL AND {queue} NOT IN (SELECT queue FROM offload_paused)
     ORDER BY priority DESC, run_at, seq
     LIMIT :limit
 )
@@ -315,10 +319,17 @@ LIMIT :limit;
 SELECT queue, state, count(*) FROM offload_jobs GROUP BY queue, state;
 
 -- name: next_due
--- The earliest run_at of waiting jobs in the given queues that are not paused (NULL: none).
-SELECT min(run_at) FROM offload_jobs
-WHERE state IN ('scheduled', 'queued') AND queue IN ({queues})
-  AND queue NOT IN (SELECT queue FROM offload_paused);
+-- The earliest run_at of waiting jobs in the given queues that are not paused (NULL: none),
+-- without a fair key and with one (each on its index).
+SELECT min(at) FROM (
+    SELECT min(run_at) AS at FROM offload_jobs
+    WHERE state IN ('scheduled', 'queued') AND queue IN ({queues}) AND fair IS NULL
+      AND queue NOT IN (SELECT queue FROM offload_paused)
+    UNION ALL
+    SELECT min(run_at) FROM offload_jobs
+    WHERE state IN ('scheduled', 'queued') AND queue IN ({queues}) AND fair IS NOT NULL
+      AND queue NOT IN (SELECT queue FROM offload_paused)
+);
 
 -- name: data_version
 PRAGMA data_version;
@@ -389,11 +400,12 @@ WHERE limits IS NOT NULL AND state IN ('scheduled', 'queued') AND queue IN ({que
 LIMIT 1;
 
 -- name: gated_candidates
--- Waiting due jobs in claim order, walked by the claim until it has taken :limit of them;
--- jobs held by a limit are passed over (they stay as they are: no attempt is used).
-SELECT seq, limits FROM offload_jobs
+-- Waiting due jobs without a fair key in claim order, walked by the claim until it has taken
+-- :limit of them; jobs held by a limit are passed over (they stay as they are: no attempt is
+-- used). Jobs with a fair key are claimed by fair_claim (offload.backends.sqlite.fairness).
+SELECT seq, limits, priority, run_at FROM offload_jobs
 WHERE state IN ('scheduled', 'queued') AND queue IN ({queues}) AND run_at <= :now
-  AND queue NOT IN (SELECT queue FROM offload_paused) {only_ids}
+  AND fair IS NULL AND queue NOT IN (SELECT queue FROM offload_paused) {only_ids}
 ORDER BY priority DESC, run_at, seq;
 
 -- name: claim_seqs
@@ -436,3 +448,91 @@ SELECT body FROM offload_workflows WHERE id = ?;
 
 -- name: update_workflow
 UPDATE offload_workflows SET body = ? WHERE id = ?;
+
+-- name: upgrade_9
+-- Fair claims (offload.backends.fairness). A job's fair key is the first entry of its limits
+-- ("fair:tenant=..."); the virtual column fair names it (NULL: none), computed, never written.
+-- The claim index (schema) is rebuilt without the jobs that have one, so the ordinary claim
+-- walks exactly what it did before whatever fair jobs wait beside it; they get an index of
+-- their own, by key: a fair claim reads the keys of a queue by a loose index scan, then the
+-- first due jobs of each. offload_fair_turns: when each key was last served (a counter).
+-- (json_valid: a damaged limits column must not make every write of its row fail)
+ALTER TABLE offload_jobs ADD COLUMN fair TEXT GENERATED ALWAYS AS (
+    CASE WHEN substr(limits, 1, 7) = '["fair:' AND json_valid(limits)
+         THEN json_extract(limits, '$[0]') END) VIRTUAL;
+DROP INDEX IF EXISTS offload_jobs_waiting;
+CREATE INDEX offload_jobs_waiting
+    ON offload_jobs (queue, priority DESC, run_at, seq)
+    WHERE state IN ('scheduled', 'queued') AND fair IS NULL;
+-- (state last: the loose scan then reads the index alone)
+CREATE INDEX IF NOT EXISTS offload_jobs_fair_waiting
+    ON offload_jobs (queue, fair, priority DESC, run_at, seq, state)
+    WHERE state IN ('scheduled', 'queued') AND fair IS NOT NULL;
+CREATE TABLE IF NOT EXISTS offload_fair_turns (
+    queue TEXT NOT NULL,
+    fair TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    PRIMARY KEY (queue, fair)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS offload_fair_turns_turn ON offload_fair_turns (turn);
+
+-- name: any_fair_due
+SELECT 1 FROM offload_jobs
+WHERE fair IS NOT NULL AND state IN ('scheduled', 'queued') AND queue IN ({queues})
+  AND run_at <= :now
+LIMIT 1;
+
+-- name: fair_heads
+-- The first due job of every key of queue :q (a key with none due has no row), by a loose
+-- scan of the fair index (one probe per key, on the index alone) and one probe for its head,
+-- with the key's turn (0: none kept).
+WITH RECURSIVE k(fair) AS (
+    SELECT min(fair) FROM offload_jobs
+    WHERE queue = :q AND fair IS NOT NULL AND state IN ('scheduled', 'queued')
+    UNION ALL
+    SELECT (SELECT min(fair) FROM offload_jobs
+            WHERE queue = :q AND fair > k.fair AND fair IS NOT NULL
+              AND state IN ('scheduled', 'queued'))
+    FROM k WHERE k.fair IS NOT NULL
+), h AS (
+    SELECT k.fair, (SELECT seq FROM offload_jobs
+                    WHERE queue = :q AND fair = k.fair AND fair IS NOT NULL
+                      AND state IN ('scheduled', 'queued') AND run_at <= :now
+                    ORDER BY priority DESC, run_at, seq LIMIT 1) AS seq
+    FROM k WHERE k.fair IS NOT NULL
+)
+SELECT h.fair, j.seq, j.limits, j.priority, j.run_at, coalesce(t.turn, 0)
+FROM h JOIN offload_jobs AS j ON j.seq = h.seq
+LEFT JOIN offload_fair_turns AS t ON t.queue = :q AND t.fair = h.fair;
+
+-- name: fair_lane
+-- The first :cap due jobs of one key, in claim order.
+SELECT seq, limits, priority, run_at FROM offload_jobs
+WHERE queue = :q AND fair = :fair AND fair IS NOT NULL AND state IN ('scheduled', 'queued')
+  AND run_at <= :now
+ORDER BY priority DESC, run_at, seq
+LIMIT :cap;
+
+-- name: fair_last_turn
+SELECT coalesce(max(turn), 0) FROM offload_fair_turns;
+
+-- name: fair_turn
+SELECT turn FROM offload_fair_turns WHERE queue = ? AND fair = ?;
+
+-- name: fair_set_turn
+INSERT INTO offload_fair_turns (queue, fair, turn) VALUES (?, ?, ?)
+ON CONFLICT (queue, fair) DO UPDATE SET turn = excluded.turn;
+
+-- name: fair_forget_emptied
+-- The turns of the keys :keys of queue :q that have no due job left once the jobs :seqs (a
+-- JSON array, about to be leased) are taken.
+DELETE FROM offload_fair_turns
+WHERE queue = :q AND fair IN (SELECT value FROM json_each(:keys))
+  AND NOT EXISTS (SELECT 1 FROM offload_jobs AS j
+                  WHERE j.queue = :q AND j.fair = offload_fair_turns.fair
+                    AND j.fair IS NOT NULL AND j.state IN ('scheduled', 'queued')
+                    AND j.run_at <= :now
+                    AND j.seq NOT IN (SELECT value FROM json_each(:seqs)));
+
+-- name: is_paused
+SELECT 1 FROM offload_paused WHERE queue = ?;

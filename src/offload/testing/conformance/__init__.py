@@ -24,6 +24,7 @@ import pytest
 from offload.backends.base import Backend
 from offload.testing.conformance.claim import ClaimConformance
 from offload.testing.conformance.enqueue import EnqueueConformance
+from offload.testing.conformance.fairness import FairnessConformance
 from offload.testing.conformance.inspection import InspectionConformance
 from offload.testing.conformance.leases import LeaseConformance
 from offload.testing.conformance.limits import LimitConformance
@@ -43,6 +44,7 @@ __all__ = [
     "BackendConformance",
     "ClaimConformance",
     "EnqueueConformance",
+    "FairnessConformance",
     "InspectionConformance",
     "LeaseConformance",
     "LimitConformance",
@@ -73,6 +75,7 @@ class BackendConformance(
     UniqueConformance,
     ScheduleConformance,
     LimitConformance,
+    FairnessConformance,
     WorkflowConformance,
     SyncEnqueueConformance,
 ):

@@ -455,6 +455,7 @@ SELECT j.queue, x, count(*) FILTER (WHERE j.state = 'running'),
        count(*) FILTER (WHERE j.state IN ('scheduled', 'queued'))
 FROM {schema}.jobs j, unnest(j.limits) x
 WHERE j.limits IS NOT NULL AND j.state IN ('scheduled', 'queued', 'running')
+  AND x NOT LIKE 'fair:%%'  -- a fair key is not a limit (offload.backends.fairness)
 GROUP BY j.queue, x ORDER BY j.queue, x
 
 -- name: insert_workflow

@@ -69,8 +69,30 @@ local function wake(base)
   if redis.call('LLEN', list) == 0 then redis.call('RPUSH', list, '1') end
 end
 
+-- Fair claims (claim.lua): in a queue that ever received a job with a fair key (<base>:fair),
+-- every waiting job is also in the lane of its key, <base>:fq:<key> ('' for none), scored as
+-- in the ready set; <base>:fl holds the lanes' keys scored by their turns (0: never served).
+-- A lane may keep members that no longer wait (cancelled, replaced, deleted): the claim drops
+-- them when it meets them. The fair key is the first line of the limits (hash field b).
+local function fair_key(b)
+  if b and string.sub(b, 1, 5) == 'fair:' then return string.match(b, '^[^\n]+') end
+  return ''
+end
+
+local function lane_add(base, key, member, score)
+  redis.call('ZADD', base .. ':fq:' .. key, score, member)
+  redis.call('ZADD', base .. ':fl', 'NX', 0, key)
+end
+
+local function lane_place(base, jk, member, score)
+  if redis.call('EXISTS', base .. ':fair') == 1 then
+    lane_add(base, fair_key(redis.call('HGET', jk, 'b')), member, score)
+  end
+end
+
 -- A waiting or re-run job goes to the ready set when due, else to the scheduled set.
 local function place(base, jk, member, priority, run_at, now)
+  lane_place(base, jk, member, ready_score(priority, run_at))
   if run_at <= now then
     redis.call('ZADD', base .. ':ready', ready_score(priority, run_at), member)
     redis.call('HSET', jk, 's', 'queued', 'r', string.format('%.0f', run_at))

@@ -170,7 +170,17 @@ local function room(base, b)
   return cap - (gate.used[b] or 0)
 end
 
+-- A job's buckets: its limits without its fair key (the first line, when it has one).
+local function buckets_of(lim)
+  if lim and string.sub(lim[1], 1, 5) == 'fair:' then
+    if #lim == 1 then return nil end
+    return {unpack(lim, 2)}
+  end
+  return lim
+end
+
 local function admit(base, lim)
+  lim = buckets_of(lim)
   if not lim then return true end
   for _, b in ipairs(lim) do
     if room(base, b) <= 0 then
@@ -210,14 +220,176 @@ local function gated_candidates()
   table.sort(cands, by_score)
 end
 
+-- Fair claims (offload.backends.fairness): the first `cap` due jobs of every lane of each open
+-- queue, in fair order (priority, rank in the lane, the lane's turn, score, member), through
+-- the gate; read again with twice the cap while a lane cut short might hold a job that comes
+-- first. A lane's members that no longer wait are dropped as they are met.
+local fair = {lanes = {}, plain = {}}
+
+local function lane_rows(base, qi, key, turn, cap, rows)
+  -- A queue without fair jobs, claimed with one that has them: its ready set is its one lane.
+  local lane = fair.plain[qi] and base .. ':ready' or base .. ':fq:' .. key
+  local n, offset, last = 0, 0, nil
+  while n < cap do
+    local chunk = redis.call('ZRANGE', lane, offset, offset + cap - 1, 'WITHSCORES')
+    if #chunk == 0 then return n, false, last end
+    for i = 1, #chunk, 2 do
+      local member = chunk[i]
+      local v = redis.call('HMGET', job_key(base, member_id(member)), 's', 'z', 'b')
+      if v[2] ~= member or not (v[1] == 'queued' or v[1] == 'scheduled') then
+        redis.call('ZREM', lane, member)
+        offset = offset - 1
+      elseif v[1] == 'queued' then
+        n = n + 1
+        last = member_priority(member)
+        rows[#rows + 1] = {tonumber(chunk[i + 1]), member, qi, base .. ':ready',
+          split_limits(v[3]), lane, n, turn, -last, key}
+        if n >= cap then return n, true, last end
+      end
+    end
+    offset = offset + cap
+  end
+  return n, true, last
+end
+
+local function fair_order(x, y)
+  for _, f in ipairs({9, 7, 8, 10, 1}) do
+    if x[f] ~= y[f] then return x[f] < y[f] end
+  end
+  return x[2] < y[2]
+end
+
+-- The usual case, one queue with many keys: the first due job of each lane in turn order
+-- (<base>:fl's order: turn, then key) while it has the best due priority of the queue, until
+-- `limit` are admitted. Those come first in fair order, so the walk stops there, having read
+-- about `limit` lanes instead of all. Returns nil (nothing kept) when it cannot fill the claim.
+local function fair_fast()
+  local base = KEYS[1]
+  local best = redis.call('ZRANGE', base .. ':ready', 0, 0)[1]
+  if not best then return nil end
+  local top = member_priority(best)
+  local picked, offset = {}, 0
+  while #picked < limit do
+    local lanes = redis.call('ZRANGE', base .. ':fl', offset, offset + 99, 'WITHSCORES')
+    if #lanes == 0 then return nil end
+    for i = 1, #lanes, 2 do
+      local rows = {}
+      lane_rows(base, 1, lanes[i], tonumber(lanes[i + 1]), 1, rows)
+      local row = rows[1]
+      if row and -row[9] == top and admit(base, row[5]) then
+        picked[#picked + 1] = row
+        if #picked >= limit then return picked end
+      end
+    end
+    offset = offset + 100
+  end
+  return picked
+end
+
+local function fair_pick(cap)
+  local rows, cut = {}, nil
+  for qi, base in ipairs(KEYS) do
+    local lanes = fair.lanes[qi]
+    if lanes then
+      for i = 1, #lanes, 2 do
+        local n, truncated, last = lane_rows(base, qi, lanes[i], tonumber(lanes[i + 1]), cap, rows)
+        if truncated and (cut == nil or last > cut) then cut = last end
+        if n == 0 and not fair.plain[qi]
+            and redis.call('EXISTS', base .. ':fq:' .. lanes[i]) == 0 then
+          redis.call('ZREM', base .. ':fl', lanes[i]) -- an empty lane forgets its turn
+        end
+      end
+    end
+  end
+  table.sort(rows, fair_order)
+  local picked, low = {}, nil
+  for _, row in ipairs(rows) do
+    if #picked >= limit then break end
+    if admit(KEYS[row[3]], row[5]) then
+      picked[#picked + 1] = row
+      low = math.min(low or row[9] * -1, row[9] * -1)
+    end
+  end
+  local sure = cut == nil or (#picked >= limit and low >= cut)
+  return picked, sure
+end
+
+local function fair_candidates()
+  local n = 0
+  for qi, base in ipairs(KEYS) do
+    if redis.call('EXISTS', base .. ':paused') == 0 then
+      promote(base)
+      if redis.call('EXISTS', base .. ':fair') == 1 then
+        fair.lanes[qi] = redis.call('ZRANGE', base .. ':fl', 0, -1, 'WITHSCORES')
+      else
+        fair.lanes[qi], fair.plain[qi] = {'', '0'}, true
+      end
+      n = n + #fair.lanes[qi] / 2
+    end
+  end
+  local running = {}
+  running_counts()
+  for b, c in pairs(gate.used) do running[b] = c end
+  if #KEYS == 1 and fair.lanes[1] and not fair.plain[1] then
+    local picked = fair_fast()
+    if picked then
+      cands, gate.more = picked, true
+      return
+    end
+    gate.used, gate.free, gate.held = {}, {}, nil
+    for b, c in pairs(running) do gate.used[b] = c end
+  end
+  local cap = math.ceil(limit / math.max(n, 1)) + 1
+  while true do
+    local picked, sure = fair_pick(cap)
+    if sure then
+      cands = picked
+      gate.more = #picked >= limit
+      return
+    end
+    cap = cap * 2
+    gate.used, gate.free, gate.held = {}, {}, nil
+    for b, c in pairs(running) do gate.used[b] = c end
+  end
+end
+
+-- Every lane served gets a new turn, later than all, in the order it was last served.
+local function fair_turns()
+  local last, order = {}, {}
+  for i, row in ipairs(cands) do
+    local lk = row[3] .. '\0' .. row[10]
+    if not last[lk] then order[#order + 1] = lk end
+    last[lk] = i
+  end
+  table.sort(order, function(x, y) return last[x] < last[y] end)
+  for _, lk in ipairs(order) do
+    local row = cands[last[lk]]
+    local base = KEYS[row[3]]
+    if fair.plain[row[3]] then -- luacheck: ignore (a plain queue keeps no turns)
+    elseif redis.call('EXISTS', row[6]) == 1 then
+      redis.call('ZADD', base .. ':fl', redis.call('INCR', base .. ':fturn'), row[10])
+    else
+      redis.call('ZREM', base .. ':fl', row[10]) -- its lane is empty: forget its turn
+    end
+  end
+end
+
 local gated = false
+local fair_claim = false
 if #ARGV <= 5 then
   for _, base in ipairs(KEYS) do
     if redis.call('EXISTS', base .. ':limited') == 1 then gated = true end
   end
 end
+if gated then
+  for _, base in ipairs(KEYS) do
+    if redis.call('EXISTS', base .. ':fair') == 1 then fair_claim = true end
+  end
+end
 if #ARGV > 5 then
   named_candidates()
+elseif fair_claim then
+  fair_candidates()
 elseif gated then
   gated_candidates()
 elseif not only_limited then
@@ -227,7 +399,7 @@ end
 local taken_ids, leases = {}, {}
 local now_s, exp_s = out[1], out[2]
 for i = 1, math.min(limit, #cands) do
-  local _, member, qi, from, lim = unpack(cands[i])
+  local _, member, qi, from, lim, lane = unpack(cands[i])
   local base = KEYS[qi]
   local id = member_id(member)
   local jk = job_key(base, id)
@@ -242,6 +414,8 @@ for i = 1, math.min(limit, #cands) do
     l[#l + 1] = id
     emit(qi, id, v[1], attempt, v[3], v[4], v[5], v[6])
     taken_ids[#taken_ids + 1] = qi .. ':' .. id
+    if lane then redis.call('ZREM', lane, member) end
+    lim = buckets_of(lim)
     if lim then
       redis.call('SADD', base .. ':lrun', id)
       for _, b in ipairs(lim) do
@@ -255,6 +429,7 @@ for i = 1, math.min(limit, #cands) do
     end
   end
 end
+if fair_claim then fair_turns() end
 if gated and gate.held ~= nil then
   out[3] = gate.held == math.huge and 'inf' or fmt(gate.held - now)
 end

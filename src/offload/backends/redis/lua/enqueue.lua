@@ -83,6 +83,23 @@ for qi = 1, nq do
 end
 
 -- Phase 2: write.
+-- Fair claims: a queue's first job with a fair key turns its lanes on (see _common.lua); the
+-- jobs already waiting, none with a key then, go to the lane of the jobs without one.
+local fair_on = {}
+for _, job in ipairs(jobs) do
+  local base = KEYS[job[1]]
+  if fair_key(job[10]) ~= '' and redis.call('EXISTS', base .. ':fair') == 0 then
+    redis.call('SET', base .. ':fair', '1')
+    local ready_m = redis.call('ZRANGE', base .. ':ready', 0, -1, 'WITHSCORES')
+    for i = 1, #ready_m, 2 do lane_add(base, '', ready_m[i], tonumber(ready_m[i + 1])) end
+    local sched_m = redis.call('ZRANGE', base .. ':sched', 0, -1, 'WITHSCORES')
+    for i = 1, #sched_m, 2 do
+      local m = sched_m[i]
+      lane_add(base, '', m, ready_score(member_priority(m), tonumber(sched_m[i + 1])))
+    end
+  end
+end
+for qi = 1, nq do fair_on[qi] = redis.call('EXISTS', KEYS[qi] .. ':fair') == 1 end
 local seq, ready, sched, made = {}, {}, {}, {}
 for qi = 1, nq do
   if fresh_n[qi] > 0 then
@@ -108,6 +125,7 @@ for _, job in ipairs(jobs) do
     s[#s + 1] = run_at
     s[#s + 1] = member
   end
+  if fair_on[qi] then lane_add(base, fair_key(limits), member, ready_score(priority, run_at)) end
   local m = made[qi]
   m[#m + 1] = now
   m[#m + 1] = id
