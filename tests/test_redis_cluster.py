@@ -288,11 +288,11 @@ async def test_pool_size_bounds_each_node_of_a_cluster(
     done = [backend.wait_done(r.id, 0.2) for r in stored]
     got = await asyncio.gather(*reads, *done, *waits)
     assert all(r is not None for r in got[: len(reads) + len(done)])
-    # Two clients, two connections each, per node; and at most one more on a node that the
-    # client asked for the slot map when the topology moved (after the failover tests it
-    # does: CI once saw 5). Unbounded, the 36 concurrent calls above open far more.
+    # Two clients, two connections each, per node; and each client at most one more on a
+    # node it asked for the slot map when the topology moved (after the failover tests it
+    # does: seen 5 and 6). Unbounded, the 36 concurrent calls above open far more.
     for port in CLUSTER_PORTS[flavor]:
-        assert await offload_connections(prefix, port) <= 5
+        assert await offload_connections(prefix, port) <= 2 * (2 + 1)
 
 
 # -- the hypothesis state machine (tests/test_state_machine.py's, on the cluster) ----------
