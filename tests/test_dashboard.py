@@ -737,3 +737,22 @@ async def test_the_whole_service_under_a_prefix(url: str) -> None:
             html = (await client.get("/offload/jobs")).text
             assert 'href="/offload/queues"' in html and 'href="/queues"' not in html
             assert (await client.get("/offload/v1/queues")).status_code == 200
+
+
+async def test_a_job_page_shows_its_fair_key_and_its_own_retention(
+    browser_for: MakeBrowser,
+) -> None:
+    b = await browser_for()
+
+    @b.app.task(
+        name="per_tenant", fair_key="tenant", retention={"succeeded": "2h", "dead": "forever"}
+    )
+    def per_tenant(tenant: str) -> None: ...
+
+    job = await per_tenant.aenqueue("acme")
+    page = (await b.get(f"/jobs/{job.id}")).text
+    assert re.search(r'data-field="fair-key">tenant=&#34;acme&#34;<', page), page
+    assert re.search(r'data-field="retention">succeeded 2 h · dead forever ', page), page
+    plain = await b.app.tasks["add"].aenqueue(1)
+    page = (await b.get(f"/jobs/{plain.id}")).text
+    assert 'data-field="fair-key"' not in page and 'data-field="retention"' not in page

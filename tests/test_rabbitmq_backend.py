@@ -628,3 +628,16 @@ async def test_workflow_steps_a_completer_released_but_never_published_run(
     finally:
         await backend.delete_broker_objects(sorted(backend.declared_queues()))
         await backend.close()
+
+
+def test_retention_on_the_amqp_url_with_a_store_is_refused_naming_the_store(
+    tmp_path: Path,
+) -> None:
+    """The store keeps the finished jobs, so ``retention`` belongs in its URL; on the amqp://
+    URL it went to aio-pika, which ignored it: jobs were kept for the store's default."""
+    db = tmp_path / "state.db"
+    with pytest.raises(ConfigurationError, match="store's URL"):
+        from_url(f"{RABBITMQ_URL}?store=sqlite:///{db}&retention=1d&retention_dead=forever")
+    store = quote(f"sqlite:///{db}?retention=1d", safe="")
+    backend = from_url(f"{RABBITMQ_URL}?store={store}")
+    assert isinstance(backend, RabbitMQBackend)

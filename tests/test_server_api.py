@@ -394,3 +394,35 @@ async def test_backend_down_is_503_never_a_false_202(client_for: MakeClient, url
     assert r.status_code == 503 and r.json() == {"status": "unavailable"}
     assert "offload_backend_up 0.0" in (await client.get("/metrics")).text
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_job_shows_its_fair_key_and_its_own_retention(tmp_path: Path) -> None:
+    """The fields a task's ``fair_key=`` and ``retention=`` stamp on a job are shown over
+    HTTP (and a job without them shows nulls)."""
+    app = make_app(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+    @app.task(name="per_tenant", expose=True, fair_key="tenant", retention={"dead": "forever"})
+    def per_tenant(tenant: str) -> None: ...
+
+    @app.task(name="short", expose=True, retention="1h")
+    def short() -> None: ...
+
+    service = create_service(app)
+    async with service.router.lifespan_context(service):
+        transport = httpx.ASGITransport(app=service)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            shown = []
+            for task, args in (
+                ("per_tenant", {"tenant": "acme"}),
+                ("short", {}),
+                ("add", {"a": 1}),
+            ):
+                r = await client.post("/v1/jobs", json={"task": task, "args": args})
+                assert r.status_code in (200, 201, 202), r.text
+                r = await client.get(f"/v1/jobs/{r.json()['id']}")
+                shown.append({k: r.json()[k] for k in ("fair_key", "retention")})
+    assert shown == [
+        {"fair_key": 'tenant="acme"', "retention": {"dead": "forever"}},
+        {"fair_key": None, "retention": {"succeeded": 3600.0, "dead": 3600.0, "cancelled": 3600.0}},
+        {"fair_key": None, "retention": None},
+    ]

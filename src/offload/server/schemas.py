@@ -14,8 +14,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from offload.backends.limits import FAIR_PREFIX, fair_key_of
 from offload.headers import HEADER_NAME_PATTERN, MAX_NAME_CHARS
-from offload.job import PRIORITY_MAX, PRIORITY_MIN, JobRecord, JobState, WorkerInfo
+from offload.job import (
+    KEPT_FOREVER_S,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    JobRecord,
+    JobRetention,
+    JobState,
+    WorkerInfo,
+)
 from offload.server.jsonlimits import too_deep
 from offload.workflow.handle import WorkflowView
 
@@ -87,6 +96,12 @@ class JobOut(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     progress: Any = None
     """The last progress the job reported: ``{"value": 0.4, "note": "..."}``, or null."""
+    fair_key: str | None = None
+    """Its task's ``fair_key`` argument and value (``tenant="acme"``): claims rotate among
+    the values; null: none."""
+    retention: dict[str, float | Literal["forever"]] | None = None
+    """Its own retention (its task's ``retention=``): seconds a job finished in that state is
+    kept, or ``"forever"``; a state left out keeps the backend's; null: the backend's."""
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -203,7 +218,27 @@ def job_out(r: JobRecord) -> JobOut:
         unreadable=unreadable,
         headers=r.headers,
         progress=None if progress is _UNREADABLE else progress,
+        fair_key=fair_key_out(r),
+        retention=retention_out(r.retention),
     )
+
+
+def fair_key_out(r: JobRecord) -> str | None:
+    key = fair_key_of(r.limits)
+    return None if key is None else key[len(FAIR_PREFIX) :]
+
+
+def retention_out(own: JobRetention | None) -> dict[str, float | Literal["forever"]] | None:
+    """A job's own retention as shown: seconds by final state, ``"forever"`` for one kept
+    until purged; the states it leaves to the backend left out."""
+    if own is None:
+        return None
+    ages = {"succeeded": own.succeeded_s, "dead": own.dead_s, "cancelled": own.cancelled_s}
+    return {
+        state: "forever" if age >= KEPT_FOREVER_S else age
+        for state, age in ages.items()
+        if age is not None
+    }
 
 
 def worker_out(w: WorkerInfo) -> WorkerOut:

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from offload.backends.common import check_known
+from offload.backends.retention import OPTIONS as RETENTION_OPTIONS
 from offload.errors import ConfigurationError
 
 # offload's own URL options; the rest is aio-pika's
@@ -25,6 +26,13 @@ def parse_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     opts = {k: query.pop(k) for k in OPTIONS if k in query}
+    misplaced = sorted(k for k in query if k in RETENTION_OPTIONS)
+    if misplaced and "store" in opts:  # (aio-pika would take them and ignore them)
+        raise ConfigurationError(
+            f"{', '.join(misplaced)}: the state store keeps the finished jobs, so retention "
+            "goes in the store's URL, URL-encoded: ?store=sqlite%3A%2F%2F%2Fjobs.db%3F"
+            "retention%3D1d (see docs/retention.md)"
+        )
     check_known("rabbitmq", options, OPTIONS)
     opts.update({k: str(v) for k, v in options.items()})
     query.setdefault("heartbeat", str(HEARTBEAT_S))

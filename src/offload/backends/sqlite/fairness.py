@@ -52,9 +52,11 @@ def _read(
     now: float,
     cap: int,
     decode: Any,
+    limited_only: bool = False,
 ) -> list[Lane]:
     """The lanes of ``queue`` with at most ``cap`` jobs each: the heads alone for a cap of
-    one (the usual case with many keys), else one read per key."""
+    one (the usual case with many keys), else one read per key. ``limited_only``: the lane
+    without a key holds only jobs with limits (a fair job always has some)."""
     lanes = []
     params: dict[str, Any] = {"q": queue, "now": now, "cap": cap}
     for fair, turn, head in heads:
@@ -66,7 +68,8 @@ def _read(
         jobs = [Candidate(s, p, r, s, gate_limits(b, decode)) for s, b, p, r in found]
         if jobs:
             lanes.append(Lane(queue, fair, turn, jobs, truncated=len(jobs) >= cap))
-    unkeyed_sql = Q["gated_candidates"].replace("{queues}", ":q").replace("{only_ids}", "")
+    only = "AND limits IS NOT NULL" if limited_only else ""
+    unkeyed_sql = Q["gated_candidates"].replace("{queues}", ":q").replace("{only_ids}", only)
     rows = conn.execute(unkeyed_sql, params).fetchmany(cap)
     if rows:
         kept = conn.execute(Q["fair_turn"], (queue, UNKEYED)).fetchone()
@@ -91,7 +94,10 @@ def claim_fair(
     n = sum(len(h) for h in heads.values()) + len(open_queues)
 
     def read(cap: int) -> list[Lane]:
-        return [lane for q in open_queues for lane in _read(conn, q, heads[q], now, cap, decode)]
+        only = req.limited_only
+        return [
+            lane for q in open_queues for lane in _read(conn, q, heads[q], now, cap, decode, only)
+        ]
 
     chosen, gate = claim_fairly(read, n, req.limit, new_gate)
     rates = [(b, now) for c, _ in chosen for b in buckets_only(c.limits)]

@@ -179,12 +179,15 @@ class Pages:
         record = await self.core.call(lambda b: b.get(job_id)) if len(job_id) <= 200 else None
         if record is None:
             raise JobNotFound(job_id)
+        shown = job_out(record)
         return self.core.render(
             page,
             "job.html",
             nav="jobs",
             job=record,
-            progress=progress_view(job_out(record).progress),
+            progress=progress_view(shown.progress),
+            fair_key=shown.fair_key,
+            retention=shown.retention,
             attempts=_attempts(record),
             msg=message(values.get("msg")),
             can_retry=record.state in bulk.Action.RETRY.states,

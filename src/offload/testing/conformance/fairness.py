@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from offload.backends.base import Backend
 from offload.backends.limits import FAIR_PREFIX
 from offload.job import JobRecord, NewJob, new_job_id
@@ -101,6 +103,18 @@ class FairnessConformance:
         got = await claim(backend, 10)
         assert sorted(key_of(j) or "" for j in got) == ['tenant="A"'] + ['tenant="B"'] * 3
         assert await claim(backend, 10) == []  # A's next is held by its limit of one
+
+    async def test_a_limited_only_claim_takes_no_job_without_limits(self, backend: Backend) -> None:
+        """``ClaimRequest.limited_only`` (a broker's state store) holds on the fair path too:
+        the lane of the jobs without a key gives only those that carry limits."""
+        require(backend, "fairness")
+        (plain,) = await backend.enqueue([fair(None)])
+        (capped,) = await backend.enqueue([fair(None, "2/0/test:lo")])
+        (keyed,) = await backend.enqueue([fair("A")])
+        req = msgspec.structs.replace(claim_request(QUEUE, 10), limited_only=True)
+        got = await backend.claim(req)
+        assert sorted(j.id for j in got) == sorted([capped.id, keyed.id])
+        assert [j.id for j in await claim(backend, 10)] == [plain.id]
 
     async def test_retried_and_cancelled_fair_jobs(self, backend: Backend) -> None:
         require(backend, "fairness")

@@ -223,7 +223,8 @@ end
 -- Fair claims (offload.backends.fairness): the first `cap` due jobs of every lane of each open
 -- queue, in fair order (priority, rank in the lane, the lane's turn, score, member), through
 -- the gate; read again with twice the cap while a lane cut short might hold a job that comes
--- first. A lane's members that no longer wait are dropped as they are met.
+-- first. A lane's members that no longer wait are dropped as they are met; with only_limited,
+-- the jobs without limits (of the lane without a key) are passed over.
 local fair = {lanes = {}, plain = {}}
 
 local function lane_rows(base, qi, key, turn, cap, rows)
@@ -239,7 +240,7 @@ local function lane_rows(base, qi, key, turn, cap, rows)
       if v[2] ~= member or not (v[1] == 'queued' or v[1] == 'scheduled') then
         redis.call('ZREM', lane, member)
         offset = offset - 1
-      elseif v[1] == 'queued' then
+      elseif v[1] == 'queued' and not (only_limited and (v[3] or '') == '') then
         n = n + 1
         last = member_priority(member)
         rows[#rows + 1] = {tonumber(chunk[i + 1]), member, qi, base .. ':ready',
