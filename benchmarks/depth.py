@@ -1,0 +1,240 @@
+"""Drain speed at depth: 20,000, 200,000 and 1,000,000 waiting jobs on each backend.
+
+    python benchmarks/depth.py [--backends sqlite,redis,postgres,rabbitmq]
+                               [--sizes 20000,200000,1000000] [--out benchmarks/results/depth]
+
+For each backend and size, in a fresh namespace (its own SQLite file, PostgreSQL schema, Redis
+key prefix, RabbitMQ queue prefix with a Redis store under its own prefix), removed afterwards:
+
+1. the footprint at start (Redis: the server's used_memory and the prefix's keys; PostgreSQL:
+   pg_total_relation_size of the jobs table with its indexes; SQLite: the file and its WAL);
+2. bulk enqueue in batches of 5,000 (drain.py's enqueue_all): enqueue jobs/s; footprint;
+3. claim latency at depth, from a claim loop in this process on the full queue (--claims
+   claims of --claim-limit jobs each, every batch completed before the next claim): p50/p99 of
+   the claim call's round trip;
+4. the drain by one worker process at concurrency 200, sync no-op task (drain.py's worker);
+   jobs/s from the backend's records of the jobs that worker ran; footprint;
+5. a retention pass: the URL carries retention=1s; after 1.5 s, run_maintenance() is called
+   until it deletes nothing; footprint.
+
+Each (backend, size) runs in a child process (an App's URL is fixed once used). The load
+average is noted before and after each run. Writes depth.md, depth.json and depth.png (the
+chart needs matplotlib: --chart-python, by default the peers' environment of compare.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import depth_report  # noqa: E402
+from benchmarks.bench_app import app, noop  # noqa: E402
+from benchmarks.drain import (  # noqa: E402
+    enqueue_all,
+    measured_rate,
+    start_worker,
+    stop_worker,
+    wait_drained,
+)
+from offload.job import ClaimRequest, Lease  # noqa: E402
+from offload.outcome import Succeeded  # noqa: E402
+
+REDIS = "redis://127.0.0.1:6379/0"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
+BACKENDS = ("sqlite", "redis", "postgres", "rabbitmq")
+
+
+@contextlib.contextmanager
+def namespace(kind: str, run: str) -> Iterator[tuple[str, str]]:
+    """``(url, ident)`` of a fresh namespace for one run; its data is removed afterwards.
+    ``ident`` names what the footprint measures (file, schema or key prefix)."""
+    from tests.services import delete_rabbitmq_prefix, delete_redis_prefix, drop_postgres_schema
+
+    if kind == "sqlite":
+        path = f"/tmp/offload_{run}.db"
+        try:
+            yield f"sqlite:///{path}?retention=1s", path
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(path + suffix).unlink(missing_ok=True)
+    elif kind == "redis":
+        try:
+            yield f"{REDIS}?prefix={run}&retention=1s", run
+        finally:
+            delete_redis_prefix(run)
+    elif kind == "postgres":
+        try:
+            yield f"{POSTGRES}?schema={run}&auto_migrate=1&retention=1s", run
+        finally:
+            drop_postgres_schema(run)
+    elif kind == "rabbitmq":
+        store = quote(f"{REDIS}?prefix={run}&retention=1s", safe="")
+        try:
+            yield f"{RABBITMQ}?prefix={run}&store={store}", run
+        finally:
+            delete_rabbitmq_prefix(run)
+            delete_redis_prefix(run)
+    else:
+        raise SystemExit(f"unknown backend {kind!r}; choose from {', '.join(BACKENDS)}")
+
+
+async def footprint(kind: str, ident: str) -> dict[str, Any]:
+    """What the namespace occupies now (see the module docstring)."""
+    if kind == "sqlite":
+        return {
+            "file_bytes": sum(
+                os.path.getsize(ident + s) for s in ("", "-wal") if os.path.exists(ident + s)
+            )
+        }
+    if kind in ("redis", "rabbitmq"):
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS)
+        try:
+            info = await client.info("memory")
+            keys = [k async for k in client.scan_iter(match="{" + ident + "*", count=5000)]
+            total = 0
+            for i in range(0, len(keys), 2000):
+                pipe = client.pipeline(transaction=False)
+                for k in keys[i : i + 2000]:
+                    pipe.memory_usage(k)
+                total += sum(int(x or 0) for x in await pipe.execute())
+            return {"used_memory": info["used_memory"], "keys": len(keys), "key_bytes": total}
+        finally:
+            await client.aclose()
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(POSTGRES, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT pg_total_relation_size(c.oid), pg_relation_size(c.oid),"
+            " pg_indexes_size(c.oid), s.n_live_tup, s.n_dead_tup, s.autovacuum_count"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_stat_user_tables s ON s.relid = c.oid"
+            " WHERE n.nspname = %s AND c.relname = 'jobs'",
+            [ident],
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    names = ("total_bytes", "heap_bytes", "index_bytes", "live_tup", "dead_tup", "autovacuums")
+    return dict(zip(names, row, strict=True))
+
+
+def quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def claim_latency(queue: str, claims: int, limit: int) -> list[float]:
+    """Round trips (ms) of ``claims`` claims of ``limit`` jobs each on the deep queue; each
+    batch is completed (succeeded) before the next claim, off the clock."""
+    times: list[float] = []
+    req = ClaimRequest(queues=(queue,), limit=limit, worker_id=f"depth-{uuid.uuid4().hex[:6]}")
+    for _ in range(claims):
+        t0 = time.perf_counter()
+        jobs = await app.call(lambda b: b.claim(req))
+        times.append((time.perf_counter() - t0) * 1000)
+        done = [(Lease(j.id, req.worker_id, j.attempt), Succeeded()) for j in jobs]
+        await app.call(lambda b, d=done: b.complete(d))  # type: ignore[misc]
+    return times
+
+
+async def prune() -> tuple[int, float]:
+    """run_maintenance() until it deletes nothing: (deleted, seconds)."""
+    await asyncio.sleep(1.5)  # past retention=1s
+    t0, deleted = time.perf_counter(), 0
+    while n := await app.call(lambda b: b.run_maintenance()):
+        deleted += n
+    return deleted, time.perf_counter() - t0
+
+
+async def one_run(kind: str, url: str, ident: str, n: int, args: argparse.Namespace) -> None:
+    """One (backend, size) run in this process; prints its figures as one JSON line."""
+    app.use_url(url)
+    queue = f"depth_{uuid.uuid4().hex[:8]}"
+    out: dict[str, Any] = {"backend": kind, "jobs": n, "load_before": os.getloadavg()}
+    await app.open()
+    out["fp_start"] = await footprint(kind, ident)
+    out["enqueue_per_s"] = await enqueue_all(n, noop.name, queue, args.batch)
+    out["fp_enqueued"] = await footprint(kind, ident)
+    lat = await claim_latency(queue, args.claims, args.claim_limit)
+    out["claim_p50_ms"], out["claim_p99_ms"] = quantile(lat, 0.5), quantile(lat, 0.99)
+    since = time.time()
+    worker = await start_worker(url, queue, args.concurrency)
+    t0 = time.perf_counter()
+    try:
+        await wait_drained(n, queue, args.timeout, poll_s=1.0)
+    finally:
+        await stop_worker(worker)
+    out["drain_wall_s"] = time.perf_counter() - t0
+    out["drain_per_s"], out["drained"] = await measured_rate(queue, since)
+    out["fp_drained"] = await footprint(kind, ident)
+    out["pruned"], out["prune_s"] = await prune()
+    out["fp_pruned"] = await footprint(kind, ident)
+    counts = await app.call(lambda b: b.counts())
+    out["left"] = sum(counts.get(queue, {}).values())
+    out["load_after"] = os.getloadavg()
+    await app.close()
+    print(json.dumps(out), flush=True)
+
+
+def run_child(kind: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    run = f"depth_{uuid.uuid4().hex[:10]}"
+    with namespace(kind, run) as (url, ident):
+        cmd = [sys.executable, __file__, "--one", kind, "--url", url, "--ident", ident]
+        cmd += ["--jobs", str(n), "--claims", str(args.claims)]
+        cmd += ["--claim-limit", str(args.claim_limit), "--timeout", str(args.timeout)]
+        cmd += ["--batch", str(args.batch), "--concurrency", str(args.concurrency)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"backend": kind, "jobs": n, "error": proc.stderr.strip()[-2000:]}
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--sizes", default="20000,200000,1000000")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "depth")
+    p.add_argument("--batch", type=int, default=5_000)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--claims", type=int, default=200, help="claims in the latency loop")
+    p.add_argument("--claim-limit", type=int, default=25, help="jobs per latency claim")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds for one drain")
+    p.add_argument("--chart-python", type=Path, default=depth_report.CHART_PYTHON)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--ident", help=argparse.SUPPRESS)
+    p.add_argument("--jobs", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        asyncio.run(one_run(args.one, args.url, args.ident, args.jobs, args))
+        return
+    meta = depth_report.machine_meta()
+    rows: list[dict[str, Any]] = []
+    for kind in args.backends.split(","):
+        for n in (int(s) for s in args.sizes.split(",")):
+            row = run_child(kind, n, args)
+            rows.append(row)
+            print(depth_report.line(row), flush=True)
+            depth_report.write(args.out, rows, meta, args.chart_python)
+    print((args.out / "depth.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
