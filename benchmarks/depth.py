@@ -93,14 +93,15 @@ def namespace(kind: str, run: str) -> Iterator[tuple[str, str]]:
         raise SystemExit(f"unknown backend {kind!r}; choose from {', '.join(BACKENDS)}")
 
 
+def file_bytes(path: str) -> int:
+    """A SQLite file with its WAL."""
+    return sum(p.stat().st_size for p in (Path(path), Path(path + "-wal")) if p.exists())
+
+
 async def footprint(kind: str, ident: str) -> dict[str, Any]:
     """What the namespace occupies now (see the module docstring)."""
     if kind == "sqlite":
-        return {
-            "file_bytes": sum(
-                os.path.getsize(ident + s) for s in ("", "-wal") if os.path.exists(ident + s)
-            )
-        }
+        return {"file_bytes": file_bytes(ident)}
     if kind in ("redis", "rabbitmq"):
         import redis.asyncio as aioredis
 
