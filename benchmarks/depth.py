@@ -14,8 +14,9 @@ key prefix, RabbitMQ queue prefix with a Redis store under its own prefix), remo
    the claim call's round trip;
 4. the drain by one worker process at concurrency 200, sync no-op task (drain.py's worker);
    jobs/s from the backend's records of the jobs that worker ran; footprint;
-5. a retention pass: the URL carries retention=1s; after 1.5 s, run_maintenance() is called
-   until it deletes nothing; footprint.
+5. a retention pass: this process's URL carries retention=1s (the worker's keeps the default,
+   so that its maintenance leaves the records alone); after 1.5 s, run_maintenance() is
+   called until it deletes nothing; footprint.
 
 Each (backend, size) runs in a child process (an App's URL is fixed once used). The load
 average is noted before and after each run. Writes depth.md, depth.json and depth.png (the
@@ -59,32 +60,41 @@ BACKENDS = ("sqlite", "redis", "postgres", "rabbitmq")
 
 
 @contextlib.contextmanager
-def namespace(kind: str, run: str) -> Iterator[tuple[str, str]]:
-    """``(url, ident)`` of a fresh namespace for one run; its data is removed afterwards.
-    ``ident`` names what the footprint measures (file, schema or key prefix)."""
+def namespace(kind: str, run: str) -> Iterator[tuple[str, str, str]]:
+    """``(url, worker_url, ident)`` of a fresh namespace for one run; its data is removed
+    afterwards. ``url`` (this process: enqueue, claim loop, retention pass) keeps finished jobs
+    1 s; ``worker_url`` keeps the default retention, so the worker's own maintenance does not
+    delete the records the drain rate is read from. ``ident`` names what the footprint
+    measures (file, schema or key prefix)."""
     from tests.services import delete_rabbitmq_prefix, delete_redis_prefix, drop_postgres_schema
 
     if kind == "sqlite":
         path = f"/tmp/offload_{run}.db"
         try:
-            yield f"sqlite:///{path}?retention=1s", path
+            yield f"sqlite:///{path}?retention=1s", f"sqlite:///{path}", path
         finally:
             for suffix in ("", "-wal", "-shm"):
                 Path(path + suffix).unlink(missing_ok=True)
     elif kind == "redis":
         try:
-            yield f"{REDIS}?prefix={run}&retention=1s", run
+            yield f"{REDIS}?prefix={run}&retention=1s", f"{REDIS}?prefix={run}", run
         finally:
             delete_redis_prefix(run)
     elif kind == "postgres":
+        url = f"{POSTGRES}?schema={run}&auto_migrate=1"
         try:
-            yield f"{POSTGRES}?schema={run}&auto_migrate=1&retention=1s", run
+            yield f"{url}&retention=1s", url, run
         finally:
             drop_postgres_schema(run)
     elif kind == "rabbitmq":
-        store = quote(f"{REDIS}?prefix={run}&retention=1s", safe="")
+        store = quote(f"{REDIS}?prefix={run}", safe="")
+        short = quote(f"{REDIS}?prefix={run}&retention=1s", safe="")
         try:
-            yield f"{RABBITMQ}?prefix={run}&store={store}", run
+            yield (
+                f"{RABBITMQ}?prefix={run}&store={short}",
+                f"{RABBITMQ}?prefix={run}&store={store}",
+                run,
+            )
         finally:
             delete_rabbitmq_prefix(run)
             delete_redis_prefix(run)
@@ -175,6 +185,31 @@ async def wait_drained(kind: str, ident: str, queue: str, timeout_s: float) -> N
         await asyncio.sleep(1.0)
 
 
+async def redis_commands() -> dict[str, tuple[int, int]]:
+    """The Redis server's (calls, usec) per command, scripts' inner commands included (the
+    whole server's: other users' commands count too)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in stats.items()}
+
+
+def command_costs(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, dict[str, float]]:
+    """The 8 commands that took the most server time between two snapshots."""
+    diff = {
+        k: (c - before.get(k, (0, 0))[0], u - before.get(k, (0, 0))[1])
+        for k, (c, u) in after.items()
+    }
+    top = sorted(diff.items(), key=lambda kv: kv[1][1], reverse=True)[:8]
+    return {k: {"calls": c, "usec": u, "usec_per_call": u / max(c, 1)} for k, (c, u) in top}
+
+
 def quantile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -203,7 +238,9 @@ async def prune() -> tuple[int, float]:
     return deleted, time.perf_counter() - t0
 
 
-async def one_run(kind: str, url: str, ident: str, n: int, args: argparse.Namespace) -> None:
+async def one_run(
+    kind: str, url: str, worker_url: str, ident: str, n: int, args: argparse.Namespace
+) -> None:
     """One (backend, size) run in this process; prints its figures as one JSON line."""
     app.use_url(url)
     queue = f"depth_{uuid.uuid4().hex[:8]}"
@@ -215,13 +252,16 @@ async def one_run(kind: str, url: str, ident: str, n: int, args: argparse.Namesp
     lat = await claim_latency(queue, args.claims, args.claim_limit)
     out["claim_p50_ms"], out["claim_p99_ms"] = quantile(lat, 0.5), quantile(lat, 0.99)
     since = time.time()
-    worker = await start_worker(url, queue, args.concurrency)
+    stats = await redis_commands() if kind in ("redis", "rabbitmq") else {}
+    worker = await start_worker(worker_url, queue, args.concurrency)
     t0 = time.perf_counter()
     try:
         await wait_drained(kind, ident, queue, args.timeout)
     finally:
         await stop_worker(worker)
     out["drain_wall_s"] = time.perf_counter() - t0
+    if stats:
+        out["redis_commands"] = command_costs(stats, await redis_commands())
     out["drain_per_s"], out["drained"] = await measured_rate(queue, since)
     out["fp_drained"] = await footprint(kind, ident)
     out["pruned"], out["prune_s"] = await prune()
@@ -235,8 +275,9 @@ async def one_run(kind: str, url: str, ident: str, n: int, args: argparse.Namesp
 
 def run_child(kind: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     run = f"depth_{uuid.uuid4().hex[:10]}"
-    with namespace(kind, run) as (url, ident):
+    with namespace(kind, run) as (url, worker_url, ident):
         cmd = [sys.executable, __file__, "--one", kind, "--url", url, "--ident", ident]
+        cmd += ["--worker-url", worker_url]
         cmd += ["--jobs", str(n), "--claims", str(args.claims)]
         cmd += ["--claim-limit", str(args.claim_limit), "--timeout", str(args.timeout)]
         cmd += ["--batch", str(args.batch), "--concurrency", str(args.concurrency)]
@@ -257,20 +298,27 @@ def main() -> None:
     p.add_argument("--claims", type=int, default=200, help="claims in the latency loop")
     p.add_argument("--claim-limit", type=int, default=25, help="jobs per latency claim")
     p.add_argument("--timeout", type=float, default=1800, help="seconds for one drain")
+    p.add_argument("--retries", type=int, default=1, help="runs again after a failed run")
     p.add_argument("--chart-python", type=Path, default=depth_report.CHART_PYTHON)
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--worker-url", help=argparse.SUPPRESS)
     p.add_argument("--ident", help=argparse.SUPPRESS)
     p.add_argument("--jobs", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        asyncio.run(one_run(args.one, args.url, args.ident, args.jobs, args))
+        asyncio.run(one_run(args.one, args.url, args.worker_url, args.ident, args.jobs, args))
         return
     meta = depth_report.machine_meta()
     rows: list[dict[str, Any]] = []
     for kind in args.backends.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
             row = run_child(kind, n, args)
+            for _ in range(args.retries):
+                if "error" not in row:
+                    break
+                print(depth_report.line(row), "(run again)", flush=True)
+                row = run_child(kind, n, args)
             rows.append(row)
             print(depth_report.line(row), flush=True)
             depth_report.write(args.out, rows, meta, args.chart_python)
