@@ -210,6 +210,51 @@ def command_costs(
     return {k: {"calls": c, "usec": u, "usec_per_call": u / max(c, 1)} for k, (c, u) in top}
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """A process and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+async def server_pids(kind: str, ident: str) -> list[int]:
+    """The server processes that work for this run: PostgreSQL backends of its schema's
+    connections (named offload:<schema>); the Redis server (shared with other users)."""
+    if kind == "postgres":
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(POSTGRES, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [f"offload:{ident}"]
+            )
+            return [int(r[0]) for r in await cur.fetchall()]
+    if kind in ("redis", "rabbitmq"):
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS)
+        try:
+            pids = [int((await client.info("server"))["process_id"])]
+        finally:
+            await client.aclose()
+        return pids
+    return []
+
+
 def quantile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -253,10 +298,22 @@ async def one_run(
     out["claim_p50_ms"], out["claim_p99_ms"] = quantile(lat, 0.5), quantile(lat, 0.99)
     since = time.time()
     stats = await redis_commands() if kind in ("redis", "rabbitmq") else {}
+    # The worker starts on the paused queue, so its start-up is left out of its CPU time.
+    await app.call(lambda b: b.set_paused(queue, True))
     worker = await start_worker(worker_url, queue, args.concurrency)
-    t0 = time.perf_counter()
     try:
+        await asyncio.sleep(args.worker_start_s)
+        servers = {p: cpu_s(p) for p in await server_pids(kind, ident)}
+        started = sum(cpu_s(p) for p in tree(worker.pid))
+        t0 = time.perf_counter()
+        await app.call(lambda b: b.set_paused(queue, False))
         await wait_drained(kind, ident, queue, args.timeout)
+        # CPU per job: far steadier than rates on a machine other work shares
+        worker_s = sum(cpu_s(p) for p in tree(worker.pid)) - started
+        out["worker_cpu_ms_per_job"] = worker_s * 1000 / n
+        for p in await server_pids(kind, ident):
+            servers.setdefault(p, 0.0)
+        out["server_cpu_ms_per_job"] = sum(cpu_s(p) - c for p, c in servers.items()) * 1000 / n
     finally:
         await stop_worker(worker)
     out["drain_wall_s"] = time.perf_counter() - t0
@@ -281,6 +338,7 @@ def run_child(kind: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--jobs", str(n), "--claims", str(args.claims)]
         cmd += ["--claim-limit", str(args.claim_limit), "--timeout", str(args.timeout)]
         cmd += ["--batch", str(args.batch), "--concurrency", str(args.concurrency)]
+        cmd += ["--worker-start-s", str(args.worker_start_s)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -298,6 +356,7 @@ def main() -> None:
     p.add_argument("--claims", type=int, default=200, help="claims in the latency loop")
     p.add_argument("--claim-limit", type=int, default=25, help="jobs per latency claim")
     p.add_argument("--timeout", type=float, default=1800, help="seconds for one drain")
+    p.add_argument("--worker-start-s", type=float, default=5.0, help="worker start-up time")
     p.add_argument("--retries", type=int, default=1, help="runs again after a failed run")
     p.add_argument("--chart-python", type=Path, default=depth_report.CHART_PYTHON)
     p.add_argument("--one", help=argparse.SUPPRESS)

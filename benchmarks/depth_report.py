@@ -48,7 +48,8 @@ def line(row: dict[str, Any]) -> str:
     return (
         f"{row['backend']:9} {row['jobs']:>9,}  enqueue {row['enqueue_per_s']:8,.0f}/s"
         f"  drain {row['drain_per_s']:8,.0f}/s  claim p50 {row['claim_p50_ms']:.2f} ms"
-        f" p99 {row['claim_p99_ms']:.2f} ms  load {_load(row)}"
+        f" p99 {row['claim_p99_ms']:.2f} ms  cpu/job worker {row['worker_cpu_ms_per_job']:.3f}"
+        f" server {row['server_cpu_ms_per_job']:.3f} ms  load {_load(row)}"
     )
 
 
@@ -72,21 +73,29 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         " task. Claim latency: a claim loop in the benchmark process on the full queue, before"
         " the drain (200 claims of 25 jobs, each batch completed before the next claim).",
         "",
+        "CPU per job (ms): the worker process's CPU time over the drain, and the server's (the"
+        " PostgreSQL backends of the run's connections; the whole Redis server, other users"
+        " included), divided by the jobs: steadier than rates when other work shares the"
+        " machine.",
+        "",
         "| backend | jobs | enqueue/s | drain/s | drain vs 20k | enqueue vs 20k |"
-        " claim p50 ms | p99 ms | p99 vs 20k | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        " claim p50 ms | p99 ms | p99 vs 20k | worker CPU/job | server CPU/job | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     bases: dict[str, dict[str, Any]] = {}
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['backend']} | {r['jobs']:,} | failed | | | | | | | |")
+            out.append(f"| {r['backend']} | {r['jobs']:,} | failed | | | | | | | | | |")
             continue
         base = bases.setdefault(r["backend"], r)
         out.append(
             f"| {r['backend']} | {r['jobs']:,} | {r['enqueue_per_s']:,.0f} |"
             f" {r['drain_per_s']:,.0f} | {_ratio(r, base, 'drain_per_s')} |"
             f" {_ratio(r, base, 'enqueue_per_s')} | {r['claim_p50_ms']:.2f} |"
-            f" {r['claim_p99_ms']:.2f} | {_ratio(r, base, 'claim_p99_ms')} | {_load(r)} |"
+            f" {r['claim_p99_ms']:.2f} | {_ratio(r, base, 'claim_p99_ms')} |"
+            f" {r['worker_cpu_ms_per_job']:.3f} ({_ratio(r, base, 'worker_cpu_ms_per_job')}) |"
+            f" {r['server_cpu_ms_per_job']:.3f} ({_ratio(r, base, 'server_cpu_ms_per_job')}) |"
+            f" {_load(r)} |"
         )
     out += [
         "",
