@@ -340,7 +340,12 @@ def run_child(kind: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--batch", str(args.batch), "--concurrency", str(args.concurrency)]
         cmd += ["--worker-start-s", str(args.worker_start_s)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(
+                cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout + 900
+            )
+        except subprocess.TimeoutExpired:
+            return {"backend": kind, "jobs": n, "error": "the run did not finish in time"}
         if proc.returncode != 0:
             return {"backend": kind, "jobs": n, "error": proc.stderr.strip()[-2000:]}
         return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
