@@ -33,23 +33,27 @@ async def enqueue_all(n: int, task_name: str, queue: str, batch: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def wait_drained(n: int, queue: str, timeout_s: float) -> None:
+async def wait_drained(n: int, queue: str, timeout_s: float, poll_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         counts = await app.call(lambda b: b.counts())
         done = counts.get(queue, {}).get(JobState.SUCCEEDED, 0)
         if done >= n:
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(poll_s)
     raise TimeoutError(f"drain did not finish within {timeout_s}s")
 
 
-async def measured_rate(queue: str) -> tuple[float, int]:
+async def measured_rate(queue: str, since: float = 0.0) -> tuple[float, int]:
+    """Jobs per second over the succeeded jobs of ``queue`` that started at ``since`` (epoch
+    seconds) or later: count / (last finished_at - first started_at)."""
     first, last, count, cursor = float("inf"), 0.0, 0, None
     while True:
         flt = JobFilter(queue=queue, state=JobState.SUCCEEDED, limit=1000, cursor=cursor)
         page = await app.call(lambda b, f=flt: b.list_jobs(f))  # type: ignore[misc]
         for j in page.jobs:
+            if (j.started_at or 0.0) < since:
+                continue
             count += 1
             first = min(first, j.started_at or first)
             last = max(last, j.finished_at or last)
@@ -57,6 +61,37 @@ async def measured_rate(queue: str) -> tuple[float, int]:
             break
         cursor = page.next_cursor
     return count / max(last - first, 1e-9), count
+
+
+async def start_worker(
+    url: str, queue: str, concurrency: int, processes: int = 1
+) -> asyncio.subprocess.Process:
+    """``offload worker`` on ``queue`` in a process of its own, running this tree's code."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "offload",
+        "--url",
+        url,
+        "worker",
+        "benchmarks.bench_app:app",
+        "--queues",
+        queue,
+        "--concurrency",
+        str(concurrency),
+        "--processes",
+        str(processes),
+        "--log-level",
+        "warning",
+    ]
+    # src too: from a checkout other than the one the venv installed, run this tree's code
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    return await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env)
+
+
+async def stop_worker(worker: asyncio.subprocess.Process) -> None:
+    worker.terminate()
+    await asyncio.wait_for(worker.wait(), 60)
 
 
 async def main() -> None:
@@ -75,31 +110,11 @@ async def main() -> None:
     queue = f"bench_{uuid.uuid4().hex[:8]}"
     await app.open()
     enq_rate = await enqueue_all(args.jobs, args.task, queue, args.batch)
-    cmd = [
-        sys.executable,
-        "-m",
-        "offload",
-        "--url",
-        args.url,
-        "worker",
-        "benchmarks.bench_app:app",
-        "--queues",
-        queue,
-        "--concurrency",
-        str(args.concurrency),
-        "--processes",
-        str(args.processes),
-        "--log-level",
-        "warning",
-    ]
-    # src too: from a checkout other than the one the venv installed, run this tree's code
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-    worker = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env)
+    worker = await start_worker(args.url, queue, args.concurrency, args.processes)
     try:
         await wait_drained(args.jobs, queue, args.timeout)
     finally:
-        worker.terminate()
-        await asyncio.wait_for(worker.wait(), 60)
+        await stop_worker(worker)
     rate, count = await measured_rate(queue)
     await app.call(lambda b: b.purge([JobState.SUCCEEDED], queue=queue))
     await app.close()

@@ -31,6 +31,7 @@ from offload.backends.postgres.schedules import PostgresSchedules
 from offload.backends.postgres.shared_listen import SharedListener
 from offload.backends.postgres.steering import Steering
 from offload.backends.postgres.sync import SyncPool, run_unsuspended
+from offload.backends.postgres.vacuum import Vacuum
 from offload.backends.postgres.waiters import ClaimMark, DoneWaiters, WorkWaiters
 from offload.backends.postgres.workflows import PostgresWorkflows
 from offload.errors import BackendUnavailable, ConfigurationError, ValidationError
@@ -50,7 +51,8 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
     (default ``offload``), ``auto_migrate`` (migrate on open), ``retention`` and
     ``retention_<state>`` (how long finished jobs are kept, :mod:`offload.backends.retention`;
     see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
-    connect or wait for a pooled connection, 5)."""
+    connect or wait for a pooled connection, 5), ``vacuum_every`` (dead row versions between
+    two VACUUMs this process runs, 50,000; 0: never, :mod:`.vacuum`)."""
 
     capabilities = Capabilities(
         notify=True, transactional=True, limits=True, fairness=True, workflows=True
@@ -68,6 +70,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         self._sync = SyncPool(self._opts, name=f"offload-{self.schema}-sync")  # enqueue_now
         self._work = WorkWaiters()
         self._limits = PgLimits(self._rows, self._ns, self._channel)
+        self._vacuum = Vacuum(self._opts)
         self._done = DoneWaiters()
         self._work_listener: Listening | None = None
         self._done_listener: Listening | None = None
@@ -112,6 +115,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         self._work_listener = self._done_listener = self._shared = None
         self._work.wake_all()
         self._done.wake_all()
+        await self._vacuum.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -269,7 +273,9 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         if req.job_ids is not None:
             # Looked up by primary key: only these ids are candidates, whatever else waits.
             params["queues"], params["ids"] = list(req.queues), list(dict.fromkeys(req.job_ids))
-            return q.claimed_records(await self._rows("claim_by_ids", params))
+            jobs = q.claimed_records(await self._rows("claim_by_ids", params))
+            self._vacuum.note(2 * len(jobs))  # the claim's dead version, and its completion's
+            return jobs
         if len(req.queues) == 1:
             name, params["queue"] = "claim_one_queue", req.queues[0]
         else:
@@ -294,6 +300,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
             next_at = limits_next_at(next_in, held, loop_now)
             full = len(jobs) >= req.limit
             self._last_claim.set(ClaimMark(frozenset(req.queues), epoch, heard, full, next_at))
+        self._vacuum.note(2 * len(jobs))  # the claim's dead version, and its completion's
         return jobs
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
@@ -463,6 +470,10 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
                 deleted = await self._prune()
             finally:
                 await conn.execute(self._q["maintenance_unlock"], {"ns": self._ns})
+        if deleted and self._opts.vacuum_every and deleted >= self._opts.vacuum_every:
+            await self._vacuum.run()  # the deleted rows' space, now (and the heap's empty tail)
+        else:
+            self._vacuum.note(deleted)
         return deleted
 
 

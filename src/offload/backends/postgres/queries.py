@@ -95,9 +95,20 @@ class Options:
     timeout_s: float = 5.0
     # "own": LISTEN on a connection of its own; "shared": on the pool's only connection.
     listen: str = "own"
+    # Dead row versions this process makes between two VACUUMs of the jobs table (vacuum.py);
+    # 0: never, autovacuum alone.
+    vacuum_every: int = 50_000
 
 
-_OURS = {"schema", "auto_migrate", "pool_size", "timeout", "listen", *retention_options}
+_OURS = {
+    "schema",
+    "auto_migrate",
+    "pool_size",
+    "timeout",
+    "listen",
+    "vacuum_every",
+    *retention_options,
+}
 
 
 def parse_url(url: str, overrides: dict[str, Any]) -> Options:
@@ -129,6 +140,7 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
             pool_size=int(values.get("pool_size", 1 if values.get("listen") == "shared" else 10)),
             timeout_s=float(values.get("timeout", 5.0)),
             listen=str(values.get("listen", "own")),
+            vacuum_every=int(values.get("vacuum_every", 50_000)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"bad option in PostgreSQL URL {masked_url!r}: {exc}") from None
@@ -136,8 +148,8 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
         raise ConfigurationError(
             f"schema name {schema!r} must be lower-case letters, digits and underscores"
         )
-    if opts.pool_size < 1 or opts.timeout_s <= 0:
-        raise ConfigurationError("pool_size must be >= 1 and timeout > 0")
+    if opts.pool_size < 1 or opts.timeout_s <= 0 or opts.vacuum_every < 0:
+        raise ConfigurationError("pool_size must be >= 1, timeout > 0 and vacuum_every >= 0")
     check_listen(opts)
     return opts
 

@@ -1,0 +1,99 @@
+"""The postgresql:// backend at depth (issue 24): the claim index stays short because the
+backend vacuums the jobs table as jobs pass, and migration 8's autovacuum settings."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from offload.backends.postgres import PostgresBackend
+from offload.errors import ConfigurationError
+from offload.outcome import Succeeded
+from offload.testing import lease_of
+from tests import postgres_support
+from tests.postgres_support import Factory, claim, job
+from tests.services import POSTGRES_URL
+
+schema = postgres_support.schema
+backends = postgres_support.backends
+
+
+async def claim_scan_buffers(schema: str) -> int:
+    """Buffers the claim's index walk reads for 10 jobs (EXPLAIN ANALYZE, BUFFERS)."""
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            f'EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id FROM "{schema}".jobs '
+            "WHERE queue = 'q' AND state IN ('scheduled', 'queued') AND run_at <= 1e12 "
+            "AND limits IS NULL ORDER BY priority DESC, run_at, seq LIMIT 10"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
+
+
+async def drain_some(backend: PostgresBackend, n: int) -> None:
+    """Claim and complete ``n`` jobs, 500 per claim."""
+    for _ in range(n // 500):
+        jobs = await backend.claim(claim(limit=500))
+        assert len(jobs) == 500
+        await backend.complete([(lease_of(j), Succeeded()) for j in jobs])
+
+
+@pytest.mark.parametrize("vacuum_every", [0, 5_000])
+async def test_claims_do_not_walk_the_entries_of_jobs_claimed_before(
+    backends: Factory, schema: str, vacuum_every: int
+) -> None:
+    """Each claimed job leaves a dead entry at the head of the claim index until a VACUUM;
+    without one (vacuum_every=0 here, and autovacuum not yet round) a claim reads every page
+    of them. With vacuum_every, the backend's own VACUUM removes them as the jobs pass."""
+    backend = await backends(vacuum_every=vacuum_every)
+    await backend.enqueue([job() for _ in range(6_000)])
+    await drain_some(backend, 5_000)  # 10,000 dead row versions: one VACUUM at 5,000
+    await backend._vacuum.settled()
+    buffers = await claim_scan_buffers(schema)
+    if vacuum_every:
+        assert backend._vacuum.runs >= 1
+        assert buffers <= 6, buffers
+    else:
+        assert backend._vacuum.runs == 0
+        assert buffers >= 20, buffers  # ~5,000 dead entries, a page per 200 or so
+
+
+async def test_retention_vacuums_what_it_deleted(backends: Factory, schema: str) -> None:
+    """A prune that deletes vacuum_every jobs or more vacuums at once: the heap's empty tail
+    goes back to the file system, no manual VACUUM."""
+    backend = await backends(vacuum_every=1_000, retention=0.0)
+    await backend.enqueue([job() for _ in range(3_000)])
+    await drain_some(backend, 3_000)
+    await backend._vacuum.settled()
+    table = f'"{schema}".jobs'
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        before = await (await conn.execute(f"SELECT pg_relation_size('{table}')")).fetchone()
+        assert await backend.run_maintenance() == 3_000
+        after = await (await conn.execute(f"SELECT pg_relation_size('{table}')")).fetchone()
+    assert before is not None and after is not None
+    assert after[0] < before[0] // 10, (before, after)
+
+
+async def test_migration_8_tunes_autovacuum_for_the_jobs_table(
+    backends: Factory, schema: str
+) -> None:
+    await backends()
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = 'jobs'",
+            [schema],
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    assert "autovacuum_vacuum_scale_factor=0" in row[0]
+    assert "autovacuum_vacuum_threshold=10000" in row[0]
+
+
+def test_vacuum_every_is_a_count() -> None:
+    with pytest.raises(ConfigurationError, match="vacuum_every"):
+        PostgresBackend(f"{POSTGRES_URL}?vacuum_every=-1")
+    with pytest.raises(ConfigurationError, match="vacuum_every"):
+        PostgresBackend(f"{POSTGRES_URL}?vacuum_every=often")
