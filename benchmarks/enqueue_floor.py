@@ -48,16 +48,23 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
 CLEANUP: list[Callable[[], object]] = []
 
 
-def redis_rows(calls: int) -> dict[str, Callable[[], Any]]:
-    prefix = f"floor{uuid.uuid4().hex[:8]}"
-    app = offload.App(f"{REDIS_URL}?prefix={prefix}")
+def noop_task(url: str) -> tuple[offload.App, Any]:
+    """An app on ``url`` and its no-op task bound to queue ``q``, opened by a first enqueue
+    (the sync client made, the scripts loaded, the schema migrated)."""
+    app = offload.App(url)
 
     @app.task(name="noop")
     def noop(i: int) -> None:
         return None
 
     bound = noop.options(queue="q")
-    bound.enqueue(0)  # opens the sync client and loads the scripts
+    bound.enqueue(0)
+    return app, bound
+
+
+def redis_rows(calls: int) -> dict[str, Callable[[], Any]]:
+    prefix = f"floor{uuid.uuid4().hex[:8]}"
+    app, bound = noop_task(f"{REDIS_URL}?prefix={prefix}")
     client = redis.Redis.from_url(REDIS_URL)
     bare = client.connection_pool.get_connection()
     backend: Any = app.backend
@@ -91,14 +98,7 @@ def redis_rows(calls: int) -> dict[str, Callable[[], Any]]:
 
 def postgres_rows(calls: int) -> dict[str, Callable[[], Any]]:
     schema = f"floor{uuid.uuid4().hex[:8]}"
-    app = offload.App(f"{POSTGRES_URL}?schema={schema}&auto_migrate=1")
-
-    @app.task(name="noop")
-    def noop(i: int) -> None:
-        return None
-
-    bound = noop.options(queue="q")
-    bound.enqueue(0)
+    app, bound = noop_task(f"{POSTGRES_URL}?schema={schema}&auto_migrate=1")
     conn = psycopg.connect(POSTGRES_URL, autocommit=True)
     conn.execute(f"CREATE TABLE {schema}.floor (id bigserial PRIMARY KEY, body bytea)")
 
