@@ -62,6 +62,21 @@ async def test_open_refuses_an_out_of_date_schema_until_migrated(schema: str) ->
         await backend.close()
 
 
+async def test_many_processes_migrate_a_fresh_schema_at_once(schema: str) -> None:
+    """Workers started together with auto_migrate on a fresh schema: each migrates, none fails
+    on the race of two CREATE ... IF NOT EXISTS (a CI run once saw a worker exit on
+    "duplicate key value violates unique constraint pg_type_typname_nsp_index")."""
+    for round_ in range(4):
+        name = f"{schema}_{round_}"
+        backends = [from_url(f"{POSTGRES_URL}?schema={name}") for _ in range(8)]
+        try:
+            applied = await asyncio.gather(*(b.migrate() for b in backends))  # type: ignore[attr-defined]
+            assert sum(applied) == len(load_migrations(name))
+        finally:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
 async def test_migration_2_scopes_the_keys_of_an_existing_schema(schema: str) -> None:
     """A schema created by release 1 (one active job per key across queues) is refused until
     migrated; after migration 2 its jobs keep their keys, scoped by queue."""

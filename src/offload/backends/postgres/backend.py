@@ -131,8 +131,12 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
             async with await psycopg.AsyncConnection.connect(
                 self._opts.conninfo, autocommit=True, connect_timeout=round(self._opts.timeout_s)
             ) as conn:
-                await conn.execute(self._q["create_schema"])
-                await conn.execute(self._q["create_migrations_table"])
+                # Under the lock too: two CREATE ... IF NOT EXISTS racing (workers started
+                # together on a fresh schema) fail one of them on a duplicate catalog row.
+                async with conn.transaction():
+                    await conn.execute(self._q["migration_lock"], {"ns": self._ns})
+                    await conn.execute(self._q["create_schema"])
+                    await conn.execute(self._q["create_migrations_table"])
                 for version, script in q.load_migrations(self.schema):
                     async with conn.transaction():
                         await conn.execute(self._q["migration_lock"], {"ns": self._ns})
