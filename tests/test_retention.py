@@ -271,6 +271,42 @@ async def test_a_new_sqlite_file_shrinks_back_after_retention(tmp_path: Path) ->
     assert await fill_and_prune(path, 500) <= empty + 8  # not the ~600 pages it held
 
 
+def file_sizes(path: Path) -> tuple[int, int]:
+    """The SQLite file's size and its WAL's (0 when it has none)."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size, wal.stat().st_size if wal.exists() else 0
+
+
+async def test_the_sqlite_file_shrinks_while_the_backend_stays_open(tmp_path: Path) -> None:
+    """The pages given back leave the file itself, not only its page count: in WAL mode that
+    takes a checkpoint, which the maintenance pass runs itself (SQLite's own waits for the
+    next 1,000 pages written). A reader in the way makes it skip, never wait or fail."""
+    path = tmp_path / "open.db"
+    backend = from_url(f"sqlite:///{path}?retention_succeeded=0")
+    await backend.open()
+    try:
+        pad = b'{"pad": "' + b"x" * 4000 + b'"}'
+        await backend.enqueue([new_job(args=pad) for _ in range(500)])
+        while claimed := await backend.claim(claim_request(limit=200)):
+            await backend.complete([(lease_of(j), Succeeded()) for j in claimed])
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM offload_jobs").fetchone()  # holds its snapshot
+        assert await backend.run_maintenance() == 500  # returns with the reader in the way
+        held = file_sizes(path)
+        reader.execute("COMMIT")
+        reader.close()
+        await backend.enqueue([new_job(args=pad) for _ in range(50)])
+        while claimed := await backend.claim(claim_request(limit=200)):
+            await backend.complete([(lease_of(j), Succeeded()) for j in claimed])
+        assert await backend.run_maintenance() == 50
+        main, wal = file_sizes(path)
+        assert main < 150_000, (held, main)  # 330 KB without the checkpoint
+        assert wal == 0, wal
+    finally:
+        await backend.close()
+
+
 async def test_an_older_sqlite_file_is_converted_once(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     backend = from_url(f"sqlite:///{path}")

@@ -429,7 +429,7 @@ class SQLiteBackend(SQLiteSchedules):
         """
         await self._write(lambda conn: conn.execute(Q["forget_expired_workers"], (time.time(),)))
         deleted = await prune(self._write, self._opts["retention"], time.time)
-        await reclaim_space(self._write)
+        await reclaim_space(self._write, self.path)
         return deleted
 
     async def set_paused(self, queue: str, paused: bool) -> None:

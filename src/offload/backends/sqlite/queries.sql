@@ -301,6 +301,11 @@ PRAGMA freelist_count;
 -- offload.backends.sqlite.retention for why it is run once per page.
 PRAGMA incremental_vacuum(1);
 
+-- name: checkpoint_truncate
+-- Copies the WAL into the file and truncates both (offload.backends.sqlite.retention). Run on
+-- a connection with busy_timeout 0: with a reader in the way it reports busy, never waits.
+PRAGMA wal_checkpoint(TRUNCATE);
+
 -- name: list_jobs
 -- Optional filters are NULL when unused; the cursor is the (created_at, id) of the last row
 -- of the previous page.
