@@ -97,3 +97,74 @@ def test_vacuum_every_is_a_count() -> None:
         PostgresBackend(f"{POSTGRES_URL}?vacuum_every=-1")
     with pytest.raises(ConfigurationError, match="vacuum_every"):
         PostgresBackend(f"{POSTGRES_URL}?vacuum_every=often")
+
+
+def test_reindex_mb_is_a_size() -> None:
+    assert PostgresBackend(f"{POSTGRES_URL}?reindex_mb=0")._opts.reindex_mb == 0
+    with pytest.raises(ConfigurationError, match="reindex_mb"):
+        PostgresBackend(f"{POSTGRES_URL}?reindex_mb=-1")
+    with pytest.raises(ConfigurationError, match="reindex_mb"):
+        PostgresBackend(f"{POSTGRES_URL}?reindex_mb=big")
+
+
+async def index_sizes(schema: str) -> dict[str, int]:
+    """Bytes per index of the jobs table, leftovers of interrupted rebuilds included."""
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+            [f'"{schema}".jobs'],
+        )
+        return {str(name): int(size) for name, size in await cur.fetchall()}
+
+
+async def fill_and_finish(backend: PostgresBackend, schema: str, n: int) -> None:
+    """``n`` jobs enqueued, then all finished long ago (one UPDATE: every index gets an entry
+    per row version, as a drain leaves them)."""
+    for _ in range(n // 10_000):
+        await backend.enqueue([job() for _ in range(10_000)])
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        await conn.execute(
+            f"UPDATE \"{schema}\".jobs SET state = 'succeeded', started_at = 1, finished_at = 1"
+        )
+
+
+@pytest.mark.parametrize("reindex_mb", [0, 1])
+async def test_indexes_shrink_back_once_a_backlog_is_pruned(
+    backends: Factory, schema: str, reindex_mb: int
+) -> None:
+    """A VACUUM gives emptied index pages back to the index only: after a backlog is pruned,
+    the indexes keep their peak size until rebuilt. The backend rebuilds those far larger
+    than the rows left need (REINDEX INDEX CONCURRENTLY) after its VACUUM; reindex_mb=0 never."""
+    backend = await backends(vacuum_every=1_000, retention=0.0, reindex_mb=reindex_mb)
+    await fill_and_finish(backend, schema, 40_000)
+    peak = await index_sizes(schema)
+    assert max(peak.values()) > 2 * 1024 * 1024, peak
+    assert await backend.run_maintenance() == 40_000
+    after = await index_sizes(schema)
+    if reindex_mb:
+        assert sum(after.values()) < 0.05 * sum(peak.values()), (peak, after)
+        assert set(backend._vacuum.rebuilt) == {n for n, s in peak.items() if s > 1024 * 1024}
+        assert set(after) == set(peak)  # rebuilt in place: the same names, nothing left over
+    else:
+        assert sum(after.values()) >= 0.9 * sum(peak.values()), (peak, after)
+        assert backend._vacuum.rebuilt == []
+
+
+async def test_a_rebuild_left_half_done_is_dropped(backends: Factory, schema: str) -> None:
+    """An interrupted REINDEX CONCURRENTLY leaves an invalid copy named <index>_ccnew; the next
+    pass drops it, and only such leftovers (a user's valid index of that name stays)."""
+    backend = await backends(vacuum_every=1_000, retention=0.0, reindex_mb=1)
+    await backend.enqueue([job() for _ in range(2_000)])  # all in one queue
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):  # fails, and leaves it invalid
+            await conn.execute(
+                f'CREATE UNIQUE INDEX CONCURRENTLY jobs_claim_idx_ccnew ON "{schema}".jobs (queue)'
+            )
+        await conn.execute(f'CREATE INDEX jobs_users_ccnew ON "{schema}".jobs (task)')
+    assert {"jobs_claim_idx_ccnew", "jobs_users_ccnew"} <= set(await index_sizes(schema))
+    await drain_some(backend, 2_000)
+    assert await backend.run_maintenance() == 2_000
+    names = set(await index_sizes(schema))
+    assert "jobs_claim_idx_ccnew" not in names
+    assert "jobs_users_ccnew" in names

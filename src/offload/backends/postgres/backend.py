@@ -52,7 +52,9 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
     ``retention_<state>`` (how long finished jobs are kept, :mod:`offload.backends.retention`;
     see :meth:`run_maintenance`), ``pool_size`` (10), ``timeout`` (seconds to
     connect or wait for a pooled connection, 5), ``vacuum_every`` (dead row versions between
-    two VACUUMs this process runs, 50,000; 0: never, :mod:`.vacuum`)."""
+    two VACUUMs this process runs, 50,000; 0: never, :mod:`.vacuum`), ``reindex_mb`` (an index
+    above this size and far above what the table's rows need is rebuilt after a VACUUM, 8; 0:
+    never)."""
 
     capabilities = Capabilities(
         notify=True, transactional=True, limits=True, fairness=True, workflows=True
@@ -70,7 +72,7 @@ class PostgresBackend(Steering, PostgresSchedules, PostgresWorkflows):
         self._sync = SyncPool(self._opts, name=f"offload-{self.schema}-sync")  # enqueue_now
         self._work = WorkWaiters()
         self._limits = PgLimits(self._rows, self._ns, self._channel)
-        self._vacuum = Vacuum(self._opts)
+        self._vacuum = Vacuum(self._opts, self._q, self._ns)
         self._done = DoneWaiters()
         self._work_listener: Listening | None = None
         self._done_listener: Listening | None = None

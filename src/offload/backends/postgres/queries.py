@@ -98,6 +98,9 @@ class Options:
     # Dead row versions this process makes between two VACUUMs of the jobs table (vacuum.py);
     # 0: never, autovacuum alone.
     vacuum_every: int = 50_000
+    # An index above this size and far above what the table's rows need is rebuilt after a
+    # VACUUM (vacuum.py); 0: never.
+    reindex_mb: int = 8
 
 
 _OURS = {
@@ -107,6 +110,7 @@ _OURS = {
     "timeout",
     "listen",
     "vacuum_every",
+    "reindex_mb",
     *retention_options,
 }
 
@@ -141,6 +145,7 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
             timeout_s=float(values.get("timeout", 5.0)),
             listen=str(values.get("listen", "own")),
             vacuum_every=int(values.get("vacuum_every", 50_000)),
+            reindex_mb=int(values.get("reindex_mb", 8)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"bad option in PostgreSQL URL {masked_url!r}: {exc}") from None
@@ -148,8 +153,10 @@ def parse_url(url: str, overrides: dict[str, Any]) -> Options:
         raise ConfigurationError(
             f"schema name {schema!r} must be lower-case letters, digits and underscores"
         )
-    if opts.pool_size < 1 or opts.timeout_s <= 0 or opts.vacuum_every < 0:
-        raise ConfigurationError("pool_size must be >= 1, timeout > 0 and vacuum_every >= 0")
+    if min(opts.vacuum_every, opts.reindex_mb) < 0 or opts.pool_size < 1 or opts.timeout_s <= 0:
+        raise ConfigurationError(
+            "pool_size must be >= 1, timeout > 0, vacuum_every and reindex_mb >= 0"
+        )
     check_listen(opts)
     return opts
 

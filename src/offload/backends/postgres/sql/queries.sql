@@ -390,6 +390,24 @@ SELECT pg_try_advisory_lock(%(ns)s, 1)
 -- name: maintenance_unlock
 SELECT pg_advisory_unlock(%(ns)s, 1)
 
+-- name: try_reindex_lock
+-- Session-level, on the vacuum's own autocommit connection: one rebuilder per schema.
+SELECT pg_try_advisory_lock(%(ns)s, 2)
+
+-- name: reindex_unlock
+SELECT pg_advisory_unlock(%(ns)s, 2)
+
+-- name: jobs_indexes
+-- Each index of the jobs table: name, bytes, valid, and the table's rows as the last VACUUM
+-- counted them (reltuples; -1 before any VACUUM or ANALYZE). A leftover of an interrupted
+-- REINDEX CONCURRENTLY is an invalid index whose name ends in _ccnew (or _ccnew1, ...).
+SELECT c.relname, pg_relation_size(c.oid), i.indisvalid, t.reltuples
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid
+WHERE i.indrelid = '{schema}.jobs'::regclass
+ORDER BY c.relname
+
 -- name: pause
 INSERT INTO {schema}.paused_queues (queue, paused_at) VALUES (%(queue)s, {now})
 ON CONFLICT (queue) DO NOTHING
