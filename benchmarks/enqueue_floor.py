@@ -17,25 +17,39 @@ PostgreSQL rows: ``SELECT 1`` on a psycopg connection in autocommit (the round t
 ``INSERT`` of one row committed (a round trip plus the commit's WAL flush: what any stored
 enqueue pays at ``synchronous_commit=on``), and offload's ``task.enqueue()``.
 
+Async rows (``--async``; each section on one event loop, the caller's): Redis, a
+``redis.asyncio`` ``PING`` beside offload's ``await task.aenqueue()`` (the SAQ/arq/taskiq
+comparison); RabbitMQ, an aio-pika publish of a persistent 100-byte message to a durable queue
+with publisher confirms (what "stored before it returns" costs on a broker) and without (what
+a publish that does not wait for the broker costs: Celery's ``delay`` on py-amqp waits for no
+confirm), beside offload's ``aenqueue`` store-less and with a Redis store.
+
 Each figure is the median over the rounds of microseconds per call.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
+import aio_pika
 import psycopg
 import redis
+import redis.asyncio
 
 import offload
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+AsyncRow = Callable[[], Awaitable[object]]
 
 
 def per_call_us(fn: Callable[[], object], calls: int) -> float:
@@ -134,10 +148,85 @@ def measure(rows: dict[str, Callable[[], Any]], calls: int, rounds: int) -> dict
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+async def async_per_call_us(fn: AsyncRow, calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        await fn()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+async def async_measure(rows: dict[str, AsyncRow], calls: int, rounds: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, fn in rows.items():
+            samples[name].append(await async_per_call_us(fn, calls))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+async def async_task(url: str) -> tuple[offload.App, Any]:
+    """:func:`noop_task`, opened on the running loop by a first ``aenqueue``."""
+    app = offload.App(url)
+
+    @app.task(name="noop")
+    def noop(i: int) -> None:
+        return None
+
+    bound = noop.options(queue="q")
+    await bound.aenqueue(0)
+    return app, bound
+
+
+async def redis_async(calls: int, rounds: int) -> dict[str, float]:
+    prefix = f"floor{uuid.uuid4().hex[:8]}"
+    app, bound = await async_task(f"{REDIS_URL}?prefix={prefix}")
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        rows: dict[str, AsyncRow] = {
+            "redis.asyncio PING": client.ping,
+            "offload await task.aenqueue()": lambda: bound.aenqueue(1),
+        }
+        return await async_measure(rows, calls, rounds)
+    finally:
+        await app.close()
+        async for key in client.scan_iter(match=f"*{prefix}*", count=1000):
+            await client.unlink(key)
+        await client.aclose()
+
+
+async def rabbitmq_async(calls: int, rounds: int) -> dict[str, float]:
+    prefix = f"floor{uuid.uuid4().hex[:8]}"
+    store = quote(f"{REDIS_URL}?prefix={prefix}s", safe="")
+    storeless, less = await async_task(f"{AMQP_URL}?prefix={prefix}a")
+    stored, with_store = await async_task(f"{AMQP_URL}?prefix={prefix}b&store={store}")
+    conn = await aio_pika.connect(AMQP_URL)
+    confirmed = await conn.channel(publisher_confirms=True)
+    unconfirmed = await conn.channel(publisher_confirms=False)
+    queue = await confirmed.declare_queue(f"{prefix}.floor", durable=True)
+    body = aio_pika.Message(b"x" * 100, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    try:
+        rows: dict[str, AsyncRow] = {
+            "aio-pika publish, confirmed": lambda: confirmed.default_exchange.publish(
+                body, routing_key=queue.name
+            ),
+            "aio-pika publish, no confirm": lambda: unconfirmed.default_exchange.publish(
+                body, routing_key=queue.name
+            ),
+            "offload await task.aenqueue(), store-less": lambda: less.aenqueue(1),
+            "offload await task.aenqueue(), Redis store": lambda: with_store.aenqueue(1),
+        }
+        return await async_measure(rows, calls, rounds)
+    finally:
+        await queue.delete(if_unused=False, if_empty=False)
+        await conn.close()
+        await storeless.close()
+        await stored.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=3000, help="calls per row per round")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--async", dest="run_async", action="store_true", help="the async rows too")
     args = p.parse_args()
     load = open("/proc/loadavg").read().split()[:3]
     print(f"load average at start: {' '.join(load)}; {args.calls} calls x {args.rounds} rounds\n")
@@ -156,6 +245,15 @@ def main() -> None:
             print(f"| Redis | (enqueue script, server time only) | {server:,.0f} | |")
     for cleanup in CLEANUP:
         cleanup()
+    if not args.run_async:
+        return
+    for backend, section, floor in (
+        ("Redis", redis_async, "redis.asyncio PING"),
+        ("RabbitMQ", rabbitmq_async, "aio-pika publish, confirmed"),
+    ):
+        got = asyncio.run(section(args.calls, args.rounds))
+        for name, us in got.items():
+            print(f"| {backend} | {name} | {us:,.0f} | {us / got[floor]:.2f}x |")
 
 
 if __name__ == "__main__":
