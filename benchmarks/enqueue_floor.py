@@ -15,7 +15,8 @@ server-side time from ``INFO commandstats``), and offload's ``task.enqueue()``.
 
 PostgreSQL rows: ``SELECT 1`` on a psycopg connection in autocommit (the round trip), an
 ``INSERT`` of one row committed (a round trip plus the commit's WAL flush: what any stored
-enqueue pays at ``synchronous_commit=on``), and offload's ``task.enqueue()``.
+enqueue pays at ``synchronous_commit=on``), the same of a job row into a copy of offload's
+jobs table with all its indexes, and offload's ``task.enqueue()``.
 
 Async rows (``--async``; each section on one event loop, the caller's): Redis, a
 ``redis.asyncio`` ``PING`` beside offload's ``await task.aenqueue()`` (the SAQ/arq/taskiq
@@ -123,10 +124,30 @@ def postgres_rows(calls: int) -> dict[str, Callable[[], Any]]:
 
     CLEANUP.append(cleanup)
     body = b"x" * 100
+    # A copy of offload's jobs table with all its indexes, and the row of the job enqueued
+    # above as the template: one committed INSERT of a job, with none of offload's code.
+    conn.execute(f"CREATE TABLE {schema}.floor_jobs (LIKE {schema}.jobs INCLUDING ALL)")
+    cols = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s"
+            " AND table_name = 'jobs' AND is_generated = 'NEVER' AND is_identity = 'NO'"
+            " ORDER BY ordinal_position",
+            (schema,),
+        )
+    ]
+    picks = ", ".join("%s" if c == "id" else c for c in cols)
+    insert_job = (
+        f"INSERT INTO {schema}.floor_jobs ({', '.join(cols)}) "
+        f"SELECT {picks} FROM {schema}.jobs LIMIT 1"
+    )
     return {
         "psycopg SELECT 1": lambda: conn.execute("SELECT 1").fetchone(),
         "psycopg INSERT, committed": lambda: conn.execute(
             f"INSERT INTO {schema}.floor (body) VALUES (%s)", (body,)
+        ),
+        "psycopg INSERT of a job row (offload's indexes), committed": lambda: conn.execute(
+            insert_job.encode(), (uuid.uuid4().hex,)
         ),
         "offload task.enqueue()": lambda: bound.enqueue(1),
     }
