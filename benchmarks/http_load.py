@@ -2,14 +2,17 @@
 
     python benchmarks/http_load.py [--dir /tmp] [--duration 10] [--connections 16]
                                    [--client wrk|python] [--compare] [--wait-rate 200]
-                                   [--url redis://...] [--enqueue-only]
+                                   [--url redis://...] [--enqueue-only] [--ceiling]
 
 Each phase starts a fresh server process (``run_server``, one process, access log off) on a
 fresh SQLite file and points a load generator at it over loopback:
 
 1. enqueue: ``POST /v1/jobs`` of a no-op task as fast as ``--connections`` keep-alive
    connections allow, for ``--duration`` seconds, with no worker; prints requests/s and latency
-   percentiles. ``--compare`` runs it again with group commit off.
+   percentiles. ``--compare`` runs it again with group commit off. ``--ceiling`` first runs
+   the same load against the bare stack (:func:`ceiling_app`): the requests/s one process of
+   Starlette on uvicorn serves here with no job system behind it.
+
 2. wait: ``POST /v1/jobs`` with ``Prefer: wait=5`` at a fixed ``--wait-rate`` per second
    (open loop: requests are sent on schedule whatever the answers do), against a server with an
    embedded worker; prints latency percentiles of the whole round trip (enqueue, run, answer).
@@ -55,6 +58,38 @@ def build_app(url: str) -> object:
     return app
 
 
+def ceiling_app() -> object:
+    """The stack with no job system: Starlette on the same uvicorn, one ``POST /v1/jobs`` that
+    reads and decodes the body (msgspec) and answers 202 with a small JSON body. What
+    ``--ceiling`` measures is how many requests/s one process of that stack serves here."""
+    import msgspec
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def post(request: Request) -> Response:
+        body = msgspec.json.decode(await request.body())
+        out = msgspec.json.encode({"id": "0" * 32, "task": body["task"], "state": "queued"})
+        return Response(out, status_code=202, media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/jobs", post, methods=["POST"])])
+
+
+def start_ceiling(port: int) -> subprocess.Popen[str]:
+    """:func:`ceiling_app` served as ``run_server`` serves offload: uvicorn, one process,
+    access log off, the same GIL switch interval."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import uvicorn; "
+        "from benchmarks.http_load import ceiling_app; "
+        "from offload.server.service import DEFAULT_SWITCH_INTERVAL_S; "
+        "sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL_S); "
+        f"uvicorn.run(ceiling_app(), host='127.0.0.1', port={port}, log_level='warning', "
+        "access_log=False)"
+    )
+    return _spawn(code, port)
+
+
 # -- the server ---------------------------------------------------------------------------
 
 
@@ -76,6 +111,11 @@ def start_server(
         f"run_server(build_app({url!r}), '127.0.0.1', {port}, workers={workers}, "
         f"group_commit={group_commit!r}, log_level='warning')"
     )
+    return _spawn(code, port)
+
+
+def _spawn(code: str, port: int) -> subprocess.Popen[str]:
+    """``python -c code`` in a child, once it accepts connections on ``port``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, text=True)
     deadline = time.monotonic() + 20
@@ -321,9 +361,20 @@ def main() -> None:
         help="serve this backend URL instead of a fresh SQLite file (its data is left there)",
     )
     parser.add_argument("--enqueue-only", action="store_true", help="skip the Prefer: wait phase")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="first, the same load on the bare stack"
+    )
     args = parser.parse_args()
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     enqueue = wrk_enqueue_load if client == "wrk" else python_enqueue_load
+    if args.ceiling:
+        port = _free_port()
+        server = start_ceiling(port)
+        try:
+            result = enqueue(port, args.connections, args.duration)
+        finally:
+            stop_server(server)
+        print(json.dumps({"phase": "ceiling", "client": client, **result}))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp_dir = Path(tmp)
         runs = [("enqueue", True)] + ([("enqueue_no_group_commit", False)] if args.compare else [])
