@@ -7,6 +7,10 @@ stores nothing, and the job is readable by another app (its own connections) at 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +21,16 @@ import offload
 from offload.job import JobState, NewJob
 from tests.services import backend_url
 
-KINDS = ["memory", "sqlite", "redis", "postgres", "rabbitmq"]
+KINDS = ["memory", "sqlite", "sqlite-normal", "redis", "postgres", "rabbitmq"]
 
 
 @pytest.fixture(params=KINDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "memory":
         yield "memory://"
+        return
+    if request.param == "sqlite-normal":  # the caller's thread writes itself (direct.py)
+        yield f"sqlite:///{tmp_path / 'normal.db'}?synchronous=normal"
         return
     with backend_url(request.param, tmp_path) as u:
         yield u
@@ -86,4 +93,91 @@ def test_sync_enqueue_stays_on_the_callers_thread(url: str) -> None:
     assert [c[0] for c in hooks.calls] == ["before", "after", "before"]  # no "after": not stored
     counts = app.run_sync(lambda b: b.counts())
     assert sum(counts.get("small", {}).values()) == 1
+    app.close_sync()
+
+
+# -- SQLite at synchronous=normal: the calling thread writes itself when the lock is free ------
+
+
+def writer_calls(app: offload.App) -> list[int]:
+    """Count the transactions handed to the writer thread from now on."""
+    writer = app.backend._writer  # type: ignore[attr-defined]
+    handed: list[int] = []
+    submit = writer.submit_sync
+
+    def counted(call: Any) -> Any:
+        handed.append(1)
+        return submit(call)
+
+    writer.submit_sync = counted
+    return handed
+
+
+def db_fds(path: Path) -> int:
+    """This process's open file descriptors on the database file itself."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return n
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_sqlite_who_writes_a_sync_enqueue(tmp_path: Path, synchronous: str) -> None:
+    """At normal the calling threads write on connections of their own (no hand-over to the
+    writer thread); at full the writer does, for its group commit. The threads' connections
+    are closed with the backend."""
+    path = tmp_path / "who.db"
+    app = offload.App(f"sqlite:///{path}?synchronous={synchronous}")
+
+    @app.task(name="t")
+    def t(i: int) -> None: ...
+
+    t.enqueue(0)
+    handed = writer_calls(app)
+    threads = [threading.Thread(target=t.enqueue, args=(i,)) for i in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    t.enqueue(5)
+    counts = app.run_sync(lambda b: b.counts())
+    assert counts["default"][JobState.QUEUED] == 6
+    assert len(handed) == (0 if synchronous == "normal" else 5)
+    app.close_sync()
+    assert db_fds(path) == 0
+
+
+def test_sqlite_a_taken_lock_hands_the_enqueue_to_the_writer(tmp_path: Path) -> None:
+    """With the write lock held elsewhere, the caller does not wait on its own connection:
+    the writer thread takes the transaction and waits for the lock, as at full."""
+    path = tmp_path / "locked.db"
+    app = offload.App(f"sqlite:///{path}?synchronous=normal")
+
+    @app.task(name="t")
+    def t(i: int) -> None: ...
+
+    t.enqueue(0)
+    handed = writer_calls(app)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    done = threading.Event()
+
+    def enqueue_one() -> None:
+        t.enqueue(1)
+        done.set()
+
+    thread = threading.Thread(target=enqueue_one)
+    thread.start()
+    try:
+        assert not done.wait(0.3)  # waiting (in the writer) for the lock
+        assert handed == [1]
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    thread.join(10)
+    assert done.is_set()
+    t.enqueue(2)  # the lock is free again: this thread writes itself
+    assert handed == [1]
+    assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 3
     app.close_sync()

@@ -19,6 +19,7 @@ from offload.backends.common import RECOVER_BATCH, decode_cursor
 from offload.backends.retention import Retention
 from offload.backends.sqlite import doorbell
 from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
+from offload.backends.sqlite.direct import DirectWriters
 from offload.backends.sqlite.limits import HeldHint, held_due, limit_usage_tx
 from offload.backends.sqlite.options import parse_url
 from offload.backends.sqlite.queries import Q
@@ -90,6 +91,7 @@ class SQLiteBackend(SQLiteSchedules):
         self._poll_s: float = self._opts["poll_ms"] / 1000
         self._writer: ConnectionThread | None = None
         self._reader: ConnectionThread | None = None
+        self._direct: DirectWriters | None = None  # synchronous=normal: see direct.py
         # Waiters of this instance; a lock because the app's sync bridge and a worker may call
         # one instance from two event loops.
         self._lock = threading.Lock()
@@ -142,6 +144,8 @@ class SQLiteBackend(SQLiteSchedules):
         except BaseException:
             await self.close()
             raise
+        if self._opts["synchronous"] != "FULL":
+            self._direct = DirectWriters(self.path, self._opts)
         if self._doorbell is not None:
             self._doorbell.open()
 
@@ -150,6 +154,9 @@ class SQLiteBackend(SQLiteSchedules):
             self._doorbell.close()
         runners = (self._reader, self._writer)
         self._writer = self._reader = None
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
         for runner in runners:
             if runner is not None:
                 await runner.stop()
@@ -213,12 +220,18 @@ class SQLiteBackend(SQLiteSchedules):
     ) -> list[JobRecord]:
         """:class:`~offload.backends.base.SyncEnqueue`: the same transaction as
         :meth:`enqueue`, handed straight to the writer thread (joining its group commit) while
-        the caller waits on a plain future, with no event loop in between."""
+        the caller waits on a plain future, with no event loop in between; at
+        ``synchronous=normal``, written by the calling thread itself when the write lock is
+        free (``direct.py``)."""
         if not jobs:
             return []
-        writer = self._writer
+        writer, direct = self._writer, self._direct
         if writer is None:
             raise BackendUnavailable("the SQLite backend is not open")
+        mine = direct.enqueue(jobs, dict(limits or {})) if direct is not None else None
+        if mine is not None:
+            self._announce(work=True)
+            return mine
         call = partial(enqueue_tx, jobs=list(jobs), limits=dict(limits or {}))
         records: list[JobRecord] = writer.submit_sync(call).result()
         self._announce(work=True)

@@ -207,13 +207,14 @@ def begin_immediate(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
-            if not _busy(exc) or time.monotonic() >= deadline:
+            if not busy(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(step)
         step = min(step * 2, _BEGIN_MAX_STEP_S)
 
 
-def _busy(exc: sqlite3.Error) -> bool:
+def busy(exc: sqlite3.Error) -> bool:
+    """The error is SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int):
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
