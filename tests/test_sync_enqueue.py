@@ -135,10 +135,9 @@ def test_sqlite_who_writes_a_sync_enqueue(tmp_path: Path, synchronous: str) -> N
 
     t.enqueue(0)
     handed = writer_calls(app)
-    threads = [threading.Thread(target=t.enqueue, args=(i,)) for i in range(1, 5)]
-    for thread in threads:
+    for i in range(1, 5):  # one after another: threads that collide hand over (test below)
+        thread = threading.Thread(target=t.enqueue, args=(i,))
         thread.start()
-    for thread in threads:
         thread.join()
     t.enqueue(5)
     counts = app.run_sync(lambda b: b.counts())
