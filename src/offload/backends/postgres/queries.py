@@ -63,8 +63,13 @@ def load_queries(schema: str) -> dict[str, str]:
     """Every named query of ``sql/queries.sql``, rendered for ``schema``."""
     text = _SQL.joinpath("queries.sql").read_text("utf-8")
     parts = _NAME_RE.split(text)
-    named = zip(parts[1::2], parts[2::2], strict=True)
-    return {name: _render(body.strip(), schema) for name, body in named}
+    named = dict(zip(parts[1::2], parts[2::2], strict=True))
+    # A fragment two queries end with (enqueue and enqueue_one), written once.
+    rest = named.pop("insert_input").strip()
+    return {
+        name: _render(body.strip().replace("{insert_input}", f"\n{rest}"), schema)
+        for name, body in named.items()
+    }
 
 
 def load_migrations(schema: str) -> list[tuple[int, str]]:
