@@ -99,6 +99,18 @@ def test_sync_enqueue_stays_on_the_callers_thread(url: str) -> None:
 # -- SQLite at synchronous=normal: the calling thread writes itself when the lock is free ------
 
 
+def sqlite_app(path: Path, synchronous: str) -> tuple[offload.App, Any, list[int]]:
+    """An app on ``path``, its task ``t`` (opened by a first enqueue), and the count of
+    transactions handed to the writer thread from then on."""
+    app = offload.App(f"sqlite:///{path}?synchronous={synchronous}")
+
+    @app.task(name="t")
+    def t(i: int) -> None: ...
+
+    t.enqueue(0)
+    return app, t, writer_calls(app)
+
+
 def writer_calls(app: offload.App) -> list[int]:
     """Count the transactions handed to the writer thread from now on."""
     writer = app.backend._writer  # type: ignore[attr-defined]
@@ -128,13 +140,7 @@ def test_sqlite_who_writes_a_sync_enqueue(tmp_path: Path, synchronous: str) -> N
     writer thread); at full the writer does, for its group commit. The threads' connections
     are closed with the backend."""
     path = tmp_path / "who.db"
-    app = offload.App(f"sqlite:///{path}?synchronous={synchronous}")
-
-    @app.task(name="t")
-    def t(i: int) -> None: ...
-
-    t.enqueue(0)
-    handed = writer_calls(app)
+    app, t, handed = sqlite_app(path, synchronous)
     for i in range(1, 5):  # one after another: threads that collide hand over (test below)
         thread = threading.Thread(target=t.enqueue, args=(i,))
         thread.start()
@@ -151,13 +157,7 @@ def test_sqlite_a_taken_lock_hands_the_enqueue_to_the_writer(tmp_path: Path) -> 
     """With the write lock held elsewhere, the caller does not wait on its own connection:
     the writer thread takes the transaction and waits for the lock, as at full."""
     path = tmp_path / "locked.db"
-    app = offload.App(f"sqlite:///{path}?synchronous=normal")
-
-    @app.task(name="t")
-    def t(i: int) -> None: ...
-
-    t.enqueue(0)
-    handed = writer_calls(app)
+    app, t, handed = sqlite_app(path, "normal")
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     done = threading.Event()
