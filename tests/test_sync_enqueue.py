@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import offload
+from offload.backends.sqlite.direct import MAX_CONNECTIONS
 from offload.job import JobState, NewJob
 from tests.services import backend_url
 
@@ -180,3 +181,35 @@ def test_sqlite_a_taken_lock_hands_the_enqueue_to_the_writer(tmp_path: Path) -> 
     assert handed == [1]
     assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 3
     app.close_sync()
+
+
+def test_sqlite_threads_that_end_do_not_keep_connections(tmp_path: Path) -> None:
+    """A server that starts a thread per request: the connections of ended threads are closed
+    as new ones open, and never more than MAX_CONNECTIONS live ones are held (past that, a
+    thread hands its enqueue to the writer)."""
+    path = tmp_path / "many.db"
+    app, t, handed = sqlite_app(path, "normal")
+    for i in range(40):  # one thread per "request", each gone before the next starts
+        thread = threading.Thread(target=t.enqueue, args=(i,))
+        thread.start()
+        thread.join()
+    assert db_fds(path) <= 4  # the writer, the reader, the main thread, the last thread
+    assert handed == []
+    gate, started = threading.Event(), threading.Semaphore(0)
+
+    def request(i: int) -> None:  # live threads, each holding its connection
+        t.enqueue(i)
+        started.release()
+        gate.wait(10)
+
+    live = [threading.Thread(target=request, args=(i,)) for i in range(MAX_CONNECTIONS + 4)]
+    for thread in live:  # one after another, so that none collides on the lock
+        thread.start()
+        assert started.acquire(timeout=10)
+    gate.set()
+    for thread in live:
+        thread.join()
+    assert len(handed) == 5  # past the cap (the main thread holds one too), to the writer
+    assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 61
+    app.close_sync()
+    assert db_fds(path) == 0

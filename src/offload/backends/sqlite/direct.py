@@ -23,24 +23,31 @@ from offload.backends.sqlite.transactions import enqueue_tx
 from offload.errors import BackendUnavailable
 from offload.job import JobRecord, NewJob
 
+# Connections held at once. A server that starts a thread per request (Django's runserver)
+# would otherwise open one per request: those of threads that have ended are closed as new
+# ones open, and past this many live ones a caller hands its enqueue to the writer instead.
+MAX_CONNECTIONS = 16
+
 
 class DirectWriters:
-    """One write connection per calling thread, made on its first enqueue, all closed by
-    :meth:`close`."""
+    """A write connection per calling thread, made on its first enqueue; those of ended
+    threads closed as new ones open, and all by :meth:`close`."""
 
     def __init__(self, path: str, opts: Mapping[str, Any]) -> None:
         self._path = path
         self._opts = opts
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: dict[threading.Thread, sqlite3.Connection] = {}
         self._closed = False
 
     def enqueue(self, jobs: Sequence[NewJob], limits: Mapping[str, int]) -> list[JobRecord] | None:
         """``enqueue_tx`` committed on this thread's connection; None, having written
-        nothing, when the write lock is taken at this instant (the caller then hands the
-        transaction to the writer thread)."""
+        nothing, when the write lock is taken at this instant or this thread has no
+        connection (the caller then hands the transaction to the writer thread)."""
         conn = self._connection()
+        if conn is None:
+            return None
         try:
             conn.execute("BEGIN IMMEDIATE")  # busy_timeout 0: busy at once, never a wait
         except sqlite3.Error as exc:
@@ -61,10 +68,18 @@ class DirectWriters:
             raise
         return records
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> sqlite3.Connection | None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        with self._lock:
+            if self._closed:
+                raise BackendUnavailable("the SQLite backend is closed")
+            ended = [t for t in self._conns if not t.is_alive()]
+            for thread in ended:  # nobody uses these any more
+                _close(self._conns.pop(thread))
+            if len(self._conns) >= MAX_CONNECTIONS:
+                return None
         try:
             # The writer made the file (WAL, schema); this one only writes rows. Timeout 0:
             # a taken lock is an answer at once (see enqueue), never a wait.
@@ -82,7 +97,7 @@ class DirectWriters:
             if self._closed:
                 conn.close()
                 raise BackendUnavailable("the SQLite backend is closed")
-            self._conns.append(conn)
+            self._conns[threading.current_thread()] = conn
         self._local.conn = conn
         return conn
 
@@ -91,9 +106,13 @@ class DirectWriters:
         gets BackendUnavailable)."""
         with self._lock:
             self._closed = True
-            conns, self._conns = self._conns, []
+            conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+            _close(conn)
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
