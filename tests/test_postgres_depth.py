@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from offload.backends.postgres import PostgresBackend
+from offload.backends.postgres import PostgresBackend, vacuum
 from offload.errors import ConfigurationError
 from offload.outcome import Succeeded
 from offload.testing import lease_of
@@ -168,3 +168,23 @@ async def test_a_rebuild_left_half_done_is_dropped(backends: Factory, schema: st
     names = set(await index_sizes(schema))
     assert "jobs_claim_idx_ccnew" not in names
     assert "jobs_users_ccnew" in names
+
+
+async def test_a_rebuild_that_gives_up_is_not_retried_at_once(
+    backends: Factory, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild waits for every older transaction; one that gives up (lock_timeout) would
+    give up again at once, after building a whole index: the next try waits an hour."""
+    monkeypatch.setattr(vacuum, "REINDEX_LOCK_TIMEOUT", "300ms")
+    backend = await backends(vacuum_every=1_000, retention=0.0, reindex_mb=1)
+    await fill_and_finish(backend, schema, 40_000)
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as old:
+        await old.execute(f'SELECT count(*) FROM "{schema}".jobs')  # a transaction left open
+        assert await backend.run_maintenance() == 40_000  # the rebuild gave up; no error
+        assert backend._vacuum.rebuilt == []
+        await old.rollback()
+    await backend._vacuum.run()  # nothing in the way now, but within the back-off
+    assert backend._vacuum.rebuilt == []
+    monkeypatch.setattr(backend._vacuum, "_rebuild_after", 0.0)  # an hour later
+    await backend._vacuum.run()
+    assert backend._vacuum.rebuilt != []

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 import offload
+from offload.backends.sqlite import direct
 from offload.backends.sqlite.direct import MAX_CONNECTIONS
+from offload.backends.sqlite.transactions import enqueue_tx
 from offload.job import JobState, NewJob
 from tests.services import backend_url
 
@@ -213,3 +215,72 @@ def test_sqlite_threads_that_end_do_not_keep_connections(tmp_path: Path) -> None
     assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 61
     app.close_sync()
     assert db_fds(path) == 0
+
+
+def test_sqlite_close_waits_for_a_direct_write_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the backend while a thread is inside its own transaction waits for it to
+    commit, and never closes the connection under it (which crashed the process); the job is
+    stored, and the thread's next enqueue gets BackendUnavailable."""
+    path = tmp_path / "closing.db"
+    app, t, _ = sqlite_app(path, "normal")
+    inside, go = threading.Event(), threading.Event()
+    real = enqueue_tx
+
+    def paused(conn: sqlite3.Connection, jobs: Any, limits: Any) -> Any:
+        out = real(conn, jobs, limits)  # rows written, transaction open
+        inside.set()
+        assert go.wait(10)
+        return out
+
+    monkeypatch.setattr(direct, "enqueue_tx", paused)
+    got: dict[str, Any] = {}
+
+    def writer() -> None:
+        got["job"] = t.enqueue(1)
+        with contextlib.suppress(offload.BackendUnavailable):
+            t.enqueue(2)
+            got["late"] = True
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(10)
+    closing = threading.Thread(target=app.close_sync)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()  # waiting for the transaction in flight
+    go.set()
+    closing.join(10)
+    thread.join(10)
+    assert not closing.is_alive() and not thread.is_alive()
+    assert "late" not in got
+    other = offload.App(f"sqlite:///{path}")
+    try:
+        assert other.get_job(got["job"].id).record.state is JobState.QUEUED
+    finally:
+        other.close_sync()
+
+
+def test_sqlite_a_forked_child_does_not_write_through_the_parents_connection(
+    tmp_path: Path,
+) -> None:
+    """SQLite's locks are not inherited across fork(): a child refuses with
+    BackendUnavailable rather than write on the parent's connection; the parent goes on."""
+    path = tmp_path / "fork.db"
+    app, t, _ = sqlite_app(path, "normal")
+    t.enqueue(1)  # this thread now has its own connection
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if refused as it should be
+        try:
+            t.enqueue(2)
+        except offload.BackendUnavailable:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    t.enqueue(3)
+    assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 3
+    app.close_sync()

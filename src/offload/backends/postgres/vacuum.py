@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from typing import Any
 
 import psycopg
@@ -48,6 +49,8 @@ BYTES_PER_ROW = 256
 # How long a rebuild waits for a lock (another's VACUUM of the table, a long transaction that
 # touched it) before it gives up until the next pass.
 REINDEX_LOCK_TIMEOUT = "10s"
+# After a rebuild gave up, the next try waits this long (other processes keep their own).
+REBUILD_BACKOFF_S = 3600.0
 # What an interrupted REINDEX CONCURRENTLY leaves: an invalid copy named <index>_ccnew (before
 # the swap) or <index>_ccold (after), with a digit when the name was taken.
 _LEFTOVER = re.compile(r"_cc(new|old)\d*$")
@@ -65,6 +68,7 @@ class Vacuum:
         self._task: asyncio.Task[None] | None = None
         self.runs = 0  # vacuums started (tests, benchmarks)
         self.rebuilt: list[str] = []  # indexes rebuilt (tests, benchmarks)
+        self._rebuild_after = 0.0  # monotonic time before which no rebuild is tried
 
     def note(self, dead: int) -> None:
         """``dead`` more row versions became dead; start a VACUUM once enough have."""
@@ -95,6 +99,8 @@ class Vacuum:
     async def _rebuild_bloated(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Drop leftovers of interrupted rebuilds, then rebuild each bloated index; one
         process at a time per schema (an advisory lock), the others skip."""
+        if time.monotonic() < self._rebuild_after:
+            return
         cur = await conn.execute(self._q["try_reindex_lock"], {"ns": self._ns})
         row = await cur.fetchone()
         if row is None or not row[0]:
@@ -111,9 +117,15 @@ class Vacuum:
                 await conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(index))
                 self.rebuilt.append(name)
                 log.info("rebuilt index %s.%s (was %d bytes)", self._opts.schema, name, size)
+        except psycopg.Error:
+            # A rebuild waits for every older snapshot in the database; one that gave up
+            # (a long transaction somewhere) would give up again at once: not for a while.
+            self._rebuild_after = time.monotonic() + REBUILD_BACKOFF_S
+            raise
         finally:
-            await conn.execute(b"RESET lock_timeout")
-            await conn.execute(self._q["reindex_unlock"], {"ns": self._ns})
+            with contextlib.suppress(psycopg.Error):  # the connection may be the failure
+                await conn.execute(b"RESET lock_timeout")
+                await conn.execute(self._q["reindex_unlock"], {"ns": self._ns})
 
     async def _pick(
         self, conn: psycopg.AsyncConnection[Any]
@@ -123,6 +135,8 @@ class Vacuum:
         floor = self._opts.reindex_mb * 1024 * 1024
         leftovers: list[str] = []
         bloated: list[tuple[str, int]] = []
+        if rows and float(rows[0][3]) < 0:  # never vacuumed nor analysed: rows unknown
+            return [], []
         for name, size, valid, reltuples in rows:
             if not valid and _LEFTOVER.search(str(name)):
                 leftovers.append(str(name))
