@@ -188,3 +188,14 @@ async def test_a_rebuild_that_gives_up_is_not_retried_at_once(
     monkeypatch.setattr(backend._vacuum, "_rebuild_after", 0.0)  # an hour later
     await backend._vacuum.run()
     assert backend._vacuum.rebuilt != []
+
+
+async def test_a_table_never_vacuumed_is_not_judged(backends: Factory, schema: str) -> None:
+    """Before its first VACUUM or ANALYZE the table's row count is unknown (reltuples -1):
+    no index is taken for bloated on it, however large."""
+    backend = await backends(vacuum_every=0, reindex_mb=1)
+    for _ in range(4):
+        await backend.enqueue([job() for _ in range(10_000)])
+    assert max((await index_sizes(schema)).values()) > 1024 * 1024
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+        assert await backend._vacuum._pick(conn) == ([], [])
