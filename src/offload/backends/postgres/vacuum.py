@@ -23,8 +23,10 @@ hold 460 MB. So after each VACUUM it runs, the backend rebuilds (``REINDEX INDEX
 CONCURRENTLY``, which takes no lock that stops claims, enqueues or completions) each index
 larger than ``reindex_mb`` and than :data:`BYTES_PER_ROW` times the table's rows: an index far
 larger than its rows need, which happens only once a backlog is gone. An interrupted rebuild
-leaves an invalid ``<index>_ccnew`` copy; the next pass drops it first. Oban's Reindexer
-plugin rebuilds its indexes on a schedule for the same reason. ``reindex_mb=0`` turns it off.
+leaves an invalid ``<index>_ccnew`` copy; the next pass drops it first. A rebuild that gave up
+(it waits for every older transaction in the database, :data:`REINDEX_LOCK_TIMEOUT`) is not
+tried again by that process for :data:`REBUILD_BACKOFF_S`. Oban's Reindexer plugin rebuilds
+its indexes on a schedule for the same reason. ``reindex_mb=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ log = logging.getLogger("offload.postgres")
 # An index entry of ours takes 30 to 60 bytes; an index above this many bytes per row of the
 # table is mostly empty pages.
 BYTES_PER_ROW = 256
-# How long a rebuild waits for a lock (another's VACUUM of the table, a long transaction that
-# touched it) before it gives up until the next pass.
+# How long a rebuild waits for a lock (another's VACUUM of the table, an older transaction
+# anywhere in the database) before it gives up.
 REINDEX_LOCK_TIMEOUT = "10s"
 # After a rebuild gave up, the next try waits this long (other processes keep their own).
 REBUILD_BACKOFF_S = 3600.0
@@ -140,7 +142,7 @@ class Vacuum:
         for name, size, valid, reltuples in rows:
             if not valid and _LEFTOVER.search(str(name)):
                 leftovers.append(str(name))
-            elif valid and int(size) > max(floor, BYTES_PER_ROW * max(float(reltuples), 0.0)):
+            elif valid and int(size) > max(floor, BYTES_PER_ROW * float(reltuples)):
                 bloated.append((str(name), int(size)))
         return leftovers, bloated
 
