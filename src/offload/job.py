@@ -9,6 +9,7 @@ are float seconds (``*_s``).
 
 from __future__ import annotations
 
+import base64
 import enum
 import functools
 import os
@@ -51,15 +52,18 @@ ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING
 WAITING_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED})
 
 
+# RFC 4648 base32 digits to Crockford's, lower case.
+_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
+)
+
+
 def new_job_id() -> str:
-    """A 26-character, time-ordered, URL-safe id (48-bit ms timestamp + 80 random bits)."""
+    """A 26-character, time-ordered, URL-safe id (48-bit ms timestamp + 80 random bits): the
+    128-bit value in 26 Crockford base32 digits, most significant first."""
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-    out = []
-    for _ in range(26):
-        value, rem = divmod(value, 32)
-        out.append(alphabet[rem])
-    return "".join(reversed(out))
+    # 20 bytes make 32 digits; the 6 leading ones are zero bits above the 130 that 26 hold.
+    return base64.b32encode(value.to_bytes(20, "big")).translate(_CROCKFORD)[6:].decode()
 
 
 KEPT_FOREVER_S = 1e15
