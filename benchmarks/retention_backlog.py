@@ -44,6 +44,16 @@ async def median_ms(step: Callable[[], Awaitable[object]]) -> float:
     return statistics.median(times) * 1e3
 
 
+async def maintenance_ms(url: str) -> float:
+    """The median of offload's own prune pass on the backend at ``url``."""
+    backend = from_url(url)
+    await backend.open()
+    try:
+        return await median_ms(backend.run_maintenance)
+    finally:
+        await backend.close()
+
+
 async def sqlite_case(jobs: int) -> tuple[float, float]:
     path = f"{tempfile.mkdtemp()}/backlog.db"
     url = f"sqlite:///{path}?retention_succeeded=0"
@@ -62,12 +72,7 @@ async def sqlite_case(jobs: int) -> tuple[float, float]:
     )
     raw.execute("COMMIT")
     raw.execute("ANALYZE")
-    backend = from_url(url)
-    await backend.open()
-    try:
-        ours = await median_ms(backend.run_maintenance)
-    finally:
-        await backend.close()
+    ours = await maintenance_ms(url)
     raw.execute(
         "CREATE INDEX plain ON offload_jobs (state, finished_at) WHERE finished_at IS NOT NULL"
     )
@@ -100,12 +105,7 @@ async def postgres_case(jobs: int, dsn: str) -> tuple[float, float]:
                 f" FROM generate_series(1, {jobs}) g"
             )
             conn.execute(f"ANALYZE {schema}.jobs")
-            backend = from_url(url)
-            await backend.open()
-            try:
-                ours = await median_ms(backend.run_maintenance)
-            finally:
-                await backend.close()
+            ours = await maintenance_ms(url)
             conn.execute(
                 f"CREATE INDEX plain ON {schema}.jobs (state, finished_at)"
                 " WHERE finished_at IS NOT NULL"
