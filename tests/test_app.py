@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import msgspec
 import pytest
 
 import offload
@@ -66,6 +69,54 @@ def test_wrong_arguments_raise_validation_error_and_store_nothing(
     if argument:
         assert repr(argument) in str(info.value)
     assert app.run_sync(lambda b: b.counts()) == {}
+    app.close_sync()
+
+
+def _by_bind(task: Any, args: tuple[object, ...]) -> bytes | str:
+    """What encode_args gives for a positional call when it always goes through bind():
+    the JSON, or the ValidationError's text."""
+    try:
+        given = dict(inspect.signature(task.fn).bind(*args).arguments)
+    except TypeError as exc:
+        return f"task {task.name}: {exc}"
+    try:
+        return msgspec.json.encode(msgspec.convert(given, task.args_type, strict=True))
+    except msgspec.ValidationError as exc:
+        return str(exc)
+
+
+def test_a_positional_call_encodes_as_binding_it_would() -> None:
+    """encode_args skips Signature.bind for a call with only positional arguments; each
+    signature kind, called with 0 to 4 of them, gives bind()'s result or error."""
+    app = make_app()
+
+    @app.task
+    def plain(x: int, y: int = 2) -> None: ...
+
+    @app.task
+    def pos_only(x: int, /, y: str = "s") -> None: ...
+
+    @app.task
+    def kw_default(x: int, *, z: int = 3) -> None: ...
+
+    @app.task
+    def kw_required(x: int, *, z: int) -> None: ...
+
+    @app.task
+    def nothing() -> None: ...
+
+    for task in (plain, pos_only, kw_default, kw_required, nothing):
+        for n in range(5):
+            args = (1, 2, 3, 4)[:n]
+            want = _by_bind(task, args)
+            try:
+                got: bytes | str = task.encode_args(*args)
+            except offload.ValidationError as exc:
+                got = str(exc)
+                assert isinstance(want, str), (task.name, n, got)
+                assert want in got, (task.name, n, got)
+            else:
+                assert got == want, (task.name, n)
     app.close_sync()
 
 

@@ -9,7 +9,6 @@ are float seconds (``*_s``).
 
 from __future__ import annotations
 
-import base64
 import enum
 import functools
 import os
@@ -52,18 +51,19 @@ ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING
 WAITING_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED})
 
 
-# RFC 4648 base32 digits to Crockford's, lower case.
-_CROCKFORD = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
-)
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+# Every pair of Crockford digits, indexed by the 10 bits they stand for: an id is 13 lookups
+# (base64.b32encode is pure Python on 3.11 and took two thirds of an id's time).
+_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+_SHIFTS = tuple(range(120, -1, -10))  # 13 pairs of digits, most significant first
 
 
 def new_job_id() -> str:
     """A 26-character, time-ordered, URL-safe id (48-bit ms timestamp + 80 random bits): the
     128-bit value in 26 Crockford base32 digits, most significant first."""
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    # 20 bytes make 32 digits; the 6 leading ones are zero bits above the 130 that 26 hold.
-    return base64.b32encode(value.to_bytes(20, "big")).translate(_CROCKFORD)[6:].decode()
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 KEPT_FOREVER_S = 1e15

@@ -139,6 +139,18 @@ def _arguments_type(fn: Callable[..., Any], name: str) -> tuple[type[msgspec.Str
     return struct, positional_only
 
 
+def _positional_call(signature: inspect.Signature) -> tuple[tuple[str, ...], int]:
+    """The parameters a call may pass by position, and how many of them it must pass. A call
+    with only positional arguments, at least that many and at most all, binds them in order;
+    none (``(), 1``) when a keyword-only parameter is required: such calls go through bind()."""
+    params = signature.parameters.values()
+    if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params):
+        return (), 1
+    names = tuple(p.name for p in params if p.kind is not p.KEYWORD_ONLY)
+    required = sum(1 for p in params if p.kind is not p.KEYWORD_ONLY and p.default is p.empty)
+    return names, required
+
+
 def _error_argument(message: str) -> str | None:
     match = re.search(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)", message)
     if match:
@@ -195,6 +207,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.args_type, self._positional_only = _arguments_type(fn, config.name)
         self._signature = inspect.signature(fn)
+        self._positional = _positional_call(self._signature)
         self.limits = TaskLimits.declare(
             config.name,
             list(self._signature.parameters),
@@ -224,12 +237,17 @@ class Task(Generic[P, R]):
 
     def encode_args(self, *args: Any, **kwargs: Any) -> bytes:
         """Validate a Python call against the signature; return the JSON of its arguments."""
+        names, required = self._positional
+        if not kwargs and required <= len(args) <= len(names):
+            # what bind() gives for this call, at a fifth of its cost
+            given = dict(zip(names, args, strict=False))
+        else:
+            try:
+                given = dict(self._signature.bind(*args, **kwargs).arguments)
+            except TypeError as exc:
+                raise ValidationError(f"task {self.name}: {exc}") from None
         try:
-            bound = self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise ValidationError(f"task {self.name}: {exc}") from None
-        try:
-            value = msgspec.convert(dict(bound.arguments), self.args_type, strict=True)
+            value = msgspec.convert(given, self.args_type, strict=True)
             return msgspec.json.encode(value)
         except (msgspec.ValidationError, TypeError) as exc:
             arg = _error_argument(str(exc))
