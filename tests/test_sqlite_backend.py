@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from offload.backends import from_url
 from offload.backends.sqlite import SQLiteBackend
+from offload.backends.sqlite.connection import NoFlush
 from offload.backends.sqlite.queries import SCHEMA_VERSION
 from offload.errors import (
     BackendUnavailable,
@@ -392,6 +394,43 @@ async def test_synchronous_pragma_applied(backends: Factory) -> None:
     read = "PRAGMA synchronous"
     assert await full._write(lambda c: c.execute(read).fetchone()[0]) == 2
     assert await normal._write(lambda c: c.execute(read).fetchone()[0]) == 1
+
+
+async def test_claims_and_heartbeats_commit_without_an_fsync(backends: Factory) -> None:
+    """At synchronous=full, a batch of only claims and heartbeats commits at NORMAL (no
+    fsync: a lost claim only gives the job back); a batch holding any other write, at FULL.
+    At synchronous=normal nothing changes."""
+    read = "PRAGMA synchronous"
+    b = await backends()
+    writer = b._writer
+    assert writer is not None
+    assert await b._write(NoFlush(lambda c: c.execute(read).fetchone()[0])) == 1
+    assert await b._write(lambda c: c.execute(read).fetchone()[0]) == 2  # restored after
+
+    # One batch holding both kinds: the writer is held busy while both are queued.
+    gate = threading.Event()
+    held = b._write(lambda c: gate.wait(5))
+    await asyncio.sleep(0.05)
+    both = [b._write(NoFlush(lambda c: c.execute(read).fetchone()[0])), b._write(
+        lambda c: c.execute(read).fetchone()[0])]  # fmt: skip
+    gate.set()
+    assert await held and await asyncio.gather(*both) == [2, 2]
+
+    before = writer.relaxed_commits
+    await b.enqueue([job()])
+    assert writer.relaxed_commits == before  # an enqueue is flushed
+    [leased] = await b.claim(claim())
+    assert writer.relaxed_commits == before + 1 and leased.lease is not None
+    assert await b.heartbeat([leased.lease], 30.0) == {leased.id}
+    assert writer.relaxed_commits == before + 2
+    await b.complete([(leased.lease, Succeeded())])
+    assert writer.relaxed_commits == before + 2  # a completion is flushed
+
+    normal = await backends(synchronous="normal")
+    assert normal._writer is not None
+    await normal.enqueue([job()])
+    await normal.claim(claim())
+    assert normal._writer.relaxed_commits == 0
 
 
 async def test_unopenable_path_is_backend_unavailable(tmp_path: Path) -> None:

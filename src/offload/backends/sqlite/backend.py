@@ -18,7 +18,13 @@ from offload.backends.base import Capabilities, check_purge_states
 from offload.backends.common import RECOVER_BATCH, decode_cursor
 from offload.backends.retention import Retention
 from offload.backends.sqlite import doorbell
-from offload.backends.sqlite.connection import Call, ConnectionThread, connect, settle
+from offload.backends.sqlite.connection import (
+    Call,
+    ConnectionThread,
+    NoFlush,
+    connect,
+    settle,
+)
 from offload.backends.sqlite.direct import DirectWriters
 from offload.backends.sqlite.limits import HeldHint, held_due, limit_usage_tx
 from offload.backends.sqlite.options import parse_url
@@ -131,6 +137,7 @@ class SQLiteBackend(SQLiteSchedules):
             partial(connect, self.path, self._opts, write=True),
             True,
             busy_timeout_s=self._opts["busy_timeout_ms"] / 1000,
+            relax=self._opts["synchronous"] == "FULL",
         )
         reader = ConnectionThread(
             f"offload-sqlite-reader:{tag}",
@@ -258,14 +265,18 @@ class SQLiteBackend(SQLiteSchedules):
     async def claim(self, req: ClaimRequest) -> list[JobRecord]:
         if req.limit <= 0 or not req.queues or req.job_ids == ():
             return []
-        records: list[JobRecord] = await self._write(partial(claim_tx, req=req, hint=self._held))
+        records: list[JobRecord] = await self._write(
+            NoFlush(partial(claim_tx, req=req, hint=self._held))
+        )
         self._limited.update(r.id for r in records if r.limits)
         return records
 
     async def heartbeat(self, leases: Sequence[Lease], lease_s: float) -> set[str]:
         if not leases:
             return set()
-        held: set[str] = await self._write(partial(heartbeat_tx, leases=leases, lease_s=lease_s))
+        held: set[str] = await self._write(
+            NoFlush(partial(heartbeat_tx, leases=leases, lease_s=lease_s))
+        )
         return held
 
     async def set_progress(self, updates: Sequence[tuple[Lease, bytes]]) -> set[str]:
