@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ _OUT: list[TextIO] = []  # the worker process's file of starts, opened by its fi
 def _started(i: int) -> None:
     now = time.time()
     if not _OUT:
-        _OUT.append(open(Path(os.environ[OUT_DIR]) / f"{os.getpid()}.txt", "a", buffering=1))  # noqa: SIM115
+        _OUT.append(open(Path(os.environ[OUT_DIR]) / f"{os.getpid()}.txt", "a", buffering=1))
     _OUT[0].write(f"{i} {now}\n")
 
 
@@ -78,7 +77,7 @@ async def one(url: str, kind: str, rate: float, seconds: float, work: Path) -> d
     env = {**os.environ, OUT_DIR: str(work), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     cmd = [sys.executable, "-m", "offload", "--url", url, "worker",
            "benchmarks.latency_parts:app", "--queues", queue, "--log-level", "warning"]  # fmt: skip
-    worker = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    worker = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=ROOT)
     task = (alat if kind == "async" else slat).options(queue=queue)
     calls: dict[int, tuple[float, float]] = {}
     try:
@@ -96,11 +95,12 @@ async def one(url: str, kind: str, rate: float, seconds: float, work: Path) -> d
                 await asyncio.to_thread(task.enqueue, i)
             calls[i] = (t0, time.time())
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(_starts(work)) < n:
+        # the starts are lines in files another process writes: nothing to wait on but them
+        while time.monotonic() < deadline and len(_starts(work)) < n:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
     finally:
         worker.terminate()
-        worker.wait(30)
+        await asyncio.wait_for(worker.wait(), 30)
         await app.close()
     starts = _starts(work)
     kept = [i for i in calls if i >= rate and i in starts]  # the first second warms up
@@ -135,7 +135,9 @@ def main() -> None:
     load = open("/proc/loadavg").read().split()[:3]
     print(f"load average at start: {' '.join(load)}; {args.rate:.0f} jobs/s for "
           f"{args.seconds:.0f} s, one worker process at its defaults\n")  # fmt: skip
-    print("| backend | task | jobs | call p50 / p99 ms | after the call p50 / p99 | whole p50 / p99 |")
+    print(
+        "| backend | task | jobs | call p50 / p99 ms | after the call p50 / p99 | whole p50 / p99 |"
+    )
     print("|---|---|---:|---|---|---|")
     for backend in args.backends.split(","):
         for kind in args.kinds.split(","):
@@ -144,7 +146,9 @@ def main() -> None:
                 got = asyncio.run(one(url, kind, args.rate, args.seconds, Path(tmp)))
                 if backend == "postgres":
                     _drop_schema(url)
-            cells = [f"{got[f'{n} p50']:.2f} / {got[f'{n} p99']:.2f}" for n in ("call", "after", "whole")]
+            cells = [
+                f"{got[f'{n} p50']:.2f} / {got[f'{n} p99']:.2f}" for n in ("call", "after", "whole")
+            ]
             lost = f" ({got['missing']:.0f} not started)" if got["missing"] else ""
             print(f"| {backend} | {kind} | {got['jobs']:.0f}{lost} | {' | '.join(cells)} |")
 
