@@ -174,11 +174,18 @@ class ConnectionThread:
     ) -> list[_Settled]:
         if not (self._relax and all(isinstance(call, NoFlush) for call, _ in batch)):
             return self._transaction(conn, batch, self._busy_timeout_s)
-        conn.execute("PRAGMA synchronous = NORMAL")  # outside a transaction: read at commit
         try:
-            done = self._transaction(conn, batch, self._busy_timeout_s)
-        finally:
+            conn.execute("PRAGMA synchronous = NORMAL")  # outside a transaction: read at commit
+        except sqlite3.Error:
+            return self._transaction(conn, batch, self._busy_timeout_s)  # flushed, as others
+        done = self._transaction(conn, batch, self._busy_timeout_s)
+        try:
             conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error:
+            # Never go on writing unflushed: answer this batch, then end the thread (every
+            # later write gets BackendUnavailable).
+            self._deliver(done)
+            raise
         self.relaxed_commits += 1
         return done
 
