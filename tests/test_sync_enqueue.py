@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -262,13 +264,15 @@ def test_sqlite_close_waits_for_a_direct_write_in_flight(
         other.close_sync()
 
 
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
 def test_sqlite_a_forked_child_does_not_write_through_the_parents_connection(
-    tmp_path: Path,
+    tmp_path: Path, synchronous: str
 ) -> None:
     """SQLite's locks are not inherited across fork(): a child refuses with
-    BackendUnavailable rather than write on the parent's connection; the parent goes on."""
+    BackendUnavailable rather than write on the parent's connection (at normal) or wait for
+    the parent's writer thread, which the child does not have (at full); the parent goes on."""
     path = tmp_path / "fork.db"
-    app, t, _ = sqlite_app(path, "normal")
+    app, t, _ = sqlite_app(path, synchronous)
     t.enqueue(1)  # this thread now has its own connection
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 only if refused as it should be
@@ -279,8 +283,14 @@ def test_sqlite_a_forked_child_does_not_write_through_the_parents_connection(
         except BaseException:
             os._exit(2)
         os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 10
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # a child process: no event of ours to wait on
+    if waited[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on its enqueue")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
     t.enqueue(3)
     assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 3
     app.close_sync()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import sqlite3
 import threading
 import time
@@ -47,6 +48,16 @@ class NoFlush:
         return self.call(conn)
 
 
+def same_process(pid: int) -> None:
+    """Raise BackendUnavailable in a process other than ``pid``: a child forked after the
+    backend opened has none of its threads, and SQLite's locks do not cross a fork."""
+    if os.getpid() != pid:
+        raise BackendUnavailable(
+            "this SQLite backend was opened in another process (before a fork): open the "
+            "app again in this one"
+        )
+
+
 def settle(items: Sequence[_Settled]) -> None:
     for fut, value, exc in items:
         if fut.done():  # the caller was cancelled
@@ -80,6 +91,7 @@ class ConnectionThread:
         self._requests: SimpleQueue[_Request] = SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._stopping = False
+        self._pid = os.getpid()
 
     async def start(self) -> None:
         """Start the thread and connect; raises what connecting raised (thread then gone)."""
@@ -91,9 +103,13 @@ class ConnectionThread:
             self._thread.join()
             raise
 
-    def submit(self, call: Call) -> asyncio.Future[Any]:
+    def _check_open(self) -> None:
         if self._stopping:
             raise BackendUnavailable("the SQLite backend is closed")
+        same_process(self._pid)  # a forked child: this thread was not copied into it
+
+    def submit(self, call: Call) -> asyncio.Future[Any]:
+        self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._requests.put((call, fut))
         return fut
@@ -101,8 +117,7 @@ class ConnectionThread:
     def submit_sync(self, call: Call) -> concurrent.futures.Future[Any]:
         """``submit`` for a caller on another thread, with no event loop: it waits on the
         returned future, which this thread settles after the group commit."""
-        if self._stopping:
-            raise BackendUnavailable("the SQLite backend is closed")
+        self._check_open()
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._requests.put((call, fut))
         return fut

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from offload.backends.sqlite.connection import busy, translate
+from offload.backends.sqlite.connection import busy, same_process, translate
 from offload.backends.sqlite.transactions import enqueue_tx
 from offload.errors import BackendUnavailable
 from offload.job import JobRecord, NewJob
@@ -99,11 +99,7 @@ class DirectWriters:
             return records
 
     def _slot(self) -> _Slot | None:
-        if os.getpid() != self._pid:
-            raise BackendUnavailable(
-                "this SQLite backend was opened in another process (before a fork): open the "
-                "app again in this one"
-            )
+        same_process(self._pid)
         slot: _Slot | None = getattr(self._local, "slot", None)
         if slot is not None:
             return slot
