@@ -7,6 +7,7 @@ stores nothing, and the job is readable by another app (its own connections) at 
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
@@ -215,6 +216,31 @@ def test_sqlite_threads_that_end_do_not_keep_connections(tmp_path: Path) -> None
         thread.join()
     assert len(handed) == 5  # past the cap (the main thread holds one too), to the writer
     assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 61
+    app.close_sync()
+    assert db_fds(path) == 0
+
+
+def test_sqlite_threads_threading_did_not_start_release_theirs_too(tmp_path: Path) -> None:
+    """A server's own threads (uWSGI, mod_wsgi start them outside ``threading``: their
+    is_alive() never turns false): when one ends, its connection is closed as others open."""
+    path = tmp_path / "foreign.db"
+    app, t, handed = sqlite_app(path, "normal")
+    for i in range(40):  # one foreign thread per "request", each done before the next starts
+        done = threading.Event()
+
+        def request(i: int = i, done: threading.Event = done) -> None:
+            try:
+                t.enqueue(i)
+            finally:
+                done.set()
+
+        _thread.start_new_thread(request, ())
+        assert done.wait(10)
+    # The writer, the reader, the main thread, the last thread, and at most two more whose
+    # exit (after done.set()) had not finished when the next one opened its connection.
+    assert db_fds(path) <= 6
+    assert handed == []
+    assert app.run_sync(lambda b: b.counts())["default"][JobState.QUEUED] == 41
     app.close_sync()
     assert db_fds(path) == 0
 

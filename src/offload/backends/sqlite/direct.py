@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,11 +38,20 @@ from offload.job import JobRecord, NewJob
 MAX_CONNECTIONS = 16
 
 
+class _Alive:
+    """Held only by its thread's ``threading.local``, so freed when that thread ends: also a
+    thread that ``threading`` did not start (uWSGI's, mod_wsgi's), whose ``is_alive()``
+    stays true for good."""
+
+    __slots__ = ("__weakref__",)
+
+
 @dataclass
 class _Slot:
     """A thread's connection, and the lock that keeps ``close`` from pulling it mid-write."""
 
     conn: sqlite3.Connection
+    alive: weakref.ref[_Alive]  # dead once the thread has ended
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
 
@@ -64,7 +74,7 @@ class DirectWriters:
         self._pid = os.getpid()
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._slots: dict[threading.Thread, _Slot] = {}
+        self._slots: list[_Slot] = []
         self._closed = False
 
     def enqueue(self, jobs: Sequence[NewJob], limits: Mapping[str, int]) -> list[JobRecord] | None:
@@ -106,8 +116,10 @@ class DirectWriters:
         with self._lock:
             if self._closed:
                 raise BackendUnavailable("the SQLite backend is closed")
-            for thread in [t for t in self._slots if not t.is_alive()]:
-                self._slots.pop(thread).close()  # nobody uses these any more
+            ended = [slot for slot in self._slots if slot.alive() is None]
+            self._slots = [slot for slot in self._slots if slot.alive() is not None]
+            for slot in ended:
+                slot.close()  # nobody uses these any more
             if len(self._slots) >= MAX_CONNECTIONS:
                 return None
         try:
@@ -118,7 +130,8 @@ class DirectWriters:
             )
         except sqlite3.Error as exc:
             raise translate(exc) from None
-        slot = _Slot(conn)
+        alive = _Alive()
+        slot = _Slot(conn, weakref.ref(alive))
         try:
             conn.execute(f"PRAGMA synchronous = {self._opts['synchronous']}")
         except sqlite3.Error as exc:
@@ -128,8 +141,8 @@ class DirectWriters:
             if self._closed:
                 slot.close()
                 raise BackendUnavailable("the SQLite backend is closed")
-            self._slots[threading.current_thread()] = slot
-        self._local.slot = slot
+            self._slots.append(slot)
+        self._local.slot, self._local.alive = slot, alive
         return slot
 
     def close(self) -> None:
@@ -138,7 +151,7 @@ class DirectWriters:
         the parent's connections are left alone (the parent closes them)."""
         with self._lock:
             self._closed = True
-            slots, self._slots = list(self._slots.values()), {}
+            slots, self._slots = self._slots, []
         if os.getpid() != self._pid:
             return
         for slot in slots:
