@@ -260,6 +260,24 @@ async def test_graceful_stop_finishes_short_jobs_and_releases_long_ones(app: off
     assert rec.state is JobState.QUEUED and rec.attempt == 0  # released, attempt given back
 
 
+async def test_a_stop_reaches_a_worker_whose_every_slot_is_busy(app: offload.App) -> None:
+    """With every slot taken the fetch loop waits for a free one; a stop must end that wait
+    at once, so that the grace starts now and not when a job ends (here: never)."""
+    began = asyncio.Event()
+
+    @app.task
+    async def endless() -> None:
+        began.set()
+        await asyncio.sleep(60)
+
+    job = await endless.aenqueue()
+    worker, run = await start(app, WorkerConfig(concurrency=1, grace_s=0.2, poll_s=0.05))
+    await began.wait()
+    worker.request_stop()
+    await asyncio.wait_for(run, 5)
+    assert (await job.arefresh()).state is JobState.QUEUED  # released after the grace
+
+
 async def test_a_forced_stop_skips_the_grace(app: offload.App) -> None:
     began = asyncio.Event()
 

@@ -151,6 +151,7 @@ class Worker:
     def request_stop(self, *, force: bool = False) -> None:
         """Stop claiming and drain (soft); ``force`` also ends the grace period now."""
         self._stop.set()
+        self._slot_freed.set()  # a fetch loop waiting for a free slot sees the stop at once
         if force:
             self._force.set()
 
@@ -202,8 +203,10 @@ class Worker:
         while not self._stop.is_set():
             free = cfg.concurrency - len(self._running)
             if free <= 0:
+                # request_stop sets this too: one wait, with no task made per wait (this runs
+                # about once per claim while every slot is busy)
                 self._slot_freed.clear()
-                await self._until(self._slot_freed, None)
+                await self._slot_freed.wait()
                 continue
             req = ClaimRequest(
                 queues=cfg.queues, limit=free, worker_id=self.id, lease_s=cfg.lease_s
