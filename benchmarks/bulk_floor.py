@@ -83,11 +83,26 @@ async def timed(batches: int, one: Callable[[int], Awaitable[object]]) -> float:
     return (time.perf_counter() - t0) / (batches * BATCH) * 1e6
 
 
-async def prepare_row(bound: Any, batches: int) -> float:
-    async def one(_: int) -> None:
-        [bound.prepare(i) for i in range(BATCH)]
+PREPARE = "task.prepare (the caller's part)"
+STORE = "offload aenqueue_many (store only)"
 
-    return await timed(batches, one)
+
+def with_offload(
+    app: offload.App, bound: Any, batches: int, floors: dict[str, Row]
+) -> dict[str, Row]:
+    """An engine's rows: offload's ``task.prepare``, the engine's ``floors``, offload's store."""
+
+    async def prepare_row() -> float:
+        async def one(_: int) -> None:
+            [bound.prepare(i) for i in range(BATCH)]
+
+        return await timed(batches, one)
+
+    async def store_row() -> float:
+        jobs = [[bound.prepare(i) for i in range(BATCH)] for _ in range(batches)]
+        return await timed(batches, lambda b: app.aenqueue_many(jobs[b]))
+
+    return {PREPARE: prepare_row, **floors, STORE: store_row}
 
 
 async def sqlite_rows(directory: str, batches: int) -> tuple[dict[str, Row], Callable[[], Any]]:
@@ -117,10 +132,6 @@ async def sqlite_rows(directory: str, batches: int) -> tuple[dict[str, Row], Cal
         ]
         return await timed(batches, lambda b: _sync(transaction, Q["insert_job"], rows[b]))
 
-    async def offload_row() -> float:
-        jobs = [[bound.prepare(i) for i in range(BATCH)] for _ in range(batches)]
-        return await timed(batches, lambda b: app.aenqueue_many(jobs[b]))
-
     async def close() -> None:
         conn.close()
         await app.close()
@@ -128,13 +139,11 @@ async def sqlite_rows(directory: str, batches: int) -> tuple[dict[str, Row], Cal
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)
 
-    rows: dict[str, Row] = {
-        "task.prepare (the caller's part)": lambda: prepare_row(bound, batches),
+    floors: dict[str, Row] = {
         "executemany into a table with no index, committed": bare_row,
         "executemany of offload's rows (all its indexes), committed": jobs_row,
-        "offload aenqueue_many (store only)": offload_row,
     }
-    return rows, close
+    return with_offload(app, bound, batches, floors), close
 
 
 async def _sync(fn: Callable[..., None], *args: Any) -> None:
@@ -167,23 +176,17 @@ async def redis_rows(batches: int) -> tuple[dict[str, Row], Callable[[], Any]]:
             await app.aenqueue_many(jobs[b])
         return server_us("evalsha")
 
-    async def offload_row() -> float:
-        jobs = [[bound.prepare(i) for i in range(BATCH)] for _ in range(batches)]
-        return await timed(batches, lambda b: app.aenqueue_many(jobs[b]))
-
     async def close() -> None:
         await app.close()
         for key in client.scan_iter(match=f"*{prefix}*", count=1000):
             client.unlink(key)
         client.close()
 
-    rows: dict[str, Row] = {
-        "task.prepare (the caller's part)": lambda: prepare_row(bound, batches),
+    floors: dict[str, Row] = {
         "Lua: a hash of offload's fields + a sorted-set entry (server time)": floor_row,
         "offload enqueue script (server time)": script_row,
-        "offload aenqueue_many (store only)": offload_row,
     }
-    return rows, close
+    return with_offload(app, bound, batches, floors), close
 
 
 async def measure(rows: dict[str, Row], rounds: int) -> dict[str, float]:
@@ -207,8 +210,7 @@ async def run(batches: int, rounds: int, directory: str) -> None:
             await close()
         for name, us in got.items():
             print(f"| {engine} | {name} | {us:.2f} | {1e6 / us:,.0f} |")
-        prepare = got["task.prepare (the caller's part)"]
-        store = got["offload aenqueue_many (store only)"]
+        prepare, store = got[PREPARE], got[STORE]
         print(f"| {engine} | prepare + store (what the benchmark's bulk row pays) | "
               f"{prepare + store:.2f} | {1e6 / (prepare + store):,.0f} |")  # fmt: skip
 

@@ -12,7 +12,7 @@ import pytest
 
 import offload
 from offload.backends.memory import MemoryBackend
-from offload.job import ClaimRequest, JobRecord, JobState, NewJob, new_job_id
+from offload.job import ClaimRequest, Job, JobRecord, JobState, NewJob, new_job_id
 from offload.worker import Worker, WorkerConfig
 
 FAST = WorkerConfig(
@@ -260,9 +260,8 @@ async def test_graceful_stop_finishes_short_jobs_and_releases_long_ones(app: off
     assert rec.state is JobState.QUEUED and rec.attempt == 0  # released, attempt given back
 
 
-async def test_a_stop_reaches_a_worker_whose_every_slot_is_busy(app: offload.App) -> None:
-    """With every slot taken the fetch loop waits for a free one; a stop must end that wait
-    at once, so that the grace starts now and not when a job ends (here: never)."""
+async def an_endless_job(app: offload.App) -> tuple[asyncio.Event, Job]:
+    """A job of a task that never ends on its own, and the event its start sets."""
     began = asyncio.Event()
 
     @app.task
@@ -270,7 +269,13 @@ async def test_a_stop_reaches_a_worker_whose_every_slot_is_busy(app: offload.App
         began.set()
         await asyncio.sleep(60)
 
-    job = await endless.aenqueue()
+    return began, await endless.aenqueue()
+
+
+async def test_a_stop_reaches_a_worker_whose_every_slot_is_busy(app: offload.App) -> None:
+    """With every slot taken the fetch loop waits for a free one; a stop must end that wait
+    at once, so that the grace starts now and not when a job ends (here: never)."""
+    began, job = await an_endless_job(app)
     worker, run = await start(app, WorkerConfig(concurrency=1, grace_s=0.2, poll_s=0.05))
     await began.wait()
     worker.request_stop()
@@ -279,14 +284,7 @@ async def test_a_stop_reaches_a_worker_whose_every_slot_is_busy(app: offload.App
 
 
 async def test_a_forced_stop_skips_the_grace(app: offload.App) -> None:
-    began = asyncio.Event()
-
-    @app.task
-    async def endless() -> None:
-        began.set()
-        await asyncio.sleep(60)
-
-    job = await endless.aenqueue()
+    began, job = await an_endless_job(app)
     worker, run = await start(app, WorkerConfig(grace_s=60, poll_s=0.05))
     await began.wait()
     worker.request_stop()
