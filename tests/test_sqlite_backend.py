@@ -407,11 +407,11 @@ async def test_claims_and_heartbeats_commit_without_an_fsync(backends: Factory) 
     assert await b._write(NoFlush(lambda c: c.execute(read).fetchone()[0])) == 1
     assert await b._write(lambda c: c.execute(read).fetchone()[0]) == 2  # restored after
 
-    # One batch holding both kinds: the writer is held busy while both are queued.
+    # One batch holding both kinds: both are queued (submit queues at once) while the writer
+    # is held busy by a first request, so it takes them together once that one ends.
     gate = threading.Event()
-    held = b._write(lambda c: gate.wait(5))
-    await asyncio.sleep(0.05)
-    both = [b._write(NoFlush(lambda c: c.execute(read).fetchone()[0])), b._write(
+    held = writer.submit(lambda c: gate.wait(5))
+    both = [writer.submit(NoFlush(lambda c: c.execute(read).fetchone()[0])), writer.submit(
         lambda c: c.execute(read).fetchone()[0])]  # fmt: skip
     gate.set()
     assert await held and await asyncio.gather(*both) == [2, 2]

@@ -146,6 +146,8 @@ def _positional_call(signature: inspect.Signature) -> tuple[tuple[str, ...], int
     params = signature.parameters.values()
     if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params):
         return (), 1
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return (), 1  # refused at registration anyway; never bound by position here
     names = tuple(p.name for p in params if p.kind is not p.KEYWORD_ONLY)
     required = sum(1 for p in params if p.kind is not p.KEYWORD_ONLY and p.default is p.empty)
     return names, required

@@ -116,8 +116,11 @@ class DirectWriters:
         with self._lock:
             if self._closed:
                 raise BackendUnavailable("the SQLite backend is closed")
-            ended = [slot for slot in self._slots if slot.alive() is None]
-            self._slots = [slot for slot in self._slots if slot.alive() is not None]
+            kept: list[_Slot] = []
+            ended: list[_Slot] = []
+            for slot in self._slots:  # one look per slot: a thread may end meanwhile
+                (ended if slot.alive() is None else kept).append(slot)
+            self._slots = kept
             for slot in ended:
                 slot.close()  # nobody uses these any more
             if len(self._slots) >= MAX_CONNECTIONS:
