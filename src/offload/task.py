@@ -142,12 +142,15 @@ def _arguments_type(fn: Callable[..., Any], name: str) -> tuple[type[msgspec.Str
 def _positional_call(signature: inspect.Signature) -> tuple[tuple[str, ...], int]:
     """The parameters a call may pass by position, and how many of them it must pass. A call
     with only positional arguments, at least that many and at most all, binds them in order;
-    none (``(), 1``) when a keyword-only parameter is required: such calls go through bind()."""
+    none (``(), 1``) when a keyword-only parameter is required, or for ``*args``/``**kwargs``
+    (refused at registration anyway): such calls go through bind()."""
     params = signature.parameters.values()
-    if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params):
+    if any(
+        (p.kind is p.KEYWORD_ONLY and p.default is p.empty)
+        or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in params
+    ):
         return (), 1
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        return (), 1  # refused at registration anyway; never bound by position here
     names = tuple(p.name for p in params if p.kind is not p.KEYWORD_ONLY)
     required = sum(1 for p in params if p.kind is not p.KEYWORD_ONLY and p.default is p.empty)
     return names, required
