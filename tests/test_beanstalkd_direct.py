@@ -375,7 +375,9 @@ def test_kill9_mid_run_loses_nothing_without_a_store(prefix: str, tmp_path: Path
     duplicates = sum(k - 1 for k in starts.values())
     print(f"\nlost={n - len(starts)} duplicated={duplicates} (killed worker held up to 20)")
     assert set(starts) == {str(i) for i in range(n)}
-    assert duplicates <= concurrency  # only what the killed worker was running
+    # Only what the killed worker was running, and what it had finished but not yet deleted:
+    # a slot frees when its job ends, before the Completer's next write (one batch).
+    assert duplicates <= 2 * concurrency
 
 
 async def test_a_completion_retried_after_a_failed_put_still_settles(

@@ -243,7 +243,9 @@ def test_kill9_mid_run_with_limited_jobs_loses_nothing(tmp_path: Path) -> None:
     lines = [ln.split() for ln in ledger_lines(ledger)]
     starts = collections.Counter((a, i) for kind, a, i, *_ in lines if kind == "start")
     assert len(starts) == len(jobs)
-    assert sum(n - 1 for n in starts.values()) <= concurrency  # re-runs: what the killed held
+    # Re-runs: what the killed worker was running, and what it had finished but not yet
+    # written: a slot frees when its job ends, before the Completer's next write (one batch).
+    assert sum(n - 1 for n in starts.values()) <= 2 * concurrency
     runs: dict[str, list[tuple[float, float]]] = {}
     begun: dict[tuple[str, str, str], float] = {}
     for kind, account, i, pid, at in lines:
