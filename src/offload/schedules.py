@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -35,6 +34,8 @@ from offload.errors import ConfigurationError, ValidationError
 from offload.job import NewJob, new_job_id
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from offload.task import Task
 
 Missed = Literal["latest", "all", "none"]
@@ -102,6 +103,9 @@ class Cron(Schedule):
         Schedule.__init__(self, **options)
 
     def _zone(self) -> ZoneInfo:
+        # imported here, as cronsim is: zoneinfo loads sysconfig, which only a Cron needs
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
         try:
             return ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
