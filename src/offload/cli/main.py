@@ -3,18 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
 from offload.backends.base import Migrating
 from offload.cli.context import Ctx, friendly
-from offload.cli.jobs import enqueue, jobs, queues
-from offload.cli.processes import serve, worker
-from offload.cli.schedules import schedules
-from offload.cli.workflows import workflows
+
+# Each command's module is imported when that command runs (or ``--help`` lists them all): a
+# worker process does not hold the inspection commands, nor the server's schemas they print with.
+COMMANDS = {
+    "worker": "offload.cli.processes:worker",
+    "serve": "offload.cli.processes:serve",
+    "enqueue": "offload.cli.jobs:enqueue",
+    "jobs": "offload.cli.jobs:jobs",
+    "queues": "offload.cli.jobs:queues",
+    "schedules": "offload.cli.schedules:schedules",
+    "workflows": "offload.cli.workflows:workflows",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
+class LazyGroup(click.Group):
+    """A group whose commands named in ``lazy`` (name -> ``module:attribute``) are imported on
+    first use (click's documented pattern for lazily loaded subcommands)."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None},
+)
 @click.option(
     "--app",
     "app_spec",
@@ -45,10 +82,6 @@ def migrate(obj: Ctx) -> None:
         return
     applied = asyncio.run(backend.migrate())
     click.echo(f"schema up to date ({applied} migrations applied)")
-
-
-for command in (worker, serve, enqueue, jobs, queues, schedules, workflows):
-    main.add_command(command)
 
 
 def run() -> None:
