@@ -14,6 +14,7 @@ interleaves the systems. Scenarios, in order, on one run-private queue:
 4. one worker; a steady ``--latency-rate`` jobs/s for ``--latency-seconds``; enqueue-to-start
    p50/p95/p99 from the time passed as the argument to the time the task starts.
 
+``--latency-only`` runs scenario 4 alone (``latency_floor.py`` puts it beside raw shapes).
 A phase that fails or overruns ``--phase-timeout`` ends the run; the JSON says which and why.
 """
 
@@ -69,6 +70,9 @@ class Driver:
         self.progress = ""  # what a phase that runs out of time had done, for its error
 
     async def run(self) -> None:
+        if self.args.latency_only:
+            self.result.update(await self.phase("latency", self.latency()))
+            return
         n = self.args.jobs
         self.result["enqueue_one"] = await self.phase("enqueue_one", self.enqueue_one(n))
         rate, rss = await self.phase("drain_1", self.drain(n, 1))
@@ -227,6 +231,7 @@ def main() -> None:
     p.add_argument("--latency-rate", type=float, default=200.0)
     p.add_argument("--latency-seconds", dest="latency_s", type=float, default=10.0)
     p.add_argument("--phase-timeout", type=float, default=120.0)
+    p.add_argument("--latency-only", action="store_true", help="run the latency phase alone")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     p.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")

@@ -336,6 +336,27 @@ class SyncEnqueue(Protocol):
 
 
 @runtime_checkable
+class ClaimOnWake(Protocol):
+    """An optional ability: wait for work and claim it in one round trip.
+
+    A worker with free slots and nothing to claim waits (:meth:`Backend.wait_for_work`), then
+    claims. A backend whose engine can run the claim the moment the wait ends (Redis runs a
+    command sent behind a blocking pop as soon as the pop returns) hands back the leased jobs
+    with the wake-up, one round trip sooner. The worker uses it when the backend has it;
+    callers check with ``isinstance(backend, ClaimOnWake)``.
+    """
+
+    async def wait_and_claim(self, req: ClaimRequest, timeout_s: float) -> list[JobRecord]:
+        """:meth:`Backend.wait_for_work` on ``req.queues`` for at most ``timeout_s``, then
+        :meth:`Backend.claim` of ``req``: the jobs leased (maybe none, as a claim after any
+        wait may find none). The claim runs when the wait ends, by a wake-up or the timeout.
+
+        Cancelled while it waits, it claims nothing; cancelled in the moment the wait ends, a
+        job it leased comes back when its lease expires, as a killed worker's does."""
+        ...
+
+
+@runtime_checkable
 class Migrating(Protocol):
     """An optional ability: a schema that ``offload migrate`` creates and upgrades."""
 

@@ -23,9 +23,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from offload.backends.base import Backend
+from offload.backends.base import Backend, ClaimOnWake
 from offload.context import CURRENT, JobContext
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.hooks import Hook, Hooks
@@ -200,6 +200,8 @@ class Worker:
         cfg = self.config
         backoff = 0.05
         errors = FailureLog(log, "claiming jobs")
+        on_wake = backend if isinstance(backend, ClaimOnWake) else None
+        claimed_in_wait = False  # the last wait claimed, and found fewer jobs than it asked
         while not self._stop.is_set():
             free = cfg.concurrency - len(self._running)
             if free <= 0:
@@ -211,17 +213,21 @@ class Worker:
             req = ClaimRequest(
                 queues=cfg.queues, limit=free, worker_id=self.id, lease_s=cfg.lease_s
             )
-            try:
-                jobs = await backend.claim(req)
-            except BackendUnavailable as exc:
-                errors.failed(exc)
-                await self._until(None, backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            errors.succeeded()
-            backoff = 0.05
-            for job in jobs:
-                self._start(job, pool, completer)
+            if claimed_in_wait:
+                jobs: list[JobRecord] = []  # that claim took all there was: wait again
+                claimed_in_wait = False
+            else:
+                try:
+                    jobs = await backend.claim(req)
+                except BackendUnavailable as exc:
+                    errors.failed(exc)
+                    await self._until(None, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                errors.succeeded()
+                backoff = 0.05
+                for job in jobs:
+                    self._start(job, pool, completer)
             if cfg.burst and not jobs and not self._running:
                 if completer.pending == 0:
                     self.request_stop()
@@ -231,15 +237,31 @@ class Worker:
             if len(jobs) < free:
                 # Jitter keeps many idle workers from polling in lock step.
                 timeout = cfg.poll_s * random.uniform(0.8, 1.2)
-                waiter = asyncio.create_task(backend.wait_for_work(cfg.queues, timeout))
-                await self._until(None, None, also=waiter)
+                if on_wake is None:
+                    waiter = asyncio.create_task(backend.wait_for_work(cfg.queues, timeout))
+                    await self._until(None, None, also=waiter)
+                    continue
+                more = ClaimRequest(
+                    queues=cfg.queues, limit=free - len(jobs), worker_id=self.id,
+                    lease_s=cfg.lease_s,
+                )  # fmt: skip
+                claiming = asyncio.create_task(on_wake.wait_and_claim(more, timeout))
+                await self._until(None, None, also=claiming)
+                # Jobs it leased are started even when a stop ended the wait: they run in
+                # the grace, as jobs claimed a moment before a stop do. A failed or cancelled
+                # wait leased nothing we know of; the next claim says how the backend is.
+                if claiming.done() and not claiming.cancelled() and not claiming.exception():
+                    woken = claiming.result()
+                    for job in woken:
+                        self._start(job, pool, completer)
+                    claimed_in_wait = len(woken) < more.limit
 
     async def _until(
         self,
         event: asyncio.Event | None,
         timeout_s: float | None,
         *,
-        also: asyncio.Task[None] | None = None,
+        also: asyncio.Task[Any] | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
         """Wait for ``event``, ``also``, the timeout or ``stop`` (the stop request by default),

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from offload.backends.base import Capabilities
 from offload.backends.redis.codec import (
@@ -289,11 +290,23 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
     ) -> list[JobRecord]:
         """Lease up to ``limit`` jobs of ``queues`` (one slot) in one script call."""
         keys = [self.base(q) for q in queues]
+        argv = self._claim_argv(req, limit)
+        raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
+        return await self._claimed(req, queues, raw)
+
+    @staticmethod
+    def _claim_argv(req: ClaimRequest, limit: int) -> list[Any]:
         argv = [limit, req.worker_id, max(to_us(req.lease_s), 0), os.urandom(8).hex()]
         argv.append("L" if req.limited_only else "")
         if req.job_ids is not None:
             argv += dict.fromkeys(req.job_ids)  # the script takes only these, when due
-        raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
+        return argv
+
+    async def _claimed(
+        self, req: ClaimRequest, queues: Sequence[str], raw: bytes
+    ) -> list[JobRecord]:
+        """The records of the jobs ``claim.lua`` leased (its reply ``raw``); an undecodable
+        one is buried as dead instead."""
         reply = PACKED.decode(raw)
         started, expires = from_us(reply[0]), from_us(reply[1])
         self._limits.after_claim(queues, reply[2], asyncio.get_running_loop().time())
@@ -414,6 +427,37 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
         if not queues:
             await asyncio.sleep(max(timeout_s, 0.0))
             return
+        wait_s = await self._wait_s(queues, timeout_s)
+        if wait_s is not None:
+            await self._blpop(self._wake_keys(queues), wait_s)
+
+    async def wait_and_claim(self, req: ClaimRequest, timeout_s: float) -> list[JobRecord]:
+        """:class:`~offload.backends.base.ClaimOnWake`: the claim script sent behind the
+        blocking pop on its connection, so Redis runs it as the pop returns. On a cluster,
+        and for a claim of given jobs, the wait and then the claim."""
+        queues = list(dict.fromkeys(req.queues))
+        if self.cluster or req.job_ids is not None or req.limit <= 0 or not queues:
+            await self.wait_for_work(queues, timeout_s)
+            return await self.claim(req)
+        wait_s = await self._wait_s(queues, timeout_s)
+        if wait_s is None:
+            return await self.claim(req)  # work is there (or the wait would be too short)
+        keys = [self.base(q) for q in queues]
+        argv = self._claim_argv(req, req.limit)
+        raw = await self._blpop_then_eval(self._wake_keys(queues), wait_s, "claim", keys, argv)
+        if raw is None:
+            return []
+        if isinstance(raw, NoScriptError):  # a restarted or flushed server: claim() reloads
+            return await self.claim(req)
+        return await self._claimed(req, queues, raw)
+
+    def _wake_keys(self, queues: Sequence[str]) -> list[str]:
+        return [f"{self.base(q)}:wake" for q in queues]
+
+    async def _wait_s(self, queues: Sequence[str], timeout_s: float) -> float | None:
+        """How long a wait for work in ``queues`` should block: None when it should not
+        (a queue has ready jobs, or the wait would be under a millisecond), else up to
+        ``timeout_s``, shorter when a scheduled job or a limit's window comes due first."""
 
         async def probe(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
@@ -444,12 +488,10 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
                 timeout_s = min(timeout_s, held - loop_now)
                 ready = 0
             if ready:
-                return
+                return None
             if first_due:
                 timeout_s = min(timeout_s, (first_due[0][1] - now_us) / 1e6)
-        if timeout_s <= 0.001:
-            return
-        await self._blpop([f"{self.base(q)}:wake" for q in queues], timeout_s)
+        return None if timeout_s <= 0.001 else timeout_s
 
     async def wait_done(self, job_id: str, timeout_s: float) -> JobRecord | None:
         found = await self._locate([job_id])

@@ -23,6 +23,7 @@ import pytest
 
 from offload.backends.base import Backend
 from offload.testing.conformance.claim import ClaimConformance
+from offload.testing.conformance.claim_on_wake import ClaimOnWakeConformance
 from offload.testing.conformance.enqueue import EnqueueConformance
 from offload.testing.conformance.fairness import FairnessConformance
 from offload.testing.conformance.inspection import InspectionConformance
@@ -43,6 +44,7 @@ from offload.testing.helpers import MakeBackend
 __all__ = [
     "BackendConformance",
     "ClaimConformance",
+    "ClaimOnWakeConformance",
     "EnqueueConformance",
     "FairnessConformance",
     "InspectionConformance",
@@ -78,6 +80,7 @@ class BackendConformance(
     FairnessConformance,
     WorkflowConformance,
     SyncEnqueueConformance,
+    ClaimOnWakeConformance,
 ):
     """The contract of :class:`offload.backends.base.Backend`, as tests. Subclass it."""
 

@@ -1,0 +1,96 @@
+"""Wait and claim in one call (:class:`~offload.backends.base.ClaimOnWake`): the contract of
+``wait_for_work`` followed by ``claim``, kept by ``wait_and_claim``.
+
+A backend without the ability is skipped: its workers wait, then claim, which the rest of the
+suite covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from offload.backends.base import Backend, ClaimOnWake
+from offload.job import JobState
+from offload.testing.conformance.waiting import MOST, still_waiting
+from offload.testing.helpers import (
+    PROMPT_S,
+    QUEUE,
+    MakeBackend,
+    claim_one,
+    claim_request,
+    must_get,
+    new_job,
+    require,
+)
+
+
+def claims_on_wake(backend: Backend) -> ClaimOnWake:
+    if not isinstance(backend, ClaimOnWake):
+        pytest.skip(f"{type(backend).__name__} waits, then claims (no wait_and_claim)")
+    return backend
+
+
+class ClaimOnWakeConformance:
+    """Part of :class:`offload.testing.BackendConformance`; its fixtures come from there."""
+
+    async def test_wait_and_claim_leases_a_job_enqueued_while_it_waits(
+        self, make_backend: MakeBackend
+    ) -> None:
+        worker, producer = await make_backend(), await make_backend()
+        require(worker, "notify")
+        waiting = asyncio.create_task(
+            claims_on_wake(worker).wait_and_claim(claim_request(limit=2, worker_id="w9"), 30.0)
+        )
+        await still_waiting(waiting, "wait_and_claim on an empty queue")
+        (rec,) = await producer.enqueue([new_job()])
+        started = time.monotonic()
+        (got,) = await asyncio.wait_for(waiting, PROMPT_S)
+        assert time.monotonic() - started < PROMPT_S
+        assert (got.id, got.state, got.worker_id, got.attempt) == (
+            rec.id,
+            JobState.RUNNING,
+            "w9",
+            1,
+        )
+        assert got.lease is not None and got.lease_expires_at is not None
+        stored = await must_get(producer, rec.id)
+        assert (stored.state, stored.worker_id) == (JobState.RUNNING, "w9")
+
+    async def test_wait_and_claim_takes_ready_work_at_once_up_to_its_limit(
+        self, backend: Backend
+    ) -> None:
+        on_wake = claims_on_wake(backend)
+        recs = await backend.enqueue([new_job(task=f"t{i}") for i in range(3)])
+        started = time.monotonic()
+        got = await on_wake.wait_and_claim(claim_request(limit=2), 30.0)
+        assert time.monotonic() - started < PROMPT_S
+        assert [r.id for r in got] == [r.id for r in recs[:2]]
+        assert all(r.state is JobState.RUNNING for r in got)
+        assert (await claim_one(backend)).id == recs[2].id  # the third was left waiting
+
+    async def test_wait_and_claim_returns_nothing_at_its_timeout(self, backend: Backend) -> None:
+        on_wake = claims_on_wake(backend)
+        started = time.monotonic()
+        assert await on_wake.wait_and_claim(claim_request(), 0.4) == []
+        elapsed = time.monotonic() - started
+        assert MOST * 0.4 <= elapsed < PROMPT_S, f"returned after {elapsed:.3f} s"
+
+    async def test_a_cancelled_wait_and_claim_leases_nothing(
+        self, make_backend: MakeBackend
+    ) -> None:
+        worker, producer = await make_backend(), await make_backend()
+        require(worker, "notify")
+        waiting = asyncio.create_task(
+            claims_on_wake(worker).wait_and_claim(claim_request(worker_id="gone"), 30.0)
+        )
+        await still_waiting(waiting, "wait_and_claim on an empty queue")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        (rec,) = await producer.enqueue([new_job()])
+        await asyncio.sleep(0.2)  # time for a claim left behind by the cancelled wait to run
+        assert (await must_get(producer, rec.id)).state is JobState.QUEUED
+        assert (await claim_one(producer, QUEUE, worker_id="w2")).id == rec.id
