@@ -1,4 +1,4 @@
-"""The least enqueue-to-start latency two Redis queue shapes allow, beside offload's own.
+"""The least enqueue-to-start latency three Redis queue shapes allow, beside offload's own.
 
 compare.py's latency target asks offload's p99 (a sync task enqueued one by one, 200 jobs/s,
 one worker process) to be at most Huey's. Huey's worker waits in ``BRPOP`` on a list: the
@@ -8,13 +8,16 @@ queue with priorities is a sorted set, which Redis cannot pop into another key i
 command (there is ``BLMOVE`` for lists, nothing like it for sorted sets). So its worker waits
 for a wake-up, then claims in a second round trip.
 
-This runs the same paced load through the two shapes written as plainly as redis-py allows,
+This runs the same paced load through three shapes written as plainly as redis-py allows,
 each with a sync producer and a consumer process that records when each job "starts":
 
 - ``list``: the producer ``LPUSH``es the message; the consumer loops on ``BRPOP`` (Huey).
 - ``leased``: the producer's script stores the job in a hash and its id in a sorted set and
   pushes a wake-up; the consumer loops on ``BLPOP`` of the wake-up, then a script pops the
   first id and records its lease (the least a claim that can lose nothing does).
+- ``pipelined``: ``leased`` with the claim script sent behind the ``BLPOP`` on its connection:
+  Redis runs it as the pop returns, so the wake-up brings the leased job (what offload's Redis
+  worker does, ``ClaimOnWake``).
 
 and then compare.py's own latency phase for Huey and for offload (a sync task enqueued one by
 one from sync code, one worker process at its defaults), through the same driver as the full
@@ -54,12 +57,17 @@ return {id, redis.call('HGET', KEYS[3] .. id, 'a')}
 """
 
 
+def lease_ms() -> int:
+    return int(time.time() * 1000) + 30_000
+
+
 def consume(shape: str, prefix: str, out: str, ready: multiprocessing.Event) -> None:  # type: ignore[valid-type]
     """The consumer process: record ``<i> <time>`` for each job it gets, until ``stop``."""
     import redis
 
     r = redis.Redis.from_url(REDIS)
     claim = r.register_script(CLAIM)
+    r.script_load(CLAIM)  # the pipelined shape sends EVALSHA itself
     keys = [f"{prefix}:ready", f"{prefix}:leases", f"{prefix}:job:"]
     starts: list[str] = []
     ready.set()  # type: ignore[attr-defined]
@@ -72,14 +80,15 @@ def consume(shape: str, prefix: str, out: str, ready: multiprocessing.Event) -> 
         elif shape == "leased":
             if r.blpop([f"{prefix}:wake"], 1) is None:
                 continue
-            claimed = claim(keys=keys, args=[int(time.time() * 1000) + 30_000])
+            claimed = claim(keys=keys, args=[lease_ms()])
             if not claimed:
                 continue
             body = claimed[1]
         else:  # "pipelined": the claim sent with the wait, run by Redis as the wait ends
             pipe = r.pipeline(transaction=False)
             pipe.blpop([f"{prefix}:wake"], 1)
-            claim(keys=keys, args=[int(time.time() * 1000) + 30_000], client=pipe)
+            # EVALSHA itself: a Script object on a pipeline asks SCRIPT EXISTS first
+            pipe.execute_command("EVALSHA", claim.sha, len(keys), *keys, lease_ms())
             _, claimed = pipe.execute()
             if not claimed:
                 continue
@@ -110,7 +119,7 @@ def run_shape(shape: str, rate: float, seconds: float) -> dict[str, float]:
             if shape == "list":
                 r.lpush(f"{prefix}:list", body)
             else:
-                enqueue(keys=keys, args=[f"j{i}", 0, body])
+                enqueue(keys=keys, args=[f"j{i}", i, body])  # scored in order
 
         calls: dict[int, float] = {}
         n = int(rate * seconds)
@@ -154,10 +163,15 @@ def run_peer(system: str, rate: float, seconds: float) -> dict[str, float]:
         "--latency-rate", str(rate), "--latency-seconds", str(seconds),
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"{system}: the driver printed nothing: {out.stderr[-500:]}")
+    got = json.loads(lines[-1])
     if "error" in got:
         raise RuntimeError(f"{system}: {got['error']}")
-    return {"jobs": rate * seconds, "missing": 0, "p50": got["p50_ms"], "p99": got["p99_ms"]}
+    # the driver fails the phase unless every job's latency was recorded
+    jobs = round(rate * seconds)
+    return {"jobs": jobs, "missing": 0, "p50": got["p50_ms"], "p99": got["p99_ms"]}
 
 
 SHAPES = ("list", "leased", "pipelined", "huey-redis", "offload-sync-redis")

@@ -219,6 +219,72 @@ async def test_wait_done_wakes_every_waiter(backends: Factory) -> None:
     assert [(d.state, d.result) if d else None for d in done] == [(JobState.SUCCEEDED, b"7")] * 3
 
 
+async def blocked_in_blpop(prefix: str, within_s: float = 10.0) -> None:
+    """Return once a connection of ``prefix``'s backends is blocked in BLPOP on the server."""
+    client = await raw_client()
+    try:
+        deadline = time.monotonic() + within_s
+        while True:
+            clients = await client.client_list()
+            if any(c["name"] == f"offload:{prefix}" and c["cmd"] == "blpop" for c in clients):
+                return
+            assert time.monotonic() < deadline, "no connection of the backend is in BLPOP"
+            await asyncio.sleep(0.005)  # polls the server's client list, the only sign
+    finally:
+        await client.aclose()
+
+
+async def test_a_woken_wait_brings_its_jobs_leased(backends: Factory, prefix: str) -> None:
+    """The claim travels with the wait: what an enqueue wakes it for comes back leased, in
+    the wake-up's round trip (not None, which would leave the claim to the caller)."""
+    worker, producer = await backends(), await backends()
+    waiting = asyncio.create_task(worker.wait_and_claim(claim(limit=5), 30.0))
+    await blocked_in_blpop(prefix)
+    recs = await producer.enqueue([job(), job()])
+    got = await asyncio.wait_for(waiting, 3.0)
+    assert got is not None
+    assert sorted(r.id for r in got) == sorted(r.id for r in recs)
+    assert {(await producer.get(r.id)).state for r in recs} == {JobState.RUNNING}  # type: ignore[union-attr]
+
+
+async def test_a_wait_cancelled_in_blpop_leases_nothing(backends: Factory, prefix: str) -> None:
+    """Cancelled while Redis holds it in BLPOP, the connection closes and Redis drops the
+    claim queued behind the pop: a job enqueued after that stays queued for others."""
+    worker, producer = await backends(), await backends()
+    waiting = asyncio.create_task(worker.wait_and_claim(claim(), 30.0))
+    await blocked_in_blpop(prefix)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    (rec,) = await producer.enqueue([job()])
+    # A claim left queued behind a pop still blocked would run as this enqueue wakes it,
+    # before this read reaches the server.
+    assert (await producer.get(rec.id)).state is JobState.QUEUED  # type: ignore[union-attr]
+    (got,) = await producer.claim(claim())
+    assert got.id == rec.id
+
+
+async def test_a_wait_whose_scripts_were_flushed_leaves_the_claim_to_the_caller(
+    backends: Factory, prefix: str
+) -> None:
+    """A server restarted or flushed while a worker waits has lost the scripts: the claim
+    behind the pop fails with NOSCRIPT, the wait returns None, and a claim loads them."""
+    worker, producer = await backends(), await backends()
+    waiting = asyncio.create_task(worker.wait_and_claim(claim(), 30.0))
+    await blocked_in_blpop(prefix)
+    client = await raw_client()
+    try:
+        await client.script_flush()
+        await client.rpush(f"{worker.base('q')}:wake", 1)  # a wake-up with no job behind it
+    finally:
+        await client.aclose()
+    assert await asyncio.wait_for(waiting, 3.0) is None
+    assert await worker.claim(claim()) == []  # loads the scripts again (NOSCRIPT): no job
+    (rec,) = await producer.enqueue([job()])
+    (got,) = await worker.claim(claim())
+    assert got.id == rec.id
+
+
 # -- untrusted data, retention -----------------------------------------------------------------
 
 

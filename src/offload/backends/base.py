@@ -346,13 +346,16 @@ class ClaimOnWake(Protocol):
     callers check with ``isinstance(backend, ClaimOnWake)``.
     """
 
-    async def wait_and_claim(self, req: ClaimRequest, timeout_s: float) -> list[JobRecord]:
+    async def wait_and_claim(self, req: ClaimRequest, timeout_s: float) -> list[JobRecord] | None:
         """:meth:`Backend.wait_for_work` on ``req.queues`` for at most ``timeout_s``, then
-        :meth:`Backend.claim` of ``req``: the jobs leased (maybe none, as a claim after any
-        wait may find none). The claim runs when the wait ends, by a wake-up or the timeout.
+        :meth:`Backend.claim` of ``req`` as the wait ends (a wake-up or the timeout): the jobs
+        it leased, maybe none. None when it made no claim, and the caller claims as after
+        :meth:`Backend.wait_for_work`: work was there before any wait, or the engine cannot
+        claim with the wake-up this time.
 
-        Cancelled while it waits, it claims nothing; cancelled in the moment the wait ends, a
-        job it leased comes back when its lease expires, as a killed worker's does."""
+        The claim is made only with the wake-up, never on its own: cancelled while it waits,
+        it leased nothing; cancelled in the moment the wait ends, a job it leased comes back
+        when its lease expires, as a killed worker's does."""
         ...
 
 

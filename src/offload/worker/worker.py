@@ -252,9 +252,10 @@ class Worker:
                 # wait leased nothing we know of; the next claim says how the backend is.
                 if claiming.done() and not claiming.cancelled() and not claiming.exception():
                     woken = claiming.result()
-                    for job in woken:
-                        self._start(job, pool, completer)
-                    claimed_in_wait = len(woken) < more.limit
+                    if woken is not None:  # None: it made no claim, the next turn does
+                        for job in woken:
+                            self._start(job, pool, completer)
+                        claimed_in_wait = len(woken) < more.limit
 
     async def _until(
         self,

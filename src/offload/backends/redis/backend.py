@@ -431,24 +431,30 @@ class RedisBackend(RedisInspection, RedisSchedules, RedisWorkflows):
         if wait_s is not None:
             await self._blpop(self._wake_keys(queues), wait_s)
 
-    async def wait_and_claim(self, req: ClaimRequest, timeout_s: float) -> list[JobRecord]:
+    async def wait_and_claim(self, req: ClaimRequest, timeout_s: float) -> list[JobRecord] | None:
         """:class:`~offload.backends.base.ClaimOnWake`: the claim script sent behind the
         blocking pop on its connection, so Redis runs it as the pop returns. On a cluster,
-        and for a claim of given jobs, the wait and then the claim."""
+        and for a claim of given jobs, only the wait (None: the caller claims)."""
         queues = list(dict.fromkeys(req.queues))
         if self.cluster or req.job_ids is not None or req.limit <= 0 or not queues:
             await self.wait_for_work(queues, timeout_s)
-            return await self.claim(req)
-        wait_s = await self._wait_s(queues, timeout_s)
+            return None
+        # The jobs of a claim whose reply is lost are not heartbeated until they come back:
+        # a wait that redis-py sends again after a lost connection returns them (the claim's
+        # token, below) well within their lease.
+        wait_s = await self._wait_s(queues, min(timeout_s, req.lease_s / 2))
         if wait_s is None:
-            return await self.claim(req)  # work is there (or the wait would be too short)
+            return None  # work is there now: the caller claims it
         keys = [self.base(q) for q in queues]
         argv = self._claim_argv(req, req.limit)
         raw = await self._blpop_then_eval(self._wake_keys(queues), wait_s, "claim", keys, argv)
+        if isinstance(raw, NoScriptError):
+            return None  # a restarted or flushed server: the caller's claim loads the scripts
         if raw is None:
-            return []
-        if isinstance(raw, NoScriptError):  # a restarted or flushed server: claim() reloads
-            return await self.claim(req)
+            # The wait ended otherwise (a half-open connection, no connection free in time)
+            # and the claim may have run: run it again. With the same token (argv) it returns
+            # what that run leased, or claims afresh.
+            raw = await self._run(lambda c: self._eval(c, "claim", keys, argv))
         return await self._claimed(req, queues, raw)
 
     def _wake_keys(self, queues: Sequence[str]) -> list[str]:

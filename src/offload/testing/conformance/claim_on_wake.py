@@ -1,5 +1,6 @@
 """Wait and claim in one call (:class:`~offload.backends.base.ClaimOnWake`): the contract of
-``wait_for_work`` followed by ``claim``, kept by ``wait_and_claim``.
+``wait_for_work`` followed by ``claim``, kept by ``wait_and_claim``. It may make no claim
+(None), and the caller then claims; these tests do that too, so they hold either way.
 
 A backend without the ability is skipped: its workers wait, then claim, which the rest of the
 suite covers.
@@ -47,8 +48,11 @@ class ClaimOnWakeConformance:
         await still_waiting(waiting, "wait_and_claim on an empty queue")
         (rec,) = await producer.enqueue([new_job()])
         started = time.monotonic()
-        (got,) = await asyncio.wait_for(waiting, PROMPT_S)
+        woken = await asyncio.wait_for(waiting, PROMPT_S)
         assert time.monotonic() - started < PROMPT_S
+        if woken is None:  # it made no claim this time: the caller claims, as after a wait
+            woken = await worker.claim(claim_request(limit=2, worker_id="w9"))
+        (got,) = woken
         assert (got.id, got.state, got.worker_id, got.attempt) == (
             rec.id,
             JobState.RUNNING,
@@ -67,6 +71,8 @@ class ClaimOnWakeConformance:
         started = time.monotonic()
         got = await on_wake.wait_and_claim(claim_request(limit=2), 30.0)
         assert time.monotonic() - started < PROMPT_S
+        if got is None:  # work was there: no wait, and the caller claims
+            got = await backend.claim(claim_request(limit=2))
         assert [r.id for r in got] == [r.id for r in recs[:2]]
         assert all(r.state is JobState.RUNNING for r in got)
         assert (await claim_one(backend)).id == recs[2].id  # the third was left waiting
@@ -74,7 +80,7 @@ class ClaimOnWakeConformance:
     async def test_wait_and_claim_returns_nothing_at_its_timeout(self, backend: Backend) -> None:
         on_wake = claims_on_wake(backend)
         started = time.monotonic()
-        assert await on_wake.wait_and_claim(claim_request(), 0.4) == []
+        assert await on_wake.wait_and_claim(claim_request(), 0.4) in ([], None)
         elapsed = time.monotonic() - started
         assert MOST * 0.4 <= elapsed < PROMPT_S, f"returned after {elapsed:.3f} s"
 
@@ -91,6 +97,7 @@ class ClaimOnWakeConformance:
         with pytest.raises(asyncio.CancelledError):
             await waiting
         (rec,) = await producer.enqueue([new_job()])
-        await asyncio.sleep(0.2)  # time for a claim left behind by the cancelled wait to run
+        # A claim left behind by the cancelled wait runs as the enqueue wakes it (Redis runs
+        # it before this read); tests/test_redis_backend.py cancels one known to be in BLPOP.
         assert (await must_get(producer, rec.id)).state is JobState.QUEUED
         assert (await claim_one(producer, QUEUE, worker_id="w2")).id == rec.id
