@@ -14,34 +14,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import os
 import statistics
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.peers import cleanup  # noqa: E402
-from benchmarks.peers.driver import Driver  # noqa: E402
-from benchmarks.peers.protocol import CONFIG_ENV, RunConfig  # noqa: E402
+from benchmarks.peers.driver import Driver, make_config  # noqa: E402
 
 
 async def one_run(args: argparse.Namespace) -> float:
-    run_id = uuid.uuid4().hex[:10]
-    cfg = RunConfig(
-        system=args.system,
-        run_id=run_id,
-        queue=f"bench_{run_id}",
-        stats_dir="",
-        redis_url=args.redis_url,
-        postgres_url=args.postgres_url,
-        amqp_url=args.amqp_url,
-        concurrency=0,
-    )
-    os.environ[CONFIG_ENV] = cfg.to_env()
+    cfg = make_config(args, 0)
     module = importlib.import_module(f"benchmarks.peers.{args.module}")
     module = importlib.reload(module)  # its module-level objects are made from this run's config
     peer = module.make_peer(cfg)

@@ -180,7 +180,9 @@ class Driver:
         return {"p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "rate": achieved}
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def make_config(args: argparse.Namespace, concurrency: int) -> RunConfig:
+    """A fresh run's config (an id and a queue of its own), exported to the environment the
+    peer module and its workers read it from."""
     run_id = uuid.uuid4().hex[:10]
     cfg = RunConfig(
         system=args.system,
@@ -190,9 +192,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         redis_url=args.redis_url,
         postgres_url=args.postgres_url,
         amqp_url=args.amqp_url,
-        concurrency=args.concurrency,
+        concurrency=concurrency,
     )
     os.environ[CONFIG_ENV] = cfg.to_env()
+    return cfg
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = make_config(args, args.concurrency)
     module = importlib.import_module(f"benchmarks.peers.{args.module}")
     peer: Peer = module.make_peer(cfg)
     before = cleanup.redis_keys(cfg.redis_url)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from offload.backends.base import Backend, ClaimOnWake
-from offload.job import JobState
+from offload.job import ClaimRequest, JobRecord, JobState
 from offload.testing.conformance.waiting import MOST, still_waiting
 from offload.testing.helpers import (
     PROMPT_S,
@@ -34,6 +34,16 @@ def claims_on_wake(backend: Backend) -> ClaimOnWake:
     return backend
 
 
+async def waiting_claim(
+    backend: Backend, req: ClaimRequest
+) -> asyncio.Task[list[JobRecord] | None]:
+    """``wait_and_claim(req)`` on an empty queue, checked to be waiting (for a notify)."""
+    require(backend, "notify")
+    waiting = asyncio.create_task(claims_on_wake(backend).wait_and_claim(req, 30.0))
+    await still_waiting(waiting, "wait_and_claim on an empty queue")
+    return waiting
+
+
 class ClaimOnWakeConformance:
     """Part of :class:`offload.testing.BackendConformance`; its fixtures come from there."""
 
@@ -41,11 +51,7 @@ class ClaimOnWakeConformance:
         self, make_backend: MakeBackend
     ) -> None:
         worker, producer = await make_backend(), await make_backend()
-        require(worker, "notify")
-        waiting = asyncio.create_task(
-            claims_on_wake(worker).wait_and_claim(claim_request(limit=2, worker_id="w9"), 30.0)
-        )
-        await still_waiting(waiting, "wait_and_claim on an empty queue")
+        waiting = await waiting_claim(worker, claim_request(limit=2, worker_id="w9"))
         (rec,) = await producer.enqueue([new_job()])
         started = time.monotonic()
         woken = await asyncio.wait_for(waiting, PROMPT_S)
@@ -88,11 +94,7 @@ class ClaimOnWakeConformance:
         self, make_backend: MakeBackend
     ) -> None:
         worker, producer = await make_backend(), await make_backend()
-        require(worker, "notify")
-        waiting = asyncio.create_task(
-            claims_on_wake(worker).wait_and_claim(claim_request(worker_id="gone"), 30.0)
-        )
-        await still_waiting(waiting, "wait_and_claim on an empty queue")
+        waiting = await waiting_claim(worker, claim_request(worker_id="gone"))
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
