@@ -219,16 +219,19 @@ async def test_wait_done_wakes_every_waiter(backends: Factory) -> None:
     assert [(d.state, d.result) if d else None for d in done] == [(JobState.SUCCEEDED, b"7")] * 3
 
 
-async def blocked_in_blpop(prefix: str, within_s: float = 10.0) -> None:
-    """Return once a connection of ``prefix``'s backends is blocked in BLPOP on the server."""
+async def blocked_in_blpop(prefix: str, blocked: bool = True, within_s: float = 10.0) -> None:
+    """Return once a connection of ``prefix``'s backends is blocked in BLPOP on the server
+    (with ``blocked`` False: once none is, the server having seen a closed one go)."""
     client = await raw_client()
     try:
         deadline = time.monotonic() + within_s
         while True:
             clients = await client.client_list()
-            if any(c["name"] == f"offload:{prefix}" and c["cmd"] == "blpop" for c in clients):
+            found = any(c["name"] == f"offload:{prefix}" and c["cmd"] == "blpop" for c in clients)
+            if found == blocked:
                 return
-            assert time.monotonic() < deadline, "no connection of the backend is in BLPOP"
+            state = "no connection of it is" if blocked else "a connection of it is still"
+            assert time.monotonic() < deadline, f"{state} in BLPOP after {within_s} s"
             await asyncio.sleep(0.005)  # polls the server's client list, the only sign
     finally:
         await client.aclose()
@@ -256,6 +259,7 @@ async def test_a_wait_cancelled_in_blpop_leases_nothing(backends: Factory, prefi
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+    await blocked_in_blpop(prefix, blocked=False)  # its close reached the server first
     (rec,) = await producer.enqueue([job()])
     # A claim left queued behind a pop still blocked would run as this enqueue wakes it,
     # before this read reaches the server.

@@ -3,7 +3,8 @@
 (None), and the caller then claims; these tests do that too, so they hold either way.
 
 A backend without the ability is skipped: its workers wait, then claim, which the rest of the
-suite covers.
+suite covers. That a wait cancelled while it blocks leases nothing is the engine's to show
+(tests/test_redis_backend.py waits until the server holds the pop, and sees it gone).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from offload.job import ClaimRequest, JobRecord, JobState
 from offload.testing.conformance.waiting import MOST, still_waiting
 from offload.testing.helpers import (
     PROMPT_S,
-    QUEUE,
     MakeBackend,
     claim_one,
     claim_request,
@@ -89,17 +89,3 @@ class ClaimOnWakeConformance:
         assert await on_wake.wait_and_claim(claim_request(), 0.4) in ([], None)
         elapsed = time.monotonic() - started
         assert MOST * 0.4 <= elapsed < PROMPT_S, f"returned after {elapsed:.3f} s"
-
-    async def test_a_cancelled_wait_and_claim_leases_nothing(
-        self, make_backend: MakeBackend
-    ) -> None:
-        worker, producer = await make_backend(), await make_backend()
-        waiting = await waiting_claim(worker, claim_request(worker_id="gone"))
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        (rec,) = await producer.enqueue([new_job()])
-        # A claim left behind by the cancelled wait runs as the enqueue wakes it (Redis runs
-        # it before this read); tests/test_redis_backend.py cancels one known to be in BLPOP.
-        assert (await must_get(producer, rec.id)).state is JobState.QUEUED
-        assert (await claim_one(producer, QUEUE, worker_id="w2")).id == rec.id
