@@ -28,6 +28,12 @@ NOT_APPLICABLE: tuple[tuple[str, str], ...] = (
         "variant has no notify); claiming it would be faking it",
     ),
     (
+        r"no wait_and_claim: \w+ waits, then claims",
+        "a conformance test of an optional ability (ClaimOnWake: the claim sent with the "
+        "wait) on a backend without it: its workers wait, then claim, which the waiting and "
+        "claim tests cover; only Redis can queue a claim behind its blocking pop",
+    ),
+    (
         r"the contract asks this of backends without notify only",
         "a conformance test of the no-notify contract on a backend with notify (it runs on "
         "tests/test_memory_no_notify.py)",

@@ -14,6 +14,7 @@ from tests.skip_policy import NOT_APPLICABLE, not_applicable
 # Reasons the suite's own tests give today (one each), and environmental ones that must fail.
 APPLICABLE_EXAMPLES = [
     "backend declares notify=False",
+    "no wait_and_claim: SQLiteBackend waits, then claims",
     "the contract asks this of backends without notify only",
     "the memory backend cannot be down",
     "no backend fault for SQLite (an embedded file has no connection to cut)",

@@ -30,7 +30,7 @@ from offload.testing.helpers import (
 
 def claims_on_wake(backend: Backend) -> ClaimOnWake:
     if not isinstance(backend, ClaimOnWake):
-        pytest.skip(f"{type(backend).__name__} waits, then claims (no wait_and_claim)")
+        pytest.skip(f"no wait_and_claim: {type(backend).__name__} waits, then claims")
     return backend
 
 
