@@ -58,20 +58,38 @@ def build_app(url: str) -> object:
     return app
 
 
+# What offload answers to an enqueue, field for field (the ids and times of one answer): the
+# ceiling sends a body of this size with the same headers.
+_JOB = {
+    "id": "01m941p2kjs5k3gzh4b9hxzppy", "queue": "default", "state": "queued", "args": {"i": 1},
+    "priority": 0, "attempt": 0, "max_attempts": 3, "run_at": "2026-12-05T21:27:41.426358Z",
+    "created_at": "2026-12-05T21:27:41.426358Z", "started_at": None, "finished_at": None,
+    "key": None, "worker_id": None, "result": None, "error": None, "errors": [],
+    "unreadable": [], "headers": {}, "progress": None, "fair_key": None, "retention": None,
+}  # fmt: skip
+
+
 def ceiling_app() -> object:
     """The stack with no job system: Starlette on the same uvicorn, one ``POST /v1/jobs`` that
-    reads and decodes the body (msgspec) and answers 202 with a small JSON body. What
-    ``--ceiling`` measures is how many requests/s one process of that stack serves here."""
+    reads and decodes the body (msgspec) and answers 202 as offload does (a body of the same
+    size, the same headers), with no store behind it. What ``--ceiling`` measures is how many
+    requests/s one process of that stack serves here."""
     import msgspec
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
+    headers = {
+        "Location": f"/v1/jobs/{_JOB['id']}",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    }
+
     async def post(request: Request) -> Response:
         body = msgspec.json.decode(await request.body())
-        out = msgspec.json.encode({"id": "0" * 32, "task": body["task"], "state": "queued"})
-        return Response(out, status_code=202, media_type="application/json")
+        out = msgspec.json.encode({"task": body["task"], **_JOB})
+        return Response(out, status_code=202, headers=headers, media_type="application/json")
 
     return Starlette(routes=[Route("/v1/jobs", post, methods=["POST"])])
 
