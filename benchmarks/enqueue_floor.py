@@ -241,6 +241,10 @@ async def rabbitmq_async(calls: int, rounds: int) -> dict[str, float]:
         await conn.close()
         await storeless.close()
         await stored.close()
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        async for key in client.scan_iter(match=f"*{prefix}*", count=1000):  # the store's
+            await client.unlink(key)
+        await client.aclose()
 
 
 def main() -> None:

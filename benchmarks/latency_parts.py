@@ -146,11 +146,22 @@ def main() -> None:
                 got = asyncio.run(one(url, kind, args.rate, args.seconds, Path(tmp)))
                 if backend == "postgres":
                     _drop_schema(url)
+                elif backend == "redis":
+                    _drop_keys(url)
             cells = [
                 f"{got[f'{n} p50']:.2f} / {got[f'{n} p99']:.2f}" for n in ("call", "after", "whole")
             ]
             lost = f" ({got['missing']:.0f} not started)" if got["missing"] else ""
             print(f"| {backend} | {kind} | {got['jobs']:.0f}{lost} | {' | '.join(cells)} |")
+
+
+def _drop_keys(url: str) -> None:
+    import redis
+
+    prefix = url.split("prefix=")[1].split("&")[0]
+    with redis.Redis.from_url(url.split("?")[0]) as client:
+        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
+            client.unlink(key)
 
 
 def _drop_schema(url: str) -> None:
