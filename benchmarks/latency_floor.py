@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,25 +122,43 @@ def run_shape(shape: str, rate: float, seconds: float) -> dict[str, float]:
             else:
                 enqueue(keys=keys, args=[f"j{i}", i, body])  # scored in order
 
-        calls: dict[int, float] = {}
-        n = int(rate * seconds)
-        start = time.perf_counter()
-        for i in range(n):
-            pause = start + i / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            calls[i] = time.time()
-            send(i, str(i))
-        send(n, "stop")
+        calls, _ = paced(send, rate, seconds)
         consumer.join(30)
-        starts = {}
-        for line in Path(out).read_text().splitlines():
-            i, at = line.split()
-            starts[int(i)] = float(at)
+        starts = read_starts(out)
     r.delete(*r.keys(f"{prefix}:*") or [f"{prefix}:none"])
     kept = [i for i in calls if i >= rate and i in starts]  # the first second warms up
     whole = sorted(starts[i] - calls[i] for i in kept)
-    return {"jobs": len(kept), "missing": n - len(starts), **_pcts(whole)}
+    return {"jobs": len(kept), "missing": len(calls) - len(starts), **_pcts(whole)}
+
+
+def paced(
+    send: Callable[[int, str], None], rate: float, seconds: float
+) -> tuple[dict[int, float], list[float]]:
+    """``send(i, str(i))`` for ``rate * seconds`` jobs evenly paced, then ``send(n, "stop")``:
+    when each call began (epoch seconds) and how long each took (seconds)."""
+    calls: dict[int, float] = {}
+    took: list[float] = []
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(n):
+        pause = start + i / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        calls[i] = time.time()
+        t0 = time.perf_counter()
+        send(i, str(i))
+        took.append(time.perf_counter() - t0)
+    send(n, "stop")
+    return calls, took
+
+
+def read_starts(out: str) -> dict[int, float]:
+    """The consumer's ``<i> <time>`` lines."""
+    starts = {}
+    for line in Path(out).read_text().splitlines():
+        i, at = line.split()
+        starts[int(i)] = float(at)
+    return starts
 
 
 def _pcts(values: list[float]) -> dict[str, float]:
@@ -177,16 +196,23 @@ def run_peer(system: str, rate: float, seconds: float) -> dict[str, float]:
 SHAPES = ("list", "leased", "pipelined", "huey-redis", "offload-sync-redis")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def paced_args(description: str, shapes: tuple[str, ...]) -> argparse.Namespace:
+    """The options of a paced latency run (this one, pg_latency_floor.py's), parsed; prints
+    the load line its output opens with."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--rate", type=float, default=200)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--shapes", default=",".join(shapes))
     args = p.parse_args()
     load = open("/proc/loadavg").read().split()[:3]
     print(f"load average at start: {' '.join(load)}; {args.rate:.0f} jobs/s for "
           f"{args.seconds:.0f} s a round, {args.rounds} rounds interleaved\n")  # fmt: skip
+    return args
+
+
+def main() -> None:
+    args = paced_args(__doc__.splitlines()[0], SHAPES)
     print("| shape | round | jobs | enqueue → start p50 / p99 ms |")
     print("|---|---:|---:|---|")
     for k in range(args.rounds):

@@ -24,7 +24,6 @@ enqueue call to the start::
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.latency_floor import _pcts, run_peer  # noqa: E402
+from benchmarks.latency_floor import _pcts, paced, paced_args, read_starts, run_peer  # noqa: E402
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -98,46 +97,23 @@ def run_plain(rate: float, seconds: float) -> dict[str, float]:
             consumer = ctx.Process(target=consume, args=(table, out, ready))
             consumer.start()
             ready.wait(30)
-            calls: dict[int, float] = {}
-            call_s: list[float] = []
-            n = int(rate * seconds)
-            start = time.perf_counter()
-            for i in range(n):
-                pause = start + i / rate - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                calls[i] = time.time()
-                t0 = time.perf_counter()
-                conn.execute(enqueue, (str(i),))
-                call_s.append(time.perf_counter() - t0)
-            conn.execute(enqueue, ("stop",))
+            calls, call_s = paced(lambda _, body: conn.execute(enqueue, (body,)), rate, seconds)
             consumer.join(30)
-            starts = {}
-            for line in Path(out).read_text().splitlines():
-                i, at = line.split()
-                starts[int(i)] = float(at)
+            starts = read_starts(out)
     finally:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.close()
     kept = [i for i in calls if i >= rate and i in starts]  # the first second warms up
     whole = [starts[i] - calls[i] for i in kept]
     call = {f"call_{k}": v for k, v in _pcts(call_s[int(rate) :]).items()}
-    return {"jobs": len(kept), "missing": n - len(starts), **_pcts(whole), **call}
+    return {"jobs": len(kept), "missing": len(calls) - len(starts), **_pcts(whole), **call}
 
 
 SHAPES = ("plain", "offload-postgres", "offload-sync-postgres")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rate", type=float, default=200)
-    p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--shapes", default=",".join(SHAPES))
-    args = p.parse_args()
-    load = open("/proc/loadavg").read().split()[:3]
-    print(f"load average at start: {' '.join(load)}; {args.rate:.0f} jobs/s for "
-          f"{args.seconds:.0f} s a round, {args.rounds} rounds interleaved\n")  # fmt: skip
+    args = paced_args(__doc__.splitlines()[0], SHAPES)
     print("| shape | round | jobs | enqueue → start p50 / p99 ms | the call alone p50 / p99 ms |")
     print("|---|---:|---:|---|---|")
     for k in range(args.rounds):
