@@ -299,7 +299,8 @@ async def test_a_hook_broken_for_every_job_is_logged_once_then_counted(
 
 async def test_http_enqueues_run_the_enqueue_hooks(tmp_path: Path) -> None:
     """The HTTP API's group commit stores through the backend directly: it must still show
-    each request's job to the app's enqueue hooks, once, as task.enqueue would."""
+    each request's job to the app's enqueue hooks, once, as task.enqueue would (with what the
+    enqueue did: a replayed Idempotency-Key found an existing job)."""
     import httpx
 
     from offload.server import create_service
@@ -311,6 +312,7 @@ async def test_http_enqueues_run_the_enqueue_hooks(tmp_path: Path) -> None:
         return a
 
     seen: list[tuple[str, str]] = []
+    outcomes: list[str | None] = []
 
     class Seen(Hook):
         def before_enqueue(self, jobs: Sequence[NewJob]) -> None:
@@ -318,6 +320,7 @@ async def test_http_enqueues_run_the_enqueue_hooks(tmp_path: Path) -> None:
 
         def after_enqueue(self, jobs: Sequence[Job]) -> None:
             seen.extend(("after", j.id) for j in jobs)
+            outcomes.extend(j.outcome for j in jobs)
 
     app.add_hook(Seen())
     service = create_service(app)
@@ -327,6 +330,13 @@ async def test_http_enqueues_run_the_enqueue_hooks(tmp_path: Path) -> None:
             answers = await asyncio.gather(
                 *(client.post("/v1/jobs", json={"task": "add", "args": {"a": i}}) for i in range(3))
             )
-    ids = sorted(r.json()["id"] for r in answers)
-    assert [s for s in seen if s[0] == "before"] == [("before", "add")] * 3
-    assert sorted(s[1] for s in seen if s[0] == "after") == ids
+            ids = sorted(r.json()["id"] for r in answers)
+            assert outcomes == ["created"] * 3
+            body, key = {"task": "add", "args": {"a": 0}}, {"Idempotency-Key": "k"}
+            first = await client.post("/v1/jobs", json=body, headers=key)
+            again = await client.post("/v1/jobs", json=body, headers=key)
+    assert again.json()["id"] == first.json()["id"]
+    assert outcomes == ["created"] * 4 + ["existing"]
+    assert [s for s in seen if s[0] == "before"] == [("before", "add")] * 5
+    after = [s[1] for s in seen if s[0] == "after"]
+    assert sorted(after[:3]) == ids and after[3:] == [first.json()["id"]] * 2

@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from offload.backends.unique import outcome_of
 from offload.errors import QueueFull
 from offload.job import Job, JobRecord, NewJob
 
@@ -57,7 +58,7 @@ class EnqueueBatcher:
         call would show it, whichever batch stores it."""
         self.app.hooks.enqueueing([job])
         record = await self._enqueue(job)
-        self.app.hooks.enqueued([Job(self.app, record)])
+        self.app.hooks.enqueued([Job(self.app, record, outcome_of(job, record))])
         return record
 
     async def _enqueue(self, job: NewJob) -> JobRecord:
