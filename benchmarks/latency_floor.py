@@ -128,7 +128,7 @@ def run_shape(shape: str, rate: float, seconds: float) -> dict[str, float]:
     r.delete(*r.keys(f"{prefix}:*") or [f"{prefix}:none"])
     kept = [i for i in calls if i >= rate and i in starts]  # the first second warms up
     whole = sorted(starts[i] - calls[i] for i in kept)
-    return {"jobs": len(kept), "missing": len(calls) - len(starts), **_pcts(whole)}
+    return {"jobs": len(kept), "missing": len(calls) - len(starts), **percentiles_ms(whole)}
 
 
 def paced(
@@ -161,7 +161,7 @@ def read_starts(out: str) -> dict[int, float]:
     return starts
 
 
-def _pcts(values: list[float]) -> dict[str, float]:
+def percentiles_ms(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {f"p{q}": ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
             for q in (50, 99)}  # fmt: skip

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.latency_floor import _pcts, paced, paced_args, read_starts, run_peer  # noqa: E402
+from benchmarks.latency_floor import paced, paced_args, percentiles_ms, read_starts, run_peer  # noqa: E402
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -105,8 +105,8 @@ def run_plain(rate: float, seconds: float) -> dict[str, float]:
         conn.close()
     kept = [i for i in calls if i >= rate and i in starts]  # the first second warms up
     whole = [starts[i] - calls[i] for i in kept]
-    call = {f"call_{k}": v for k, v in _pcts(call_s[int(rate) :]).items()}
-    return {"jobs": len(kept), "missing": len(calls) - len(starts), **_pcts(whole), **call}
+    call = {f"call_{k}": v for k, v in percentiles_ms(call_s[int(rate) :]).items()}
+    return {"jobs": len(kept), "missing": len(calls) - len(starts), **percentiles_ms(whole), **call}
 
 
 SHAPES = ("plain", "offload-postgres", "offload-sync-postgres")
