@@ -26,6 +26,12 @@ a publish that does not wait for the broker costs: Celery's ``delay`` on py-amqp
 confirm), beside offload's ``aenqueue`` store-less and with a Redis store.
 
 Each figure is the median over the rounds of microseconds per call.
+
+``--rate R`` paces the sync rows instead: one call every 1/R seconds, as compare.py's latency
+phase enqueues (200/s), each call timed alone; each figure is then the median over the rounds
+of the calls' p50 and p99. Between paced calls the machine idles, and a call that finds it
+idle runs slower than one in a tight loop (on this project's 2-core VM about 4x for a ``PING``):
+this is the call that enqueue-to-start latency holds.
 """
 
 from __future__ import annotations
@@ -58,6 +64,21 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
     for _ in range(calls):
         fn()
     return (time.perf_counter() - t0) / calls * 1e6
+
+
+def paced_us(fn: Callable[[], object], calls: int, rate: float) -> tuple[float, float]:
+    """p50 and p99 (µs) of ``calls`` calls made one every ``1 / rate`` seconds."""
+    took: list[float] = []
+    start = time.perf_counter()
+    for i in range(calls):
+        pause = start + i / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        t0 = time.perf_counter()
+        fn()
+        took.append(time.perf_counter() - t0)
+    took.sort()
+    return took[len(took) // 2] * 1e6, took[min(len(took) - 1, int(len(took) * 0.99))] * 1e6
 
 
 CLEANUP: list[Callable[[], object]] = []
@@ -153,10 +174,13 @@ def postgres_rows(calls: int) -> dict[str, Callable[[], Any]]:
     }
 
 
-def script_server_us(calls: int, rows: dict[str, Callable[[], Any]]) -> float:
+def script_server_us(calls: int, rows: dict[str, Callable[[], Any]], rate: float | None) -> float:
     client = redis.Redis.from_url(REDIS_URL)
     client.config_resetstat()
-    per_call_us(rows["offload enqueue script"], calls)
+    if rate:
+        paced_us(rows["offload enqueue script"], calls, rate)
+    else:
+        per_call_us(rows["offload enqueue script"], calls)
     stats = client.info("commandstats").get("cmdstat_evalsha", {})
     return float(stats.get("usec_per_call", 0.0))
 
@@ -167,6 +191,19 @@ def measure(rows: dict[str, Callable[[], Any]], calls: int, rounds: int) -> dict
         for name, fn in rows.items():
             samples[name].append(per_call_us(fn, calls))
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def measure_paced(
+    rows: dict[str, Callable[[], Any]], calls: int, rounds: int, rate: float
+) -> dict[str, tuple[float, float]]:
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, fn in rows.items():
+            samples[name].append(paced_us(fn, calls, rate))
+    return {
+        name: (statistics.median(p[0] for p in v), statistics.median(p[1] for p in v))
+        for name, v in samples.items()
+    }
 
 
 async def async_per_call_us(fn: AsyncRow, calls: int) -> float:
@@ -252,9 +289,13 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=3000, help="calls per row per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--async", dest="run_async", action="store_true", help="the async rows too")
+    p.add_argument("--rate", type=float, default=None, help="pace the sync rows: calls per second")
     args = p.parse_args()
     load = open("/proc/loadavg").read().split()[:3]
     print(f"load average at start: {' '.join(load)}; {args.calls} calls x {args.rounds} rounds\n")
+    if args.rate:
+        paced_main(args.calls, args.rounds, args.rate)
+        return
     print("| backend | call | µs per call | ÷ floor |")
     print("|---|---|---|---|")
     for backend, make, floor in (
@@ -266,7 +307,7 @@ def main() -> None:
         for name, us in got.items():
             print(f"| {backend} | {name} | {us:,.0f} | {us / got[floor]:.2f}x |")
         if backend == "Redis":
-            server = script_server_us(args.calls, rows)
+            server = script_server_us(args.calls, rows, None)
             print(f"| Redis | (enqueue script, server time only) | {server:,.0f} | |")
     for cleanup in CLEANUP:
         cleanup()
@@ -279,6 +320,25 @@ def main() -> None:
         got = asyncio.run(section(args.calls, args.rounds))
         for name, us in got.items():
             print(f"| {backend} | {name} | {us:,.0f} | {us / got[floor]:.2f}x |")
+
+
+def paced_main(calls: int, rounds: int, rate: float) -> None:
+    print(f"paced: one call every {1000 / rate:g} ms\n")
+    print("| backend | call | p50 µs | p99 µs | p50 ÷ floor's |")
+    print("|---|---|---|---|---|")
+    for backend, make, floor in (
+        ("Redis", redis_rows, "redis-py PING"),
+        ("PostgreSQL", postgres_rows, "psycopg SELECT 1"),
+    ):
+        rows = make(calls)
+        got = measure_paced(rows, calls, rounds, rate)
+        for name, (p50, p99) in got.items():
+            print(f"| {backend} | {name} | {p50:,.0f} | {p99:,.0f} | {p50 / got[floor][0]:.2f}x |")
+        if backend == "Redis":
+            server = script_server_us(calls, rows, rate)
+            print(f"| Redis | (enqueue script, server time only, mean) | {server:,.0f} | | |")
+    for cleanup in CLEANUP:
+        cleanup()
 
 
 if __name__ == "__main__":

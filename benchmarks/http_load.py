@@ -3,6 +3,7 @@
     python benchmarks/http_load.py [--dir /tmp] [--duration 10] [--connections 16]
                                    [--client wrk|python] [--compare] [--wait-rate 200]
                                    [--url redis://...] [--enqueue-only] [--ceiling]
+                                   [--profile]
 
 Each phase starts a fresh server process (``run_server``, one process, access log off) on a
 fresh SQLite file and points a load generator at it over loopback:
@@ -16,6 +17,10 @@ fresh SQLite file and points a load generator at it over loopback:
 2. wait: ``POST /v1/jobs`` with ``Prefer: wait=5`` at a fixed ``--wait-rate`` per second
    (open loop: requests are sent on schedule whatever the answers do), against a server with an
    embedded worker; prints latency percentiles of the whole round trip (enqueue, run, answer).
+
+``--profile`` samples the server process with py-spy through the enqueue phase and prints where
+its CPU went, by component (offload's server, the rest of offload, uvicorn, Starlette, asyncio,
+the backend's client) and by function (``benchmarks/pyspy.py``).
 
 The load generator is wrk (Debian's ``wrk``) when installed, else a small Python keep-alive
 client in a separate process. Everything is bounded in count and time and stays on 127.0.0.1.
@@ -41,6 +46,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import pyspy  # noqa: E402
+
 BODY = b'{"task": "noop", "args": {"i": 1}}'
 _LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
 
@@ -343,14 +352,25 @@ def phase(
     load: object,
     options: str,
     url: str | None = None,
+    profile_s: float | None = None,
 ) -> dict[str, float]:
+    """One load on a fresh server; with ``profile_s``, the server's CPU profile over that
+    many seconds of the load is printed after it."""
     db: Path | str = url if url else db_dir / f"{name}.db"
     port = _free_port()
     server = start_server(db, port, workers=workers, group_commit=group_commit, options=options)
+    sampler = None
+    if profile_s:
+        raw = db_dir / f"{name}.pyspy"
+        sampler = pyspy.record(server.pid, profile_s, raw)
     try:
         result: dict[str, float] = load(port)  # type: ignore[operator]
     finally:
         stop_server(server)
+        if sampler is not None:
+            sampler.wait(timeout=60)
+    if sampler is not None:
+        print(f"## where the server's CPU went ({name})\n\n{pyspy.report(raw)}\n")
     if isinstance(db, Path):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -382,6 +402,9 @@ def main() -> None:
     parser.add_argument(
         "--ceiling", action="store_true", help="first, the same load on the bare stack"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the server through the enqueue phase"
+    )
     args = parser.parse_args()
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     enqueue = wrk_enqueue_load if client == "wrk" else python_enqueue_load
@@ -405,6 +428,7 @@ def main() -> None:
                 load=lambda port: enqueue(port, args.connections, args.duration),
                 options=args.sqlite_options,
                 url=args.url,
+                profile_s=max(1.0, args.duration - 1) if args.profile else None,
             )
             print(
                 json.dumps(
