@@ -3,7 +3,7 @@
     python benchmarks/http_load.py [--dir /tmp] [--duration 10] [--connections 16]
                                    [--client wrk|python] [--compare] [--wait-rate 200]
                                    [--url redis://...] [--enqueue-only] [--ceiling]
-                                   [--profile]
+                                   [--profile] [--processes N]
 
 Each phase starts a fresh server process (``run_server``, one process, access log off) on a
 fresh SQLite file and points a load generator at it over loopback:
@@ -18,9 +18,11 @@ fresh SQLite file and points a load generator at it over loopback:
    (open loop: requests are sent on schedule whatever the answers do), against a server with an
    embedded worker; prints latency percentiles of the whole round trip (enqueue, run, answer).
 
-``--profile`` samples the server process with py-spy through the enqueue phase and prints where
-its CPU went, by component (offload's server, the rest of offload, uvicorn, Starlette, asyncio,
-the backend's client) and by function (``benchmarks/pyspy.py``).
+``--processes N`` serves the enqueue phase with ``offload serve --processes N`` (N processes
+accepting on one port) instead of one. ``--profile`` samples the server process with py-spy
+through the enqueue phase and prints where its CPU went, by component (offload's server, the
+rest of offload, uvicorn, Starlette, asyncio, the backend's client) and by function
+(``benchmarks/pyspy.py``).
 
 The load generator is wrk (Debian's ``wrk``) when installed, else a small Python keep-alive
 client in a separate process. Everything is bounded in count and time and stays on 127.0.0.1.
@@ -52,6 +54,7 @@ from benchmarks import pyspy  # noqa: E402
 
 BODY = b'{"task": "noop", "args": {"i": 1}}'
 _LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
+PROCESSES_START_S = 5.0  # ample for `offload serve --processes N` children to be accepting
 
 
 def build_app(url: str) -> object:
@@ -65,6 +68,9 @@ def build_app(url: str) -> object:
         """An async no-op: what is measured is the service, not the task."""
 
     return app
+
+
+app = build_app("memory://")  # what `offload --url URL serve benchmarks.http_load:app` serves
 
 
 # What offload answers to an enqueue, field for field (the ids and times of one answer): the
@@ -114,7 +120,7 @@ def start_ceiling(port: int) -> subprocess.Popen[str]:
         f"uvicorn.run(ceiling_app(), host='127.0.0.1', port={port}, log_level='warning', "
         "access_log=False)"
     )
-    return _spawn(code, port)
+    return _spawn([sys.executable, "-c", code], port)
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -128,23 +134,41 @@ def _free_port() -> int:
 
 
 def start_server(
-    db: Path | str, port: int, *, workers: int, group_commit: bool, options: str = ""
+    db: Path | str,
+    port: int,
+    *,
+    workers: int,
+    group_commit: bool,
+    options: str = "",
+    processes: int = 1,
 ) -> subprocess.Popen[str]:
-    """A server on a fresh SQLite file ``db``, or on ``db`` itself when it is a URL."""
+    """A server on a fresh SQLite file ``db``, or on ``db`` itself when it is a URL; with
+    ``processes`` > 1, ``offload serve --processes`` (group commit on, as the CLI has it)."""
     url = db if isinstance(db, str) else f"sqlite:///{db}" + (f"?{options}" if options else "")
+    if processes > 1:
+        if not group_commit:
+            raise SystemExit("offload serve always commits in groups: --compare needs one process")
+        argv = [sys.executable, "-m", "offload", "--url", url, "serve", "benchmarks.http_load:app"]
+        argv += ["--port", str(port), "--processes", str(processes), "--log-level", "warning"]
+        proc = _spawn(argv + (["--workers", str(workers)] if workers else []), port)
+        # The supervisor listens before its children start, and the first child up would
+        # take every keep-alive connection opened before the others: wait for all of them.
+        time.sleep(PROCESSES_START_S)
+        return proc
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
         "from benchmarks.http_load import build_app; from offload.server import run_server; "
         f"run_server(build_app({url!r}), '127.0.0.1', {port}, workers={workers}, "
         f"group_commit={group_commit!r}, log_level='warning')"
     )
-    return _spawn(code, port)
+    return _spawn([sys.executable, "-c", code], port)
 
 
-def _spawn(code: str, port: int) -> subprocess.Popen[str]:
-    """``python -c code`` in a child, once it accepts connections on ``port``."""
+def _spawn(argv: list[str], port: int) -> subprocess.Popen[str]:
+    """``argv`` in a child, once it accepts connections on ``port``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, text=True)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(argv, env=env, text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -353,12 +377,15 @@ def phase(
     options: str,
     url: str | None = None,
     profile_s: float | None = None,
+    processes: int = 1,
 ) -> dict[str, float]:
     """One load on a fresh server; with ``profile_s``, the server's CPU profile over that
     many seconds of the load is printed after it."""
     db: Path | str = url if url else db_dir / f"{name}.db"
     port = _free_port()
-    server = start_server(db, port, workers=workers, group_commit=group_commit, options=options)
+    server = start_server(
+        db, port, workers=workers, group_commit=group_commit, options=options, processes=processes
+    )
     sampler = None
     if profile_s:
         raw = db_dir / f"{name}.pyspy"
@@ -405,6 +432,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the server through the enqueue phase"
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="offload serve --processes N (enqueue phase)"
+    )
     args = parser.parse_args()
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     enqueue = wrk_enqueue_load if client == "wrk" else python_enqueue_load
@@ -429,6 +459,7 @@ def main() -> None:
                 options=args.sqlite_options,
                 url=args.url,
                 profile_s=max(1.0, args.duration - 1) if args.profile else None,
+                processes=args.processes,
             )
             print(
                 json.dumps(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import re
 import signal
 import socket
@@ -11,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.procs import ROOT, child_env, offload_cmd, run_cli, stop, wait_for
+from tests.procs import ROOT, child_env, children_of, offload_cmd, run_cli, stop, wait_for
 
 TOKEN_READ = "r" * 20
 TOKEN_ADMIN = "a" * 20
@@ -133,3 +136,84 @@ def test_dashboard_sessions_survive_a_restart_with_the_same_secret(tmp_path: Pat
             assert again.get("/").status_code == expected
         finally:
             stop(proc, signal.SIGTERM)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if item)
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie its supervisor has not reaped yet: either way it accepts nothing."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _replaced(parent: int, dead: int) -> bool:
+    children = children_of(parent)
+    return len(children) == 2 and dead not in children
+
+
+def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -> None:
+    url, port = f"sqlite:///{tmp_path / 'serve.db'}", free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"OFFLOAD_TOKENS": f"{TOKEN_ADMIN}=admin"}
+    proc = start_serve(url, port, "--processes", "2", "--workers", "1", env=env)
+    auth = {"Authorization": f"Bearer {TOKEN_ADMIN}"}
+
+    def added(y: int) -> int:
+        with httpx.Client(timeout=15) as client:  # a new connection: any process may take it
+            resp = client.post(
+                f"{base}/v1/jobs",
+                json={"task": "add", "args": {"x": 1, "y": y}},
+                headers={**auth, "Prefer": "wait=10"},
+            )
+        assert resp.status_code == 200, resp.text
+        return int(resp.json()["result"])
+
+    try:
+        wait_for(lambda: len(children_of(proc.pid)) == 2, 30, "two server processes")
+        wait_for(lambda: healthy(base), 30, "the server to answer /healthz")
+        assert added(1) == 2
+        wait_for(
+            lambda: (
+                len(httpx.get(f"{base}/v1/workers", headers=auth, timeout=5).json()["workers"]) == 2
+            ),
+            30,
+            "both processes' embedded workers",
+        )
+        first, second = children_of(proc.pid)
+        # What must agree across processes reaches each through its environment, not argv.
+        secrets = {_environ(pid)["OFFLOAD_SECRET"] for pid in (first, second)}
+        assert len(secrets) == 1 and len(secrets.pop()) >= 32
+        assert all(
+            _environ(pid)["OFFLOAD_TOKENS"] == f"{TOKEN_ADMIN}=admin" for pid in (first, second)
+        )
+        assert TOKEN_ADMIN not in Path(f"/proc/{first}/cmdline").read_text()
+        # Each process accepts on the shared socket: with one dead, the other answers alone.
+        for victim in (first, second):
+            os.kill(victim, signal.SIGKILL)
+            wait_for(functools.partial(_dead, victim), 30, "the killed process to die")
+            assert added(2) == 3
+            wait_for(functools.partial(_replaced, proc.pid, victim), 30, "a new process")
+        assert added(3) == 4
+    finally:
+        children = children_of(proc.pid)
+        code = stop(proc, signal.SIGTERM)
+        for pid in children:  # never leave a server behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert code == 0
+    assert children_of(proc.pid) == []
+    assert not healthy(base)
+
+
+def test_serve_processes_refuse_an_open_host_before_starting_any(tmp_path: Path) -> None:
+    result = run_cli(
+        f"sqlite:///{tmp_path / 'x.db'}", "serve", "--host", "0.0.0.0", "-p", "2", timeout_s=30
+    )
+    assert result.returncode != 0
+    assert "without API tokens" in result.stderr
+    assert "Traceback" not in result.stderr and "server processes on" not in result.stderr

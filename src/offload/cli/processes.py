@@ -280,6 +280,16 @@ async def run_worker(
     "per process, so a restart logs everyone out).",
 )
 @click.option("--no-dashboard", is_flag=True, help="Serve the API only.")
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port, each with its own embedded worker when "
+    "--workers > 0: more use more cores. A dead one is restarted.",
+)
+@click.option("--fd", type=int, default=None, hidden=True)  # a child's inherited socket
 @LOG_LEVEL
 @click.pass_obj
 @friendly
@@ -296,6 +306,8 @@ def serve(
     insecure: bool,
     secret: str | None,
     no_dashboard: bool,
+    processes: int,
+    fd: int | None,
     log_level: str,
 ) -> None:
     """Serve the HTTP API and the dashboard, with an embedded worker when --workers > 0."""
@@ -317,6 +329,21 @@ def serve(
         raise click.UsageError("--queues needs --workers")
     if secret is not None and len(secret) < 16:
         raise click.UsageError("--secret must be 16 characters or more")
+    if processes > 1:
+        from offload.server.service import check_exposure
+
+        if fd is not None:
+            raise click.UsageError("--fd is for one process")
+        check_exposure(host, token_map, insecure=insecure)  # refused here, before any child
+        argv = [*(["--workers", str(workers), "--grace", str(grace)] if workers else [])]
+        argv += [*(["--queues", queues] if queues else []), "--log-level", log_level]
+        argv += [
+            *(["--insecure"] if insecure else []),
+            *(["--no-dashboard"] if no_dashboard else []),
+        ]
+        argv += ["--tokens-file", tokens_file] if tokens_file else []
+        spec = app_spec or obj.app_spec
+        sys.exit(serve_processes(obj, str(spec), host, port, processes, argv, tokens, secret))
     run_server(
         app,
         host=host,
@@ -328,7 +355,47 @@ def serve(
         log_level=log_level,
         dashboard=not no_dashboard,
         dashboard_secret=secret.encode() if secret else None,
+        fd=fd,
     )
+
+
+def serve_processes(
+    obj: Ctx,
+    spec: str,
+    host: str,
+    port: int,
+    processes: int,
+    options: list[str],
+    tokens: str | None,
+    secret: str | None,
+) -> int:
+    """Listen on ``host:port`` here, then run ``processes`` children of ``offload serve
+    spec --fd N *options`` that accept on that one socket (the kernel spreads connections over
+    them), supervised as ``offload worker --processes`` supervises its own.
+
+    The children share what must agree across processes: the dashboard's session secret
+    (random here unless given, so a login works whichever process answers) and the tokens of
+    ``--tokens``, both through the environment, never a command line."""
+    import secrets
+
+    from offload.server.service import listening_socket
+    from offload.worker.supervisor import Supervisor
+
+    sock = listening_socket(host, port)
+    env = dict(os.environ)
+    env["OFFLOAD_SECRET"] = secret or secrets.token_urlsafe(32)
+    if tokens:
+        env["OFFLOAD_TOKENS"] = tokens
+    argv = [sys.executable, "-m", "offload", *(["--url", obj.url] if obj.url else [])]
+    argv += ["serve", spec, "--host", host, "--fd", str(sock.fileno()), *options]
+    bound = sock.getsockname()[1]
+    logging.getLogger("offload.server").info(
+        "%d server processes on http://%s:%d", processes, host, bound
+    )
+    try:
+        return Supervisor(argv, processes, env=env, pass_fds=[sock.fileno()], kind="server").run()
+    finally:
+        sock.close()
 
 
 def _tokens(ctx: click.Context, spec: str | None, path: str | None) -> dict[str, list[str]] | None:

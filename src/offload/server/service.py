@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
@@ -261,6 +262,7 @@ def run_server(
     log_level: str = "info",
     access_log: bool = False,
     switch_interval_s: float | None = DEFAULT_SWITCH_INTERVAL_S,
+    fd: int | None = None,
     **service_options: Any,
 ) -> None:
     """Serve ``create_service(app, ...)`` on uvicorn (one process) until SIGINT/SIGTERM.
@@ -268,7 +270,8 @@ def run_server(
     Without tokens, a host that is not loopback is refused (ConfigurationError) unless
     ``insecure``; with ``insecure`` the API is open to anyone who can reach the port.
     ``access_log`` is off by default: at thousands of requests per second it costs more
-    than the request itself.
+    than the request itself. ``fd`` is a listening socket to accept on instead of binding
+    ``host:port`` (``offload serve --processes``: several processes share one socket).
 
     ``switch_interval_s`` sets the process's GIL switch interval (``sys.setswitchinterval``;
     None leaves it alone). The event loop and a backend's I/O thread (SQLite's writer) share
@@ -280,16 +283,8 @@ def run_server(
     if switch_interval_s is not None:
         sys.setswitchinterval(switch_interval_s)
 
-    if not tokens and not insecure and not is_loopback(host):
-        raise ConfigurationError(
-            f"refusing to serve on {host} without API tokens: configure tokens, bind to "
-            "127.0.0.1, or pass insecure"
-        )
-    if not tokens:
-        log.warning(
-            "no API tokens configured: the API is open to %s",
-            "anyone" if insecure else "this machine only",
-        )
+    check_exposure(host, tokens, insecure=insecure, warn=fd is None)  # a child: its parent warned
+    sockets = None if fd is None else [inherited_socket(fd)]
     service = create_service(
         app,
         workers=workers,
@@ -301,4 +296,47 @@ def run_server(
     config = uvicorn.Config(
         service, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on"
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def check_exposure(
+    host: str, tokens: Mapping[str, Collection[str]] | None, *, insecure: bool, warn: bool = True
+) -> None:
+    """Refuse (ConfigurationError) a host that is not loopback without tokens unless
+    ``insecure``; with ``warn``, log that the API is open when it is."""
+    if not tokens and not insecure and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to serve on {host} without API tokens: configure tokens, bind to "
+            "127.0.0.1, or pass insecure"
+        )
+    if not tokens and warn:
+        log.warning(
+            "no API tokens configured: the API is open to %s",
+            "anyone" if insecure else "this machine only",
+        )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` that child processes inherit (``--processes``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.listen(2048)  # uvicorn's backlog
+    sock.set_inheritable(True)
+    return sock
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket at ``fd`` (its family read from the socket itself)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigurationError(f"file descriptor {fd} is not an open socket: {exc}") from None
+    if sock.type != socket.SOCK_STREAM:
+        raise ConfigurationError(f"file descriptor {fd} is not a stream socket")
+    return sock

@@ -1,9 +1,11 @@
-"""Supervises P worker processes (``offload worker --processes P``).
+"""Supervises P worker or server processes (``offload worker --processes P``, ``offload serve
+--processes P``).
 
-Each child is a plain ``offload worker`` process with one process. A child that dies is
-restarted (with a growing pause if it keeps dying at once, so a broken app does not spin). The
-first SIGTERM/SIGINT is passed on to every child, which drains within its grace; a second one is
-passed on too, which makes the children stop at once. The supervisor exits when all have.
+Each child is a plain ``offload worker`` (or ``offload serve``) process with one process. A
+child that dies is restarted (with a growing pause if it keeps dying at once, so a broken app
+does not spin). The first SIGTERM/SIGINT is passed on to every child, which drains within its
+grace; a second one is passed on too, which makes the children stop at once. The supervisor
+exits when all have.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def _die_with_parent() -> None:
 
 class Supervisor:
     """``env`` is the children's environment (this process's by default); ``on_exit(pid)`` is
-    called once for each child that has exited (the metrics endpoint forgets its gauges)."""
+    called once for each child that has exited (the metrics endpoint forgets its gauges);
+    ``pass_fds`` stay open in every child (the servers' shared listening socket); ``kind``
+    names the children in the log."""
 
     def __init__(
         self,
@@ -45,8 +49,12 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         on_exit: Callable[[int], None] | None = None,
+        pass_fds: Sequence[int] = (),
+        kind: str = "worker",
     ) -> None:
         self.child_argv = list(child_argv)
+        self.pass_fds = tuple(pass_fds)
+        self.kind = kind
         self.processes = processes
         self.env = dict(env) if env is not None else None
         self.on_exit = on_exit
@@ -56,7 +64,9 @@ class Supervisor:
         self._told: set[int] = set()  # child pids already sent SIGTERM for this stop
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], float]:
-        proc = subprocess.Popen(self.child_argv, preexec_fn=_die_with_parent, env=self.env)
+        proc = subprocess.Popen(
+            self.child_argv, preexec_fn=_die_with_parent, env=self.env, pass_fds=self.pass_fds
+        )
         return proc, time.monotonic()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -75,7 +85,7 @@ class Supervisor:
             try:
                 self.on_exit(proc.pid)
             except Exception:
-                log.exception("clean-up after worker process %d failed", proc.pid)
+                log.exception("clean-up after %s process %d failed", self.kind, proc.pid)
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -91,7 +101,8 @@ class Supervisor:
                     lived = time.monotonic() - started
                     pause = min(max(pause * 2, 0.5), MAX_PAUSE_S) if lived < FAST_DEATH_S else 0.0
                     log.warning(
-                        "worker process %d exited with %s after %.1fs; restarting%s",
+                        "%s process %d exited with %s after %.1fs; restarting%s",
+                        self.kind,
                         proc.pid,
                         proc.returncode,
                         lived,
