@@ -156,17 +156,18 @@ def run_one(system: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def http_enqueue(args: argparse.Namespace) -> dict[str, Any]:
-    """``offload serve`` on Redis, ``POST /v1/jobs`` over 16 keep-alive connections (no
-    worker): requests/s and latency percentiles from ``http_load.py``, under a key prefix of
-    its own that is deleted afterwards."""
+def http_enqueue(args: argparse.Namespace, processes: int) -> dict[str, Any]:
+    """``offload serve --processes N`` on Redis, ``POST /v1/jobs`` over 16 keep-alive
+    connections (no worker): requests/s and latency percentiles from ``http_load.py``, under a
+    key prefix of its own that is deleted afterwards."""
     import redis
 
-    prefix = f"bench_http_{os.getpid()}"
+    prefix = f"bench_http_{os.getpid()}_{processes}"
     url = f"redis://127.0.0.1:6379/13?prefix={prefix}"
     cmd = [
         sys.executable, str(HERE / "http_load.py"), "--url", url, "--enqueue-only",
         "--connections", str(args.http_connections), "--duration", str(args.http_seconds),
+        "--processes", str(processes),
     ]  # fmt: skip
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -179,7 +180,7 @@ def http_enqueue(args: argparse.Namespace) -> dict[str, Any]:
             keys = list(r.scan_iter(match="{" + prefix + "*", count=1000))
             for start in range(0, len(keys), 1000):
                 r.delete(*keys[start : start + 1000])
-    return {"backend": "redis", **result}
+    return {"backend": "redis", "processes": processes, **result}
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -218,6 +219,11 @@ def main() -> None:
     p.add_argument("--http-seconds", type=float, help="HTTP enqueue load (default 10; 3 quick)")
     p.add_argument("--http-connections", type=int, default=16)
     p.add_argument("--no-http", action="store_true", help="skip the HTTP enqueue figure")
+    p.add_argument(
+        "--http-processes",
+        default="1,2",
+        help="the HTTP enqueue figure once per `offload serve --processes` count (default 1,2)",
+    )
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.jobs = args.jobs or (2_000 if args.quick else 20_000)
@@ -250,8 +256,10 @@ def main() -> None:
         # written after every round, so that a run cut short still leaves its figures
         write_results(args.out, systems, runs, meta)
     if not args.no_http:
-        meta["http"] = [http_enqueue(args)]
-        print(f"[{time.monotonic() - t0:6.0f}s] http enqueue            {meta['http'][0]}")
+        meta["http"] = []
+        for n in (int(x) for x in args.http_processes.split(",")):
+            meta["http"].append(http_enqueue(args, n))
+            print(f"[{time.monotonic() - t0:6.0f}s] http enqueue            {meta['http'][-1]}")
         write_results(args.out, systems, runs, meta)
     print(f"\nwrote {args.out}/results.md, results.json, results.png\n")
     print((args.out / "results.md").read_text())

@@ -120,15 +120,16 @@ def http_section(results: Sequence[dict[str, Any]]) -> list[str]:
         return []
     out = ["", "## HTTP enqueue (`offload serve`, `POST /v1/jobs`, no worker)", ""]
     out += [
-        "| backend | connections | requests/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
+        "| backend | processes | connections | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        procs = r.get("processes", 1)
         if r.get("error"):
-            out.append(f"| {r.get('backend')} | — | FAILED: {r['error']} | | | |")
+            out.append(f"| {r.get('backend')} | {procs} | — | FAILED: {r['error']} | | | |")
             continue
         out.append(
-            f"| {r.get('backend')} | {r.get('connections')} | {r.get('rps', 0):,} | "
+            f"| {r.get('backend')} | {procs} | {r.get('connections')} | {r.get('rps', 0):,} | "
             f"{r.get('p50_ms', '—')} | {r.get('p99_ms', '—')} | {r.get('errors', 0)} |"
         )
     return out
