@@ -104,6 +104,9 @@ def test_supervisor_restarts_a_dead_process_and_stops_cleanly(url: str) -> None:
     try:
         wait_for(lambda: len(children_of(sup.pid)) == 2, 30, "two worker processes")
         victim = children_of(sup.pid)[0]
+        # --url (it may hold a password) reaches them through the environment, not argv
+        assert url not in Path(f"/proc/{victim}/cmdline").read_text()
+        assert f"OFFLOAD_URL={url}\0".encode() in Path(f"/proc/{victim}/environ").read_bytes()
         os.kill(victim, signal.SIGKILL)
         wait_for(
             lambda: len(children_of(sup.pid)) == 2 and victim not in children_of(sup.pid),

@@ -191,7 +191,9 @@ def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -
         assert all(
             _environ(pid)["OFFLOAD_TOKENS"] == f"{TOKEN_ADMIN}=admin" for pid in (first, second)
         )
-        assert TOKEN_ADMIN not in Path(f"/proc/{first}/cmdline").read_text()
+        assert all(_environ(pid)["OFFLOAD_URL"] == url for pid in (first, second))
+        cmdline = Path(f"/proc/{first}/cmdline").read_text()
+        assert TOKEN_ADMIN not in cmdline and url not in cmdline
         # Each process accepts on the shared socket: with one dead, the other answers alone.
         for victim in (first, second):
             os.kill(victim, signal.SIGKILL)

@@ -131,12 +131,11 @@ def worker(
     )
     app = obj.app(spec)  # import once in the parent too: fail fast on a bad app
     if processes > 1:
-        argv = [sys.executable, "-m", "offload", *(["--url", obj.url] if obj.url else [])]
-        argv += ["worker", str(spec), "--queues", ",".join(names)]
+        argv = [sys.executable, "-m", "offload", "worker", str(spec), "--queues", ",".join(names)]
         argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
         argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
         argv += ["--log-format", log_format] + (["--burst"] if burst else [])
-        sys.exit(supervise(app, argv, processes, metrics_host, metrics_port))
+        sys.exit(supervise(app, argv, processes, metrics_host, metrics_port, url=obj.url))
     if metrics_port is not None and metrics_dir is None:
         run_with_metrics(app, config, metrics_host, metrics_port)
         return
@@ -160,12 +159,15 @@ def run_with_metrics(app: App, config: WorkerConfig, host: str, port: int) -> No
         endpoint.close()
 
 
-def supervise(app: App, argv: list[str], processes: int, host: str, port: int | None) -> int:
+def supervise(
+    app: App, argv: list[str], processes: int, host: str, port: int | None, *, url: str | None
+) -> int:
     """Run ``processes`` children of ``argv``; with a port, one metrics endpoint for all."""
     from offload.worker.supervisor import Supervisor
 
+    env = children_env(url)
     if port is None:
-        return Supervisor(argv, processes).run()
+        return Supervisor(argv, processes, env=env).run()
     from offload.worker.metrics import Aggregate
 
     aggregate = Aggregate(host, port, app)
@@ -174,11 +176,21 @@ def supervise(app: App, argv: list[str], processes: int, host: str, port: int | 
     )
     try:
         argv = [*argv, "--metrics-dir", aggregate.path]
-        env = aggregate.child_env(os.environ)
+        env = aggregate.child_env(env)
         return Supervisor(argv, processes, env=env, on_exit=aggregate.process_dead).run()
     finally:
         aggregate.close()
         app.close_sync()  # the connection the queue depth was read through
+
+
+def children_env(url: str | None) -> dict[str, str]:
+    """The environment of supervised children: this one, with ``--url`` in ``OFFLOAD_URL``
+    rather than on their command lines, where every user of the machine could read a
+    password in it (``ps``)."""
+    env = dict(os.environ)
+    if url:
+        env["OFFLOAD_URL"] = url
+    return env
 
 
 async def run_worker(
@@ -374,20 +386,20 @@ def serve_processes(
     them), supervised as ``offload worker --processes`` supervises its own.
 
     The children share what must agree across processes: the dashboard's session secret
-    (random here unless given, so a login works whichever process answers) and the tokens of
-    ``--tokens``, both through the environment, never a command line."""
+    (random here unless given, so a login works whichever process answers), the tokens of
+    ``--tokens`` and the ``--url``, all through the environment, never a command line."""
     import secrets
 
     from offload.server.service import listening_socket
     from offload.worker.supervisor import Supervisor
 
     sock = listening_socket(host, port)
-    env = dict(os.environ)
+    env = children_env(obj.url)
     env["OFFLOAD_SECRET"] = secret or secrets.token_urlsafe(32)
     if tokens:
         env["OFFLOAD_TOKENS"] = tokens
-    argv = [sys.executable, "-m", "offload", *(["--url", obj.url] if obj.url else [])]
-    argv += ["serve", spec, "--host", host, "--fd", str(sock.fileno()), *options]
+    argv = [sys.executable, "-m", "offload", "serve", spec, "--host", host]
+    argv += ["--fd", str(sock.fileno()), *options]
     bound = sock.getsockname()[1]
     logging.getLogger("offload.server").info(
         "%d server processes on http://%s:%d", processes, host, bound
