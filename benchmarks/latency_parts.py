@@ -6,7 +6,8 @@ worker's part (the wake-up, the claim, the hand-over to the task). This runs the
 (one worker process at its defaults, jobs evenly paced, default 200/s) and reports both parts
 and the whole, per backend and task kind::
 
-    python benchmarks/latency_parts.py [--backends sqlite,postgres,redis] [--rate 200]
+    python benchmarks/latency_parts.py [--backends sqlite,postgres,redis,storeless-rabbitmq]
+                                       [--rate 200]
                                        [--seconds 10] [--kinds async,sync]
 
 ``async``: an async task enqueued with ``await task.aenqueue()``; ``sync``: a sync task (run in
@@ -19,13 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,6 +63,7 @@ URLS = {
     "sqlite-normal": "sqlite:///{dir}/latency.db?synchronous=normal",
     "postgres": "postgresql://postgres@127.0.0.1:5432/test?schema=lat{tag}&auto_migrate=1",
     "redis": "redis://127.0.0.1:6379/0?prefix=lat{tag}",
+    "storeless-rabbitmq": "amqp://guest:guest@127.0.0.1:5672//?prefix=lat{tag}",
 }
 
 
@@ -101,6 +104,8 @@ async def one(url: str, kind: str, rate: float, seconds: float, work: Path) -> d
     finally:
         worker.terminate()
         await asyncio.wait_for(worker.wait(), 30)
+        if url.startswith("amqp"):
+            await app.call(functools.partial(_drop_broker_objects, url=url, queue=queue))
         await app.close()
     starts = _starts(work)
     kept = [i for i in calls if i >= rate and i in starts]  # the first second warms up
@@ -153,6 +158,12 @@ def main() -> None:
             ]
             lost = f" ({got['missing']:.0f} not started)" if got["missing"] else ""
             print(f"| {backend} | {kind} | {got['jobs']:.0f}{lost} | {' | '.join(cells)} |")
+
+
+async def _drop_broker_objects(backend: Any, *, url: str, queue: str) -> None:
+    prefix = url.split("prefix=")[1].split("&")[0]
+    names = {*backend.declared_queues(), f"{prefix}.q.{queue}"}
+    await backend.delete_broker_objects(sorted(names))
 
 
 def _drop_keys(url: str) -> None:
