@@ -212,6 +212,14 @@ def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -
     assert not healthy(base)
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_processes_refuse_a_backend_of_one_process(command: str) -> None:
+    result = run_cli("memory://", command, "--processes", "2", timeout_s=30)
+    assert result.returncode != 0
+    assert "--processes needs a backend that processes share" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_processes_refuse_an_open_host_before_starting_any(tmp_path: Path) -> None:
     result = run_cli(
         f"sqlite:///{tmp_path / 'x.db'}", "serve", "--host", "0.0.0.0", "-p", "2", timeout_s=30

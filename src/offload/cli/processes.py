@@ -131,6 +131,7 @@ def worker(
     )
     app = obj.app(spec)  # import once in the parent too: fail fast on a bad app
     if processes > 1:
+        check_shared(app)
         argv = [sys.executable, "-m", "offload", "worker", str(spec), "--queues", ",".join(names)]
         argv += ["--concurrency", str(concurrency), "--grace", str(grace), "--lease", str(lease)]
         argv += ["--heartbeat", str(beat), "--recover", str(recover), "--log-level", log_level]
@@ -181,6 +182,15 @@ def supervise(
     finally:
         aggregate.close()
         app.close_sync()  # the connection the queue depth was read through
+
+
+def check_shared(app: App) -> None:
+    """``--processes N`` needs a backend the processes share: a memory:// store lives in one."""
+    if not app.backend.capabilities.cross_process:
+        raise click.UsageError(
+            f"--processes needs a backend that processes share; {app.backend.url} lives in one "
+            "process (use sqlite://, postgresql://, redis://, amqp:// or beanstalk://)"
+        )
 
 
 def children_env(url: str | None) -> dict[str, str]:
@@ -346,6 +356,7 @@ def serve(
 
         if fd is not None:
             raise click.UsageError("--fd is for one process")
+        check_shared(app)
         check_exposure(host, token_map, insecure=insecure)  # refused here, before any child
         argv = [*(["--workers", str(workers), "--grace", str(grace)] if workers else [])]
         argv += [*(["--queues", queues] if queues else []), "--log-level", log_level]
