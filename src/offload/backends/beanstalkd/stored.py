@@ -34,7 +34,7 @@ from offload.backends.beanstalkd.broker import Beanstalk, Delivery, Outgoing
 from offload.backends.beanstalkd.claim import Claimer, outgoing_of, parse_body
 from offload.backends.beanstalkd.options import STORED, delay_of, parse_url
 from offload.backends.brokered.delegation import StoreDelegation
-from offload.backends.brokered.handoff import Handoff, enqueue_stored
+from offload.backends.brokered.handoff import Handoff, enqueue_stored, requeue_stored
 from offload.backends.brokered.limited import LimitedLane, carried
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
@@ -340,32 +340,16 @@ class StoredBeanstalkBackend(StoreDelegation, StoreWorkflows):
     # -- inspecting and steering: the store's --------------------------------------------
 
     async def requeue(self, job_id: str) -> JobRecord | None:
-        """Queue a dead or cancelled job again in the store and put its message. If the put
-        fails the job is cancelled again (so it can be retried later) and BackendUnavailable
-        is raised. An outbox marker, stored first, covers a crash between the two."""
-        marker = self._outbox.marker([job_id])
-        await self._store.enqueue([marker])
-        try:
-            rec = await self._store.requeue(job_id)
-        except BackendUnavailable:
-            raise  # it may have happened: the marker stays, to put it if it did
-        except BaseException:
-            self._outbox.published(marker.id)
-            raise
-        if rec is None or rec.limits:  # (a job with limits: the store's claim takes it)
-            self._outbox.published(marker.id)
-            if rec is not None:
-                self._lane.note()
-            return rec
-        try:
+        """Queue a dead or cancelled job again in the store and put its message
+        (:func:`~offload.backends.brokered.handoff.requeue_stored`)."""
+
+        async def put(rec: JobRecord) -> None:
             await self._bs.put([outgoing_of(rec)])
-        except BackendUnavailable:
-            with contextlib.suppress(BackendUnavailable):
-                await self._store.cancel(job_id)
-            raise
-        self._outbox.published(marker.id)
-        self._bs.wake.set()
-        return rec
+
+        async def woke() -> None:
+            self._bs.wake.set()
+
+        return await requeue_stored(self._store, self._outbox, self._lane, job_id, put, woke)
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         await self._store.set_paused(queue, paused)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import msgspec
 
 from offload.backends.base import Backend, SyncEnqueue
-from offload.backends.brokered.limited import carried, carried_ids
+from offload.backends.brokered.limited import LimitedLane, carried, carried_ids
 from offload.backends.brokered.outbox import Outbox
 from offload.backends.unique import replaced_records
 from offload.errors import BackendUnavailable
@@ -64,6 +64,44 @@ async def enqueue_stored(
     for m in marker:
         outbox.published(m.id)
     return recs
+
+
+async def requeue_stored(
+    store: Backend,
+    outbox: Outbox,
+    lane: LimitedLane,
+    job_id: str,
+    send: Callable[[JobRecord], Awaitable[None]],
+    woke: Callable[[], Awaitable[None]],
+) -> JobRecord | None:
+    """``requeue`` of a broker with a store: queue a dead or cancelled job again in the store,
+    then ``send`` its message and, once it is sent, ``woke`` the waiting workers. If the send
+    fails the job is cancelled again (so it can be retried later) and BackendUnavailable is
+    raised. An outbox marker, stored first, covers a crash between the two. A job with limits
+    is left to the store's claim (``lane``)."""
+    marker = outbox.marker([job_id])
+    await store.enqueue([marker])
+    try:
+        rec = await store.requeue(job_id)
+    except BackendUnavailable:
+        raise  # it may have happened: the marker stays, to send it if it did
+    except BaseException:
+        outbox.published(marker.id)
+        raise
+    if rec is None or rec.limits:  # (a job with limits: the store's claim takes it)
+        outbox.published(marker.id)
+        if rec is not None:
+            lane.note()
+        return rec
+    try:
+        await send(rec)
+    except BackendUnavailable:
+        with contextlib.suppress(BackendUnavailable):
+            await store.cancel(job_id)
+        raise
+    outbox.published(marker.id)
+    await woke()
+    return rec
 
 
 class Handoff:

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from offload.backends.base import Backend, Capabilities
 from offload.backends.brokered.delegation import StoreDelegation
-from offload.backends.brokered.handoff import Handoff, enqueue_stored
+from offload.backends.brokered.handoff import Handoff, enqueue_stored, requeue_stored
 from offload.backends.brokered.limited import LimitedLane, carried
 from offload.backends.brokered.outbox import ORPHAN_AFTER_S, Outbox
 from offload.backends.brokered.store import get_many
@@ -311,33 +311,15 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
     # -- inspecting and steering: the store's --------------------------------------------
 
     async def requeue(self, job_id: str) -> JobRecord | None:
-        """Queue a dead or cancelled job again in the store and publish its message. If the
-        publish fails the job is cancelled again (so it can be retried later) and
-        BackendUnavailable is raised. An outbox marker, stored first, covers a crash between
-        the two (see :meth:`enqueue`)."""
-        marker = self._outbox.marker([job_id])
-        await self._store.enqueue([marker])
-        try:
-            rec = await self._store.requeue(job_id)
-        except BackendUnavailable:
-            raise  # it may have happened: the marker stays, to publish it if it did
-        except BaseException:
-            self._outbox.published(marker.id)
-            raise
-        if rec is None or rec.limits:  # (a job with limits: the store's claim takes it)
-            self._outbox.published(marker.id)
-            if rec is not None:
-                self._lane.note()
-            return rec
-        try:
+        """Queue a dead or cancelled job again in the store and publish its message
+        (:func:`~offload.backends.brokered.handoff.requeue_stored`)."""
+
+        async def publish(rec: JobRecord) -> None:
             await self._broker.publish([message_of(rec)])
-        except BackendUnavailable:
-            with contextlib.suppress(BackendUnavailable):
-                await self._store.cancel(job_id)
-            raise
-        self._outbox.published(marker.id)
-        await self._broker.notify()
-        return rec
+
+        return await requeue_stored(
+            self._store, self._outbox, self._lane, job_id, publish, self._broker.notify
+        )
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         await self._store.set_paused(queue, paused)
