@@ -436,6 +436,8 @@ def main() -> None:
         "--processes", type=int, default=1, help="offload serve --processes N (enqueue phase)"
     )
     args = parser.parse_args()
+    if args.profile and args.processes > 1:
+        parser.error("--profile samples one server process: use it without --processes")
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     enqueue = wrk_enqueue_load if client == "wrk" else python_enqueue_load
     if args.ceiling:

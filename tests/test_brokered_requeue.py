@@ -56,6 +56,9 @@ async def test_a_sent_job_is_queued_and_the_workers_woken_after(store: MemoryBac
     again = await requeue_stored(store, outbox, LimitedLane(store), dead.id, send, woke)
     assert again is not None and again.state is JobState.QUEUED
     assert events == [f"sent {dead.id} queued", "woke"]
+    assert await markers(store) == 1  # stored first, in case the process died meanwhile
+    await outbox.flush()
+    assert await markers(store) == 0  # the message went out: the marker is deleted
 
 
 async def test_a_job_whose_message_cannot_go_is_cancelled_and_its_marker_kept(
@@ -93,3 +96,5 @@ async def test_a_job_with_limits_stays_in_the_store(store: MemoryBackend) -> Non
     outbox = Outbox(store, Unused(), 30.0)
     again = await requeue_stored(store, outbox, LimitedLane(store), dead.id, send, woke)
     assert again is not None and again.state is JobState.QUEUED
+    await outbox.flush()
+    assert await markers(store) == 0  # no message to cover: no marker left

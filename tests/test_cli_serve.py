@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import signal
@@ -159,12 +160,17 @@ def _replaced(parent: int, dead: int) -> bool:
 def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -> None:
     url, port = f"sqlite:///{tmp_path / 'serve.db'}", free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"OFFLOAD_TOKENS": f"{TOKEN_ADMIN}=admin"}
-    proc = start_serve(url, port, "--processes", "2", "--workers", "1", env=env)
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"# the admin\n{TOKEN_ADMIN}=admin\n")
+    proc = start_serve(
+        url, port, "--processes", "2", "--workers", "1", "--tokens-file", str(tokens_file)
+    )
     auth = {"Authorization": f"Bearer {TOKEN_ADMIN}"}
 
     def added(y: int) -> int:
-        with httpx.Client(timeout=15) as client:  # a new connection: any process may take it
+        # A new connection each time: any process may take it. It waits in the socket's
+        # queue while no process accepts (one killed, its replacement starting).
+        with httpx.Client(timeout=30) as client:
             resp = client.post(
                 f"{base}/v1/jobs",
                 json={"task": "add", "args": {"x": 1, "y": y}},
@@ -173,6 +179,7 @@ def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -
         assert resp.status_code == 200, resp.text
         return int(resp.json()["result"])
 
+    leftover: list[int] = []
     try:
         wait_for(lambda: len(children_of(proc.pid)) == 2, 30, "two server processes")
         wait_for(lambda: healthy(base), 30, "the server to answer /healthz")
@@ -185,7 +192,8 @@ def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -
             "both processes' embedded workers",
         )
         first, second = children_of(proc.pid)
-        # What must agree across processes reaches each through its environment, not argv.
+        # What must agree across processes reaches each through its environment, not argv:
+        # the tokens as the parent read them (a restarted child reads no changed file).
         secrets = {_environ(pid)["OFFLOAD_SECRET"] for pid in (first, second)}
         assert len(secrets) == 1 and len(secrets.pop()) >= 32
         assert all(
@@ -193,7 +201,13 @@ def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -
         )
         assert all(_environ(pid)["OFFLOAD_URL"] == url for pid in (first, second))
         cmdline = Path(f"/proc/{first}/cmdline").read_text()
-        assert TOKEN_ADMIN not in cmdline and url not in cmdline
+        assert TOKEN_ADMIN not in cmdline and url not in cmdline and "tokens" not in cmdline
+        # ... and once read, it is gone from the environment the jobs (and what they start) see.
+        for name in ("OFFLOAD_SECRET", "OFFLOAD_TOKENS", "OFFLOAD_URL"):
+            args = json.dumps([name])
+            ran = run_cli(url, "enqueue", "has_env", "--args", args, "--wait", "30", "--json")
+            assert ran.returncode == 0, ran.stderr
+            assert json.loads(ran.stdout)["result"] is False, (name, ran.stdout)
         # Each process accepts on the shared socket: with one dead, the other answers alone.
         for victim in (first, second):
             os.kill(victim, signal.SIGKILL)
@@ -204,11 +218,12 @@ def test_serve_processes_share_the_port_and_replace_a_dead_one(tmp_path: Path) -
     finally:
         children = children_of(proc.pid)
         code = stop(proc, signal.SIGTERM)
-        for pid in children:  # never leave a server behind, even when the test fails
+        leftover = [pid for pid in children if not _dead(pid)]
+        for pid in leftover:  # never leave a server behind, even when the test fails
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     assert code == 0
-    assert children_of(proc.pid) == []
+    assert leftover == []
     assert not healthy(base)
 
 

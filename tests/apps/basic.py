@@ -41,3 +41,9 @@ def slow(seconds: float) -> str:
 @app.task(name="fail", max_attempts=2, retry=offload.FixedBackoff(0.0))
 def fail(message: str) -> None:
     raise RuntimeError(message)
+
+
+@app.task(name="has_env")
+def has_env(name: str) -> bool:
+    """Whether the process running the job has ``name`` in its environment."""
+    return name in os.environ

@@ -16,7 +16,7 @@ from offload.cli.context import Ctx, friendly
 # worker process does not hold the inspection commands, nor the server's schemas they print with.
 COMMANDS = {
     "worker": "offload.cli.processes:worker",
-    "serve": "offload.cli.processes:serve",
+    "serve": "offload.cli.serve:serve",
     "enqueue": "offload.cli.jobs:enqueue",
     "jobs": "offload.cli.jobs:jobs",
     "queues": "offload.cli.jobs:queues",

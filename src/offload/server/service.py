@@ -283,8 +283,11 @@ def run_server(
     if switch_interval_s is not None:
         sys.setswitchinterval(switch_interval_s)
 
-    check_exposure(host, tokens, insecure=insecure, warn=fd is None)  # a child: its parent warned
     sockets = None if fd is None else [inherited_socket(fd)]
+    # What counts is the address the socket listens on, not the --host a child was told; a
+    # supervised child's parent has warned already.
+    exposed = host if sockets is None else str(sockets[0].getsockname()[0])
+    check_exposure(exposed, tokens, insecure=insecure, warn=fd is None)
     service = create_service(
         app,
         workers=workers,
@@ -317,7 +320,7 @@ def check_exposure(
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host:port`` that child processes inherit (``--processes``)."""
+    """A TCP socket listening on ``host:port``, for ``--processes`` children to accept on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -327,8 +330,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from None
     sock.listen(2048)  # uvicorn's backlog
-    sock.set_inheritable(True)
-    return sock
+    return sock  # (not inheritable: Popen's pass_fds hands it to the children it names)
 
 
 def inherited_socket(fd: int) -> socket.socket:
@@ -339,4 +341,5 @@ def inherited_socket(fd: int) -> socket.socket:
         raise ConfigurationError(f"file descriptor {fd} is not an open socket: {exc}") from None
     if sock.type != socket.SOCK_STREAM:
         raise ConfigurationError(f"file descriptor {fd} is not a stream socket")
+    sock.set_inheritable(False)  # a subprocess a job starts must not keep the port open
     return sock

@@ -40,7 +40,8 @@ class Supervisor:
     """``env`` is the children's environment (this process's by default); ``on_exit(pid)`` is
     called once for each child that has exited (the metrics endpoint forgets its gauges);
     ``pass_fds`` stay open in every child (the servers' shared listening socket); ``kind``
-    names the children in the log."""
+    names the children in the log; ``again`` is the signal a second stop request sends (the
+    one that makes a child stop at once)."""
 
     def __init__(
         self,
@@ -51,10 +52,12 @@ class Supervisor:
         on_exit: Callable[[int], None] | None = None,
         pass_fds: Sequence[int] = (),
         kind: str = "worker",
+        again: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.child_argv = list(child_argv)
         self.pass_fds = tuple(pass_fds)
         self.kind = kind
+        self.again = again
         self.processes = processes
         self.env = dict(env) if env is not None else None
         self.on_exit = on_exit
@@ -75,10 +78,11 @@ class Supervisor:
             self._tell(proc, again=self._signals > 1)
 
     def _tell(self, proc: subprocess.Popen[bytes], *, again: bool = False) -> None:
-        """SIGTERM a live child once per stop request (a second one would skip its grace)."""
+        """SIGTERM a live child once per stop request; a second request sends ``again``, which
+        makes it skip its grace."""
         if proc.poll() is None and (again or proc.pid not in self._told):
             self._told.add(proc.pid)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(self.again if again else signal.SIGTERM)
 
     def _exited(self, proc: subprocess.Popen[bytes]) -> None:
         if self.on_exit is not None:
