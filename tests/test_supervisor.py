@@ -54,3 +54,16 @@ def test_a_second_stop_request_sends_again(tmp_path: Path, again: str) -> None:
         if sup.poll() is None:
             sup.kill()  # its child dies with it (SIGTERM, its second signal)
             sup.wait()
+
+
+def test_children_that_keep_dying_at_start_end_it_when_told(tmp_path: Path) -> None:
+    marks = tmp_path / "starts"
+    dies = f"open({str(marks)!r}, 'a').write('x'); raise SystemExit(3)"
+    code = f"""
+import sys
+from offload.worker.supervisor import Supervisor
+sys.exit(Supervisor([sys.executable, "-c", {dies!r}], 2, give_up_after=3).run())
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), timeout=60)
+    assert done.returncode == 1
+    assert len(marks.read_text()) == 4  # two at first, two replacements; the third death ends it

@@ -154,6 +154,7 @@ def serve(
 
 
 _SHARED = ("OFFLOAD_SECRET", "OFFLOAD_TOKENS", "OFFLOAD_URL")  # parent -> children, by env
+GIVE_UP_AFTER = 5  # server processes in a row that die at start before --processes exits
 
 
 def _child_options(
@@ -205,9 +206,17 @@ def serve_processes(
     logging.getLogger("offload.server").info(
         "%d server processes on http://%s:%d", processes, host, bound
     )
-    # uvicorn stops at once on a second SIGINT (a second SIGTERM only repeats the first).
+    # uvicorn stops at once on a second SIGINT (a second SIGTERM only repeats the first). A
+    # server whose start fails exits; so do N of them, rather than hold the port with nobody
+    # accepting (what runs offload serve restarts it, as it would one process).
     supervisor = Supervisor(
-        argv, processes, env=env, pass_fds=[sock.fileno()], kind="server", again=signal.SIGINT
+        argv,
+        processes,
+        env=env,
+        pass_fds=[sock.fileno()],
+        kind="server",
+        again=signal.SIGINT,
+        give_up_after=GIVE_UP_AFTER,
     )
     try:
         return supervisor.run()

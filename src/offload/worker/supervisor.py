@@ -41,7 +41,8 @@ class Supervisor:
     called once for each child that has exited (the metrics endpoint forgets its gauges);
     ``pass_fds`` stay open in every child (the servers' shared listening socket); ``kind``
     names the children in the log; ``again`` is the signal a second stop request sends (the
-    one that makes a child stop at once)."""
+    one that makes a child stop at once); ``give_up_after`` children in a row that die at
+    start end the supervision (None: restart them for ever)."""
 
     def __init__(
         self,
@@ -53,11 +54,15 @@ class Supervisor:
         pass_fds: Sequence[int] = (),
         kind: str = "worker",
         again: signal.Signals = signal.SIGTERM,
+        give_up_after: int | None = None,
     ) -> None:
         self.child_argv = list(child_argv)
         self.pass_fds = tuple(pass_fds)
         self.kind = kind
         self.again = again
+        self.give_up_after = give_up_after
+        self._fast_deaths = 0  # children in a row that died sooner than FAST_DEATH_S
+        self._pause = 0.0
         self.processes = processes
         self.env = dict(env) if env is not None else None
         self.on_exit = on_exit
@@ -92,38 +97,58 @@ class Supervisor:
                 log.exception("clean-up after %s process %d failed", self.kind, proc.pid)
 
     def run(self) -> int:
+        """Supervise until stopped (0), or until ``give_up_after`` children in a row died at
+        start (1: the others are stopped)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.children = [self._spawn() for _ in range(self.processes)]
-            pause = 0.0
-            while not self._signals:
+            code = 0
+            while not self._signals and not code:
                 time.sleep(0.2)
                 for i, (proc, started) in enumerate(self.children):
                     if proc.poll() is None or self._signals:
                         continue
-                    self._exited(proc)
-                    lived = time.monotonic() - started
-                    pause = min(max(pause * 2, 0.5), MAX_PAUSE_S) if lived < FAST_DEATH_S else 0.0
-                    log.warning(
-                        "%s process %d exited with %s after %.1fs; restarting%s",
-                        self.kind,
-                        proc.pid,
-                        proc.returncode,
-                        lived,
-                        f" in {pause:.1f}s" if pause else "",
-                    )
-                    time.sleep(pause)
-                    if self._signals:
-                        break  # a stop arrived during the pause: start nothing new
-                    self.children[i] = self._spawn()
-                    self.restarts += 1
+                    if not self._replace(i, proc, started):
+                        code = 1
+                        break
             # A child spawned while the signal was being handled missed it: tell it now.
             for proc, _ in self.children:
                 self._tell(proc)
             for proc, _ in self.children:
                 proc.wait()
                 self._exited(proc)
-            return 0
+            return code
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _replace(self, i: int, proc: subprocess.Popen[bytes], started: float) -> bool:
+        """Start a child in place of ``proc``, which has exited (after a pause that grows while
+        children die at start); False to give up instead."""
+        lived = time.monotonic() - started
+        self._fast_deaths = self._fast_deaths + 1 if lived < FAST_DEATH_S else 0
+        if self.give_up_after is not None and self._fast_deaths >= self.give_up_after:
+            log.error(
+                "%s process %d exited with %s after %.1fs: %d in a row died at start; giving up",
+                self.kind,
+                proc.pid,
+                proc.returncode,
+                lived,
+                self._fast_deaths,
+            )
+            return False
+        self._exited(proc)
+        self._pause = min(max(self._pause * 2, 0.5), MAX_PAUSE_S) if lived < FAST_DEATH_S else 0.0
+        log.warning(
+            "%s process %d exited with %s after %.1fs; restarting%s",
+            self.kind,
+            proc.pid,
+            proc.returncode,
+            lived,
+            f" in {self._pause:.1f}s" if self._pause else "",
+        )
+        time.sleep(self._pause)
+        if not self._signals:  # a stop that arrived during the pause: start nothing new
+            self.children[i] = self._spawn()
+            self.restarts += 1
+        return True
