@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -76,6 +77,26 @@ def test_run_server_refuses_an_open_non_loopback_host() -> None:
     app = offload.App("memory://")
     with pytest.raises(ConfigurationError, match="without API tokens"):
         run_server(app, "0.0.0.0", 0)
+
+
+@pytest.mark.timeout(20, method="thread")  # missed check: it would serve until stopped
+def test_run_server_on_a_socket_checks_the_address_it_listens_on() -> None:
+    # A --processes child is told --host; what is exposed is the socket it was handed.
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        with pytest.raises(ConfigurationError, match="without API tokens"):
+            run_server(offload.App("memory://"), fd=os.dup(sock.fileno()), switch_interval_s=None)
+
+
+def test_run_server_refuses_a_descriptor_that_is_no_socket(tmp_path: Path) -> None:
+    with open(tmp_path / "file", "w") as f:
+        fd = os.dup(f.fileno())
+        try:
+            with pytest.raises(ConfigurationError, match="not an open socket"):
+                run_server(offload.App("memory://"), fd=fd, switch_interval_s=None)
+        finally:
+            os.close(fd)  # refused: nothing took it over
 
 
 def _free_port() -> int:
