@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import msgspec
@@ -33,6 +34,18 @@ from offload.job import JobRecord, JobState, NewJob
 log = logging.getLogger("offload.backends.brokered")
 
 Publish = Callable[[Sequence[JobRecord]], Awaitable[None]]
+
+RETRY_FIRST_S = 0.2  # the first pause after a failed publish of stored jobs
+RETRY_MAX_S = 2.0  # pauses double up to this
+RETAIN_MAX = 100_000  # jobs kept to publish again; beyond it, the oldest wait for their markers
+
+
+class _Batch(msgspec.Struct):
+    """Jobs stored by one sync enqueue, their outbox marker, and when they were stored."""
+
+    records: list[JobRecord]
+    marker_id: str | None
+    since: float  # time.monotonic()
 
 
 async def enqueue_stored(
@@ -125,12 +138,14 @@ class Handoff:
         # all that waits in one call: a burst of sync enqueues costs a few broker calls. The
         # jobs with limits are among them (``publish`` sends no message for those, but learns
         # of them); a batch of such jobs alone has no marker.
-        self._pending: list[tuple[list[JobRecord], str | None]] = []
+        self._pending: list[_Batch] = []
         self._sender: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
 
     def opened(self) -> None:
         """The backend opened on the running loop: publishing goes there."""
         self._loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
 
     def enqueue_now(
         self, jobs: Sequence[NewJob], limits: Mapping[str, int] | None
@@ -164,35 +179,68 @@ class Handoff:
         return await self._enqueue(jobs, limits)
 
     def _queue(self, fresh: list[JobRecord], marker_id: str | None) -> None:
-        self._pending.append((fresh, marker_id))
+        self._pending.append(_Batch(fresh, marker_id, time.monotonic()))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send())
 
     async def _send(self) -> None:
+        """Publish what waits, all of it in one call, until nothing does. A publish that fails
+        is tried again after a pause (doubling up to :data:`RETRY_MAX_S`, what arrived
+        meanwhile included), so jobs stored while the broker was down go out as soon as it is
+        back, not when their markers come due. A batch is retried until its marker is about to
+        come due (a worker's sweep publishes it from then on) or the backend closes (the marker
+        covers it); at most :data:`RETAIN_MAX` jobs are kept for it, the newest."""
+        pause, failing = RETRY_FIRST_S, False
         while self._pending:
             batch, self._pending = self._pending, []
-            records = [r for fresh, _ in batch for r in fresh]
+            records = [r for b in batch for r in b.records]
             records.sort(key=lambda r: r.run_at if r.state is JobState.QUEUED else math.inf)
             try:
                 await self._publish(records)
             except Exception as exc:  # whatever it was, the markers stay and cover these jobs
-                log.warning(
-                    "publishing %d stored job(s) failed (%s); the outbox publishes them "
-                    "within %.0f s",
-                    len(records),
-                    exc,
-                    self._outbox.orphan_after_s,
-                )
+                if not failing:
+                    log.warning(
+                        "publishing %d stored job(s) failed (%s); retrying until the broker "
+                        "takes them (the outbox publishes them within %.0f s otherwise)",
+                        len(records),
+                        exc,
+                        self._outbox.orphan_after_s,
+                    )
+                failing = True
+                retry = self._retained(batch)
+                if retry and not self._closed.is_set():
+                    with contextlib.suppress(TimeoutError):  # (close() ends the pause)
+                        await asyncio.wait_for(self._closed.wait(), pause)
+                    pause = min(pause * 2, RETRY_MAX_S)
+                if not self._closed.is_set():
+                    self._pending = retry + self._pending
                 continue
-            for _, marker_id in batch:
-                if marker_id is not None:
-                    self._outbox.published(marker_id)
+            if failing:
+                log.info("the broker takes the stored jobs again")
+                pause, failing = RETRY_FIRST_S, False
+            for b in batch:
+                if b.marker_id is not None:
+                    self._outbox.published(b.marker_id)
+
+    def _retained(self, failed: list[_Batch]) -> list[_Batch]:
+        """What of a failed publish to try again: batches whose markers are not about to come
+        due, the newest first up to :data:`RETAIN_MAX` jobs, in their order."""
+        until = time.monotonic() - self._outbox.orphan_after_s + RETRY_MAX_S
+        kept: list[_Batch] = []
+        n = 0
+        for b in reversed(failed):
+            n += len(b.records)
+            if b.since <= until or n > RETAIN_MAX:
+                break
+            kept.append(b)
+        return kept[::-1]
 
     async def close(self) -> None:
         """Wait for the publishes in flight and queued (each is short, or fails and leaves its
-        marker)."""
+        marker: failed ones are not tried again once closing)."""
         await asyncio.sleep(0)  # let call_soon_threadsafe callbacks already sent run first
         self._loop = None
+        self._closed.set()
         sender = self._sender
         if sender is not None:
             await asyncio.gather(sender, return_exceptions=True)

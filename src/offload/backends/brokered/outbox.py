@@ -29,7 +29,7 @@ from offload.backends.brokered.publisher import JobPublisher
 from offload.backends.brokered.store import get_many
 from offload.errors import BackendUnavailable
 from offload.job import WAITING_STATES, ClaimRequest, JobRecord, NewJob, new_job_id
-from offload.outcome import Succeeded
+from offload.outcome import RetryAt, Succeeded
 
 log = logging.getLogger("offload.backends.brokered")
 
@@ -39,6 +39,7 @@ ORPHAN_AFTER_S = 30.0  # a marker still there this long after its enqueue began 
 FLUSH_S = 0.1  # deleted markers are batched this long
 SWEEP_LIMIT = 20  # markers handled per recovery pass
 MARKER_LEASE_S = 60.0
+SWEEP_RETRY_S = 1.0  # a marker whose publish failed is due again this much later, doubling
 MARKER_ATTEMPTS = 100  # a sweep that keeps failing on one marker gives up on it eventually
 
 
@@ -133,7 +134,18 @@ class Outbox:
                 r for r in recs if r is not None and r.state in WAITING_STATES and not r.limits
             ]
         now = time.time()
-        await self._broker.publish_jobs(waiting, now)
+        try:
+            await self._broker.publish_jobs(waiting, now)
+        except BackendUnavailable as exc:  # due again soon, not when the marker lease ends
+            error = f"publishing failed: {exc}"
+            retries = [
+                (m.lease, RetryAt(min(SWEEP_RETRY_S * 2 ** (m.attempt - 1), MARKER_LEASE_S), error))
+                for m in markers
+                if m.lease and m.attempt < MARKER_ATTEMPTS  # (the last: its lease runs out)
+            ]
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.complete(retries)
+            raise
         await self._store.complete([(m.lease, Succeeded()) for m in markers if m.lease])
         await self._store.delete([m.id for m in markers])  # (delete spares running jobs)
         if waiting:
