@@ -641,3 +641,31 @@ def test_retention_on_the_amqp_url_with_a_store_is_refused_naming_the_store(
     store = quote(f"sqlite:///{db}?retention=1d", safe="")
     backend = from_url(f"{RABBITMQ_URL}?store={store}")
     assert isinstance(backend, RabbitMQBackend)
+
+
+async def test_jobs_of_queues_the_broker_lost_get_messages_again(
+    make_rabbit: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RabbitMQ lost the work and delay queues and their messages (a durable queue declared
+    moments before the broker was killed -9 can be lost: the reliability harness met it; here
+    they are deleted): the first use of the queue on the next connection finds it gone, and
+    every job the store has waiting gets a message again and runs (the delayed one too)."""
+    import aio_pika
+
+    backend = await make_rabbit()
+    due = [job() for _ in range(5)]
+    later = job(delay_s=1.0)
+    await backend.enqueue([*due, later])
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    channel = await connection.channel()
+    for name in sorted(backend.declared_queues()):  # the work queue and the delay chain's
+        await channel.queue_delete(name)
+    await connection.close()
+    backend._broker.broken()  # the connection a broker restart cuts: the next use reconnects
+    claimed: list[JobRecord] = []
+    deadline = time.monotonic() + 20
+    while len(claimed) < 6 and time.monotonic() < deadline:
+        claimed += await backend.claim(req(10))
+        await asyncio.sleep(0.05)
+    assert sorted(r.id for r in claimed) == sorted(j.id for j in [*due, later])
+    assert "published 6 job(s) of queue 'q' again" in caplog.text

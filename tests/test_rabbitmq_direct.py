@@ -482,3 +482,25 @@ async def test_headers_travel_in_the_message(make: Make) -> None:
     assert (plain.headers, tagged.headers) == ({}, headers)
     got = {r.id: r.headers for r in await claim_until(backend, 2)}
     assert got == {plain.id: {}, tagged.id: headers}
+
+
+async def test_a_work_queue_the_broker_lost_is_reported(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a store the messages are the jobs: when RabbitMQ lost a work queue (deleted
+    here; a crash moments after its declare can lose it), nothing can bring them back, and
+    the next connection's first use of the queue says so, as an error."""
+    backend = await make()
+    await backend.enqueue([job()])
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    channel = await connection.channel()
+    for name in sorted(backend.declared_queues()):
+        await channel.queue_delete(name)
+    await connection.close()
+    backend._broker.broken()  # the connection a broker restart cuts: the next use reconnects
+    await backend.enqueue([job()])
+    lost = [
+        r for r in caplog.records if "was gone: the jobs its messages carried are lost" in r.message
+    ]
+    assert [r.levelname for r in lost] == ["ERROR"]
+    assert await claim_until(backend, 1)  # the queue is back: the new job runs

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import aio_pika
@@ -39,6 +40,8 @@ from aio_pika.abc import (
 
 from offload.backends.rabbitmq.delays import delay_chain
 from offload.errors import BackendUnavailable
+
+log = logging.getLogger("offload.backends.rabbitmq")
 
 MAX_PRIORITY = 9
 
@@ -90,6 +93,9 @@ class Connection:
         self._pub: AbstractChannel | None = None
         self._declared: dict[str, AbstractQueue] = {}
         self._seen: set[str] = set()  # every queue declared, across reconnects
+        # Called with the offload queue whose work or delay queue was gone when a later
+        # connection first used it (see _missing); None: the loss is logged as an error.
+        self.on_lost: Callable[[str], None] | None = None
         self._stale = False
         self._lock = asyncio.Lock()
         self.generation = 0
@@ -186,17 +192,23 @@ class Connection:
         name = self.work_name(queue)
         found = self._declared.get(name)
         if found is None:
+            lost = await self._missing(name)
             args: dict[str, Any] = {"x-max-priority": MAX_PRIORITY}
             found = await pub.declare_queue(name, durable=True, arguments=args)
             self._declared[name] = found
             self._seen.add(name)
+            if lost:
+                self._lost(queue, name)
         return found
 
     async def _dead_queue(self, queue: str, pub: AbstractChannel) -> str:
         name = self.dead_name(queue)
         if name not in self._declared:
+            lost = await self._missing(name)
             self._declared[name] = await pub.declare_queue(name, durable=True)
             self._seen.add(name)
+            if lost:
+                log.error("RabbitMQ queue %s was gone: the dead jobs it held are lost", name)
         return name
 
     async def _delay_queue(self, queue: str, ttl_ms: int, pub: AbstractChannel) -> str:
@@ -209,9 +221,37 @@ class Connection:
                 # no x-expires: "unused" ignores the messages a queue holds, so an expiring
                 # delay queue could take a delayed job with it
             }
+            lost = await self._missing(name)
             self._declared[name] = await pub.declare_queue(name, durable=True, arguments=args)
             self._seen.add(name)
+            if lost:
+                self._lost(queue, name)
         return name
+
+    async def _missing(self, name: str) -> bool:
+        """Whether ``name``, a queue this instance declared on an earlier connection, is gone:
+        deleted, or lost with its messages by the broker (RabbitMQ can lose a durable queue
+        declared moments before it was killed: its metadata store writes behind). Asked,
+        on a channel of its own (a passive declare of a missing queue closes its channel),
+        the first time a connection uses the queue: after a reconnect only."""
+        if name not in self._seen or self._conn is None:
+            return False
+        channel = await self._conn.channel(publisher_confirms=False)
+        try:
+            await channel.declare_queue(name, passive=True, timeout=self._timeout_s)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return True
+        finally:
+            with contextlib.suppress(*ENGINE_ERRORS):
+                await channel.close()
+        return False
+
+    def _lost(self, queue: str, name: str) -> None:
+        if self.on_lost is None:
+            log.error("RabbitMQ queue %s was gone: the jobs its messages carried are lost", name)
+            return
+        log.warning("RabbitMQ queue %s was gone (deleted, or lost in a broker crash)", name)
+        self.on_lost(queue)
 
     # -- publishing ------------------------------------------------------------------------
 
