@@ -11,14 +11,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
 import pytest
 
 from offload.backends.brokered.handoff import RETRY_MAX_S, Handoff
 from offload.backends.brokered.outbox import OUTBOX_QUEUE, SWEEP_RETRY_S, Outbox
 from offload.backends.memory import MemoryBackend
 from offload.errors import BackendUnavailable
-from offload.job import JobFilter, JobRecord, JobState, NewJob
-from offload.testing.helpers import must_get, new_job
+from offload.job import ClaimRequest, JobFilter, JobRecord, JobState, NewJob
+from offload.outcome import Succeeded
+from offload.testing.helpers import QUEUE, finish, must_get, new_job
 
 
 class Broker:
@@ -140,3 +142,27 @@ async def test_a_sweep_whose_publish_fails_has_its_markers_due_again_soon() -> N
     assert broker.sent == [job.id]
     assert await markers(store) == 0
     await store.close()
+
+
+async def test_a_repair_marker_publishes_every_waiting_or_running_job_of_its_queue(
+    store: MemoryBackend,
+) -> None:
+    """The broker lost a queue: the sweep publishes a message for each job of that queue the
+    store has queued, scheduled or running (not finished ones, not jobs with limits, not
+    other queues'), once, however many processes noticed."""
+    broker = Broker(failures=0)
+    outbox = Outbox(store, broker, 30.0)
+    queued, scheduled, running, done = new_job(), new_job(), new_job(), new_job()
+    limited = msgspec.structs.replace(new_job(), limits=("1/0/x",))
+    other = new_job(queue="other")
+    await finish(store, Succeeded(), done)
+    await store.enqueue([running])
+    await store.claim(ClaimRequest(queues=(QUEUE,), limit=1, worker_id="w", lease_s=30))
+    await store.enqueue([queued, limited, other])
+    await store.enqueue([msgspec.structs.replace(scheduled, delay_s=60)])
+    first = await store.enqueue([outbox.repair_marker(QUEUE)])
+    again = await store.enqueue([outbox.repair_marker(QUEUE)])  # another process noticed
+    assert again[0].id == first[0].id  # one repair per queue waiting
+    assert await outbox.sweep("w1") == 3
+    assert sorted(broker.sent) == sorted([queued.id, scheduled.id, running.id])
+    assert await markers(store) == 0

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -643,29 +643,79 @@ def test_retention_on_the_amqp_url_with_a_store_is_refused_naming_the_store(
     assert isinstance(backend, RabbitMQBackend)
 
 
+async def lose_queues(backend: RabbitMQBackend, names: Sequence[str]) -> None:
+    """Delete broker queues behind ``backend``'s back (as a crash can lose them), then cut its
+    connection as a broker restart does: its next use reconnects."""
+    import aio_pika
+
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    channel = await connection.channel()
+    for name in names:
+        await channel.queue_delete(name)
+    await connection.close()
+    backend._broker.broken()
+
+
+async def claim_all(backend: RabbitMQBackend, n: int, timeout_s: float = 20) -> list[JobRecord]:
+    """Claim until ``n`` jobs started, running recovery passes meanwhile (a worker's)."""
+    claimed: list[JobRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while len(claimed) < n and time.monotonic() < deadline:
+        await backend.recover()  # (where an outbox sweep publishes what repair markers name)
+        claimed += await backend.claim(req(10))
+        await asyncio.sleep(0.05)
+    return claimed
+
+
 async def test_jobs_of_queues_the_broker_lost_get_messages_again(
     make_rabbit: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
     """RabbitMQ lost the work and delay queues and their messages (a durable queue declared
     moments before the broker was killed -9 can be lost: the reliability harness met it; here
-    they are deleted): the first use of the queue on the next connection finds it gone, and
-    every job the store has waiting gets a message again and runs (the delayed one too)."""
-    import aio_pika
-
+    they are deleted): the first use of the queue on the next connection finds them gone and
+    stores a repair marker, and a recovery pass gives every job the store has waiting a
+    message again: they run (the delayed one too), and the marker is gone."""
     backend = await make_rabbit()
     due = [job() for _ in range(5)]
     later = job(delay_s=1.0)
     await backend.enqueue([*due, later])
-    connection = await aio_pika.connect(RABBITMQ_URL)
-    channel = await connection.channel()
-    for name in sorted(backend.declared_queues()):  # the work queue and the delay chain's
-        await channel.queue_delete(name)
-    await connection.close()
-    backend._broker.broken()  # the connection a broker restart cuts: the next use reconnects
-    claimed: list[JobRecord] = []
-    deadline = time.monotonic() + 20
-    while len(claimed) < 6 and time.monotonic() < deadline:
-        claimed += await backend.claim(req(10))
-        await asyncio.sleep(0.05)
+    await lose_queues(backend, sorted(backend.declared_queues()))
+    claimed = await claim_all(backend, 6)
     assert sorted(r.id for r in claimed) == sorted(j.id for j in [*due, later])
     assert "published 6 job(s) of queue 'q' again" in caplog.text
+    assert (await backend.store.list_jobs(JobFilter(queue=OUTBOX_QUEUE))).jobs == []
+
+
+async def test_a_lost_delay_queue_alone_is_found_too(make_rabbit: Make) -> None:
+    """Only a delay queue was lost (declared just before the crash; the work queue was older):
+    the first use of the work queue checks the delay queues too, and the delayed job runs."""
+    backend = await make_rabbit()
+    later = job(delay_s=0.5)
+    await backend.enqueue([later])
+    delays = sorted(n for n in backend.declared_queues() if ".d." in n)
+    assert delays
+    await lose_queues(backend, delays)
+    assert [r.id for r in await claim_all(backend, 1)] == [later.id]
+
+
+async def test_a_repair_the_store_cannot_take_leaves_the_queue_missing(
+    make_rabbit: Make,
+) -> None:
+    """The store is down when the loss is found: nothing is declared, so the next use finds
+    the queue gone again, and once the store is back the repair is stored and the jobs run."""
+    import aio_pika
+
+    backend = await make_rabbit()
+    due = [job() for _ in range(3)]
+    await backend.enqueue(due)
+    work = backend._broker.work_name("q")
+    await lose_queues(backend, [work])
+    await backend.store.close()
+    with pytest.raises(BackendUnavailable):
+        await backend._broker.feed("q")  # a claim's first use of the queue (after the store's)
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await (await connection.channel()).declare_queue(work, passive=True)
+    await connection.close()
+    await backend.store.open()
+    assert sorted(r.id for r in await claim_all(backend, 3)) == sorted(j.id for j in due)

@@ -10,6 +10,12 @@ that far: any worker's recovery claims it, publishes a message for each of its j
 waiting, and deletes it. If the producer was merely slower than the grace, a job gets two
 messages; the store's lease makes sure it runs once, and the spare message is dropped.
 
+A **repair marker** (:meth:`Outbox.repair_marker`) names a queue instead: the broker lost
+its queue and the messages in it (RabbitMQ can lose a durable queue declared moments before it
+was killed), so the sweep publishes a message for every job of that queue the store has
+waiting or running. It is stored before the broker queue is declared again, so the repair
+outlives the process that noticed.
+
 No marker is ever claimed by a worker's normal claim (nobody consumes the internal queue), and
 the backend hides the queue from ``counts`` and ``list_jobs``.
 """
@@ -28,13 +34,23 @@ from offload.backends.base import Backend
 from offload.backends.brokered.publisher import JobPublisher
 from offload.backends.brokered.store import get_many
 from offload.errors import BackendUnavailable
-from offload.job import WAITING_STATES, ClaimRequest, JobRecord, NewJob, new_job_id
+from offload.job import (
+    WAITING_STATES,
+    ClaimRequest,
+    JobFilter,
+    JobRecord,
+    JobState,
+    NewJob,
+    new_job_id,
+)
 from offload.outcome import RetryAt, Succeeded
 
 log = logging.getLogger("offload.backends.brokered")
 
 OUTBOX_QUEUE = "_offload:outbox"
 OUTBOX_TASK = "_offload:republish"
+REPAIR_TASK = "_offload:repair"  # a marker naming a queue whose broker queue was lost
+REPAIR_PAGE = 500  # jobs listed and published at a time by a repair
 ORPHAN_AFTER_S = 30.0  # a marker still there this long after its enqueue began is an orphan's
 FLUSH_S = 0.1  # deleted markers are batched this long
 SWEEP_LIMIT = 20  # markers handled per recovery pass
@@ -47,8 +63,13 @@ class _Ids(msgspec.Struct, frozen=True):
     ids: list[str]
 
 
+class _Queue(msgspec.Struct, frozen=True):
+    queue: str
+
+
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Ids).decode
+_decode_queue = msgspec.json.Decoder(_Queue).decode
 
 
 class Outbox:
@@ -122,8 +143,12 @@ class Outbox:
         if not markers:
             return 0
         waiting: list[JobRecord] = []
+        lost: list[str] = []  # queues whose broker queues were lost (repair markers)
         for m in markers:
             try:
+                if m.task == REPAIR_TASK:
+                    lost.append(_decode_queue(m.args).queue)
+                    continue
                 ids = _decode(m.args).ids
             except msgspec.DecodeError:
                 log.error("outbox marker %s does not decode; deleting it", m.id)
@@ -136,6 +161,7 @@ class Outbox:
         now = time.time()
         try:
             await self._broker.publish_jobs(waiting, now)
+            again = [await self._republish(queue) for queue in lost]
         except BackendUnavailable as exc:  # due again soon, not when the marker lease ends
             error = f"publishing failed: {exc}"
             retries = [
@@ -153,5 +179,41 @@ class Outbox:
                 "published %d job(s) whose producer stopped between storing and publishing them",
                 len(waiting),
             )
+        for queue, n in zip(lost, again, strict=True):
+            log.warning("published %d job(s) of queue %r again: its broker lost them", n, queue)
+        if waiting or any(again):
             await self._broker.notify()
-        return len(waiting)
+        return len(waiting) + sum(again)
+
+    def repair_marker(self, queue: str) -> NewJob:
+        """A marker that has a worker's sweep publish every job of ``queue`` the store has
+        waiting or running again: the broker lost the queue, and the messages in it. Stored
+        before the broker queue is declared again, so the repair survives this process; its
+        key keeps one per queue waiting at a time (detections at once by several processes
+        store one)."""
+        return NewJob(
+            id=new_job_id(),
+            task=REPAIR_TASK,
+            queue=OUTBOX_QUEUE,
+            args=_encode(_Queue(queue)),
+            max_attempts=MARKER_ATTEMPTS,
+            key=f"{REPAIR_TASK}:{queue}",
+        )
+
+    async def _republish(self, queue: str) -> int:
+        """Publish a message for each job of ``queue`` the store has queued, scheduled or
+        running, a page at a time; return how many. A spare message (a job whose own message
+        survived) is dropped or parked when delivered, as a duplicate publish's is."""
+        n = 0
+        for state in (JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING):
+            cursor: str | None = None
+            while True:
+                flt = JobFilter(state=state, queue=queue, cursor=cursor, limit=REPAIR_PAGE)
+                page = await self._store.list_jobs(flt)
+                jobs = [r for r in page.jobs if not r.limits]  # (the store's claim takes those)
+                await self._broker.publish_jobs(jobs, time.time())
+                n += len(jobs)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        return n

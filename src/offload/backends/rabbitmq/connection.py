@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import aio_pika
@@ -93,9 +93,10 @@ class Connection:
         self._pub: AbstractChannel | None = None
         self._declared: dict[str, AbstractQueue] = {}
         self._seen: set[str] = set()  # every queue declared, across reconnects
-        # Called with the offload queue whose work or delay queue was gone when a later
-        # connection first used it (see _missing); None: the loss is logged as an error.
-        self.on_lost: Callable[[str], None] | None = None
+        # Awaited with the offload queue whose work or delay queues were gone when a later
+        # connection first used it, before they are declared again (see _missing); None: the
+        # loss is logged as an error.
+        self.on_lost: Callable[[str], Awaitable[None]] | None = None
         self._stale = False
         self._lock = asyncio.Lock()
         self.generation = 0
@@ -192,23 +193,22 @@ class Connection:
         name = self.work_name(queue)
         found = self._declared.get(name)
         if found is None:
-            lost = await self._missing(name)
+            gone = await self._missing(queue)
+            if gone:
+                await self._lost(queue, gone)  # (raises, undeclared: the next use asks again)
             args: dict[str, Any] = {"x-max-priority": MAX_PRIORITY}
             found = await pub.declare_queue(name, durable=True, arguments=args)
             self._declared[name] = found
             self._seen.add(name)
-            if lost:
-                self._lost(queue, name)
         return found
 
     async def _dead_queue(self, queue: str, pub: AbstractChannel) -> str:
         name = self.dead_name(queue)
         if name not in self._declared:
-            lost = await self._missing(name)
+            if await self._gone([name]):
+                log.error("RabbitMQ queue %s was gone: the dead jobs it held are lost", name)
             self._declared[name] = await pub.declare_queue(name, durable=True)
             self._seen.add(name)
-            if lost:
-                log.error("RabbitMQ queue %s was gone: the dead jobs it held are lost", name)
         return name
 
     async def _delay_queue(self, queue: str, ttl_ms: int, pub: AbstractChannel) -> str:
@@ -221,37 +221,48 @@ class Connection:
                 # no x-expires: "unused" ignores the messages a queue holds, so an expiring
                 # delay queue could take a delayed job with it
             }
-            lost = await self._missing(name)
             self._declared[name] = await pub.declare_queue(name, durable=True, arguments=args)
             self._seen.add(name)
-            if lost:
-                self._lost(queue, name)
         return name
 
-    async def _missing(self, name: str) -> bool:
-        """Whether ``name``, a queue this instance declared on an earlier connection, is gone:
-        deleted, or lost with its messages by the broker (RabbitMQ can lose a durable queue
-        declared moments before it was killed: its metadata store writes behind). Asked,
-        on a channel of its own (a passive declare of a missing queue closes its channel),
-        the first time a connection uses the queue: after a reconnect only."""
-        if name not in self._seen or self._conn is None:
-            return False
-        channel = await self._conn.channel(publisher_confirms=False)
-        try:
-            await channel.declare_queue(name, passive=True, timeout=self._timeout_s)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return True
-        finally:
-            with contextlib.suppress(*ENGINE_ERRORS):
-                await channel.close()
-        return False
+    async def _missing(self, queue: str) -> list[str]:
+        """Those of the work and delay queues of ``queue`` that this instance declared on an
+        earlier connection and that are gone: deleted, or lost with their messages by the
+        broker (RabbitMQ can lose a durable queue declared moments before it was killed: its
+        metadata store writes behind). Asked the first time a connection uses the work queue,
+        which every publish and consume does first: after a reconnect only."""
+        delays = f"{self.prefix}.{self._delay_infix}.{queue}"
+        names = [self.work_name(queue)]
+        names += sorted(n for n in self._seen if n.rpartition(".")[0] == delays)
+        return await self._gone([n for n in names if n in self._seen])
 
-    def _lost(self, queue: str, name: str) -> None:
+    async def _gone(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` the broker does not have (a passive declare each, on channels of
+        their own: a passive declare of a missing queue closes its channel)."""
+        gone: list[str] = []
+        if not names or self._conn is None:
+            return gone
+        channels: list[AbstractChannel] = []
+        try:
+            for name in names:
+                if not channels or channels[-1].is_closed:
+                    channels.append(await self._conn.channel(publisher_confirms=False))
+                try:
+                    await channels[-1].declare_queue(name, passive=True, timeout=self._timeout_s)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    gone.append(name)
+        finally:
+            for channel in channels:
+                with contextlib.suppress(*ENGINE_ERRORS):
+                    await channel.close()
+        return gone
+
+    async def _lost(self, queue: str, gone: Sequence[str]) -> None:
         if self.on_lost is None:
-            log.error("RabbitMQ queue %s was gone: the jobs its messages carried are lost", name)
+            log.error("RabbitMQ queues gone: %s; the jobs in them are lost", ", ".join(gone))
             return
-        log.warning("RabbitMQ queue %s was gone (deleted, or lost in a broker crash)", name)
-        self.on_lost(queue)
+        log.warning("RabbitMQ queues gone (deleted, or lost in a crash): %s", ", ".join(gone))
+        await self.on_lost(queue)
 
     # -- publishing ------------------------------------------------------------------------
 

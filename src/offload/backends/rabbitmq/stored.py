@@ -26,7 +26,6 @@ to :data:`HEARTBEAT_S` instead of the broker's 60 s (see there).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -52,9 +51,7 @@ from offload.backends.rabbitmq.options import HEARTBEAT_S, parse_url
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import (
     ClaimRequest,
-    JobFilter,
     JobRecord,
-    JobState,
     Lease,
     NewJob,
 )
@@ -65,8 +62,6 @@ __all__ = ["HEARTBEAT_S", "RabbitMQBackend", "rabbitmq_backend"]
 log = logging.getLogger("offload.backends.rabbitmq")
 
 LEASE_MARGIN_S = 1.0  # a lease this close to its local deadline is checked in the store
-REPAIR_PAGE = 500  # jobs listed and published at a time when a broker queue was lost
-REPAIR_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # between tries of that while it fails
 
 
 def rabbitmq_backend(url: str, **options: Any) -> Backend:
@@ -127,7 +122,6 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         orphan_after_s = float(opts.get("orphan_after_s", ORPHAN_AFTER_S))
         self._outbox = Outbox(self._store, RecordPublisher(self._broker), orphan_after_s)
         self._broker.on_lost = self._queue_lost
-        self._repairs: set[asyncio.Task[None]] = set()
         self._handoff = Handoff(
             self._store,
             self._outbox,
@@ -156,9 +150,6 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         self._handoff.opened()
 
     async def close(self) -> None:
-        for task in list(self._repairs):  # (a next open's first use of the queue repairs it)
-            task.cancel()
-        await asyncio.gather(*self._repairs, return_exceptions=True)
         await self._handoff.close()  # its publishes in flight, before the broker goes
         with contextlib.suppress(BackendUnavailable):
             await self._outbox.close()
@@ -208,47 +199,14 @@ class RabbitMQBackend(StoreDelegation, StoreWorkflows):
         await self._broker.publish([message_of(r) for r in carry])
         await self._broker.notify()
 
-    def _queue_lost(self, queue: str) -> None:
+    async def _queue_lost(self, queue: str) -> None:
         """The broker lost a work or delay queue of ``queue`` and the messages in it (see
         :meth:`Connection._missing <offload.backends.rabbitmq.connection.Connection._missing>`):
-        the store still has their jobs, so they get messages again."""
-        task = asyncio.get_running_loop().create_task(self._republish(queue))
-        self._repairs.add(task)
-        task.add_done_callback(self._repairs.discard)
-
-    async def _republish(self, queue: str) -> None:
-        """Publish a message for every job of ``queue`` the store has waiting or running (a
-        spare message for a job whose own survived is dropped or parked when delivered, as a
-        duplicate publish's is). Tried again after a pause while the broker or the store is
-        unavailable."""
-        for pause in (*REPAIR_PAUSES_S, None):
-            try:
-                n = await self._republish_once(queue)
-            except BackendUnavailable as exc:
-                if pause is None:
-                    log.error("could not publish the jobs of queue %r again: %s", queue, exc)
-                    return
-                await asyncio.sleep(pause)
-                continue
-            log.warning("published %d job(s) of queue %r again: its queue was gone", n, queue)
-            if n:
-                await self._broker.notify()
-            return
-
-    async def _republish_once(self, queue: str) -> int:
-        n = 0
-        for state in (JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING):
-            cursor: str | None = None
-            while True:
-                flt = JobFilter(state=state, queue=queue, cursor=cursor, limit=REPAIR_PAGE)
-                page = await self._store.list_jobs(flt)
-                now = time.time()
-                await self._broker.publish([message_of(r, now) for r in page.jobs if not r.limits])
-                n += sum(1 for r in page.jobs if not r.limits)
-                if page.next_cursor is None:
-                    break
-                cursor = page.next_cursor
-        return n
+        store a repair marker, before the queue is declared again, and a worker's recovery
+        pass publishes every waiting or running job of ``queue`` again
+        (:mod:`offload.backends.brokered.outbox`). If the store does not take it, this raises
+        and the queue stays undeclared: the next use finds it gone again."""
+        await self._store.enqueue([self._outbox.repair_marker(queue)])
 
     # -- consuming -------------------------------------------------------------------------
 
