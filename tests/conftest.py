@@ -12,6 +12,7 @@ pytest.register_assert_rewrite("offload.testing")
 pytest_plugins = ["tests.skip_policy"]
 
 import offload  # noqa: E402
+from offload.backends.memory import MemoryBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -24,6 +25,15 @@ async def mem_app() -> AsyncIterator[offload.App]:
     await app.open()
     yield app
     await app.close()
+
+
+@pytest.fixture
+async def memory_store() -> AsyncIterator[MemoryBackend]:
+    """An opened memory backend: a state store for what is tested through the protocol."""
+    backend = MemoryBackend()
+    await backend.open()
+    yield backend
+    await backend.close()
 
 
 @pytest.fixture

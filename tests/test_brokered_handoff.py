@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 import pytest
@@ -47,11 +47,8 @@ class Broker:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[MemoryBackend]:
-    backend = MemoryBackend()
-    await backend.open()
-    yield backend
-    await backend.close()
+def store(memory_store: MemoryBackend) -> MemoryBackend:
+    return memory_store
 
 
 async def markers(store: MemoryBackend) -> int:

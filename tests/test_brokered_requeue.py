@@ -5,7 +5,7 @@ takes: the message cannot be sent, and the job has limits."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 import pytest
@@ -31,11 +31,8 @@ class Unused:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[MemoryBackend]:
-    backend = MemoryBackend()
-    await backend.open()
-    yield backend
-    await backend.close()
+def store(memory_store: MemoryBackend) -> MemoryBackend:
+    return memory_store
 
 
 async def markers(store: MemoryBackend) -> int:
