@@ -234,7 +234,9 @@ async def test_retry_carries_the_attempt_and_error_through_a_delay_queue(make: M
     assert third.attempt == 2
 
 
-async def test_dead_jobs_go_to_the_dead_letter_queue(make: Make, prefix: str) -> None:
+async def test_dead_jobs_go_to_the_dead_letter_queue(
+    make: Make, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     backend = await make()
     (rec,) = await backend.enqueue([job(max_attempts=1)])
     (got,) = await claim_until(backend, 1)
@@ -245,6 +247,7 @@ async def test_dead_jobs_go_to_the_dead_letter_queue(make: Make, prefix: str) ->
     assert error == "ValueError: no"
     assert (carried.task, carried.attempt, carried.errors[-1].error) == ("t", 1, "ValueError: no")
     assert await backend.claim(req(10)) == []
+    assert "lost" not in caplog.text  # the dead queue's first declare is no loss
 
 
 async def test_a_job_whose_worker_dies_every_time_ends_up_dead(make: Make, prefix: str) -> None:

@@ -205,7 +205,7 @@ class Connection:
     async def _dead_queue(self, queue: str, pub: AbstractChannel) -> str:
         name = self.dead_name(queue)
         if name not in self._declared:
-            if await self._gone([name]):
+            if name in self._seen and await self._gone([name]):  # (after a reconnect only)
                 log.error("RabbitMQ queue %s was gone: the dead jobs it held are lost", name)
             self._declared[name] = await pub.declare_queue(name, durable=True)
             self._seen.add(name)
