@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+import aio_pika
 import msgspec
 import pytest
 
@@ -25,6 +26,7 @@ from offload.backends.base import Backend
 from offload.backends.brokered.outbox import OUTBOX_QUEUE
 from offload.backends.brokered.store import claim_delivered
 from offload.backends.rabbitmq import HEARTBEAT_S, RabbitMQBackend
+from offload.backends.rabbitmq.direct import DirectRabbitMQBackend
 from offload.backends.sqlite import SQLiteBackend
 from offload.errors import BackendUnavailable, ConfigurationError
 from offload.job import ClaimRequest, JobFilter, JobRecord, JobState, NewJob, new_job_id
@@ -643,11 +645,11 @@ def test_retention_on_the_amqp_url_with_a_store_is_refused_naming_the_store(
     assert isinstance(backend, RabbitMQBackend)
 
 
-async def lose_queues(backend: RabbitMQBackend, names: Sequence[str]) -> None:
+async def lose_queues(
+    backend: RabbitMQBackend | DirectRabbitMQBackend, names: Sequence[str]
+) -> None:
     """Delete broker queues behind ``backend``'s back (as a crash can lose them), then cut its
     connection as a broker restart does: its next use reconnects."""
-    import aio_pika
-
     connection = await aio_pika.connect(RABBITMQ_URL)
     channel = await connection.channel()
     for name in names:
@@ -703,8 +705,6 @@ async def test_a_repair_the_store_cannot_take_leaves_the_queue_missing(
 ) -> None:
     """The store is down when the loss is found: nothing is declared, so the next use finds
     the queue gone again, and once the store is back the repair is stored and the jobs run."""
-    import aio_pika
-
     backend = await make_rabbit()
     due = [job() for _ in range(3)]
     await backend.enqueue(due)

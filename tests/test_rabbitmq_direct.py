@@ -37,7 +37,7 @@ from tests.services import (
     require_port,
     unique_name,
 )
-from tests.test_rabbitmq_backend import close_between_gates
+from tests.test_rabbitmq_backend import close_between_gates, lose_queues
 
 Make = Callable[[], Awaitable[DirectRabbitMQBackend]]
 HARNESS_APP = "reliability.app:app"  # its record task writes start and finish lines
@@ -495,12 +495,7 @@ async def test_a_work_queue_the_broker_lost_is_reported(
     the next connection's first use of the queue says so, as an error."""
     backend = await make()
     await backend.enqueue([job()])
-    connection = await aio_pika.connect(RABBITMQ_URL)
-    channel = await connection.channel()
-    for name in sorted(backend.declared_queues()):
-        await channel.queue_delete(name)
-    await connection.close()
-    backend._broker.broken()  # the connection a broker restart cuts: the next use reconnects
+    await lose_queues(backend, sorted(backend.declared_queues()))
     await backend.enqueue([job()])
     lost = [r for r in caplog.records if "the jobs in them are lost" in r.message]
     assert [r.levelname for r in lost] == ["ERROR"]
